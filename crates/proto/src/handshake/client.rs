@@ -1,0 +1,242 @@
+//! The client side of the opening handshake (RFC 6455 §4.1).
+//!
+//! [`ClientRequest::encode`] writes the upgrade request and returns an
+//! [`ExpectResponse`], which parses and checks the server's answer.
+
+use http::{HeaderMap, Response, StatusCode};
+
+use super::{accept_key, generate_key, header_has_token, to_header_map, HeadLimits};
+use crate::error::HandshakeError;
+
+/// What the client asks for.
+#[derive(Clone, Debug, Default)]
+pub struct ClientRequest {
+    /// The `Host` header value (`host[:port]`).
+    pub host: String,
+    /// The request target: path and query.
+    pub path: String,
+    /// Subprotocols to offer, in order of preference.
+    pub protocols: Vec<String>,
+    /// The `Origin` header, if any.
+    pub origin: Option<String>,
+    /// `Sec-WebSocket-Version`: 13 (default when 0) or 8.
+    pub version: u8,
+    /// Extra headers (authorization, cookies ...).
+    pub headers: HeaderMap,
+}
+
+impl ClientRequest {
+    /// Writes the request with a fresh key.
+    pub fn encode(&self) -> (Vec<u8>, ExpectResponse) {
+        self.encode_with_key(generate_key())
+    }
+
+    /// Writes the request with the given key (for tests and reproducible traces).
+    pub fn encode_with_key(&self, key: String) -> (Vec<u8>, ExpectResponse) {
+        let version = if self.version == 0 { 13 } else { self.version };
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(
+            format!("GET {} HTTP/1.1\r\nHost: {}\r\n", self.path, self.host).as_bytes(),
+        );
+        out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
+        out.extend_from_slice(
+            format!("Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n").as_bytes(),
+        );
+        if !self.protocols.is_empty() {
+            out.extend_from_slice(
+                format!("Sec-WebSocket-Protocol: {}\r\n", self.protocols.join(",")).as_bytes(),
+            );
+        }
+        if let Some(origin) = &self.origin {
+            let name = if version == 8 {
+                "Sec-WebSocket-Origin"
+            } else {
+                "Origin"
+            };
+            out.extend_from_slice(format!("{name}: {origin}\r\n").as_bytes());
+        }
+        super::push_headers(&mut out, &self.headers);
+        out.extend_from_slice(b"\r\n");
+        let expect = ExpectResponse {
+            accept: accept_key(key.as_bytes()),
+            protocols: self.protocols.clone(),
+        };
+        (out, expect)
+    }
+}
+
+/// Waiting for the server's response to a request.
+#[derive(Clone, Debug)]
+pub struct ExpectResponse {
+    accept: String,
+    protocols: Vec<String>,
+}
+
+/// A response that completed the handshake.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    /// The 101 response (its headers, e.g. `set-cookie`, stay readable).
+    pub response: Response<()>,
+    /// The subprotocol the server chose.
+    pub protocol: Option<String>,
+}
+
+impl ExpectResponse {
+    /// Parses a response head from the start of `buf`: the response and the length of its
+    /// head, or `Ok(None)` if more bytes are needed.
+    ///
+    /// # Errors
+    /// [`HandshakeError::HeadersTooLarge`] and [`HandshakeError::MalformedHttp`].
+    pub fn parse(
+        &self,
+        buf: &[u8],
+        limits: &HeadLimits,
+    ) -> Result<Option<(Response<()>, usize)>, HandshakeError> {
+        let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        let mut resp = httparse::Response::new(&mut headers);
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > limits.max_head_bytes => {
+                return Err(HandshakeError::HeadersTooLarge)
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::HeadersTooLarge),
+            Err(e) => return Err(HandshakeError::MalformedHttp(e.to_string())),
+        };
+        let status = StatusCode::from_u16(resp.code.unwrap_or_default())
+            .map_err(|_| HandshakeError::MalformedHttp("invalid status".into()))?;
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.headers_mut() = to_header_map(resp.headers)?;
+        Ok(Some((response, len)))
+    }
+
+    /// Checks a response (RFC 6455 §4.1, the client's requirements 1-6).
+    ///
+    /// # Errors
+    /// [`HandshakeError::UnexpectedStatus`] for anything but 101 (the caller keeps the
+    /// response and body for the user), and the header checks' errors.
+    pub fn validate(&self, response: Response<()>) -> Result<Accepted, HandshakeError> {
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(HandshakeError::UnexpectedStatus(response.status().as_u16()));
+        }
+        let headers = response.headers();
+        if !header_has_token(headers, "upgrade", "websocket") {
+            return Err(HandshakeError::InvalidHeader("Upgrade"));
+        }
+        if !header_has_token(headers, "connection", "upgrade") {
+            return Err(HandshakeError::InvalidHeader("Connection"));
+        }
+        match headers.get(http::header::SEC_WEBSOCKET_ACCEPT) {
+            Some(v) if v.as_bytes() == self.accept.as_bytes() => {}
+            _ => return Err(HandshakeError::AcceptMismatch),
+        }
+        let protocol = match headers.get(http::header::SEC_WEBSOCKET_PROTOCOL) {
+            None if self.protocols.is_empty() => None,
+            // ws: "Server sent no subprotocol" when some were offered.
+            None => return Err(HandshakeError::InvalidSubprotocol),
+            Some(v) => {
+                let chosen = v.to_str().map_err(|_| HandshakeError::InvalidSubprotocol)?;
+                if !self.protocols.iter().any(|p| p == chosen) {
+                    return Err(HandshakeError::InvalidSubprotocol);
+                }
+                Some(chosen.to_owned())
+            }
+        };
+        if headers.contains_key(http::header::SEC_WEBSOCKET_EXTENSIONS) {
+            return Err(HandshakeError::InvalidExtension);
+        }
+        Ok(Accepted { response, protocol })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(protocols: &[&str]) -> (String, ExpectResponse) {
+        let req = ClientRequest {
+            host: "server.example.com".into(),
+            path: "/chat".into(),
+            protocols: protocols.iter().map(|p| p.to_string()).collect(),
+            origin: Some("http://example.com".into()),
+            ..Default::default()
+        };
+        let (bytes, expect) = req.encode_with_key("dGhlIHNhbXBsZSBub25jZQ==".into());
+        (String::from_utf8(bytes).unwrap(), expect)
+    }
+
+    fn respond(expect: &ExpectResponse, text: &str) -> Result<Accepted, HandshakeError> {
+        let (resp, len) = expect
+            .parse(text.as_bytes(), &HeadLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(len, text.len());
+        expect.validate(resp)
+    }
+
+    const OK: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n";
+
+    // RFC 6455 §1.2.
+    #[test]
+    fn rfc_example_roundtrip() {
+        let (text, expect) = request(&["chat", "superchat"]);
+        assert!(text.starts_with("GET /chat HTTP/1.1\r\nHost: server.example.com\r\n"));
+        assert!(text.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"));
+        assert!(text.contains("Sec-WebSocket-Protocol: chat,superchat\r\n"));
+        assert!(text.contains("Origin: http://example.com\r\n"));
+        let accepted = respond(
+            &expect,
+            &format!("{OK}Sec-WebSocket-Protocol: chat\r\n\r\n"),
+        )
+        .unwrap();
+        assert_eq!(accepted.protocol.as_deref(), Some("chat"));
+    }
+
+    #[test]
+    fn invalid_responses() {
+        let (_, expect) = request(&[]);
+        assert_eq!(
+            respond(&expect, &format!("{OK}\r\n")).unwrap().protocol,
+            None
+        );
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\n\r\n".to_string(),
+                HandshakeError::UnexpectedStatus(200),
+            ),
+            (
+                OK.replace("s3pP", "AAAA") + "\r\n",
+                HandshakeError::AcceptMismatch,
+            ),
+            (
+                OK.replace("Upgrade: websocket\r\n", "") + "\r\n",
+                HandshakeError::InvalidHeader("Upgrade"),
+            ),
+            (
+                format!("{OK}Sec-WebSocket-Protocol: chat\r\n\r\n"),
+                HandshakeError::InvalidSubprotocol,
+            ),
+            (
+                format!("{OK}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"),
+                HandshakeError::InvalidExtension,
+            ),
+        ];
+        for (text, error) in cases {
+            assert_eq!(respond(&expect, &text).unwrap_err(), error, "{text}");
+        }
+        let (_, expect) = request(&["chat"]);
+        assert_eq!(
+            respond(&expect, &format!("{OK}\r\n")).unwrap_err(),
+            HandshakeError::InvalidSubprotocol
+        );
+        assert_eq!(
+            respond(
+                &expect,
+                &format!("{OK}Sec-WebSocket-Protocol: other\r\n\r\n")
+            )
+            .unwrap_err(),
+            HandshakeError::InvalidSubprotocol
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! Sockeye's sans-I/O WebSocket protocol core (RFC 6455).
+//!
+//! This crate does no I/O: no sockets, no async, no `std::io`. Bytes go in, messages and
+//! bytes to send come out, and time is passed in, so every behaviour (the close handshake
+//! and its timeout included) is deterministic and testable without a network.
+//!
+//! ```text
+//!            transport bytes                     your application
+//!   read() ─────────────────► Connection ───────► Message (Text, Binary, Ping, Pong, Close)
+//!   write() ◄───────────────── transmit_buf ◄──── send / ping / pong / close
+//!                               ▲      │
+//!              handle_timeout ──┘      └── poll_timeout, should_close_transport
+//! ```
+//!
+//! Modules: [`frame`] (header codec), [`mask`], [`utf8`] (incremental validation),
+//! [`close`] (codes and frames), [`message`], [`connection`] (the state machine),
+//! [`handshake`] (the HTTP/1.1 upgrade in both roles), [`limits`] and [`error`].
+//!
+//! ```
+//! use std::time::Instant;
+//! use bytes::BytesMut;
+//! use sockeye_proto::{Config, Connection, Message, Role};
+//!
+//! let mut client = Connection::new(Role::Client, Config::default());
+//! let mut server = Connection::new(Role::Server, Config::default());
+//! client.send_text("hello").unwrap();
+//! let mut wire = BytesMut::from(&client.transmit_buf()[..]);
+//! let message = server.read(&mut wire, Instant::now()).unwrap();
+//! assert_eq!(message.unwrap().as_text(), Some("hello"));
+//! ```
+//!
+//! # Stability
+//! Error codes (`ws_code`, `close_code`) are a contract; `Display` texts are not.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod close;
+pub mod connection;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod limits;
+pub mod mask;
+pub mod message;
+pub mod utf8;
+
+pub use bytes;
+pub use http;
+
+pub use close::{CloseCode, CloseFrame};
+pub use connection::{Connection, DataKind, Role, State};
+pub use error::{ApiMisuse, Error, HandshakeError, LimitError, ProtocolError};
+pub use frame::{FrameHeader, OpCode};
+pub use limits::Config;
+pub use message::{Message, Utf8Bytes};

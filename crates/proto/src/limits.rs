@@ -1,0 +1,69 @@
+//! Per-connection settings and limits, with `ws`'s defaults.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `ws`'s default `maxPayload`: 100 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 100 * 1024 * 1024;
+
+/// `ws`'s default `closeTimeout`: 30 s.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A source of masking keys for client frames (`ws`'s `generateMask`).
+pub type MaskGenerator = Arc<dyn Fn() -> [u8; 4] + Send + Sync>;
+
+/// Settings of one connection.
+#[derive(Clone)]
+pub struct Config {
+    /// The largest message accepted, in bytes, counted over all its fragments (`ws`'s
+    /// `maxPayload`). 0 means no limit. Default 100 MiB. A bigger message fails the
+    /// connection with 1009 as soon as a frame header announces it, before its payload is
+    /// buffered.
+    pub max_payload: usize,
+    /// The most fragments one message may have; 0 (the default) means no limit. Memory is
+    /// bounded by `max_payload` whatever the count (empty fragments cost nothing), so the
+    /// default accepts Autobahn 9.3/9.4; a limit fails the connection with 1008 and
+    /// `WS_ERR_TOO_MANY_BUFFERED_PARTS` (`ws`'s `maxFragments`).
+    pub max_fragments: usize,
+    /// Do not check that text messages and close reasons are UTF-8 (`ws`'s
+    /// `skipUTF8Validation`). Text then arrives as [`crate::Message::UncheckedText`].
+    pub skip_utf8_validation: bool,
+    /// Answer pings with pongs automatically (`ws`'s `autoPong`, default on).
+    pub auto_pong: bool,
+    /// How long to wait for the peer's close frame (or, on a client, for the server to
+    /// close TCP) after sending a close frame (`ws`'s `closeTimeout`, default 30 s).
+    pub close_timeout: Duration,
+    /// A custom source of masking keys for client frames (`ws`'s `generateMask`); `None`
+    /// uses a fresh key from a cryptographically secure generator for every frame.
+    pub generate_mask: Option<MaskGenerator>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_fragments: 0,
+            skip_utf8_validation: false,
+            auto_pong: true,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            generate_mask: None,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("max_payload", &self.max_payload)
+            .field("max_fragments", &self.max_fragments)
+            .field("skip_utf8_validation", &self.skip_utf8_validation)
+            .field("auto_pong", &self.auto_pong)
+            .field("close_timeout", &self.close_timeout)
+            .field(
+                "generate_mask",
+                &self.generate_mask.as_ref().map(|_| "custom"),
+            )
+            .finish()
+    }
+}
