@@ -549,7 +549,13 @@ impl Connection {
         let len = match frame {
             Some(frame) => {
                 payload[..2].copy_from_slice(&frame.code.0.to_be_bytes());
-                let reason = &frame.reason.as_bytes()[..frame.reason.len().min(MAX_REASON_LEN)];
+                // Cut at a char boundary: a lossily decoded reason (skip_utf8_validation)
+                // can be longer than a control frame holds (RFC 6455 §5.5.1).
+                let mut end = frame.reason.len().min(MAX_REASON_LEN);
+                while !frame.reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let reason = &frame.reason.as_bytes()[..end];
                 payload[2..2 + reason.len()].copy_from_slice(reason);
                 2 + reason.len()
             }
@@ -1272,6 +1278,24 @@ mod tests {
                 .bytes(),
             ProtocolError::InvalidUtf8,
         );
+    }
+
+    // Regression: with skip_utf8_validation a received reason is decoded lossily, which
+    // can make it longer than 123 bytes; the echo was then cut inside a code point and
+    // sent invalid UTF-8 (§5.5.1).
+    #[test]
+    fn echoed_unchecked_close_reason_stays_utf8() {
+        let mut c = conn_with(Role::Server, |c| c.skip_utf8_validation = true);
+        let reason = [&b"a"[..], &[0xff; 122]].concat();
+        let close = raw(CLOSE, &close_body(1000, &reason))
+            .to(Role::Server)
+            .bytes();
+        read_all(&mut c, &close).unwrap();
+        let frames = sent(&mut c);
+        let (opcode, _, payload) = &frames[0];
+        assert_eq!(*opcode, OpCode::Close);
+        assert!(payload.len() <= 125);
+        assert!(std::str::from_utf8(&payload[2..]).is_ok(), "{payload:?}");
     }
 
     #[test]
