@@ -1,0 +1,131 @@
+//! `sockeye connect`: an interactive client, like wscat.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use sockeye::{ClientConfig, CloseCode, CloseFrame, Error, Message};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// `sockeye connect` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The server URL, e.g. ws://127.0.0.1:8080/echo.
+    url: String,
+    /// A subprotocol to offer (repeat for several).
+    #[arg(long = "protocol", short = 'p')]
+    protocols: Vec<String>,
+    /// An extra request header, "Name: value" (repeat for several).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// The Origin header.
+    #[arg(long, short = 'o')]
+    origin: Option<String>,
+    /// Give up if the connection and handshake take longer, in seconds.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout: u64,
+    /// The largest message accepted, in bytes (0: no limit).
+    #[arg(long, default_value_t = sockeye::proto::limits::DEFAULT_MAX_PAYLOAD)]
+    max_payload: usize,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(session(args))
+}
+
+fn config(args: &Args) -> anyhow::Result<ClientConfig> {
+    let mut config = ClientConfig::default();
+    config.protocols = args.protocols.clone();
+    config.origin = args.origin.clone();
+    config.handshake_timeout = Some(Duration::from_secs(args.handshake_timeout));
+    config.websocket.max_payload = args.max_payload;
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("--header {header:?}: expected \"Name: value\""))?;
+        let name: sockeye::proto::http::HeaderName = name
+            .trim()
+            .parse()
+            .with_context(|| format!("invalid header name in {header:?}"))?;
+        let value = value
+            .trim()
+            .parse()
+            .with_context(|| format!("invalid header value in {header:?}"))?;
+        config.headers.append(name, value);
+    }
+    Ok(config)
+}
+
+async fn session(args: Args) -> anyhow::Result<ExitCode> {
+    let config = config(&args)?;
+    let (ws, response) = match sockeye::connect_with(&args.url, config).await {
+        Ok(ok) => ok,
+        Err(Error::UnexpectedResponse(response)) => {
+            let status = response.status();
+            let body = String::from_utf8_lossy(response.body());
+            eprintln!(
+                "sockeye: error: unexpected server response: {} {}{}{}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or(""),
+                if body.trim().is_empty() { "" } else { ": " },
+                body.trim()
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot connect to {}", args.url)))
+        }
+    };
+    let mut stdout = tokio::io::stdout();
+    let protocol = ws
+        .protocol()
+        .map(|p| format!(" (subprotocol {p})"))
+        .unwrap_or_default();
+    eprintln!(
+        "connected to {} [{}]{protocol}",
+        args.url,
+        response.status().as_u16()
+    );
+    let (writer, mut reader) = ws.split();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    let mut code = ExitCode::SUCCESS;
+    loop {
+        tokio::select! {
+            line = lines.next_line(), if stdin_open => match line? {
+                Some(line) => writer.send_text(&line).await?,
+                None => {
+                    stdin_open = false;
+                    writer.close(Some(CloseFrame::new(CloseCode::NORMAL_CLOSURE, ""))).await?;
+                }
+            },
+            message = reader.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    stdout.write_all(format!("< {text}\n").as_bytes()).await?;
+                    stdout.flush().await?;
+                }
+                Some(Ok(Message::UncheckedText(data) | Message::Binary(data))) => {
+                    stdout.write_all(format!("< [binary, {} bytes]\n", data.len()).as_bytes()).await?;
+                    stdout.flush().await?;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(frame))) => {
+                    match frame {
+                        Some(f) => eprintln!("disconnected ({} {})", f.code.0, f.reason),
+                        None => eprintln!("disconnected (1005)"),
+                    }
+                }
+                Some(Err(e)) => {
+                    eprintln!("sockeye: error: {e}");
+                    code = ExitCode::FAILURE;
+                }
+                None => break,
+            },
+        }
+    }
+    Ok(code)
+}

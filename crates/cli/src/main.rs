@@ -1,0 +1,66 @@
+//! `sockeye`: serve a demo page with echo and chat, run a bare echo server, or connect
+//! to a WebSocket server interactively.
+
+#![forbid(unsafe_code)]
+
+mod connect;
+mod echo;
+mod serve;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Sockeye: a WebSocket server and client.
+#[derive(Debug, Parser)]
+#[command(name = "sockeye", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the demo page at / with a WebSocket echo (/echo) and chat room (/chat).
+    Serve(serve::Args),
+    /// A bare echo server: every text or binary message goes back as it came, on any path.
+    Echo(echo::Args),
+    /// Connect to a WebSocket server: typed lines are sent as text, messages are printed.
+    Connect(connect::Args),
+}
+
+/// Options shared by the servers.
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The largest message accepted, in bytes (0: no limit).
+    #[arg(long, default_value_t = sockeye::proto::limits::DEFAULT_MAX_PAYLOAD)]
+    max_payload: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli
+        .command
+        .unwrap_or(Command::Serve(serve::Args::default()))
+    {
+        Command::Serve(args) => serve::run(args),
+        Command::Echo(args) => echo::run(args),
+        Command::Connect(args) => connect::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("sockeye: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

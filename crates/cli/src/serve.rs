@@ -1,0 +1,224 @@
+//! `sockeye serve`: the demo. One port serves the page at `/`, a WebSocket echo at
+//! `/echo` and a chat room at `/chat` shared by everyone connected.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use sockeye::proto::handshake::server::{parse_request, reject};
+use sockeye::proto::http::{HeaderMap, StatusCode};
+use sockeye::{HeadLimits, Message, ServerConfig, WebSocketWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::ServerArgs;
+
+const PAGE: &str = include_str!("page.html");
+/// The longest chat name and line kept.
+const MAX_NAME: usize = 32;
+const MAX_TEXT: usize = 2000;
+
+/// `sockeye serve` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            server: ServerArgs {
+                listen: "127.0.0.1:8080".parse().expect("valid address"),
+                max_payload: 64 * 1024,
+            },
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<ExitCode> {
+    let listener = TcpListener::bind(args.server.listen).await?;
+    println!(
+        "sockeye serve: open http://{}/ (Ctrl-C to stop)",
+        listener.local_addr()?
+    );
+    let mut config = ServerConfig::default();
+    config.websocket.max_payload = args.server.max_payload;
+    let config = Arc::new(config);
+    let room = Room::default();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(handle(stream, config.clone(), room.clone()));
+            }
+            _ = tokio::signal::ctrl_c() => {
+                println!("sockeye serve: stopping");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
+/// Reads one request: an upgrade goes to the WebSocket routes, anything else gets the
+/// page or a 404.
+async fn handle(mut stream: TcpStream, config: Arc<ServerConfig>, room: Room) {
+    let limits = HeadLimits::default();
+    let mut buf = sockeye::proto::bytes::BytesMut::with_capacity(1024);
+    let head = tokio::time::timeout(config.handshake_timeout, async {
+        loop {
+            match parse_request(&buf, &limits) {
+                Ok(Some(parsed)) => return Ok(parsed),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+            if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return Err(sockeye::proto::HandshakeError::MalformedHttp(
+                    "connection closed".into(),
+                ));
+            }
+        }
+    })
+    .await;
+    let (request, len) = match head {
+        Ok(Ok(parsed)) => parsed,
+        Ok(Err(e)) => return respond_error(stream, &e).await,
+        Err(_) => return respond_error(stream, &sockeye::proto::HandshakeError::Timeout).await,
+    };
+    let _ = buf.split_to(len);
+    let path = request.uri().path().to_owned();
+    if request.headers().contains_key("upgrade") {
+        if path != "/echo" && path != "/chat" {
+            return respond_error(stream, &sockeye::proto::HandshakeError::NotFound).await;
+        }
+        let Ok((ws, _request)) = sockeye::upgrade(stream, request, buf, &config).await else {
+            return;
+        };
+        if path == "/echo" {
+            echo(ws).await;
+        } else {
+            room.join(ws).await;
+        }
+        return;
+    }
+    let response = match path.as_str() {
+        "/" | "/index.html" => {
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+                PAGE.len()
+            )
+            .into_bytes();
+            out.extend_from_slice(PAGE.as_bytes());
+            out
+        }
+        _ => reject(StatusCode::NOT_FOUND, None, &HeaderMap::new(), "not found"),
+    };
+    let _ = stream.write_all(&response).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn respond_error(mut stream: TcpStream, error: &sockeye::proto::HandshakeError) {
+    let response = sockeye::proto::handshake::server::reject_error(error);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&response)).await;
+}
+
+async fn echo(mut ws: sockeye::WebSocket<TcpStream>) {
+    while let Some(Ok(message)) = ws.next().await {
+        if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The chat room: everyone connected to /chat, by connection id.
+#[derive(Clone, Default)]
+struct Room {
+    members: Arc<Mutex<HashMap<u64, (String, WebSocketWriter<TcpStream>)>>>,
+}
+
+impl Room {
+    async fn join(&self, ws: sockeye::WebSocket<TcpStream>) {
+        let id = ws.id();
+        let (writer, mut reader) = ws.split();
+        self.members
+            .lock()
+            .expect("room lock")
+            .insert(id, (format!("guest-{id}"), writer));
+        while let Some(Ok(message)) = reader.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            match value["type"].as_str() {
+                Some("hello") => {
+                    let name = clip(value["name"].as_str().unwrap_or("guest"), MAX_NAME);
+                    let count = {
+                        let mut members = self.members.lock().expect("room lock");
+                        if let Some(member) = members.get_mut(&id) {
+                            member.0 = name.clone();
+                        }
+                        members.len()
+                    };
+                    self.broadcast(json!({"type": "joined", "name": name, "count": count}));
+                }
+                Some("say") => {
+                    let text = clip(value["text"].as_str().unwrap_or(""), MAX_TEXT);
+                    let name = self
+                        .members
+                        .lock()
+                        .expect("room lock")
+                        .get(&id)
+                        .map(|m| m.0.clone());
+                    let at = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    self.broadcast(json!({"type": "said", "name": name, "text": text, "at": at}));
+                }
+                _ => {}
+            }
+        }
+        let (left, count) = {
+            let mut members = self.members.lock().expect("room lock");
+            (members.remove(&id).map(|m| m.0), members.len())
+        };
+        if let Some(name) = left {
+            self.broadcast(json!({"type": "left", "name": name, "count": count}));
+        }
+    }
+
+    /// Sends to every member; a slow member delays only its own task.
+    fn broadcast(&self, value: Value) {
+        let text: Arc<str> = value.to_string().into();
+        let writers: Vec<_> = self
+            .members
+            .lock()
+            .expect("room lock")
+            .values()
+            .map(|m| m.1.clone())
+            .collect();
+        for writer in writers {
+            let text = text.clone();
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), writer.send_text(&text)).await;
+            });
+        }
+    }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}

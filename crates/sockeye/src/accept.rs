@@ -1,0 +1,209 @@
+//! The server side of the opening handshake over any transport: [`accept`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::{HeaderMap, Request};
+use sockeye_proto::handshake::server::{parse_request, reject_error, Upgrade};
+use sockeye_proto::handshake::HeadLimits;
+use sockeye_proto::{Config, HandshakeError, Role};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::Error;
+use crate::websocket::WebSocket;
+
+/// `ws`'s `shouldHandle`: whether to accept a request (false answers 400).
+pub type ShouldHandle = Arc<dyn Fn(&Request<()>) -> bool + Send + Sync>;
+/// `ws`'s `handleProtocols`: picks a subprotocol from the client's list, or none.
+pub type HandleProtocols = Arc<dyn Fn(&[String], &Request<()>) -> Option<String> + Send + Sync>;
+
+/// How a server accepts upgrades.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Settings of each accepted connection (`max_payload`, `skip_utf8_validation` ...).
+    pub websocket: Config,
+    /// Accept upgrades only on this path (`ws`'s `path`); others get 404. `None`: any.
+    pub path: Option<String>,
+    /// `ws`'s `shouldHandle`.
+    pub should_handle: Option<ShouldHandle>,
+    /// `ws`'s `handleProtocols`; by default the client's first subprotocol is chosen.
+    pub handle_protocols: Option<HandleProtocols>,
+    /// How long a client may take to send its upgrade request (default 10 s); a slower
+    /// one is answered 408 and dropped.
+    pub handshake_timeout: Duration,
+    /// Limits on the request head (header count and bytes; 431 beyond).
+    pub head_limits: HeadLimits,
+    /// Keep the set of open connections for [`crate::WebSocketServer::clients`]
+    /// (`ws`'s `clientTracking`, default on).
+    pub client_tracking: bool,
+    /// The listen backlog (default 511, as Node).
+    pub backlog: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            websocket: Config::default(),
+            path: None,
+            should_handle: None,
+            handle_protocols: None,
+            handshake_timeout: Duration::from_secs(10),
+            head_limits: HeadLimits::default(),
+            client_tracking: true,
+            backlog: 511,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("websocket", &self.websocket)
+            .field("path", &self.path)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("head_limits", &self.head_limits)
+            .field("client_tracking", &self.client_tracking)
+            .field("backlog", &self.backlog)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Performs the server side of the opening handshake on `io`: reads the upgrade request
+/// (within `handshake_timeout` and `head_limits`), checks it, answers 101, and returns
+/// the open WebSocket with the request. A bad request is answered with its 4xx status
+/// and a one-line plain-text body, and returned as the error.
+///
+/// # Errors
+/// [`Error::Handshake`] (see [`HandshakeError::status`]) or [`Error::Io`].
+///
+/// # Cancel safety
+/// Not cancel safe: the transport is consumed.
+pub async fn accept<S>(
+    mut io: S,
+    config: &ServerConfig,
+) -> Result<(WebSocket<S>, Request<()>), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    let head = tokio::time::timeout(
+        config.handshake_timeout,
+        read_request(&mut io, &mut buf, config),
+    )
+    .await;
+    let result = match head {
+        Ok(Ok(ok)) => Ok(ok),
+        Ok(Err(Error::Handshake(e))) => Err(e),
+        Ok(Err(other)) => return Err(other),
+        Err(_elapsed) => Err(HandshakeError::Timeout),
+    };
+    match result {
+        Ok((request, upgrade)) => respond(io, request, upgrade, buf, config).await,
+        Err(e) => {
+            reject(&mut io, &e).await;
+            Err(Error::Handshake(e))
+        }
+    }
+}
+
+/// Upgrades a request whose head was already read by another HTTP server (`ws`'s
+/// `handleUpgrade`): checks it as [`accept`] does and answers 101 or the error status.
+/// `read_buf` holds bytes read past the head (`ws`'s `head`).
+///
+/// # Errors
+/// As [`accept`].
+pub async fn upgrade<S>(
+    mut io: S,
+    request: Request<()>,
+    read_buf: BytesMut,
+    config: &ServerConfig,
+) -> Result<(WebSocket<S>, Request<()>), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match check_request(&request, config) {
+        Ok(upgrade) => respond(io, request, upgrade, read_buf, config).await,
+        Err(e) => {
+            reject(&mut io, &e).await;
+            Err(Error::Handshake(e))
+        }
+    }
+}
+
+async fn respond<S>(
+    mut io: S,
+    request: Request<()>,
+    upgrade: Upgrade,
+    read_buf: BytesMut,
+    config: &ServerConfig,
+) -> Result<(WebSocket<S>, Request<()>), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let protocol = match &config.handle_protocols {
+        Some(pick) if !upgrade.protocols.is_empty() => pick(&upgrade.protocols, &request),
+        _ => upgrade.protocols.first().cloned(),
+    };
+    let response = upgrade.accept(protocol.as_deref(), &HeaderMap::new());
+    io.write_all(&response).await?;
+    let ws = WebSocket::with_info(
+        io,
+        Role::Server,
+        config.websocket.clone(),
+        read_buf,
+        protocol,
+        None,
+    );
+    Ok((ws, request))
+}
+
+/// Answers a failed handshake with its status and a one-line body; best effort and
+/// bounded, since the client may not read.
+async fn reject<S: AsyncWrite + Unpin>(io: &mut S, error: &HandshakeError) {
+    let response = reject_error(error);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        io.write_all(&response).await?;
+        io.shutdown().await
+    })
+    .await;
+}
+
+fn check_request(request: &Request<()>, config: &ServerConfig) -> Result<Upgrade, HandshakeError> {
+    if let Some(path) = &config.path {
+        if request.uri().path() != path {
+            return Err(HandshakeError::NotFound);
+        }
+    }
+    let upgrade = Upgrade::validate(request)?;
+    if let Some(should_handle) = &config.should_handle {
+        if !should_handle(request) {
+            return Err(HandshakeError::Rejected);
+        }
+    }
+    Ok(upgrade)
+}
+
+async fn read_request<S>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    config: &ServerConfig,
+) -> Result<(Request<()>, Upgrade), Error>
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        if let Some((request, len)) = parse_request(buf, &config.head_limits)? {
+            let _ = buf.split_to(len);
+            let upgrade = check_request(&request, config)?;
+            return Ok((request, upgrade));
+        }
+        buf.reserve(1024);
+        if io.read_buf(buf).await? == 0 {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed during the opening handshake",
+            )));
+        }
+    }
+}

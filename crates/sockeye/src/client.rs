@@ -1,0 +1,300 @@
+//! The client: [`connect`] and [`ClientConfig`].
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Response};
+use sockeye_proto::handshake::client::ClientRequest;
+use sockeye_proto::handshake::HeadLimits;
+use sockeye_proto::{Config, HandshakeError, Role};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::Error;
+use crate::websocket::WebSocket;
+
+/// The most body bytes kept from a non-101 answer.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// How a client connects (`ws`'s client options).
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Settings of the connection (`max_payload`, `skip_utf8_validation`,
+    /// `generate_mask` ...).
+    pub websocket: Config,
+    /// Subprotocols to offer (`ws`'s `protocols`).
+    pub protocols: Vec<String>,
+    /// The `Origin` header (`ws`'s `origin`).
+    pub origin: Option<String>,
+    /// Extra request headers (`ws`'s `headers`).
+    pub headers: HeaderMap,
+    /// `Sec-WebSocket-Version`: 13 (default) or 8 (`ws`'s `protocolVersion`).
+    pub protocol_version: u8,
+    /// The longest the TCP connect and handshake may take (`ws`'s `handshakeTimeout`);
+    /// `None` (the default, as `ws`) waits as long as the OS does.
+    pub handshake_timeout: Option<Duration>,
+    /// Limits on the response head.
+    pub head_limits: HeadLimits,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            websocket: Config::default(),
+            protocols: Vec::new(),
+            origin: None,
+            headers: HeaderMap::new(),
+            protocol_version: 13,
+            handshake_timeout: None,
+            head_limits: HeadLimits::default(),
+        }
+    }
+}
+
+/// A parsed `ws://` URL.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The host to connect to.
+    pub host: String,
+    /// The TCP port.
+    pub port: u16,
+    /// The `Host` header.
+    pub host_header: String,
+    /// Path and query.
+    pub path: String,
+    /// `Authorization: Basic ...` from the URL's user info.
+    pub authorization: Option<String>,
+}
+
+impl Target {
+    /// Parses a WebSocket URL.
+    ///
+    /// # Errors
+    /// [`Error::Url`] for a URL that is not `ws://` (or `http://`) with a host, or that has
+    /// a fragment.
+    pub fn parse(url: &str) -> Result<Target, Error> {
+        let parsed = url::Url::parse(url).map_err(|e| Error::Url(format!("{url}: {e}")))?;
+        let default_port = match parsed.scheme() {
+            "ws" | "http" => 80,
+            "wss" | "https" => {
+                return Err(Error::Url(format!(
+                    "{url}: wss:// needs TLS, which this build lacks"
+                )))
+            }
+            other => {
+                return Err(Error::Url(format!(
+                    "{url}: the scheme must be ws, not {other}"
+                )))
+            }
+        };
+        if parsed.fragment().is_some() {
+            return Err(Error::Url(format!(
+                "{url}: the URL contains a fragment identifier"
+            )));
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| Error::Url(format!("{url}: no host")))?;
+        let port = parsed.port().unwrap_or(default_port);
+        let host_header = match parsed.port() {
+            Some(p) if p != default_port => format!("{host}:{p}"),
+            _ => host.to_owned(),
+        };
+        let mut path = parsed.path().to_owned();
+        if path.is_empty() {
+            path.push('/');
+        }
+        if let Some(query) = parsed.query() {
+            path.push('?');
+            path.push_str(query);
+        }
+        let authorization = if !parsed.username().is_empty() || parsed.password().is_some() {
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let user = decode(parsed.username());
+            let pass = decode(parsed.password().unwrap_or(""));
+            Some(format!("Basic {}", BASE64.encode(format!("{user}:{pass}"))))
+        } else {
+            None
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        Ok(Target {
+            host,
+            port,
+            host_header,
+            path,
+            authorization,
+        })
+    }
+}
+
+/// Connects to a `ws://` URL with the default settings.
+///
+/// Returns the open WebSocket and the server's 101 response (its headers, such as
+/// `set-cookie`, stay readable).
+///
+/// # Errors
+/// [`Error::Url`], [`Error::Io`], [`Error::Handshake`] and, for an answer other than 101,
+/// [`Error::UnexpectedResponse`] with its status, headers and body.
+///
+/// # Cancel safety
+/// Dropping the future abandons the connection attempt.
+pub async fn connect(url: &str) -> Result<(WebSocket<TcpStream>, Response<()>), Error> {
+    connect_with(url, ClientConfig::default()).await
+}
+
+/// Connects to a `ws://` URL with the given settings. See [`connect`].
+///
+/// # Errors
+/// As [`connect`]; [`HandshakeError::Timeout`] after `handshake_timeout`.
+pub async fn connect_with(
+    url: &str,
+    config: ClientConfig,
+) -> Result<(WebSocket<TcpStream>, Response<()>), Error> {
+    let target = Target::parse(url)?;
+    let attempt = async {
+        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        stream.set_nodelay(true)?;
+        handshake(stream, &target, url, &config).await
+    };
+    match config.handshake_timeout {
+        Some(limit) => tokio::time::timeout(limit, attempt)
+            .await
+            .unwrap_or(Err(Error::Handshake(HandshakeError::Timeout))),
+        None => attempt.await,
+    }
+}
+
+/// Performs the client side of the opening handshake on an already connected transport.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn handshake<S>(
+    mut io: S,
+    target: &Target,
+    url: &str,
+    config: &ClientConfig,
+) -> Result<(WebSocket<S>, Response<()>), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut headers = config.headers.clone();
+    if let Some(auth) = &target.authorization {
+        if !headers.contains_key(http::header::AUTHORIZATION) {
+            let value =
+                HeaderValue::from_str(auth).map_err(|_| Error::Url("invalid user info".into()))?;
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+    }
+    let request = ClientRequest {
+        host: target.host_header.clone(),
+        path: target.path.clone(),
+        protocols: config.protocols.clone(),
+        origin: config.origin.clone(),
+        version: config.protocol_version,
+        headers,
+    };
+    let (bytes, expect) = request.encode();
+    io.write_all(&bytes).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let (response, len) = loop {
+        if let Some(parsed) = expect.parse(&buf, &config.head_limits)? {
+            break parsed;
+        }
+        buf.reserve(1024);
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection during the opening handshake",
+            )));
+        }
+    };
+    let _ = buf.split_to(len);
+    match expect.validate(response.clone()) {
+        Ok(accepted) => {
+            let ws = WebSocket::with_info(
+                io,
+                Role::Client,
+                config.websocket.clone(),
+                buf,
+                accepted.protocol,
+                Some(url.to_owned()),
+            );
+            Ok((ws, accepted.response))
+        }
+        Err(HandshakeError::UnexpectedStatus(_)) => {
+            let body = read_body(&mut io, buf, response.headers()).await;
+            let (parts, ()) = response.into_parts();
+            Err(Error::UnexpectedResponse(Box::new(Response::from_parts(
+                parts, body,
+            ))))
+        }
+        Err(e) => Err(Error::Handshake(e)),
+    }
+}
+
+/// Reads an error response's body: `Content-Length` bytes or until EOF, at most
+/// [`MAX_ERROR_BODY`] and 2 s.
+async fn read_body<S: AsyncRead + Unpin>(
+    io: &mut S,
+    mut buf: BytesMut,
+    headers: &HeaderMap,
+) -> Bytes {
+    let wanted = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(MAX_ERROR_BODY)
+        .min(MAX_ERROR_BODY);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while buf.len() < wanted {
+            buf.reserve(wanted - buf.len());
+            match io.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    buf.truncate(wanted);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        let t = Target::parse("ws://example.com").unwrap();
+        assert_eq!(
+            (
+                t.host.as_str(),
+                t.port,
+                t.host_header.as_str(),
+                t.path.as_str()
+            ),
+            ("example.com", 80, "example.com", "/")
+        );
+        let t = Target::parse("ws://127.0.0.1:9001/runCase?case=1&agent=x").unwrap();
+        assert_eq!(
+            (t.port, t.host_header.as_str(), t.path.as_str()),
+            (9001, "127.0.0.1:9001", "/runCase?case=1&agent=x")
+        );
+        let t = Target::parse("ws://[::1]:80/").unwrap();
+        assert_eq!((t.host.as_str(), t.host_header.as_str()), ("::1", "[::1]"));
+        let t = Target::parse("ws://user:p%40ss@h/").unwrap();
+        assert_eq!(t.authorization.as_deref(), Some("Basic dXNlcjpwQHNz"));
+        assert!(Target::parse("ftp://h/").is_err());
+        assert!(Target::parse("ws://h/#frag").is_err());
+        assert!(Target::parse("not a url").is_err());
+    }
+}

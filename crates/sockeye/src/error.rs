@@ -1,0 +1,121 @@
+//! Errors of the tokio layer.
+
+use std::fmt;
+use std::io;
+
+use bytes::Bytes;
+use sockeye_proto::{CloseFrame, HandshakeError};
+
+/// Any error of a WebSocket, its handshake or its server.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The transport failed.
+    Io(io::Error),
+    /// The peer broke the protocol or a limit; the connection sent the close code
+    /// [`sockeye_proto::Error::close_code`] and is closed. See `ws_code()`.
+    Protocol(sockeye_proto::Error),
+    /// The opening handshake failed.
+    Handshake(HandshakeError),
+    /// The server answered the upgrade with something other than 101 (`ws`'s
+    /// `unexpected-response`): its status, headers and up to 64 KiB of body.
+    UnexpectedResponse(Box<http::Response<Bytes>>),
+    /// The URL is not a WebSocket URL this client can connect to.
+    Url(String),
+    /// The connection is closed; nothing more can be sent or received.
+    Closed(CloseInfo),
+}
+
+/// How a connection ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// The close frame received from the peer, if any (1006 when the transport ended
+    /// without one).
+    pub received: Option<CloseFrame>,
+    /// Whether this end sent a close frame.
+    pub sent: bool,
+}
+
+impl Error {
+    /// The `ws` error code (`WS_ERR_*`) of a protocol or limit violation.
+    pub fn ws_code(&self) -> Option<&'static str> {
+        match self {
+            Error::Protocol(e) => e.ws_code(),
+            _ => None,
+        }
+    }
+
+    /// The close code this end sent because of this error.
+    pub fn close_code(&self) -> Option<sockeye_proto::CloseCode> {
+        match self {
+            Error::Protocol(e) => e.close_code(),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of a failed handshake: the server's answer on a client, the status
+    /// sent on a server.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Error::UnexpectedResponse(r) => Some(r.status().as_u16()),
+            Error::Handshake(e) => Some(e.status()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Protocol(e) => write!(f, "{e}"),
+            Error::Handshake(e) => write!(f, "handshake failed: {e}"),
+            Error::UnexpectedResponse(r) => {
+                let status = r.status();
+                write!(
+                    f,
+                    "unexpected server response: {} {}",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("")
+                )
+            }
+            Error::Url(why) => write!(f, "invalid URL: {why}"),
+            Error::Closed(info) => match &info.received {
+                Some(frame) => write!(f, "connection closed ({} {})", frame.code.0, frame.reason),
+                None => f.write_str("connection closed"),
+            },
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            Error::Protocol(e) => Some(e),
+            Error::Handshake(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<HandshakeError> for Error {
+    fn from(e: HandshakeError) -> Self {
+        Error::Handshake(e)
+    }
+}
+
+impl From<sockeye_proto::Error> for Error {
+    fn from(e: sockeye_proto::Error) -> Self {
+        match e {
+            sockeye_proto::Error::Handshake(h) => Error::Handshake(h),
+            other => Error::Protocol(other),
+        }
+    }
+}

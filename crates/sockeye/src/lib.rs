@@ -1,0 +1,49 @@
+//! Sockeye: a fast, complete WebSocket (RFC 6455) client and server for tokio, with the
+//! feature set of Node's `ws`.
+//!
+//! - [`connect`] / [`connect_with`]: a client.
+//! - [`WebSocketServer`]: a server that listens, upgrades and tracks its clients;
+//!   [`accept()`] upgrades any transport.
+//! - [`WebSocket`]: a `Stream` of [`Message`]s and a `Sink` of them, with `send*` methods
+//!   on `&self` and [`WebSocket::split`] for a reader task and writer tasks.
+//!
+//! The protocol itself lives in [`sockeye_proto`], which does no I/O; this crate only
+//! moves bytes between a transport and it.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), sockeye::Error> {
+//! use futures_util::StreamExt;
+//! let (mut ws, _response) = sockeye::connect("ws://127.0.0.1:8080/echo").await?;
+//! ws.send_text("hello").await?;
+//! if let Some(Ok(message)) = ws.next().await {
+//!     println!("{message:?}");
+//! }
+//! ws.close(None).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Cancel safety
+//! Receiving is cancel safe. A `send*` future queues its frame whole before it first
+//! waits, so dropping it never tears a frame; the frame is written by the next operation.
+//!
+//! # Stability
+//! The `ws_code()` and close codes of errors are a contract; `Display` texts are not.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod accept;
+mod client;
+mod error;
+mod server;
+mod websocket;
+
+pub use accept::{accept, upgrade, HandleProtocols, ServerConfig, ShouldHandle};
+pub use client::{connect, connect_with, handshake as client_handshake, ClientConfig, Target};
+pub use error::{CloseInfo, Error};
+pub use server::{Clients, ShutdownReport, WebSocketServer};
+pub use websocket::{ReadyState, WebSocket, WebSocketReader, WebSocketWriter};
+
+pub use sockeye_proto as proto;
+pub use sockeye_proto::handshake::HeadLimits;
+pub use sockeye_proto::{CloseCode, CloseFrame, Config, DataKind, Message, Role, Utf8Bytes};

@@ -1,0 +1,723 @@
+//! [`WebSocket`]: an open connection over any `AsyncRead + AsyncWrite`, as a `Stream` of
+//! messages and a `Sink` of messages, with split halves for two tasks.
+//!
+//! The connection is a [`sockeye_proto::Connection`] and the transport behind one short
+//! lock. Every operation polls the transport directly from the calling task; there is no
+//! background task per connection. Reading drives the connection: automatic pongs, the
+//! close handshake and its timeout progress while somebody polls the stream.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Sink, Stream};
+use sockeye_proto::{CloseFrame, Config, Connection, DataKind, Message, Role, State};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Sleep;
+
+use crate::error::{CloseInfo, Error};
+
+/// The smallest read: enough for many small frames per system call.
+const READ_CHUNK: usize = 8 * 1024;
+/// The largest single reservation for a frame's payload.
+const MAX_READ_RESERVE: usize = 4 * 1024 * 1024;
+/// `poll_ready` waits for the transmit buffer to drain below this before accepting more.
+const SEND_HIGH_WATER: usize = 64 * 1024;
+/// A transmit buffer larger than this is freed once written.
+const KEEP_TRANSMIT_CAPACITY: usize = 64 * 1024;
+
+/// The connection state as `ws`'s `readyState`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadyState {
+    /// The opening handshake is in progress (never seen on a [`WebSocket`], which exists
+    /// only after the handshake).
+    Connecting,
+    /// Open: messages flow both ways.
+    Open,
+    /// A close frame was sent; waiting for the peer's.
+    Closing,
+    /// Closed.
+    Closed,
+}
+
+/// Facts fixed at the handshake.
+#[derive(Debug)]
+struct Info {
+    id: u64,
+    role: Role,
+    protocol: Option<String>,
+    extensions: String,
+    url: Option<String>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) struct Shared<S> {
+    info: Info,
+    inner: Mutex<Inner<S>>,
+}
+
+struct Inner<S> {
+    /// The transport; `None` once closed or terminated.
+    io: Option<S>,
+    conn: Connection,
+    read_buf: BytesMut,
+    /// Tasks waiting for the transmit buffer to drain. The transport keeps one write
+    /// waker, so whoever makes progress wakes the others.
+    write_wakers: Vec<Waker>,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The error that failed the connection, returned once by the stream.
+    failure: Option<Error>,
+    /// The close frame received, or 1006 for an abnormal end.
+    received: Option<CloseFrame>,
+    ended: bool,
+}
+
+/// An open WebSocket connection.
+///
+/// Receive with the [`Stream`] implementation (or [`WebSocket::recv`]); send with the
+/// [`Sink`] implementation or the `send*` methods, which take `&self`. [`WebSocket::split`]
+/// gives a reader and a cloneable writer for use from different tasks.
+///
+/// # Cancel safety
+/// A `send*` future dropped before completion leaves its frame queued whole: it is written
+/// by the next operation, never torn or duplicated. `recv` is cancel safe.
+pub struct WebSocket<S> {
+    shared: Arc<Shared<S>>,
+}
+
+/// The receiving half of a split [`WebSocket`].
+pub struct WebSocketReader<S> {
+    shared: Arc<Shared<S>>,
+}
+
+/// The sending half of a split [`WebSocket`]; clone it to send from several tasks.
+pub struct WebSocketWriter<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for WebSocketWriter<S> {
+    fn clone(&self) -> Self {
+        WebSocketWriter {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    /// Wraps a transport on which the opening handshake is done. `read_buf` holds bytes
+    /// already read past the handshake.
+    pub fn from_upgraded(io: S, role: Role, config: Config, read_buf: BytesMut) -> Self {
+        Self::with_info(io, role, config, read_buf, None, None)
+    }
+
+    pub(crate) fn with_info(
+        io: S,
+        role: Role,
+        config: Config,
+        read_buf: BytesMut,
+        protocol: Option<String>,
+        url: Option<String>,
+    ) -> Self {
+        let info = Info {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            role,
+            protocol,
+            extensions: String::new(),
+            url,
+        };
+        let inner = Inner {
+            io: Some(io),
+            conn: Connection::new(role, config),
+            read_buf,
+            write_wakers: Vec::new(),
+            timer: None,
+            failure: None,
+            received: None,
+            ended: false,
+        };
+        WebSocket {
+            shared: Arc::new(Shared {
+                info,
+                inner: Mutex::new(inner),
+            }),
+        }
+    }
+
+    /// Splits into a reader and a writer usable from different tasks at once.
+    pub fn split(self) -> (WebSocketWriter<S>, WebSocketReader<S>) {
+        (
+            WebSocketWriter {
+                shared: self.shared.clone(),
+            },
+            WebSocketReader {
+                shared: self.shared,
+            },
+        )
+    }
+
+    /// Joins halves split from the same connection.
+    ///
+    /// # Panics
+    /// If the halves come from different connections.
+    pub fn reunite(writer: WebSocketWriter<S>, reader: WebSocketReader<S>) -> Self {
+        assert!(
+            Arc::ptr_eq(&writer.shared, &reader.shared),
+            "halves of different WebSockets"
+        );
+        WebSocket {
+            shared: reader.shared,
+        }
+    }
+
+    /// A cloneable sending handle that shares this connection.
+    pub fn writer(&self) -> WebSocketWriter<S> {
+        WebSocketWriter {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Receives the next message or control frame; `None` once the connection is closed.
+    ///
+    /// A protocol violation by the peer is returned once as `Err` (the close frame with
+    /// its code has been sent), then `None`. A transport that ends without a close frame
+    /// gives `Err(Error::Closed)` with code 1006.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: no message is lost if the future is dropped.
+    pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
+        poll_fn(|cx| self.shared.poll_recv(cx)).await
+    }
+}
+
+macro_rules! sender_methods {
+    () => {
+        /// Sends a message (text, binary, ping, pong or close) and waits until it is
+        /// written to the transport.
+        ///
+        /// # Errors
+        /// [`Error::Protocol`] with an `ApiMisuse` for invalid arguments or a send after
+        /// close; [`Error::Io`] if the transport fails.
+        ///
+        /// # Cancel safety
+        /// The message is queued whole before the first await; if the future is dropped
+        /// it is still written by the next operation.
+        pub async fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
+            self.shared.queue(message.into())?;
+            poll_fn(|cx| self.shared.poll_flush(cx)).await
+        }
+
+        /// Sends a text message.
+        ///
+        /// # Errors
+        /// As [`Self::send`].
+        pub async fn send_text(&self, text: &str) -> Result<(), Error> {
+            self.send_frame(DataKind::Text, text.as_bytes(), true).await
+        }
+
+        /// Sends a binary message.
+        ///
+        /// # Errors
+        /// As [`Self::send`].
+        pub async fn send_binary(&self, data: &[u8]) -> Result<(), Error> {
+            self.send_frame(DataKind::Binary, data, true).await
+        }
+
+        /// Sends one frame of a message (`ws`'s `send(data, { fin })`): with `fin: false`
+        /// the message continues with the next call; the first frame fixes its type.
+        ///
+        /// # Errors
+        /// As [`Self::send`].
+        pub async fn send_frame(
+            &self,
+            kind: DataKind,
+            data: &[u8],
+            fin: bool,
+        ) -> Result<(), Error> {
+            self.shared.with_conn(|conn| conn.send(kind, data, fin))?;
+            poll_fn(|cx| self.shared.poll_flush(cx)).await
+        }
+
+        /// Sends a ping (at most 125 bytes).
+        ///
+        /// # Errors
+        /// As [`Self::send`].
+        pub async fn ping(&self, data: &[u8]) -> Result<(), Error> {
+            self.shared.with_conn(|conn| conn.ping(data))?;
+            poll_fn(|cx| self.shared.poll_flush(cx)).await
+        }
+
+        /// Sends a pong (at most 125 bytes).
+        ///
+        /// # Errors
+        /// As [`Self::send`].
+        pub async fn pong(&self, data: &[u8]) -> Result<(), Error> {
+            self.shared.with_conn(|conn| conn.pong(data))?;
+            poll_fn(|cx| self.shared.poll_flush(cx)).await
+        }
+
+        /// Starts the close handshake with a code and reason (`None`: a close frame with
+        /// no status) and waits until the close frame is written. The peer's answer
+        /// arrives through the reading side, which ends after it (or after
+        /// `close_timeout`).
+        ///
+        /// # Errors
+        /// `ApiMisuse::InvalidCloseCode` for a code that may not be sent (1005, 1006,
+        /// 1015, < 1000 ...) and `ApiMisuse::CloseReasonTooLong` over 123 bytes.
+        pub async fn close(&self, frame: Option<CloseFrame>) -> Result<(), Error> {
+            self.shared
+                .with_conn(|conn| conn.close(frame.as_ref(), Instant::now()))?;
+            self.shared.wake_writers();
+            poll_fn(|cx| self.shared.poll_flush(cx)).await
+        }
+
+        /// Closes the transport at once, without a close handshake (`ws`'s `terminate()`).
+        pub fn terminate(&self) {
+            self.shared.terminate();
+        }
+
+        /// The state, as `ws`'s `readyState`.
+        pub fn ready_state(&self) -> ReadyState {
+            self.shared.ready_state()
+        }
+
+        /// The subprotocol agreed in the handshake.
+        pub fn protocol(&self) -> Option<&str> {
+            self.shared.info.protocol.as_deref()
+        }
+
+        /// The extensions agreed in the handshake (`Sec-WebSocket-Extensions`), empty when
+        /// none.
+        pub fn extensions(&self) -> &str {
+            &self.shared.info.extensions
+        }
+
+        /// The URL a client connected to.
+        pub fn url(&self) -> Option<&str> {
+            self.shared.info.url.as_deref()
+        }
+
+        /// This end's role.
+        pub fn role(&self) -> Role {
+            self.shared.info.role
+        }
+
+        /// A process-unique id of this connection.
+        pub fn id(&self) -> u64 {
+            self.shared.info.id
+        }
+
+        /// Bytes queued but not yet written to the transport, framing included (`ws`'s
+        /// `bufferedAmount`).
+        pub fn buffered_amount(&self) -> usize {
+            self.shared.lock().conn.transmit_buf().len()
+        }
+    };
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    sender_methods!();
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
+    sender_methods!();
+
+    /// Whether both handles belong to the same connection.
+    pub fn same_connection(&self, other: &WebSocketWriter<S>) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketReader<S> {
+    /// Receives the next message; see [`WebSocket::recv`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
+        poll_fn(|cx| self.shared.poll_recv(cx)).await
+    }
+}
+
+impl<S> Shared<S> {
+    fn lock(&self) -> MutexGuard<'_, Inner<S>> {
+        // A panic while holding the lock leaves plain data; keep going with it.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, sockeye_proto::Error>,
+    ) -> Result<T, Error> {
+        let mut inner = self.lock();
+        if inner.io.is_none() || inner.ended {
+            if inner.conn.state() == State::Closed {
+                return Err(Error::Closed(inner.close_info()));
+            }
+        }
+        f(&mut inner.conn).map_err(Error::from)
+    }
+
+    fn queue(&self, message: Message) -> Result<(), Error> {
+        self.with_conn(|conn| match &message {
+            Message::Text(text) => conn.send(DataKind::Text, text.as_bytes(), true),
+            Message::UncheckedText(data) => conn.send(DataKind::Text, data, true),
+            Message::Binary(data) => conn.send(DataKind::Binary, data, true),
+            Message::Ping(data) => conn.ping(data),
+            Message::Pong(data) => conn.pong(data),
+            Message::Close(frame) => conn.close(frame.as_ref(), Instant::now()),
+        })
+    }
+
+    fn ready_state(&self) -> ReadyState {
+        let inner = self.lock();
+        if inner.io.is_none() {
+            return ReadyState::Closed;
+        }
+        match inner.conn.state() {
+            State::Open => ReadyState::Open,
+            State::Closing => ReadyState::Closing,
+            State::Closed => ReadyState::Closed,
+        }
+    }
+
+    fn terminate(&self) {
+        let mut inner = self.lock();
+        inner.conn.terminate();
+        inner.io = None;
+        inner.wake_all_writers();
+    }
+
+    fn wake_writers(&self) {
+        self.lock().wake_all_writers();
+    }
+
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let mut inner = self.lock();
+        inner.poll_flush_transmit(cx).map_err(Error::Io)
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let mut inner = self.lock();
+        if inner.conn.transmit_buf().len() < SEND_HIGH_WATER {
+            return Poll::Ready(Ok(()));
+        }
+        inner.poll_flush_transmit(cx).map_err(Error::Io)
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        let mut inner = self.lock();
+        inner.poll_recv(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
+    fn close_info(&self) -> CloseInfo {
+        CloseInfo {
+            received: self.received.clone(),
+            sent: self.conn.close_sent(),
+        }
+    }
+
+    fn wake_all_writers(&mut self) {
+        for waker in self.write_wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Writes the transmit buffer out. Ready once it is empty and the transport flushed.
+    fn poll_flush_transmit(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(io) = self.io.as_mut() else {
+            let empty = self.conn.transmit_buf().is_empty();
+            return Poll::Ready(if empty {
+                Ok(())
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the connection is closed",
+                ))
+            });
+        };
+        let mut progress = false;
+        loop {
+            let buf = self.conn.transmit_buf();
+            if buf.is_empty() {
+                break;
+            }
+            match Pin::new(&mut *io).poll_write(cx, buf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    buf.advance(n);
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.wake_all_writers();
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {
+                    if progress {
+                        self.wake_all_writers();
+                    }
+                    if !self.write_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                        self.write_wakers.push(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        match Pin::new(&mut *io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        if self.conn.transmit_buf().capacity() > KEEP_TRANSMIT_CAPACITY {
+            self.conn.shrink_transmit_buf();
+        }
+        self.wake_all_writers();
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            // Pending control frames (pongs, close replies) go out first, best effort.
+            if !self.conn.transmit_buf().is_empty() {
+                if let Poll::Ready(Err(e)) = self.poll_flush_transmit(cx) {
+                    return Poll::Ready(Some(Err(self.end_with_io_error(e))));
+                }
+            }
+            if !self.conn.is_read_closed() {
+                let now = Instant::now();
+                match self.conn.read(&mut self.read_buf, now) {
+                    Ok(Some(message)) => {
+                        if let Message::Close(frame) = &message {
+                            self.received = frame.clone();
+                            if !self.conn.transmit_buf().is_empty() {
+                                // The close reply: try to write it before handing over.
+                                let _ = self.poll_flush_transmit(cx);
+                            }
+                        }
+                        return Poll::Ready(Some(Ok(message)));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.failure = Some(Error::Protocol(e));
+                        continue;
+                    }
+                }
+            }
+            if self.conn.is_read_closed() {
+                return self.poll_closing(cx);
+            }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.end_with_io_error(e)))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Reads more bytes; on end of stream tells the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(io) = self.io.as_mut() else {
+            self.conn.handle_eof();
+            return Poll::Ready(Ok(()));
+        };
+        let want = self
+            .conn
+            .read_hint(&self.read_buf)
+            .clamp(READ_CHUNK, MAX_READ_RESERVE);
+        self.read_buf.reserve(want);
+        let n = match tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.read_buf) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.read_buf.is_empty() {
+                    // Idle: hold no read buffer while waiting.
+                    self.read_buf = BytesMut::new();
+                }
+                return Poll::Pending;
+            }
+        };
+        if n == 0 {
+            if let Some(abnormal) = self.conn.handle_eof() {
+                self.received = Some(abnormal);
+                self.failure.get_or_insert(Error::Closed(CloseInfo {
+                    received: self.received.clone(),
+                    sent: self.conn.close_sent(),
+                }));
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// After the last frame: write what is queued, wait out the close handshake, close
+    /// the transport, then report the end.
+    fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        if let Poll::Ready(Err(e)) = self.poll_flush_transmit(cx) {
+            return Poll::Ready(Some(Err(self.end_with_io_error(e))));
+        }
+        if !self.conn.transmit_buf().is_empty() {
+            return Poll::Pending;
+        }
+        if !self.conn.should_close_transport() {
+            // A client waits for the server to close TCP, bounded by close_timeout.
+            if let Some(deadline) = self.conn.poll_timeout() {
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+                if timer.deadline() != deadline.into() {
+                    timer.as_mut().reset(deadline.into());
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.conn.handle_timeout(Instant::now());
+                    self.timer = None;
+                    return self.poll_closing(cx);
+                }
+            }
+            // Keep reading (and discarding) until end of stream.
+            self.read_buf.clear();
+            return match self.poll_fill(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.read_buf.clear();
+                    self.poll_closing(cx)
+                }
+                Poll::Ready(Err(_)) => {
+                    self.io = None;
+                    self.finish()
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        if let Some(io) = self.io.as_mut() {
+            match Pin::new(io).poll_shutdown(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(_) => self.io = None,
+            }
+        }
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Poll<Option<Result<Message, Error>>> {
+        self.ended = true;
+        self.timer = None;
+        self.read_buf = BytesMut::new();
+        self.conn.shrink_transmit_buf();
+        self.wake_all_writers();
+        Poll::Ready(self.failure.take().map(Err))
+    }
+
+    fn end_with_io_error(&mut self, e: io::Error) -> Error {
+        self.conn.terminate();
+        self.io = None;
+        self.ended = true;
+        self.wake_all_writers();
+        Error::Io(e)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
+    type Item = Result<Message, Error>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.shared.poll_recv(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocketReader<S> {
+    type Item = Result<Message, Error>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.shared.poll_recv(cx)
+    }
+}
+
+macro_rules! impl_sink {
+    ($ty:ident) => {
+        impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for $ty<S> {
+            type Error = Error;
+            fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+                self.shared.poll_ready(cx)
+            }
+            fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Error> {
+                self.shared.queue(item)
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+                self.shared.poll_flush(cx)
+            }
+            fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+                let _ = self
+                    .shared
+                    .with_conn(|conn| conn.close(None, Instant::now()));
+                self.shared.poll_flush(cx)
+            }
+        }
+    };
+}
+
+impl_sink!(WebSocket);
+impl_sink!(WebSocketWriter);
+
+impl<S> std::fmt::Debug for WebSocket<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("id", &self.shared.info.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> std::fmt::Debug for WebSocketWriter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketWriter")
+            .field("id", &self.shared.info.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> std::fmt::Debug for WebSocketReader<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketReader")
+            .field("id", &self.shared.info.id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<WebSocket<tokio::net::TcpStream>>();
+    check::<WebSocketReader<tokio::net::TcpStream>>();
+    check::<WebSocketWriter<tokio::net::TcpStream>>();
+    let _ = Bytes::new();
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
+    pub(crate) fn is_open_or_closing(&self) -> bool {
+        matches!(self.ready_state(), ReadyState::Open | ReadyState::Closing)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
+    pub(crate) fn from_shared(shared: Arc<Shared<S>>) -> Self {
+        WebSocketWriter { shared }
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Shared<S>> {
+        Arc::downgrade(&self.shared)
+    }
+
+    pub(crate) fn is_open_or_closing(&self) -> bool {
+        self.shared.is_open_or_closing()
+    }
+}
