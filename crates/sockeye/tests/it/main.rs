@@ -1,0 +1,9 @@
+//! Sockeye's integration tests: everything here runs over real loopback sockets.
+//! One binary, one module per area.
+
+mod support;
+
+mod api;
+mod handshake;
+mod interop;
+mod ws_errors;
