@@ -493,20 +493,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 return Poll::Ready(None);
             }
             // Pending control frames (pongs, close replies) go out first, best effort.
-            if !self.conn.transmit_buf().is_empty() {
-                if let Poll::Ready(Err(e)) = self.poll_flush_transmit(cx) {
-                    return Poll::Ready(Some(Err(self.end_with_io_error(e))));
-                }
+            if let Poll::Ready(Err(e)) = self.poll_flush_pending(cx) {
+                return Poll::Ready(Some(Err(self.end_with_io_error(e))));
             }
+            self.poll_deadline(cx);
             if !self.conn.is_read_closed() {
-                let now = Instant::now();
-                match self.conn.read(&mut self.read_buf, now) {
+                match self.conn.read(&mut self.read_buf, Instant::now()) {
                     Ok(Some(message)) => {
                         if let Message::Close(frame) = &message {
                             self.received = frame.clone();
-                            if !self.conn.transmit_buf().is_empty() {
-                                // The close reply: try to write it before handing over.
-                                let _ = self.poll_flush_transmit(cx);
+                        }
+                        // Answer at once (pong, close reply) and, on a server whose close
+                        // handshake just ended, close TCP now (RFC 6455 §7.1.1).
+                        if let Poll::Ready(Err(e)) = self.poll_flush_pending(cx) {
+                            let _ = self.end_with_io_error(e);
+                        } else if self.conn.should_close_transport()
+                            && self.conn.transmit_buf().is_empty()
+                        {
+                            if let Some(io) = self.io.as_mut() {
+                                if Pin::new(io).poll_shutdown(cx).is_ready() {
+                                    self.io = None;
+                                }
                             }
                         }
                         return Poll::Ready(Some(Ok(message)));
@@ -526,6 +533,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.end_with_io_error(e)))),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+
+    /// Writes queued bytes if there are any; `Ready(Ok)` also when nothing was queued.
+    fn poll_flush_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.conn.transmit_buf().is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_flush_transmit(cx)
+    }
+
+    /// Arms the timer for the connection's deadline (the close timeout) and hands the
+    /// connection the time once it has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) {
+        let Some(deadline) = self.conn.poll_timeout() else {
+            self.timer = None;
+            return;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            self.timer = None;
+            self.conn.handle_timeout(Instant::now());
         }
     }
 
@@ -575,18 +610,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
         if !self.conn.should_close_transport() {
             // A client waits for the server to close TCP, bounded by close_timeout.
-            if let Some(deadline) = self.conn.poll_timeout() {
-                let timer = self
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
-                if timer.deadline() != deadline.into() {
-                    timer.as_mut().reset(deadline.into());
-                }
-                if timer.as_mut().poll(cx).is_ready() {
-                    self.conn.handle_timeout(Instant::now());
-                    self.timer = None;
-                    return self.poll_closing(cx);
-                }
+            self.poll_deadline(cx);
+            if self.conn.should_close_transport() {
+                return self.poll_closing(cx);
             }
             // Keep reading (and discarding) until end of stream.
             self.read_buf.clear();

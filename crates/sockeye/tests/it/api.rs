@@ -1,1 +1,558 @@
-//! (being written)
+//! The public API over loopback: server (S1, S9, S10, S11), client options (C2, C3),
+//! connection (W1-W4, W9), newer ws options (N1, N2).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use sockeye::{
+    ClientConfig, CloseCode, CloseFrame, DataKind, Error, Message, ReadyState, ServerConfig,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::support::*;
+
+async fn next(
+    ws: &mut (impl futures_util::Stream<Item = Result<Message, Error>> + Unpin),
+) -> Message {
+    tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("message in time")
+        .expect("stream open")
+        .expect("no error")
+}
+
+fn url(server: &sockeye::WebSocketServer, path: &str) -> String {
+    format!("ws://{}{path}", server.local_addr())
+}
+
+// S1, S11: bind to an ephemeral port, report the address, hand out connections with
+// their request.
+#[tokio::test]
+async fn server_reports_address_and_request() {
+    let server = server(ServerConfig::default()).await;
+    assert_ne!(server.local_addr().port(), 0);
+    let client = tokio::spawn({
+        let url = url(&server, "/room/7?x=1");
+        async move { sockeye::connect(&url).await.unwrap() }
+    });
+    let (ws, request) = tokio::time::timeout(STEP, server.accept())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(request.uri().path(), "/room/7");
+    assert_eq!(request.uri().query(), Some("x=1"));
+    assert_eq!(ws.ready_state(), ReadyState::Open);
+    assert_eq!(ws.role(), sockeye::Role::Server);
+    let (client_ws, response) = client.await.unwrap();
+    assert_eq!(response.status(), 101);
+    assert_eq!(client_ws.url(), Some(url(&server, "/room/7?x=1").as_str()));
+    assert_eq!(client_ws.extensions(), "");
+}
+
+// W2, W3: text, binary, empty and large messages both ways; the echo is exact.
+#[tokio::test]
+async fn messages_both_ways() {
+    let server = server(ServerConfig::default()).await;
+    let (mut client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let mut peer = accept_one(&server).await;
+    client.send_text("κόσμε").await.unwrap();
+    assert_eq!(next(&mut peer).await, Message::text("κόσμε"));
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    for data in [vec![], vec![7u8], big] {
+        peer.send_binary(&data).await.unwrap();
+        assert_eq!(next(&mut client).await, Message::binary(data.clone()));
+        client.send(Message::binary(data.clone())).await.unwrap();
+        assert_eq!(next(&mut peer).await.as_bytes(), &data[..]);
+    }
+    // The Sink interface.
+    client.feed(Message::text("a")).await.unwrap();
+    client.feed(Message::text("b")).await.unwrap();
+    client.flush().await.unwrap();
+    assert_eq!(next(&mut peer).await, Message::text("a"));
+    assert_eq!(next(&mut peer).await, Message::text("b"));
+}
+
+// W3: fin = false streams one message as several frames; the receiver sees one message,
+// and the frames are on the wire as Text + Continuation.
+#[tokio::test]
+async fn streaming_a_message_in_frames() {
+    let server = server(ServerConfig::default()).await;
+    let (client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let mut peer = accept_one(&server).await;
+    client
+        .send_frame(DataKind::Text, b"hel", false)
+        .await
+        .unwrap();
+    client.ping(b"between").await.unwrap();
+    client
+        .send_frame(DataKind::Text, b"lo ", false)
+        .await
+        .unwrap();
+    client
+        .send_frame(DataKind::Text, "wörld".as_bytes(), true)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut peer).await, Message::Ping("between".into()));
+    assert_eq!(next(&mut peer).await, Message::text("hello wörld"));
+    // A piece of another type while a message is in progress is a caller error.
+    client
+        .send_frame(DataKind::Binary, b"x", false)
+        .await
+        .unwrap();
+    let err = client
+        .send_frame(DataKind::Text, b"y", true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Protocol(sockeye::proto::Error::Misuse(_))),
+        "{err:?}"
+    );
+
+    // On the wire: a raw client sees the server's frames.
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let peer = accept_one(&server).await;
+    peer.send_frame(DataKind::Binary, b"ab", false)
+        .await
+        .unwrap();
+    peer.send_frame(DataKind::Binary, b"cd", true)
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut raw).await, (false, 2, b"ab".to_vec()));
+    assert_eq!(read_frame(&mut raw).await, (true, 0, b"cd".to_vec()));
+}
+
+// W2, W4, N1: pings are answered with their payload (auto_pong); with auto_pong off the
+// application answers; control payloads over 125 bytes are refused.
+#[tokio::test]
+async fn ping_pong() {
+    let server = server(ServerConfig::default()).await;
+    let (mut client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let mut peer = accept_one(&server).await;
+    client.ping(b"are you there").await.unwrap();
+    assert_eq!(next(&mut peer).await, Message::Ping("are you there".into()));
+    assert_eq!(
+        next(&mut client).await,
+        Message::Pong("are you there".into())
+    );
+    peer.pong(b"unsolicited").await.unwrap();
+    assert_eq!(next(&mut client).await, Message::Pong("unsolicited".into()));
+    let err = client.ping(&[0u8; 126]).await.unwrap_err();
+    assert!(err.to_string().contains("125"), "{err}");
+
+    let mut config = ServerConfig::default();
+    config.websocket.auto_pong = false;
+    let server = crate::support::server(config).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut peer = accept_one(&server).await;
+    raw.write_all(&client_frame(true, 0x9, b"p1"))
+        .await
+        .unwrap();
+    raw.write_all(&client_frame(true, 0x1, b"after"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut peer).await, Message::Ping("p1".into()));
+    assert_eq!(next(&mut peer).await, Message::text("after"));
+    peer.send_text("no pong before me").await.unwrap();
+    assert_eq!(
+        read_frame(&mut raw).await,
+        (true, 1, b"no pong before me".to_vec())
+    );
+}
+
+// P4, W1, W4: the close handshake from either side, with ready states; close arguments
+// are validated; a send after close is refused.
+#[tokio::test]
+async fn close_handshake_both_ways() {
+    let server = server(ServerConfig::default()).await;
+    for client_closes in [true, false] {
+        let (mut client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+        let mut peer = accept_one(&server).await;
+        let (closer, other) = if client_closes {
+            (&mut client, &mut peer)
+        } else {
+            (&mut peer, &mut client)
+        };
+        let bad = (*closer)
+            .close(Some(CloseFrame::new(1005, "")))
+            .await
+            .unwrap_err();
+        assert!(bad.to_string().contains("1005"), "{bad}");
+        let long = (*closer)
+            .close(Some(CloseFrame::new(1000, "x".repeat(124))))
+            .await
+            .unwrap_err();
+        assert!(long.to_string().contains("123"), "{long}");
+        (*closer)
+            .close(Some(CloseFrame::new(4001, "bye")))
+            .await
+            .unwrap();
+        assert_eq!(closer.ready_state(), ReadyState::Closing);
+        assert!(closer.send_text("late").await.is_err());
+        // Reading drives each end's side of the handshake: poll both at once.
+        let other_side = async {
+            let first = next(other).await;
+            assert!(tokio::time::timeout(STEP, other.next())
+                .await
+                .unwrap()
+                .is_none());
+            first
+        };
+        let closer_side = async {
+            let first = next(closer).await;
+            assert!(tokio::time::timeout(STEP, closer.next())
+                .await
+                .unwrap()
+                .is_none());
+            first
+        };
+        let (got, echoed) = tokio::join!(other_side, closer_side);
+        assert_eq!(got, Message::Close(Some(CloseFrame::new(4001, "bye"))));
+        assert_eq!(echoed, Message::Close(Some(CloseFrame::new(4001, "bye"))));
+        assert_eq!(client.ready_state(), ReadyState::Closed);
+        assert_eq!(peer.ready_state(), ReadyState::Closed);
+        let err = client.send_text("after").await.unwrap_err();
+        assert!(
+            matches!(err, Error::Closed(_) | Error::Protocol(_)),
+            "{err:?}"
+        );
+    }
+}
+
+// P4: the server closes TCP first; a close without status is reported as None (1005).
+#[tokio::test]
+async fn server_closes_tcp_after_the_handshake() {
+    let server = server(ServerConfig::default()).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut peer = accept_one(&server).await;
+    raw.write_all(&client_frame(true, 0x8, b"")).await.unwrap();
+    assert_eq!(next(&mut peer).await, Message::Close(None));
+    assert_eq!(read_frame(&mut raw).await, (true, 8, vec![]));
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(STEP, raw.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "EOF from the server right after its close reply");
+}
+
+// N1: close_timeout: a peer that never answers our close frame is dropped in time.
+#[tokio::test]
+async fn close_timeout_drops_a_silent_peer() {
+    let mut config = ServerConfig::default();
+    config.websocket.close_timeout = Duration::from_millis(300);
+    let server = server(config).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut peer = accept_one(&server).await;
+    let started = Instant::now();
+    peer.close(Some(CloseFrame::new(1000, "done")))
+        .await
+        .unwrap();
+    assert!(tokio::time::timeout(STEP, peer.next())
+        .await
+        .unwrap()
+        .is_none());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(read_frame(&mut raw).await.1, 8);
+    let mut rest = Vec::new();
+    assert_eq!(
+        tokio::time::timeout(STEP, raw.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap(),
+        0
+    );
+}
+
+// W4: terminate() drops the transport at once; the peer sees an abnormal end (1006).
+#[tokio::test]
+async fn terminate_is_abnormal_for_the_peer() {
+    let server = server(ServerConfig::default()).await;
+    let (mut client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let peer = accept_one(&server).await;
+    peer.terminate();
+    assert_eq!(peer.ready_state(), ReadyState::Closed);
+    let end = tokio::time::timeout(STEP, client.next()).await.unwrap();
+    match end {
+        Some(Err(Error::Closed(info))) => {
+            assert_eq!(
+                info.received.map(|f| f.code),
+                Some(CloseCode::ABNORMAL_CLOSURE)
+            );
+        }
+        other => panic!("expected an abnormal close, got {other:?}"),
+    }
+    assert!(client.next().await.is_none());
+}
+
+// W9: the reader in one task, several writers in others, at the same time.
+#[tokio::test]
+async fn split_halves_from_different_tasks() {
+    let server = server(ServerConfig::default()).await;
+    let (client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let peer = accept_one(&server).await;
+    let echo = tokio::spawn(async move {
+        let (writer, mut reader) = peer.split();
+        while let Some(Ok(message)) = reader.next().await {
+            if message.is_binary() {
+                writer.send(message).await.unwrap();
+            }
+        }
+    });
+    let (writer, mut reader) = client.split();
+    const PER_TASK: u32 = 500;
+    let senders: Vec<_> = (0..4u8)
+        .map(|task| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                for i in 0..PER_TASK {
+                    let mut payload = vec![task; 1000];
+                    payload[..4].copy_from_slice(&i.to_be_bytes());
+                    writer.send_binary(&payload).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = [0u32; 4];
+    for _ in 0..4 * PER_TASK {
+        let message = next(&mut reader).await;
+        let data = message.as_bytes();
+        let task = data[999] as usize;
+        assert_eq!(
+            u32::from_be_bytes(data[..4].try_into().unwrap()),
+            seen[task],
+            "in order per task"
+        );
+        seen[task] += 1;
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let ws = sockeye::WebSocket::reunite(writer, reader);
+    ws.close(None).await.unwrap();
+    tokio::time::timeout(STEP, echo).await.unwrap().unwrap();
+}
+
+// S9: the server's client set, for broadcast; closed connections leave it.
+#[tokio::test]
+async fn client_tracking_and_broadcast() {
+    let server = server(ServerConfig::default()).await;
+    let mut clients = Vec::new();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        clients.push(sockeye::connect(&url(&server, "/")).await.unwrap().0);
+        peers.push(accept_one(&server).await);
+    }
+    assert_eq!(server.clients().len(), 3);
+    for writer in server.clients() {
+        writer.send_text("to all").await.unwrap();
+    }
+    for client in &mut clients {
+        assert_eq!(next(client).await, Message::text("to all"));
+    }
+    clients[0].close(None).await.unwrap();
+    assert_eq!(next(&mut peers[0]).await, Message::Close(None));
+    assert!(tokio::time::timeout(STEP, peers[0].next())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(server.clients().len(), 2);
+
+    let mut config = ServerConfig::default();
+    config.client_tracking = false;
+    let untracked = crate::support::server(config).await;
+    let _c = sockeye::connect(&url(&untracked, "/")).await.unwrap();
+    let _p = accept_one(&untracked).await;
+    assert!(untracked.clients().is_empty());
+}
+
+// S10: shutdown stops accepting, sends 1001 to open connections, waits a bounded time,
+// then terminates the rest and reports.
+#[tokio::test]
+async fn graceful_shutdown() {
+    let server = server(ServerConfig::default()).await;
+    let addr = server.local_addr();
+    let (mut polite, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let mut polite_peer = accept_one(&server).await;
+    let (_silent, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let _silent_peer = accept_one(&server).await;
+    // The server side of the polite connection is read by its task, as an app does.
+    tokio::spawn(async move { while polite_peer.next().await.is_some() {} });
+    let polite_task = tokio::spawn(async move {
+        let first = next(&mut polite).await;
+        while polite.next().await.is_some() {}
+        first
+    });
+    let started = Instant::now();
+    let report = server.shutdown(Duration::from_millis(500)).await;
+    assert_eq!(
+        report,
+        sockeye::ShutdownReport {
+            closed: 1,
+            terminated: 1
+        }
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let first = polite_task.await.unwrap();
+    assert_eq!(
+        first,
+        Message::Close(Some(CloseFrame::new(1001, "server shutting down")))
+    );
+    // No longer accepting.
+    let refused = tokio::time::timeout(STEP, sockeye::connect(&format!("ws://{addr}/")))
+        .await
+        .unwrap();
+    assert!(refused.is_err());
+}
+
+// C3: max_payload on a client, and generate_mask: the frames carry the custom key.
+#[tokio::test]
+async fn client_max_payload_and_custom_mask() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let raw_server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let head = read_head(&mut stream).await;
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let accept = sockeye::proto::handshake::accept_key(key.as_bytes());
+        let response = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+        stream.write_all(response.as_bytes()).await.unwrap();
+        // The client's first frame: check the key.
+        let mut header = [0u8; 6];
+        stream.read_exact(&mut header).await.unwrap();
+        assert_eq!(header[1] & 0x80, 0x80, "client frames are masked");
+        assert_eq!(&header[2..6], &[9, 8, 7, 6]);
+        let mut payload = [0u8; 2];
+        stream.read_exact(&mut payload).await.unwrap();
+        // Now a frame one byte over the client's limit.
+        stream
+            .write_all(&frame(true, 0, 2, None, &[0u8; 101]))
+            .await
+            .unwrap();
+        let (_, opcode, payload) = read_frame(&mut stream).await;
+        (opcode, payload)
+    });
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut config = ClientConfig::default();
+    config.websocket.max_payload = 100;
+    config.websocket.generate_mask = Some({
+        let calls = calls.clone();
+        Arc::new(move || {
+            calls.fetch_add(1, Ordering::Relaxed);
+            [9, 8, 7, 6]
+        })
+    });
+    let (mut ws, _) = sockeye::connect_with(&format!("ws://{addr}/"), config)
+        .await
+        .unwrap();
+    ws.send_text("hi").await.unwrap();
+    let err = tokio::time::timeout(STEP, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.ws_code(), Some("WS_ERR_UNSUPPORTED_MESSAGE_LENGTH"));
+    let (opcode, payload) = tokio::time::timeout(STEP, raw_server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((opcode, &payload[..2]), (8, &1009u16.to_be_bytes()[..]));
+    assert!(calls.load(Ordering::Relaxed) >= 2);
+}
+
+// S4, C3: skip_utf8_validation delivers unchecked text instead of failing.
+#[tokio::test]
+async fn skip_utf8_validation() {
+    let mut config = ServerConfig::default();
+    config.websocket.skip_utf8_validation = true;
+    let server = server(config).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut peer = accept_one(&server).await;
+    raw.write_all(&client_frame(true, 1, b"\xff\xfe"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut peer).await,
+        Message::UncheckedText(vec![0xff, 0xfe].into())
+    );
+}
+
+// N2, Autobahn 9.3.1: 4 MiB in 65,536 fragments of 64 bytes is one message; 400,000
+// empty fragments cost no memory and still complete.
+#[tokio::test]
+async fn many_fragments_are_bounded_by_bytes_not_count() {
+    let server = server(ServerConfig::default()).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut peer = accept_one(&server).await;
+    let mut wire = Vec::with_capacity(65_536 * 70);
+    for i in 0..65_536u32 {
+        let opcode = if i == 0 { 2 } else { 0 };
+        wire.extend_from_slice(&client_frame(i == 65_535, opcode, &[(i % 256) as u8; 64]));
+    }
+    let writer = tokio::spawn(async move {
+        raw.write_all(&wire).await.unwrap();
+        raw
+    });
+    let message = next(&mut peer).await;
+    assert_eq!(message.len(), 4 * 1024 * 1024);
+    assert!(message
+        .as_bytes()
+        .chunks(64)
+        .enumerate()
+        .all(|(i, c)| c.iter().all(|b| *b == (i % 256) as u8)));
+    let mut raw = writer.await.unwrap();
+
+    let mut wire = client_frame(false, 2, b"");
+    for _ in 0..400_000 {
+        wire.extend_from_slice(&client_frame(false, 0, b""));
+    }
+    wire.extend_from_slice(&client_frame(true, 0, b"end"));
+    let writer = tokio::spawn(async move { raw.write_all(&wire).await.unwrap() });
+    assert_eq!(next(&mut peer).await, Message::binary(&b"end"[..]));
+    writer.await.unwrap();
+
+    // max_fragments caps the count with its own error.
+    let mut config = ServerConfig::default();
+    config.websocket.max_fragments = 1000;
+    let limited = crate::support::server(config).await;
+    let mut raw = raw_client(limited.local_addr(), "/").await;
+    let mut peer = accept_one(&limited).await;
+    let mut wire = Vec::new();
+    for i in 0..1001 {
+        wire.extend_from_slice(&client_frame(false, if i == 0 { 2 } else { 0 }, b"x"));
+    }
+    raw.write_all(&wire).await.unwrap();
+    let err = tokio::time::timeout(STEP, peer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.ws_code(), Some("WS_ERR_TOO_MANY_BUFFERED_PARTS"));
+    assert_eq!(
+        read_frame(&mut raw).await,
+        (true, 8, 1008u16.to_be_bytes().to_vec())
+    );
+}
+
+// W6: buffered_amount counts queued bytes, framing included, and drains to zero.
+#[tokio::test]
+async fn buffered_amount_drains() {
+    let server = server(ServerConfig::default()).await;
+    let (client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let _peer = accept_one(&server).await;
+    assert_eq!(client.buffered_amount(), 0);
+    client.send_text("x").await.unwrap();
+    assert_eq!(client.buffered_amount(), 0);
+}
