@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, installs included: lint, unit and loopback integration tests
+# (with Node `ws` interop), then the Autobahn|Testsuite in both roles.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Node ws peer for the interop tests (npm ci)"
+command -v node >/dev/null || { echo "test: error: node is required for the interop tests (apt-get install nodejs npm)"; exit 1; }
+(cd crates/sockeye/tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+step "unit, integration, interop and doc tests"
+cargo test --locked --workspace --all-targets
+cargo test --locked --workspace --doc
+
+step "Autobahn|Testsuite, server and client role (strict)"
+conformance/autobahn.sh both
