@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use futures_util::StreamExt;
-use sockeye::{Message, ServerConfig, WebSocketServer};
+use sockeye::{ServerConfig, WebSocketServer};
 
 use crate::ServerArgs;
 
@@ -43,13 +43,9 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         };
         tokio::spawn(async move {
             while let Some(Ok(message)) = ws.next().await {
-                match message {
-                    Message::Text(_) | Message::Binary(_) | Message::UncheckedText(_) => {
-                        if ws.send(message).await.is_err() {
-                            break;
-                        }
-                    }
-                    _ => {}
+                let data = message.is_text() || message.is_binary();
+                if data && ws.send(message).await.is_err() {
+                    break;
                 }
             }
         });

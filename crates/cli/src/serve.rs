@@ -144,8 +144,11 @@ async fn echo(mut ws: sockeye::WebSocket<TcpStream>) {
 /// The chat room: everyone connected to /chat, by connection id.
 #[derive(Clone, Default)]
 struct Room {
-    members: Arc<Mutex<HashMap<u64, (String, WebSocketWriter<TcpStream>)>>>,
+    members: Arc<Mutex<HashMap<u64, Member>>>,
 }
+
+/// A chat member: the name and a sending handle.
+type Member = (String, WebSocketWriter<TcpStream>);
 
 impl Room {
     async fn join(&self, ws: sockeye::WebSocket<TcpStream>) {

@@ -50,9 +50,9 @@ async fn run_case(url: &str) -> Result<(), sockeye::Error> {
     config.websocket.max_payload = 64 * 1024 * 1024;
     let (mut ws, _) = sockeye::connect_with(url, config).await?;
     while let Some(message) = ws.next().await {
-        match message? {
-            message @ (Message::Text(_) | Message::Binary(_)) => ws.send(message).await?,
-            _ => {}
+        let message = message?;
+        if message.is_text() || message.is_binary() {
+            ws.send(message).await?;
         }
     }
     Ok(())

@@ -20,6 +20,9 @@ use crate::websocket::{Shared, WebSocket, WebSocketWriter};
 /// How many upgraded connections may wait for [`WebSocketServer::accept`].
 const ACCEPT_QUEUE: usize = 128;
 
+/// What the accept loop hands to [`WebSocketServer::accept`].
+type Accepted = Result<(WebSocket<TcpStream>, Request<()>), Error>;
+
 /// A WebSocket server on a TCP port (`ws`'s `WebSocketServer`).
 ///
 /// ```no_run
@@ -39,8 +42,7 @@ const ACCEPT_QUEUE: usize = 128;
 /// ```
 pub struct WebSocketServer {
     local_addr: SocketAddr,
-    incoming:
-        tokio::sync::Mutex<mpsc::Receiver<Result<(WebSocket<TcpStream>, Request<()>), Error>>>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<Accepted>>,
     clients: Clients,
     accept_task: JoinHandle<()>,
 }
@@ -214,7 +216,7 @@ fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 async fn accept_loop(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-    tx: mpsc::Sender<Result<(WebSocket<TcpStream>, Request<()>), Error>>,
+    tx: mpsc::Sender<Accepted>,
     clients: Clients,
 ) {
     loop {

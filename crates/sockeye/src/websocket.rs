@@ -358,10 +358,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
         f: impl FnOnce(&mut Connection) -> Result<T, sockeye_proto::Error>,
     ) -> Result<T, Error> {
         let mut inner = self.lock();
-        if inner.io.is_none() || inner.ended {
-            if inner.conn.state() == State::Closed {
-                return Err(Error::Closed(inner.close_info()));
-            }
+        if (inner.io.is_none() || inner.ended) && inner.conn.state() == State::Closed {
+            return Err(Error::Closed(inner.close_info()));
         }
         f(&mut inner.conn).map_err(Error::from)
     }
