@@ -1,0 +1,527 @@
+//! The `sockeye` command end to end: each subcommand runs as a child process on an
+//! ephemeral loopback port and is driven over real sockets. Every wait is bounded.
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use sockeye::{CloseCode, Message, WebSocket};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdout, Command};
+
+/// Any single step longer than this is a hang.
+const STEP: Duration = Duration::from_secs(10);
+
+fn sockeye() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sockeye"));
+    command.kill_on_drop(true);
+    command
+}
+
+/// A running server process; killed when dropped.
+struct Server {
+    addr: SocketAddr,
+    _child: Child,
+    _stdout: Lines<BufReader<ChildStdout>>,
+}
+
+/// Starts `sockeye <args> --listen 127.0.0.1:0` and reads the address from the first
+/// stdout line, which must start with `prefix` followed by the address.
+async fn start(args: &[&str], prefix: &str) -> Server {
+    let mut child = sockeye()
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sockeye");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(STEP, stdout.next_line())
+        .await
+        .expect("the server announces itself in time")
+        .unwrap()
+        .expect("a first line on stdout");
+    let rest = line
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{line:?} does not start with {prefix:?}"));
+    let addr_text = rest.split(['/', ' ']).next().unwrap();
+    let addr: SocketAddr = addr_text
+        .parse()
+        .unwrap_or_else(|_| panic!("no address in {line:?}"));
+    assert_ne!(addr.port(), 0, "the real port is printed: {line:?}");
+    Server {
+        addr,
+        _child: child,
+        _stdout: stdout,
+    }
+}
+
+async fn echo_server(extra: &[&str]) -> Server {
+    let args: Vec<&str> = ["echo"].iter().chain(extra).copied().collect();
+    start(&args, "sockeye echo listening on ws://").await
+}
+
+async fn serve_server(extra: &[&str]) -> Server {
+    let args: Vec<&str> = ["serve"].iter().chain(extra).copied().collect();
+    start(&args, "sockeye serve: open http://").await
+}
+
+async fn connect(url: &str) -> WebSocket<TcpStream> {
+    tokio::time::timeout(STEP, sockeye::connect(url))
+        .await
+        .expect("connect in time")
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+        .0
+}
+
+async fn next(ws: &mut WebSocket<TcpStream>) -> Message {
+    tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("a message in time")
+        .expect("the connection is open")
+        .expect("no error")
+}
+
+/// The next text message as JSON (pings and pongs skipped).
+async fn next_json(ws: &mut WebSocket<TcpStream>) -> Value {
+    loop {
+        match next(ws).await {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a JSON text message, got {other:?}"),
+        }
+    }
+}
+
+/// Closes with 1000 and waits for the end of the stream.
+async fn close(mut ws: WebSocket<TcpStream>) {
+    ws.close(Some(sockeye::CloseFrame::new(
+        CloseCode::NORMAL_CLOSURE,
+        "bye",
+    )))
+    .await
+    .unwrap();
+    tokio::time::timeout(STEP, async {
+        while let Some(message) = ws.next().await {
+            if let Ok(Message::Close(frame)) = message {
+                assert_eq!(frame.map(|f| f.code), Some(CloseCode::NORMAL_CLOSURE));
+            }
+        }
+    })
+    .await
+    .expect("the close handshake completes in time");
+}
+
+async fn echo_round_trips(url: &str) {
+    let mut ws = connect(url).await;
+    ws.send_text("hello, sockeye ✓").await.unwrap();
+    assert_eq!(next(&mut ws).await.as_text(), Some("hello, sockeye ✓"));
+    ws.send_binary(&[0, 1, 2, 0xff]).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::binary(vec![0u8, 1, 2, 0xff]));
+    let big: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+    ws.send_binary(&big).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::binary(big));
+    close(ws).await;
+}
+
+/// Sends a message one byte over `limit` and expects the server to fail the connection
+/// with 1009, after a message at the limit went through.
+async fn over_max_payload_is_1009(url: &str, limit: usize) {
+    let mut ws = connect(url).await;
+    let at_limit = "a".repeat(limit);
+    ws.send_text(&at_limit).await.unwrap();
+    assert_eq!(next(&mut ws).await.as_text(), Some(at_limit.as_str()));
+    ws.send_binary(&vec![7u8; limit + 1]).await.unwrap();
+    match next(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::MESSAGE_TOO_BIG),
+        other => panic!("expected a 1009 close, got {other:?}"),
+    }
+    tokio::time::timeout(STEP, async { while ws.next().await.is_some() {} })
+        .await
+        .expect("the connection ends after the close");
+}
+
+/// A raw HTTP GET, read to the server's close: (status, lower-cased head, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut data = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut data))
+        .await
+        .expect("the server answers and closes in time")
+        .unwrap();
+    let text = String::from_utf8(data).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
+    let status = head[9..12].parse().unwrap();
+    let head = head.to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse::<usize>().unwrap());
+    assert_eq!(length, Some(body.len()), "Content-Length matches the body");
+    (status, head, body.to_owned())
+}
+
+async fn wait(child: &mut Child) -> ExitStatus {
+    tokio::time::timeout(STEP, child.wait())
+        .await
+        .expect("the process exits in time")
+        .unwrap()
+}
+
+// ---- --help ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn every_subcommand_has_help_naming_its_options() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--help"],
+            &["serve", "echo", "connect", "--help", "--version"],
+        ),
+        (
+            &["serve", "--help"],
+            &["--listen", "--max-payload", "/echo", "/chat"],
+        ),
+        (
+            &["echo", "--help"],
+            &["--listen", "--max-payload", "--threads"],
+        ),
+        (
+            &["connect", "--help"],
+            &[
+                "<URL>",
+                "--protocol",
+                "--header",
+                "--origin",
+                "--handshake-timeout",
+                "--max-payload",
+            ],
+        ),
+        (&["help", "connect"], &["--protocol"]),
+    ];
+    for (args, needles) in cases {
+        let output = tokio::time::timeout(STEP, sockeye().args(*args).output())
+            .await
+            .expect("help in time")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{args:?}: {:?}", output.status);
+        for needle in *needles {
+            assert!(
+                stdout.contains(needle),
+                "{args:?} should mention {needle}:\n{stdout}"
+            );
+        }
+    }
+    let output = tokio::time::timeout(STEP, sockeye().arg("--version").output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("sockeye "));
+}
+
+#[tokio::test]
+async fn bad_arguments_fail_with_an_error() {
+    for args in [
+        &["echo", "--listen", "not-an-address"][..],
+        &["echo", "--max-payload", "-3"],
+        &["connect"],
+        &["frobnicate"],
+    ] {
+        let output = tokio::time::timeout(STEP, sockeye().args(args).output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).starts_with("error:"),
+            "{args:?}"
+        );
+    }
+}
+
+// ---- sockeye echo ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn echo_echoes_text_and_binary_on_any_path() {
+    let server = echo_server(&[]).await;
+    echo_round_trips(&format!("ws://{}/", server.addr)).await;
+    echo_round_trips(&format!("ws://{}/any/path?x=1", server.addr)).await;
+}
+
+#[tokio::test]
+async fn echo_multi_threaded() {
+    let server = echo_server(&["--threads", "2"]).await;
+    let url = format!("ws://{}/", server.addr);
+    let clients = (0..4).map(|_| echo_round_trips(&url));
+    futures_util::future::join_all(clients).await;
+}
+
+#[tokio::test]
+async fn echo_max_payload_closes_with_1009() {
+    let server = echo_server(&["--max-payload", "100"]).await;
+    over_max_payload_is_1009(&format!("ws://{}/", server.addr), 100).await;
+    // The server itself is still up.
+    let mut ws = connect(&format!("ws://{}/", server.addr)).await;
+    ws.send_text("still here").await.unwrap();
+    assert_eq!(next(&mut ws).await.as_text(), Some("still here"));
+    close(ws).await;
+}
+
+// ---- sockeye serve ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn serve_page_at_root_and_404_elsewhere() {
+    let server = serve_server(&[]).await;
+    let (status, head, body) = http_get(server.addr, "/").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(body.contains("<html"));
+    assert!(body.contains(r#"data-testid="echo-input""#));
+    for path in ["/nope", "/echo", "/chat", "/index.htm"] {
+        let (status, head, body) = http_get(server.addr, path).await;
+        assert_eq!(status, 404, "{path}: {head}");
+        assert_eq!(body, "not found\n");
+    }
+}
+
+#[tokio::test]
+async fn serve_echo_at_slash_echo() {
+    let server = serve_server(&[]).await;
+    echo_round_trips(&format!("ws://{}/echo", server.addr)).await;
+}
+
+#[tokio::test]
+async fn serve_rejects_upgrades_to_other_paths() {
+    let server = serve_server(&[]).await;
+    let err = tokio::time::timeout(STEP, sockeye::connect(&format!("ws://{}/", server.addr)))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.http_status(), Some(404), "{err}");
+}
+
+#[tokio::test]
+async fn serve_chat_room() {
+    let server = serve_server(&[]).await;
+    let url = format!("ws://{}/chat", server.addr);
+
+    let mut bob = connect(&url).await;
+    bob.send_text(&json!({"type": "hello", "name": "bob"}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_json(&mut bob).await,
+        json!({"type": "joined", "name": "bob", "count": 1})
+    );
+
+    let mut alice = connect(&url).await;
+    alice
+        .send_text(&json!({"type": "hello", "name": "alice"}).to_string())
+        .await
+        .unwrap();
+    alice
+        .send_text(&json!({"type": "say", "text": "hi"}).to_string())
+        .await
+        .unwrap();
+
+    // Broadcasts go out from separate tasks; do not depend on their order.
+    let mut joined = false;
+    let mut said = false;
+    while !(joined && said) {
+        let message = next_json(&mut bob).await;
+        match message["type"].as_str() {
+            Some("joined") => {
+                assert_eq!(
+                    message,
+                    json!({"type": "joined", "name": "alice", "count": 2})
+                );
+                joined = true;
+            }
+            Some("said") => {
+                assert_eq!(message["name"], "alice");
+                assert_eq!(message["text"], "hi");
+                assert!(message["at"].as_u64().is_some_and(|at| at > 0), "{message}");
+                said = true;
+            }
+            _ => panic!("unexpected {message}"),
+        }
+    }
+    // The speaker hears itself too.
+    let mut alice_saw = Vec::new();
+    while alice_saw.len() < 2 {
+        alice_saw.push(
+            next_json(&mut alice).await["type"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    alice_saw.sort();
+    assert_eq!(alice_saw, ["joined", "said"]);
+
+    close(alice).await;
+    assert_eq!(
+        next_json(&mut bob).await,
+        json!({"type": "left", "name": "alice", "count": 1})
+    );
+    close(bob).await;
+}
+
+#[tokio::test]
+async fn serve_max_payload_closes_with_1009() {
+    let server = serve_server(&["--max-payload", "100"]).await;
+    over_max_payload_is_1009(&format!("ws://{}/echo", server.addr), 100).await;
+    // The chat room has the same limit.
+    let mut ws = connect(&format!("ws://{}/chat", server.addr)).await;
+    let long = json!({"type": "say", "text": "x".repeat(200)}).to_string();
+    ws.send_text(&long).await.unwrap();
+    match next(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::MESSAGE_TOO_BIG),
+        other => panic!("expected a 1009 close, got {other:?}"),
+    }
+}
+
+// ---- sockeye connect -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn connect_sends_lines_and_prints_replies() {
+    let server = echo_server(&[]).await;
+    let mut child = sockeye()
+        .args(["connect", &format!("ws://{}/", server.addr)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in ["hello", "two words", "ünïcödé ✓", "{\"json\": true}"] {
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+        let printed = tokio::time::timeout(STEP, stdout.next_line())
+            .await
+            .expect("the echo is printed in time")
+            .unwrap()
+            .expect("a line");
+        assert_eq!(printed, format!("< {line}"));
+    }
+    drop(stdin); // EOF: close cleanly.
+    let status = wait(&mut child).await;
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(stderr.contains("connected to"), "{stderr}");
+    assert!(stderr.contains("disconnected (1000"), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    assert_eq!(
+        tokio::time::timeout(STEP, stdout.next_line())
+            .await
+            .unwrap()
+            .unwrap(),
+        None,
+        "nothing more on stdout"
+    );
+}
+
+#[tokio::test]
+async fn connect_with_empty_stdin_exits_zero() {
+    let server = echo_server(&[]).await;
+    let mut child = sockeye()
+        .args(["connect", &format!("ws://{}/", server.addr)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait(&mut child).await.success());
+}
+
+#[tokio::test]
+async fn connect_to_a_404_path_fails_with_the_status() {
+    let server = serve_server(&[]).await;
+    let output = tokio::time::timeout(
+        STEP,
+        sockeye()
+            .args(["connect", &format!("ws://{}/nope", server.addr)])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("connect gives up in time")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("404"), "{stderr}");
+    assert!(stderr.contains("Not Found"), "{stderr}");
+    assert!(stderr.contains("no WebSocket endpoint"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn connect_to_nothing_fails() {
+    // A port that was free a moment ago.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = tokio::time::timeout(
+        STEP,
+        sockeye()
+            .args(["connect", &format!("ws://127.0.0.1:{port}/")])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}
+
+/// Known bug: `Room::broadcast` spawns one task per message per member, so a member can
+/// receive one sender's lines out of order (seen: 3-11 inversions in 300 lines).
+#[tokio::test]
+#[ignore = "bug: sockeye serve's chat broadcast reorders one sender's messages"]
+async fn serve_chat_keeps_each_senders_order() {
+    let server = serve_server(&[]).await;
+    let url = format!("ws://{}/chat", server.addr);
+    let mut bob = connect(&url).await;
+    bob.send_text(&json!({"type": "hello", "name": "bob"}).to_string())
+        .await
+        .unwrap();
+    next_json(&mut bob).await;
+    let alice = connect(&url).await;
+    for i in 0..300 {
+        alice
+            .send_text(&json!({"type": "say", "text": i.to_string()}).to_string())
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 300 {
+        let message = next_json(&mut bob).await;
+        got.push(message["text"].as_str().unwrap().parse::<u32>().unwrap());
+    }
+    let inversions = got.windows(2).filter(|w| w[0] > w[1]).count();
+    assert_eq!(inversions, 0, "{got:?}");
+}
