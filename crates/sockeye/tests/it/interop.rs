@@ -1,1 +1,580 @@
-//! (being written)
+//! Interop with Node's `ws` (the exact version pinned in `tests/interop/package.json`),
+//! both ways: a Sockeye client against a ws server (`tests/interop/server.js`) and a ws
+//! client against a Sockeye server (`tests/interop/client.js`).
+//!
+//! The Node side is a command-driven peer (`tests/interop/peer.js`): it reports what it
+//! receives as event lines on stdout and sends what it is told on stdin, so every check is
+//! asserted on both ends. Each test runs its own `node` process on loopback ports, and
+//! every step is bounded by [`STEP`].
+//!
+//! Needs `node` (20+) on `PATH` and `npm ci` run in `crates/sockeye/tests/interop`; the
+//! tests fail, never skip, without them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use futures_util::StreamExt;
+use sockeye::{ClientConfig, CloseFrame, DataKind, Message, ServerConfig, WebSocket};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::time::timeout;
+
+use crate::support::{self, STEP};
+
+// ------------------------------------------------------------------ the Node peer
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// The string value of the first `key` in a JSON text (enough for package.json files).
+fn json_string<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let rest = &text[text.find(key)? + key.len()..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    Some(&rest[..rest.find('"')?])
+}
+
+/// Fails loudly unless the pinned `ws` is installed.
+fn check_node_modules() {
+    let dir = interop_dir();
+    let install = format!("run `npm ci` in {}", dir.display());
+    let manifest = std::fs::read_to_string(dir.join("package.json"))
+        .unwrap_or_else(|e| panic!("{}/package.json: {e}", dir.display()));
+    let pinned = json_string(&manifest, "\"ws\"").expect("package.json pins ws");
+    let installed = std::fs::read_to_string(dir.join("node_modules/ws/package.json"))
+        .unwrap_or_else(|e| panic!("ws is not installed for the interop tests ({e}): {install}"));
+    let installed = json_string(&installed, "\"version\"").expect("ws's version");
+    assert_eq!(
+        installed, pinned,
+        "node_modules has ws {installed} but package.json pins {pinned}: {install}"
+    );
+}
+
+fn hex(data: &[u8]) -> String {
+    data.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    assert!(text.len() % 2 == 0, "odd hex {text:?}");
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// The deterministic payload of the binary tests, as `pattern()` in peer.js: not periodic
+/// in 256, so shifted or reordered bytes show.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 31) ^ (i >> 11)) as u8).collect()
+}
+
+/// FNV-1a 32, as `fnv1a32()` in peer.js.
+fn fnv1a32(data: &[u8]) -> String {
+    let hash = data.iter().fold(0x811c_9dc5_u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{hash:08x}")
+}
+
+/// One line of the peer's stdout: `name key=value ...`.
+#[derive(Debug)]
+struct Event {
+    name: String,
+    fields: HashMap<String, String>,
+}
+
+impl Event {
+    fn parse(line: &str) -> Event {
+        let mut parts = line.split(' ');
+        let name = parts.next().unwrap_or_default().to_owned();
+        let fields = parts
+            .map(|part| {
+                let (key, value) = part
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("bad event line {line:?}"));
+                (key.to_owned(), value.to_owned())
+            })
+            .collect();
+        Event { name, fields }
+    }
+
+    fn get(&self, key: &str) -> &str {
+        self.fields
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} in {self:?}"))
+    }
+
+    fn num(&self, key: &str) -> u64 {
+        self.get(key)
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} is not a number in {self:?}"))
+    }
+
+    fn bytes(&self, key: &str) -> Vec<u8> {
+        unhex(self.get(key))
+    }
+
+    fn text(&self, key: &str) -> String {
+        String::from_utf8(self.bytes(key)).unwrap_or_else(|e| panic!("{key}: {e}"))
+    }
+}
+
+/// A running `node` peer (killed when dropped).
+struct Node {
+    script: &'static str,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Node {
+    fn spawn(script: &'static str, args: &[&str]) -> Node {
+        check_node_modules();
+        let dir = interop_dir();
+        let mut child = Command::new("node")
+            .arg(script)
+            .args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run `node` ({e}): install Node.js 20+ and run `npm ci` in {}",
+                    dir.display()
+                )
+            });
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        Node {
+            script,
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The next event; an `error` event fails the test.
+    async fn event(&mut self) -> Event {
+        let script = self.script;
+        let line = timeout(STEP, self.stdout.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no event from node {script} within {STEP:?}"))
+            .expect("read node's stdout");
+        let Some(line) = line else {
+            let status = timeout(STEP, self.child.wait()).await;
+            panic!("node {script} exited ({status:?}) while an event was expected");
+        };
+        let event = Event::parse(&line);
+        if event.name == "error" {
+            panic!("node {script} reported an error: {}", event.text("message"));
+        }
+        event
+    }
+
+    /// The next event, which must be `name`.
+    async fn expect(&mut self, name: &str) -> Event {
+        let event = self.event().await;
+        assert_eq!(
+            event.name, name,
+            "expected a {name} event from node, got {event:?}"
+        );
+        event
+    }
+
+    /// Sends a command line.
+    async fn command(&mut self, line: &str) {
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.push(b'\n');
+        timeout(STEP, self.stdin.write_all(&bytes))
+            .await
+            .expect("command written in time")
+            .expect("write to node's stdin");
+    }
+
+    /// After the `close` event: the peer reports nothing more and exits with success.
+    async fn exits(mut self) {
+        let script = self.script;
+        let rest = timeout(STEP, self.stdout.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("node {script} did not exit within {STEP:?}"))
+            .expect("read node's stdout");
+        assert_eq!(
+            rest, None,
+            "node {script} reported more after its close event"
+        );
+        let status = timeout(STEP, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("node {script} did not exit within {STEP:?}"))
+            .expect("wait for node");
+        assert!(status.success(), "node {script} exited with {status}");
+    }
+}
+
+// ------------------------------------------------------------------ connections
+
+/// Which end Sockeye plays.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    /// A Sockeye client talks to a ws server.
+    Client,
+    /// A ws client talks to a Sockeye server.
+    Server,
+}
+
+/// The subprotocol both kinds of server choose when it is offered.
+const PICKED: &str = "b";
+
+/// A connected pair: Sockeye's end and the Node peer, with the subprotocol the peer saw.
+struct Pair {
+    ws: WebSocket<TcpStream>,
+    node: Node,
+    node_protocol: String,
+}
+
+/// Connects Sockeye to a ws peer; the client offers `offer`, the server picks [`PICKED`].
+async fn pair(side: Side, offer: &[&str]) -> Pair {
+    let (ws, mut node) = match side {
+        Side::Client => {
+            let mut node = Node::spawn("server.js", &[PICKED]);
+            let port = node.expect("listening").await.num("port");
+            let config = ClientConfig {
+                protocols: offer.iter().map(|p| (*p).to_owned()).collect(),
+                handshake_timeout: Some(STEP),
+                ..ClientConfig::default()
+            };
+            let (ws, _response) = sockeye::connect_with(&format!("ws://127.0.0.1:{port}/"), config)
+                .await
+                .expect("connect to the ws server");
+            (ws, node)
+        }
+        Side::Server => {
+            let config = ServerConfig {
+                handle_protocols: Some(std::sync::Arc::new(|offered: &[String], _: &_| {
+                    offered.iter().find(|p| *p == PICKED).cloned()
+                })),
+                ..ServerConfig::default()
+            };
+            let server = support::server(config).await;
+            let url = format!("ws://{}/", server.local_addr());
+            let node = Node::spawn("client.js", &[&url, &offer.join(",")]);
+            (support::accept_one(&server).await, node)
+        }
+    };
+    let node_protocol = node.expect("open").await.text("protocol");
+    Pair {
+        ws,
+        node,
+        node_protocol,
+    }
+}
+
+/// The next message from the peer.
+async fn recv(ws: &mut WebSocket<TcpStream>) -> Message {
+    match timeout(STEP, ws.next()).await {
+        Err(_) => panic!("no message from the ws peer within {STEP:?}"),
+        Ok(None) => panic!("the stream ended while a message was expected"),
+        Ok(Some(Err(e))) => panic!("the stream failed: {e}"),
+        Ok(Some(Ok(message))) => message,
+    }
+}
+
+/// The stream ends cleanly: `None`, not an error.
+async fn expect_end(ws: &mut WebSocket<TcpStream>) {
+    match timeout(STEP, ws.next()).await {
+        Err(_) => panic!("the stream did not end within {STEP:?}"),
+        Ok(None) => {}
+        Ok(Some(other)) => panic!("expected the end of the stream, got {other:?}"),
+    }
+}
+
+/// Sockeye starts the close handshake with `code`/`reason`: ws reports them in its
+/// `close` event and echoes them, Sockeye's stream yields the echo then ends, and node
+/// exits cleanly.
+async fn close_from_sockeye(mut pair: Pair, code: u16, reason: &str) {
+    let frame = CloseFrame::new(code, reason);
+    timeout(STEP, pair.ws.close(Some(frame.clone())))
+        .await
+        .expect("close in time")
+        .expect("close");
+    assert_eq!(recv(&mut pair.ws).await, Message::Close(Some(frame)));
+    expect_end(&mut pair.ws).await;
+    let closed = pair.node.expect("close").await;
+    assert_eq!(
+        (closed.num("code"), closed.text("reason").as_str()),
+        (u64::from(code), reason)
+    );
+    pair.node.exits().await;
+}
+
+async fn send_binary(ws: &WebSocket<TcpStream>, data: &[u8]) {
+    timeout(STEP, ws.send_binary(data))
+        .await
+        .expect("sent in time")
+        .expect("send");
+}
+
+async fn send_text(ws: &WebSocket<TcpStream>, text: &str) {
+    timeout(STEP, ws.send_text(text))
+        .await
+        .expect("sent in time")
+        .expect("send");
+}
+
+async fn send_frame(ws: &WebSocket<TcpStream>, kind: DataKind, data: &[u8], fin: bool) {
+    timeout(STEP, ws.send_frame(kind, data, fin))
+        .await
+        .expect("sent in time")
+        .expect("send_frame");
+}
+
+async fn ping(ws: &WebSocket<TcpStream>, data: &[u8]) {
+    timeout(STEP, ws.ping(data))
+        .await
+        .expect("sent in time")
+        .expect("ping");
+}
+
+/// Node received a text message equal to `text`.
+async fn node_got_text(node: &mut Node, text: &str) {
+    let got = node.expect("message").await;
+    assert_eq!(got.get("type"), "text", "{got:?}");
+    assert_eq!(got.num("len"), text.len() as u64);
+    assert_eq!(got.text("data"), text);
+}
+
+/// Node received a binary message equal to `data`.
+async fn node_got_binary(node: &mut Node, data: &[u8]) {
+    let got = node.expect("message").await;
+    assert_eq!(got.get("type"), "binary", "{got:?}");
+    assert_eq!(got.num("len"), data.len() as u64, "{got:?}");
+    assert_eq!(got.get("fnv"), fnv1a32(data), "content differs: {got:?}");
+    assert_eq!(
+        got.get("pattern") == "true",
+        *data == pattern(data.len()),
+        "{got:?}"
+    );
+}
+
+fn assert_binary(message: &Message, expected: &[u8]) {
+    let Message::Binary(data) = message else {
+        panic!(
+            "expected a binary message of {} bytes, got {message:?}",
+            expected.len()
+        );
+    };
+    assert_eq!(data.len(), expected.len(), "length");
+    if let Some(at) = data.iter().zip(expected).position(|(a, b)| a != b) {
+        panic!(
+            "binary message of {} bytes differs from byte {at} on",
+            expected.len()
+        );
+    }
+}
+
+// ------------------------------------------------------------------ the tests
+
+/// Text both ways, multi-byte UTF-8 included (and a 16-bit-length-exceeding one).
+async fn text(side: Side) {
+    let mut pair = pair(side, &[]).await;
+    assert_eq!(
+        (pair.ws.protocol(), pair.node_protocol.as_str()),
+        (None, "")
+    );
+    let long = "🦀é".repeat(12_000);
+    let texts = [
+        "",
+        "hello",
+        "héllo wörld — こんにちは 🦀 \u{10FFFF}",
+        long.as_str(),
+    ];
+    for text in texts {
+        send_text(&pair.ws, text).await;
+        node_got_text(&mut pair.node, text).await;
+        pair.node
+            .command(&format!("text data={}", hex(text.as_bytes())))
+            .await;
+        match recv(&mut pair.ws).await {
+            Message::Text(got) => assert_eq!(got.as_str(), text),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+    close_from_sockeye(pair, 1000, "done").await;
+}
+
+/// Binary of every length encoding's edges, up to 16 MiB, content checked.
+async fn binary_sizes(side: Side) {
+    let mut pair = pair(side, &[]).await;
+    for len in [0, 1, 125, 126, 65535, 65536, 1 << 20, 16 << 20] {
+        let data = pattern(len);
+        send_binary(&pair.ws, &data).await;
+        node_got_binary(&mut pair.node, &data).await;
+        pair.node.command(&format!("pattern len={len}")).await;
+        assert_binary(&recv(&mut pair.ws).await, &data);
+    }
+    close_from_sockeye(pair, 1000, "done").await;
+}
+
+/// Messages in several frames both ways: Sockeye with `send_frame(.., fin)`, ws with
+/// `send(chunk, { fin })`; text split inside a UTF-8 sequence, an empty fragment, a ping
+/// between fragments.
+async fn fragmented(side: Side) {
+    let mut pair = pair(side, &[]).await;
+    let text = "fragmented ✓ message";
+    let bytes = text.as_bytes();
+    let split = text.find('✓').unwrap() + 1; // inside the 3-byte ✓
+    let text_chunks: [&[u8]; 4] = [&bytes[..4], &bytes[4..split], b"", &bytes[split..]];
+    let data = pattern(70_000);
+    let binary_chunks: [&[u8]; 3] = [&data[..1000], &data[1000..66_000], &data[66_000..]];
+
+    // Sockeye -> ws.
+    send_frame(&pair.ws, DataKind::Text, text_chunks[0], false).await;
+    send_frame(&pair.ws, DataKind::Text, text_chunks[1], false).await;
+    ping(&pair.ws, b"between").await;
+    send_frame(&pair.ws, DataKind::Text, text_chunks[2], false).await;
+    send_frame(&pair.ws, DataKind::Text, text_chunks[3], true).await;
+    let got = pair.node.expect("ping").await;
+    assert_eq!(got.bytes("data"), b"between");
+    node_got_text(&mut pair.node, text).await;
+    assert_eq!(recv(&mut pair.ws).await, Message::Pong("between".into()));
+    for (i, chunk) in binary_chunks.iter().enumerate() {
+        send_frame(
+            &pair.ws,
+            DataKind::Binary,
+            chunk,
+            i == binary_chunks.len() - 1,
+        )
+        .await;
+    }
+    node_got_binary(&mut pair.node, &data).await;
+
+    // ws -> Sockeye.
+    let chunks = |chunks: &[&[u8]]| chunks.iter().map(|c| hex(c)).collect::<Vec<_>>().join(",");
+    pair.node
+        .command(&format!(
+            "fragments type=text chunks={}",
+            chunks(&text_chunks)
+        ))
+        .await;
+    match recv(&mut pair.ws).await {
+        Message::Text(got) => assert_eq!(got.as_str(), text),
+        other => panic!("expected text, got {other:?}"),
+    }
+    pair.node
+        .command(&format!(
+            "fragments type=binary chunks={}",
+            chunks(&binary_chunks)
+        ))
+        .await;
+    assert_binary(&recv(&mut pair.ws).await, &data);
+    close_from_sockeye(pair, 1000, "done").await;
+}
+
+/// Pings with payloads both ways come back in the pongs (ws's `autoPong`, Sockeye's
+/// `auto_pong`), empty and 125-byte payloads included.
+async fn ping_pong(side: Side) {
+    let mut pair = pair(side, &[]).await;
+    let payloads: [Vec<u8>; 3] = [b"sockeye \x00\xff".to_vec(), Vec::new(), pattern(125)];
+    for payload in &payloads {
+        // Sockeye pings ws.
+        ping(&pair.ws, payload).await;
+        assert_eq!(pair.node.expect("ping").await.bytes("data"), *payload);
+        assert_eq!(
+            recv(&mut pair.ws).await,
+            Message::Pong(payload.clone().into())
+        );
+
+        // ws pings Sockeye.
+        pair.node
+            .command(&format!("ping data={}", hex(payload)))
+            .await;
+        assert_eq!(
+            recv(&mut pair.ws).await,
+            Message::Ping(payload.clone().into())
+        );
+        assert_eq!(pair.node.expect("pong").await.bytes("data"), *payload);
+    }
+    close_from_sockeye(pair, 1000, "done").await;
+}
+
+/// Sockeye closes with 4001 "bye": ws sees the code and reason, both ends finish the
+/// handshake.
+async fn close_by_sockeye(side: Side) {
+    let pair = pair(side, &[]).await;
+    close_from_sockeye(pair, 4001, "bye").await;
+}
+
+/// ws closes with 4002 and a UTF-8 reason: Sockeye yields it, echoes it (ws reports the
+/// echo), then its stream ends.
+async fn close_by_ws(side: Side) {
+    let mut pair = pair(side, &[]).await;
+    let reason = "bye from ws ✓";
+    pair.node
+        .command(&format!(
+            "close code=4002 reason={}",
+            hex(reason.as_bytes())
+        ))
+        .await;
+    assert_eq!(
+        recv(&mut pair.ws).await,
+        Message::Close(Some(CloseFrame::new(4002, reason)))
+    );
+    expect_end(&mut pair.ws).await;
+    let closed = pair.node.expect("close").await;
+    assert_eq!(
+        (closed.num("code"), closed.text("reason")),
+        (4002, reason.to_owned())
+    );
+    pair.node.exits().await;
+}
+
+/// The client offers ["a", "b"], the server picks "b", both ends agree.
+async fn subprotocol(side: Side) {
+    let mut pair = pair(side, &["a", "b"]).await;
+    assert_eq!(pair.ws.protocol(), Some(PICKED));
+    assert_eq!(pair.node_protocol, PICKED);
+    // The connection works after the choice.
+    send_text(&pair.ws, "with b").await;
+    node_got_text(&mut pair.node, "with b").await;
+    close_from_sockeye(pair, 1000, "done").await;
+}
+
+/// One `#[tokio::test]` per direction for each scenario.
+macro_rules! both_ways {
+    ($($name:ident),* $(,)?) => {
+        /// A Sockeye client against a ws server.
+        mod sockeye_client {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Side::Client).await;
+                }
+            )*
+        }
+
+        /// A ws client against a Sockeye server.
+        mod sockeye_server {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Side::Server).await;
+                }
+            )*
+        }
+    };
+}
+
+both_ways!(
+    text,
+    binary_sizes,
+    fragmented,
+    ping_pong,
+    close_by_sockeye,
+    close_by_ws,
+    subprotocol,
+);
