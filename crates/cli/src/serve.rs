@@ -10,9 +10,10 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sockeye::proto::handshake::server::{parse_request, reject};
 use sockeye::proto::http::{HeaderMap, StatusCode};
-use sockeye::{HeadLimits, Message, ServerConfig, WebSocketWriter};
+use sockeye::{HeadLimits, Message, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 use crate::ServerArgs;
 
@@ -33,7 +34,7 @@ impl Default for Args {
         Args {
             server: ServerArgs {
                 listen: "127.0.0.1:8080".parse().expect("valid address"),
-                max_payload: 64 * 1024,
+                max_payload: sockeye::proto::limits::DEFAULT_MAX_PAYLOAD,
             },
         }
     }
@@ -147,17 +148,30 @@ struct Room {
     members: Arc<Mutex<HashMap<u64, Member>>>,
 }
 
-/// A chat member: the name and a sending handle.
-type Member = (String, WebSocketWriter<TcpStream>);
+/// A chat member: the name and the queue of lines to send, drained in order by the
+/// member's writer task.
+type Member = (String, mpsc::Sender<Arc<str>>);
+
+/// Lines queued for one member; a member that falls this far behind is disconnected
+/// rather than buffered without bound.
+const MEMBER_QUEUE: usize = 256;
 
 impl Room {
     async fn join(&self, ws: sockeye::WebSocket<TcpStream>) {
         let id = ws.id();
         let (writer, mut reader) = ws.split();
+        let (queue, mut lines) = mpsc::channel::<Arc<str>>(MEMBER_QUEUE);
+        let sender = tokio::spawn(async move {
+            while let Some(line) = lines.recv().await {
+                if writer.send_text(&line).await.is_err() {
+                    break;
+                }
+            }
+        });
         self.members
             .lock()
             .expect("room lock")
-            .insert(id, (format!("guest-{id}"), writer));
+            .insert(id, (format!("guest-{id}"), queue));
         while let Some(Ok(message)) = reader.next().await {
             let Message::Text(text) = message else {
                 continue;
@@ -197,28 +211,18 @@ impl Room {
             let mut members = self.members.lock().expect("room lock");
             (members.remove(&id).map(|m| m.0), members.len())
         };
+        sender.abort();
         if let Some(name) = left {
             self.broadcast(json!({"type": "left", "name": name, "count": count}));
         }
     }
 
-    /// Sends to every member; a slow member delays only its own task.
+    /// Queues a line for every member, in order; a member whose queue is full (a reader
+    /// that stopped reading) is dropped from the room and its connection closed.
     fn broadcast(&self, value: Value) {
         let text: Arc<str> = value.to_string().into();
-        let writers: Vec<_> = self
-            .members
-            .lock()
-            .expect("room lock")
-            .values()
-            .map(|m| m.1.clone())
-            .collect();
-        for writer in writers {
-            let text = text.clone();
-            tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(10), writer.send_text(&text)).await;
-            });
-        }
+        let mut members = self.members.lock().expect("room lock");
+        members.retain(|_, (_, queue)| queue.try_send(text.clone()).is_ok());
     }
 }
 

@@ -501,7 +501,6 @@ async fn connect_to_nothing_fails() {
 /// Known bug: `Room::broadcast` spawns one task per message per member, so a member can
 /// receive one sender's lines out of order (seen: 3-11 inversions in 300 lines).
 #[tokio::test]
-#[ignore = "bug: sockeye serve's chat broadcast reorders one sender's messages"]
 async fn serve_chat_keeps_each_senders_order() {
     let server = serve_server(&[]).await;
     let url = format!("ws://{}/chat", server.addr);
