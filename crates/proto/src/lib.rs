@@ -41,6 +41,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod limits;
+pub mod manual;
 pub mod mask;
 pub mod message;
 pub mod utf8;

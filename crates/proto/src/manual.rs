@@ -1,0 +1,69 @@
+//! The manual: defaults, the reasoning behind them, and how to drive the core.
+//!
+//! # Defaults and limits
+//!
+//! | setting | default | why |
+//! |---|---|---|
+//! | `max_payload` | 100 MiB | `ws`'s default. Counted over all fragments of a message, checked when a frame *header* arrives, so an oversized message fails (1009) before its payload is buffered. |
+//! | `max_fragments` | 0 (no limit) | Memory is bounded by bytes: an empty fragment costs nothing, so counting fragments adds no safety. `ws` >= 8.21 caps them at 16,384 and so fails Autobahn 9.3.x/9.4.x (4 MiB in 64-byte fragments); Sockeye accepts those and still lets you set a cap (1008). |
+//! | 64-bit frame length | at most 2^53 - 1 | As `ws`: beyond it the frame fails with 1009 from the header alone. |
+//! | `close_timeout` | 30 s | `ws`'s `closeTimeout`: how long to wait for the peer's close frame, and on a client for the server to close TCP. |
+//! | `auto_pong` | on | As `ws`. Pongs are queued only while the connection is open. |
+//! | handshake head | 64 headers, 16 KiB | [`crate::handshake::HeadLimits`]; beyond either the server answers 431, also while the head is still incomplete, so an endless head is cut off without waiting for the timeout. |
+//!
+//! # Security notes
+//!
+//! - **Masking** (RFC 6455 §10.3): a client masks every frame with a fresh key from a
+//!   cryptographically secure generator (`rand`'s thread RNG) unless `generate_mask` is
+//!   set. Servers never mask and reject unmasked client frames (1002).
+//! - **Huge lengths**: a header announcing more than `max_payload` fails before any
+//!   payload is read; the read buffer grows only as bytes arrive.
+//! - **Invalid UTF-8** fails on the first impossible byte, even in the middle of a frame
+//!   still arriving (Autobahn 6.4.x strict), so a peer cannot make the endpoint buffer a
+//!   long invalid text message.
+//! - **Fragment floods**: reassembly appends into one buffer; neither memory nor per-frame
+//!   work grows with the count beyond the bytes themselves.
+//! - **Errors never echo peer data**: the close frame sent for a violation carries only the
+//!   code (the reason is empty).
+//!
+//! # Driving the sans-I/O core
+//!
+//! A loop around a blocking socket is the whole I/O layer (the tokio crate does the same
+//! with polls):
+//!
+//! ```no_run
+//! # use std::io::{Read, Write};
+//! # use std::time::Instant;
+//! # use sockeye_proto::{bytes::BytesMut, Config, Connection, Message, Role};
+//! # fn run(mut socket: std::net::TcpStream) -> Result<(), Box<dyn std::error::Error>> {
+//! let mut conn = Connection::new(Role::Server, Config::default());
+//! let mut input = BytesMut::with_capacity(8192);
+//! loop {
+//!     // 1. Hand over every complete frame in the buffer.
+//!     while let Some(message) = conn.read(&mut input, Instant::now())? {
+//!         if let Message::Text(text) = &message {
+//!             conn.send_text(text)?; // echo
+//!         }
+//!     }
+//!     // 2. Write what the connection queued (replies, pongs, close frames).
+//!     let out = conn.transmit_buf();
+//!     socket.write_all(out)?;
+//!     out.clear();
+//!     // 3. Close the transport when the connection says so.
+//!     if conn.should_close_transport() {
+//!         return Ok(());
+//!     }
+//!     // 4. Read more (a real loop also waits for `conn.poll_timeout()`).
+//!     let mut chunk = [0u8; 8192];
+//!     let n = socket.read(&mut chunk)?;
+//!     if n == 0 {
+//!         conn.handle_eof();
+//!         return Ok(());
+//!     }
+//!     input.extend_from_slice(&chunk[..n]);
+//! }
+//! # }
+//! ```
+//!
+//! A protocol error from `read` has already queued the close frame with the right code:
+//! write the transmit buffer, then close the transport.
