@@ -44,7 +44,9 @@ pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Starts a server on an ephemeral loopback port.
 pub async fn server(config: ServerConfig) -> WebSocketServer {
-    WebSocketServer::bind("127.0.0.1:0", config).await.expect("bind")
+    WebSocketServer::bind("127.0.0.1:0", config)
+        .await
+        .expect("bind")
 }
 
 /// Opens a raw TCP connection and performs a client handshake by hand; returns the stream
@@ -65,7 +67,10 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8];
-        let n = tokio::time::timeout(STEP, stream.read(&mut byte)).await.expect("head in time").unwrap();
+        let n = tokio::time::timeout(STEP, stream.read(&mut byte))
+            .await
+            .expect("head in time")
+            .unwrap();
         assert!(n == 1, "EOF in head: {:?}", String::from_utf8_lossy(&head));
         head.push(byte[0]);
     }
@@ -75,7 +80,10 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
 /// Reads one unmasked frame from a raw stream: (fin, opcode, payload).
 pub async fn read_frame(stream: &mut TcpStream) -> (bool, u8, Vec<u8>) {
     let mut h = [0u8; 2];
-    tokio::time::timeout(STEP, stream.read_exact(&mut h)).await.expect("frame in time").unwrap();
+    tokio::time::timeout(STEP, stream.read_exact(&mut h))
+        .await
+        .expect("frame in time")
+        .unwrap();
     let len = match h[1] & 0x7f {
         126 => {
             let mut b = [0u8; 2];
@@ -108,5 +116,10 @@ pub async fn read_frame(stream: &mut TcpStream) -> (bool, u8, Vec<u8>) {
 
 /// Accepts one connection from `server`.
 pub async fn accept_one(server: &WebSocketServer) -> WebSocket<TcpStream> {
-    tokio::time::timeout(STEP, server.accept()).await.expect("accept in time").expect("server open").expect("handshake").0
+    tokio::time::timeout(STEP, server.accept())
+        .await
+        .expect("accept in time")
+        .expect("server open")
+        .expect("handshake")
+        .0
 }
