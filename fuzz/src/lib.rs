@@ -1,0 +1,226 @@
+//! Shared oracles of the Sockeye fuzz targets. Each target asserts "accepted, or a
+//! documented error", never just "does not panic".
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sockeye_proto::bytes::{Buf, BytesMut};
+use sockeye_proto::frame::{FrameHeader, OpCode};
+use sockeye_proto::mask::apply_mask;
+use sockeye_proto::{CloseFrame, Config, Connection, Error, Message, Role, State};
+
+/// The connection targets' size limit: small, so that the fuzzer reaches it.
+pub const MAX_PAYLOAD: usize = 4096;
+
+/// The client's masking key, fixed so that runs are reproducible.
+pub const CLIENT_KEY: [u8; 4] = [0xa5, 0x5a, 0x0f, 0xf0];
+
+/// What one `read` call returned.
+#[derive(Debug, PartialEq)]
+enum Event {
+    Message(Message),
+    Error(Error),
+}
+
+/// Feeds `data` to a connection of `role` and checks every rule a peer cannot break.
+///
+/// Input layout: byte 0 picks the config (bit 0: `max_fragments = 8`, bit 1:
+/// `skip_utf8_validation`, bit 2: `auto_pong` off) and bits 3-4 the chunk granularity;
+/// byte 1 seeds the chunk sizes; the rest is the byte stream from the peer, fed in
+/// chunks. The same stream fed at once must give the same events and the same bytes
+/// sent.
+pub fn connection(role: Role, data: &[u8]) {
+    let [flags, seed, stream @ ..] = data else {
+        return;
+    };
+    let config = Config {
+        max_payload: MAX_PAYLOAD,
+        max_fragments: if flags & 1 != 0 { 8 } else { 0 },
+        skip_utf8_validation: flags & 2 != 0,
+        auto_pong: flags & 4 == 0,
+        close_timeout: Duration::from_secs(1),
+        generate_mask: Some(Arc::new(|| CLIENT_KEY)),
+    };
+    let max_chunk = [1, 7, 64, 1024][usize::from((flags >> 3) & 3)];
+    let mut rng = u32::from(*seed) | 0x100;
+    let mut chunks = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        let n = (1 + rng as usize % max_chunk).min(rest.len());
+        chunks.push(&rest[..n]);
+        rest = &rest[n..];
+    }
+
+    let chunked = run(role, &config, &chunks);
+    let whole = run(role, &config, &[stream]);
+    assert_eq!(chunked, whole, "chunking changed the outcome");
+}
+
+/// Runs one connection over `chunks` and checks it; returns the events and bytes sent.
+fn run(role: Role, config: &Config, chunks: &[&[u8]]) -> (Vec<Event>, Vec<u8>) {
+    let now = Instant::now();
+    let mut conn = Connection::new(role, config.clone());
+    let mut input = BytesMut::new();
+    let mut events = Vec::new();
+    let mut wire = Vec::new();
+    let mut ended = false;
+    for chunk in chunks {
+        input.extend_from_slice(chunk);
+        loop {
+            assert!(conn.read_hint(&input) >= 1);
+            let result = conn.read(&mut input, now);
+            wire.extend_from_slice(&conn.transmit_buf().split());
+            match result {
+                Ok(None) => break,
+                Ok(Some(_)) | Err(_) if ended => panic!("read after the end: {result:?}"),
+                Ok(Some(message)) => {
+                    check_message(config, &message);
+                    if let Message::Close(_) = message {
+                        assert_eq!(conn.state(), State::Closed);
+                        assert!(conn.close_received() && conn.close_sent());
+                        assert!(conn.is_read_closed());
+                        assert_eq!(
+                            conn.should_close_transport(),
+                            role == Role::Server,
+                            "the server closes TCP first"
+                        );
+                        assert_eq!(conn.poll_timeout().is_some(), role == Role::Client);
+                        ended = true;
+                    }
+                    events.push(Event::Message(message));
+                }
+                Err(error) => {
+                    assert!(
+                        matches!(error, Error::Protocol(_) | Error::Limit(_)),
+                        "undocumented error {error:?}"
+                    );
+                    assert!(error.ws_code().is_some() && error.close_code().is_some());
+                    assert_eq!(conn.state(), State::Closed);
+                    assert!(conn.should_close_transport() && conn.is_read_closed());
+                    ended = true;
+                    events.push(Event::Error(error));
+                    break;
+                }
+            }
+        }
+    }
+    check_wire(role, config, &events, &wire);
+    let eof = conn.handle_eof();
+    assert_eq!(
+        eof.is_some(),
+        !ended,
+        "1006 only when nothing ended the connection"
+    );
+    (events, wire)
+}
+
+fn check_message(config: &Config, message: &Message) {
+    match message {
+        Message::Text(text) => {
+            assert!(!config.skip_utf8_validation);
+            assert!(std::str::from_utf8(text.as_bytes()).is_ok());
+            assert!(text.len() <= MAX_PAYLOAD);
+        }
+        Message::UncheckedText(data) => {
+            assert!(config.skip_utf8_validation);
+            assert!(data.len() <= MAX_PAYLOAD);
+        }
+        Message::Binary(data) => assert!(data.len() <= MAX_PAYLOAD),
+        Message::Ping(data) | Message::Pong(data) => assert!(data.len() <= 125),
+        Message::Close(Some(frame)) => {
+            assert!(frame.code.is_sendable(), "{frame:?}");
+            if !config.skip_utf8_validation {
+                assert!(frame.reason.len() <= 123);
+            }
+        }
+        Message::Close(None) => {}
+    }
+}
+
+/// Decodes what the connection sent and checks it against what it received: well-formed
+/// frames masked by the rule of `role`, one pong per ping (with `auto_pong`), and a close
+/// frame last: the echo of a received close, or the error's close code.
+fn check_wire(role: Role, config: &Config, events: &[Event], wire: &[u8]) {
+    let mut buf = BytesMut::from(wire);
+    let mut frames = Vec::new();
+    while !buf.is_empty() {
+        let (h, n) = FrameHeader::decode(&buf)
+            .expect("we send valid headers")
+            .expect("we send whole frames");
+        match role {
+            Role::Client => assert_eq!(h.mask, Some(CLIENT_KEY)),
+            Role::Server => assert_eq!(h.mask, None),
+        }
+        assert!(h.fin && !h.rsv1);
+        buf.advance(n);
+        let len = usize::try_from(h.payload_len).unwrap();
+        assert!(len <= 125 && len <= buf.len());
+        let mut payload = buf.split_to(len).to_vec();
+        if let Some(key) = h.mask {
+            apply_mask(&mut payload, key, 0);
+        }
+        frames.push((h.opcode, payload));
+    }
+    let pings: Vec<&[u8]> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(Message::Ping(p)) => Some(&p[..]),
+            _ => None,
+        })
+        .collect();
+    let pongs: Vec<&[u8]> = frames
+        .iter()
+        .filter(|(op, _)| *op == OpCode::Pong)
+        .map(|(_, p)| &p[..])
+        .collect();
+    if config.auto_pong {
+        assert_eq!(pings, pongs);
+    } else {
+        assert!(pongs.is_empty());
+    }
+    let closes: Vec<&[u8]> = frames
+        .iter()
+        .filter(|(op, _)| *op == OpCode::Close)
+        .map(|(_, p)| &p[..])
+        .collect();
+    assert!(frames
+        .iter()
+        .all(|(op, _)| matches!(op, OpCode::Pong | OpCode::Close)));
+    match events.last() {
+        Some(Event::Error(error)) => {
+            let code = error.close_code().unwrap().0.to_be_bytes();
+            assert_eq!(
+                closes,
+                [&code[..]],
+                "one close frame, with the error's code"
+            );
+            assert_eq!(frames.last().unwrap().0, OpCode::Close);
+        }
+        Some(Event::Message(Message::Close(frame))) => {
+            assert_eq!(closes.len(), 1);
+            assert_eq!(frames.last().unwrap().0, OpCode::Close);
+            check_echo(config, frame.as_ref(), closes[0]);
+        }
+        _ => assert!(closes.is_empty()),
+    }
+}
+
+fn check_echo(config: &Config, received: Option<&CloseFrame>, echo: &[u8]) {
+    let Some(frame) = received else {
+        assert!(echo.is_empty());
+        return;
+    };
+    let [hi, lo, reason @ ..] = echo else {
+        panic!("echo without a code: {echo:?}");
+    };
+    assert_eq!(u16::from_be_bytes([*hi, *lo]), frame.code.0);
+    let reason = std::str::from_utf8(reason).expect("the echoed reason is UTF-8");
+    if config.skip_utf8_validation {
+        assert!(frame.reason.starts_with(reason));
+    } else {
+        assert_eq!(reason, frame.reason);
+    }
+}
