@@ -1,0 +1,607 @@
+//! The connection state machine: frames in, messages out, and the close handshake
+//! (RFC 6455 §5, §7).
+//!
+//! # Calling order
+//!
+//! 1. Bytes read from the transport are appended to a buffer the caller owns; call
+//!    [`Connection::read`] with it until it returns `Ok(None)` (it consumes only whole
+//!    frames and leaves a partial one in place; [`Connection::read_hint`] says how many
+//!    more bytes the frame in progress needs).
+//! 2. Commands ([`Connection::send`], [`Connection::ping`], [`Connection::close`] ...)
+//!    and `read` itself (automatic pongs, close replies) append frames to the transmit
+//!    buffer: write [`Connection::transmit_buf`] to the transport and advance it by
+//!    what was written.
+//! 3. When [`Connection::poll_timeout`] returns a deadline, call
+//!    [`Connection::handle_timeout`] once it has passed; call [`Connection::handle_eof`]
+//!    when the transport reports end of stream.
+//! 4. Once [`Connection::should_close_transport`] is true and the transmit buffer is
+//!    empty, close the transport.
+
+use std::time::Instant;
+
+use bytes::{Buf, BufMut, BytesMut};
+
+use crate::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
+use crate::error::{ApiMisuse, Error, LimitError, ProtocolError};
+use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use crate::limits::Config;
+use crate::mask::apply_mask;
+use crate::message::{Message, Utf8Bytes};
+use crate::utf8::{self, Utf8Validator};
+
+/// Which end of the connection this is. Clients mask what they send; servers require
+/// masked frames (RFC 6455 §5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The end that sent the opening handshake.
+    Client,
+    /// The end that accepted it.
+    Server,
+}
+
+/// The connection's state, as `ws`'s `readyState` (CONNECTING belongs to the handshake).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Messages flow both ways.
+    Open,
+    /// A close frame was sent; waiting for the peer's.
+    Closing,
+    /// The close handshake is over, or the connection failed.
+    Closed,
+}
+
+/// The kind of a data message to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    /// A text message.
+    Text,
+    /// A binary message.
+    Binary,
+}
+
+/// A sans-I/O WebSocket connection after the opening handshake.
+pub struct Connection {
+    role: Role,
+    config: Config,
+    state: State,
+    /// The header of the frame being read and its encoded length.
+    header: Option<(FrameHeader, usize)>,
+    /// Payload bytes of the current frame already unmasked (and checked, for text).
+    progress: usize,
+    /// Whether the current frame's payload goes through the UTF-8 validator.
+    check_utf8: bool,
+    /// The fragmented message being received.
+    incoming: Option<Incoming>,
+    utf8: Utf8Validator,
+    /// Stop reading: the close handshake finished or the connection failed.
+    read_closed: bool,
+    /// The kind of the fragmented message being sent (`fin: false` sends).
+    outgoing: Option<DataKind>,
+    transmit: BytesMut,
+    close_sent: bool,
+    close_received: bool,
+    deadline: Option<Instant>,
+    close_transport: bool,
+}
+
+struct Incoming {
+    kind: DataKind,
+    data: BytesMut,
+    fragments: usize,
+}
+
+impl Connection {
+    /// A connection in the open state.
+    pub fn new(role: Role, config: Config) -> Connection {
+        Connection {
+            role,
+            config,
+            state: State::Open,
+            header: None,
+            progress: 0,
+            check_utf8: false,
+            incoming: None,
+            utf8: Utf8Validator::new(),
+            read_closed: false,
+            outgoing: None,
+            transmit: BytesMut::new(),
+            close_sent: false,
+            close_received: false,
+            deadline: None,
+            close_transport: false,
+        }
+    }
+
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The connection's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether a close frame was received from the peer.
+    pub fn close_received(&self) -> bool {
+        self.close_received
+    }
+
+    /// Whether a close frame was sent.
+    pub fn close_sent(&self) -> bool {
+        self.close_sent
+    }
+
+    /// The bytes of the fragmented message being received that are buffered so far (0
+    /// between messages). For tests and memory accounting.
+    #[doc(hidden)]
+    pub fn incoming_buffered(&self) -> usize {
+        self.incoming.as_ref().map_or(0, |m| m.data.len())
+    }
+
+    // ----------------------------------------------------------------- reading
+
+    /// Decodes frames from `input` and returns the next message or control frame, or
+    /// `Ok(None)` when `input` holds no complete one. Consumed frames are removed from
+    /// `input`; payloads are handed over without copying where the message is a single
+    /// frame, and unmasked in place.
+    ///
+    /// Incoming bytes are processed as they arrive: a text frame's UTF-8 is checked on
+    /// partial payloads, so an invalid byte fails the connection before the frame ends.
+    ///
+    /// # Errors
+    /// A [`ProtocolError`] or [`LimitError`] of the peer: the connection has then queued
+    /// a close frame with [`Error::close_code`] and is [`State::Closed`]; the caller
+    /// flushes the transmit buffer and closes the transport. The error is returned once;
+    /// later calls return `Ok(None)`.
+    pub fn read(&mut self, input: &mut BytesMut, now: Instant) -> Result<Option<Message>, Error> {
+        loop {
+            if self.read_closed {
+                input.clear();
+                return Ok(None);
+            }
+            let result = match self.read_frame(input) {
+                Ok(Some((header, payload))) => self.on_frame(header, payload, now),
+                Ok(None) => return Ok(None),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(Some(message)) => return Ok(Some(message)),
+                Ok(None) => continue,
+                Err(e) => {
+                    input.clear();
+                    self.fail(&e, now);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// How many more bytes the frame in progress needs, at least 1, given `input`
+    /// (a header not yet complete asks for the rest of the largest header).
+    pub fn read_hint(&self, input: &BytesMut) -> usize {
+        match self.header {
+            Some((h, hlen)) => (hlen + h.payload_len as usize)
+                .saturating_sub(input.len())
+                .max(1),
+            None => MAX_HEADER_LEN.saturating_sub(input.len()).max(1),
+        }
+    }
+
+    fn read_frame(
+        &mut self,
+        input: &mut BytesMut,
+    ) -> Result<Option<(FrameHeader, BytesMut)>, Error> {
+        let (header, hlen) = match self.header {
+            Some(h) => h,
+            None => {
+                let Some((header, hlen)) = FrameHeader::decode(input)? else {
+                    return Ok(None);
+                };
+                self.check_header(&header)?;
+                self.header = Some((header, hlen));
+                self.progress = 0;
+                (header, hlen)
+            }
+        };
+        let len = header.payload_len as usize;
+        let available = (input.len() - hlen).min(len);
+        if available > self.progress {
+            let chunk = &mut input[hlen + self.progress..hlen + available];
+            if let Some(key) = header.mask {
+                apply_mask(chunk, key, self.progress);
+            }
+            if self.check_utf8 {
+                self.utf8
+                    .feed(chunk)
+                    .map_err(|_| ProtocolError::InvalidUtf8)?;
+            }
+            self.progress = available;
+        }
+        if available < len {
+            return Ok(None);
+        }
+        input.advance(hlen);
+        let payload = input.split_to(len);
+        self.header = None;
+        Ok(Some((header, payload)))
+    }
+
+    /// The checks that need the connection's state (RFC 6455 §5.1, §5.2, §5.4).
+    fn check_header(&mut self, h: &FrameHeader) -> Result<(), Error> {
+        if h.rsv1 {
+            return Err(ProtocolError::UnexpectedRsv1.into());
+        }
+        match (self.role, h.mask.is_some()) {
+            (Role::Server, false) => return Err(ProtocolError::ExpectedMask.into()),
+            (Role::Client, true) => return Err(ProtocolError::UnexpectedMask.into()),
+            _ => {}
+        }
+        let kind = match h.opcode {
+            OpCode::Close | OpCode::Ping | OpCode::Pong => {
+                self.check_utf8 = false;
+                return Ok(());
+            }
+            OpCode::Continuation => match &self.incoming {
+                Some(incoming) => incoming.kind,
+                None => return Err(ProtocolError::InvalidOpcode(0).into()),
+            },
+            OpCode::Text | OpCode::Binary if self.incoming.is_some() => {
+                return Err(ProtocolError::InvalidOpcode(h.opcode.as_u8()).into());
+            }
+            OpCode::Text => DataKind::Text,
+            OpCode::Binary => DataKind::Binary,
+        };
+        let (buffered, fragments) = self
+            .incoming
+            .as_ref()
+            .map_or((0, 0), |m| (m.data.len(), m.fragments));
+        let max = self.config.max_payload as u64;
+        if max > 0 && buffered as u64 + h.payload_len > max {
+            return Err(LimitError::MessageTooLarge.into());
+        }
+        if h.payload_len > usize::MAX as u64 {
+            return Err(LimitError::FrameLengthUnsupported.into());
+        }
+        if self.config.max_fragments > 0 && fragments + 1 > self.config.max_fragments {
+            return Err(LimitError::TooManyParts.into());
+        }
+        if h.opcode != OpCode::Continuation {
+            self.utf8 = Utf8Validator::new();
+        }
+        self.check_utf8 = kind == DataKind::Text && !self.config.skip_utf8_validation;
+        Ok(())
+    }
+
+    fn on_frame(
+        &mut self,
+        header: FrameHeader,
+        payload: BytesMut,
+        now: Instant,
+    ) -> Result<Option<Message>, Error> {
+        match header.opcode {
+            OpCode::Ping => {
+                if self.config.auto_pong && self.state == State::Open {
+                    self.write_frame(OpCode::Pong, true, &payload);
+                }
+                Ok(Some(Message::Ping(payload.freeze())))
+            }
+            OpCode::Pong => Ok(Some(Message::Pong(payload.freeze()))),
+            OpCode::Close => self
+                .on_close(&payload, now)
+                .map(|frame| Some(Message::Close(frame))),
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                let incoming = match self.incoming.take() {
+                    Some(mut incoming) => {
+                        if incoming.data.is_empty() {
+                            incoming.data = payload;
+                        } else {
+                            incoming.data.extend_from_slice(&payload);
+                        }
+                        incoming.fragments += 1;
+                        incoming
+                    }
+                    None => Incoming {
+                        kind: if header.opcode == OpCode::Text {
+                            DataKind::Text
+                        } else {
+                            DataKind::Binary
+                        },
+                        data: payload,
+                        fragments: 1,
+                    },
+                };
+                if !header.fin {
+                    self.incoming = Some(incoming);
+                    return Ok(None);
+                }
+                let data = incoming.data.freeze();
+                Ok(Some(match incoming.kind {
+                    DataKind::Binary => Message::Binary(data),
+                    DataKind::Text if self.config.skip_utf8_validation => {
+                        Message::UncheckedText(data)
+                    }
+                    DataKind::Text => {
+                        self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+                        Message::Text(Utf8Bytes::from_validated(data))
+                    }
+                }))
+            }
+        }
+    }
+
+    /// A close frame arrived (RFC 6455 §5.5.1, §7.1.5).
+    fn on_close(&mut self, payload: &[u8], now: Instant) -> Result<Option<CloseFrame>, Error> {
+        let frame = match payload {
+            [] => None,
+            [_] => return Err(ProtocolError::InvalidControlPayloadLength.into()),
+            [hi, lo, reason @ ..] => {
+                let code = u16::from_be_bytes([*hi, *lo]);
+                if !CloseCode(code).is_sendable() {
+                    return Err(ProtocolError::InvalidCloseCode(code).into());
+                }
+                let reason = if self.config.skip_utf8_validation {
+                    String::from_utf8_lossy(reason).into_owned()
+                } else {
+                    utf8::validate(reason).map_err(|_| ProtocolError::InvalidUtf8)?;
+                    String::from_utf8_lossy(reason).into_owned()
+                };
+                Some(CloseFrame {
+                    code: CloseCode(code),
+                    reason,
+                })
+            }
+        };
+        self.close_received = true;
+        self.read_closed = true;
+        if !self.close_sent {
+            // Echo the code and reason, as ws does (RFC 6455 §5.5.1).
+            self.write_close(frame.as_ref());
+        }
+        self.state = State::Closed;
+        match self.role {
+            // The server closes TCP first (RFC 6455 §7.1.1).
+            Role::Server => self.close_transport = true,
+            // The client waits for the server to close TCP, for a bounded time.
+            Role::Client => self.deadline = Some(now + self.config.close_timeout),
+        }
+        Ok(frame)
+    }
+
+    /// Fails the connection (RFC 6455 §7.1.7): a close frame with the error's code, then
+    /// the transport is to be closed.
+    fn fail(&mut self, error: &Error, _now: Instant) {
+        if !self.close_sent {
+            let code = error.close_code().unwrap_or(CloseCode::INTERNAL_ERROR);
+            self.write_close(Some(&CloseFrame {
+                code,
+                reason: String::new(),
+            }));
+        }
+        self.read_closed = true;
+        self.incoming = None;
+        self.state = State::Closed;
+        self.close_transport = true;
+    }
+
+    /// The transport reported end of stream.
+    ///
+    /// Returns the close frame to report if this ends the connection abnormally (no close
+    /// frame was received: 1006).
+    pub fn handle_eof(&mut self) -> Option<CloseFrame> {
+        let abnormal = !self.close_received && !self.read_closed;
+        self.read_closed = true;
+        self.state = State::Closed;
+        self.close_transport = true;
+        self.deadline = None;
+        abnormal.then(|| CloseFrame::new(CloseCode::ABNORMAL_CLOSURE, ""))
+    }
+
+    /// When [`Connection::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time passed: a close handshake that outlived `close_timeout` ends, and the
+    /// transport is to be closed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.deadline = None;
+            self.read_closed = true;
+            self.state = State::Closed;
+            self.close_transport = true;
+        }
+    }
+
+    /// Whether the caller should close the transport once the transmit buffer is written.
+    pub fn should_close_transport(&self) -> bool {
+        self.close_transport
+    }
+
+    /// Whether reading is over (close handshake finished, failure, or end of stream).
+    pub fn is_read_closed(&self) -> bool {
+        self.read_closed
+    }
+
+    // ----------------------------------------------------------------- writing
+
+    /// Sends a data frame: a whole message with `fin`, or one piece of a message streamed
+    /// as several frames (`ws`'s `fin: false`); the first piece fixes the message type.
+    ///
+    /// # Errors
+    /// [`ApiMisuse::SendAfterClose`] once a close frame was sent or received, and
+    /// [`ApiMisuse::FragmentTypeMismatch`] for a piece of another type than the message in
+    /// progress.
+    pub fn send(&mut self, kind: DataKind, payload: &[u8], fin: bool) -> Result<(), Error> {
+        self.check_open()?;
+        let opcode = match self.outgoing {
+            Some(current) if current != kind => return Err(ApiMisuse::FragmentTypeMismatch.into()),
+            Some(_) => OpCode::Continuation,
+            None if kind == DataKind::Text => OpCode::Text,
+            None => OpCode::Binary,
+        };
+        self.outgoing = if fin { None } else { Some(kind) };
+        self.write_frame(opcode, fin, payload);
+        Ok(())
+    }
+
+    /// Sends a whole text message.
+    ///
+    /// # Errors
+    /// As [`Connection::send`].
+    pub fn send_text(&mut self, text: &str) -> Result<(), Error> {
+        self.send(DataKind::Text, text.as_bytes(), true)
+    }
+
+    /// Sends a whole binary message.
+    ///
+    /// # Errors
+    /// As [`Connection::send`].
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.send(DataKind::Binary, data, true)
+    }
+
+    /// Sends a ping.
+    ///
+    /// # Errors
+    /// [`ApiMisuse::ControlPayloadTooLong`] over 125 bytes; [`ApiMisuse::SendAfterClose`].
+    pub fn ping(&mut self, payload: &[u8]) -> Result<(), Error> {
+        self.control(OpCode::Ping, payload)
+    }
+
+    /// Sends a pong (unsolicited, or to answer a ping when `auto_pong` is off).
+    ///
+    /// # Errors
+    /// As [`Connection::ping`].
+    pub fn pong(&mut self, payload: &[u8]) -> Result<(), Error> {
+        self.control(OpCode::Pong, payload)
+    }
+
+    fn control(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), Error> {
+        if payload.len() > 125 {
+            return Err(ApiMisuse::ControlPayloadTooLong.into());
+        }
+        self.check_open()?;
+        self.write_frame(opcode, true, payload);
+        Ok(())
+    }
+
+    /// Starts the close handshake (RFC 6455 §7.1.2): sends a close frame with `frame`'s
+    /// code and reason, or an empty one for `None`. Does nothing if a close frame was
+    /// already sent. The peer's close frame is then awaited for `close_timeout`.
+    ///
+    /// # Errors
+    /// [`ApiMisuse::InvalidCloseCode`] for a code that may not be sent and
+    /// [`ApiMisuse::CloseReasonTooLong`] for a reason over 123 bytes.
+    pub fn close(&mut self, frame: Option<&CloseFrame>, now: Instant) -> Result<(), Error> {
+        if let Some(frame) = frame {
+            if !frame.code.is_sendable() {
+                return Err(ApiMisuse::InvalidCloseCode(frame.code.0).into());
+            }
+            if frame.reason.len() > MAX_REASON_LEN {
+                return Err(ApiMisuse::CloseReasonTooLong.into());
+            }
+        }
+        if self.close_sent || self.state == State::Closed {
+            return Ok(());
+        }
+        self.write_close(frame);
+        self.state = State::Closing;
+        self.deadline = Some(now + self.config.close_timeout);
+        Ok(())
+    }
+
+    /// Ends the connection at once without a close handshake (`ws`'s `terminate()`).
+    pub fn terminate(&mut self) {
+        self.read_closed = true;
+        self.state = State::Closed;
+        self.close_transport = true;
+        self.deadline = None;
+    }
+
+    /// The bytes waiting to be written to the transport. Write them, then `advance` the
+    /// buffer by the number of bytes written.
+    pub fn transmit_buf(&mut self) -> &mut BytesMut {
+        &mut self.transmit
+    }
+
+    /// Frees the transmit buffer's memory if it is empty (for idle connections).
+    pub fn shrink_transmit_buf(&mut self) {
+        if self.transmit.is_empty() && self.transmit.capacity() > 0 {
+            self.transmit = BytesMut::new();
+        }
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.close_sent || self.state != State::Open {
+            return Err(ApiMisuse::SendAfterClose.into());
+        }
+        Ok(())
+    }
+
+    fn write_close(&mut self, frame: Option<&CloseFrame>) {
+        let mut payload = [0u8; 125];
+        let len = match frame {
+            Some(frame) => {
+                payload[..2].copy_from_slice(&frame.code.0.to_be_bytes());
+                // Cut at a char boundary: a lossily decoded reason (skip_utf8_validation)
+                // can be longer than a control frame holds (RFC 6455 §5.5.1).
+                let mut end = frame.reason.len().min(MAX_REASON_LEN);
+                while !frame.reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let reason = &frame.reason.as_bytes()[..end];
+                payload[2..2 + reason.len()].copy_from_slice(reason);
+                2 + reason.len()
+            }
+            None => 0,
+        };
+        self.write_frame(OpCode::Close, true, &payload[..len]);
+        self.close_sent = true;
+    }
+
+    fn write_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) {
+        let mask = match self.role {
+            Role::Client => Some(match &self.config.generate_mask {
+                Some(generate) => generate(),
+                None => rand::random(),
+            }),
+            Role::Server => None,
+        };
+        let header = FrameHeader {
+            fin,
+            rsv1: false,
+            opcode,
+            mask,
+            payload_len: payload.len() as u64,
+        };
+        let mut encoded = [0u8; MAX_HEADER_LEN];
+        let hlen = header.encode(&mut encoded);
+        self.transmit.reserve(hlen + payload.len());
+        self.transmit.put_slice(&encoded[..hlen]);
+        let start = self.transmit.len();
+        self.transmit.put_slice(payload);
+        if let Some(key) = mask {
+            apply_mask(&mut self.transmit[start..], key, 0);
+        }
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("role", &self.role)
+            .field("state", &self.state)
+            .field("close_sent", &self.close_sent)
+            .field("close_received", &self.close_received)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

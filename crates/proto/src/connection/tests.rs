@@ -1,0 +1,1204 @@
+//! Unit tests of the connection state machine, grouped by RFC 6455 section.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::frame::MAX_FRAME_LEN;
+use crate::limits::{DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_PAYLOAD};
+
+// ------------------------------------------------------------------ harness
+
+/// A fake clock: an `Instant` that moves only when told to.
+struct Clock(Instant);
+
+impl Clock {
+    fn new() -> Clock {
+        Clock(Instant::now())
+    }
+
+    fn now(&self) -> Instant {
+        self.0
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.0 += by;
+    }
+}
+
+const CONT: u8 = 0x0;
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// The masking key of the RFC 6455 §5.7 examples.
+const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// A raw frame as a mock peer writes it, bit by bit: any FIN, RSV bits, opcode, mask,
+/// length form or (lying) declared length.
+#[derive(Clone, Debug)]
+struct Raw {
+    fin: bool,
+    /// RSV1 RSV2 RSV3 as 3 bits: 0b100 is RSV1.
+    rsv: u8,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    /// Force the 7-bit length field (126: 16-bit form, 127: 64-bit form).
+    form: Option<u8>,
+    /// The length written in the header, if not the payload's.
+    declared: Option<u64>,
+    payload: Vec<u8>,
+}
+
+fn raw(opcode: u8, payload: &[u8]) -> Raw {
+    Raw {
+        fin: true,
+        rsv: 0,
+        opcode,
+        mask: None,
+        form: None,
+        declared: None,
+        payload: payload.to_vec(),
+    }
+}
+
+impl Raw {
+    fn fin(mut self, fin: bool) -> Raw {
+        self.fin = fin;
+        self
+    }
+
+    fn rsv(mut self, bits: u8) -> Raw {
+        self.rsv = bits;
+        self
+    }
+
+    fn mask(mut self, key: [u8; 4]) -> Raw {
+        self.mask = Some(key);
+        self
+    }
+
+    /// As a well-behaved peer of a connection of role `to` sends it: masked towards a
+    /// server (RFC 6455 §5.1).
+    fn to(self, to: Role) -> Raw {
+        match to {
+            Role::Server => self.mask(KEY),
+            Role::Client => self,
+        }
+    }
+
+    fn form(mut self, len7: u8) -> Raw {
+        self.form = Some(len7);
+        self
+    }
+
+    fn declare(mut self, len: u64) -> Raw {
+        self.declared = Some(len);
+        self
+    }
+
+    fn header(&self) -> Vec<u8> {
+        let len = self.declared.unwrap_or(self.payload.len() as u64);
+        let len7 = self.form.unwrap_or(match len {
+            0..=125 => len as u8,
+            126..=0xffff => 126,
+            _ => 127,
+        });
+        let mask_bit = if self.mask.is_some() { 0x80 } else { 0 };
+        let mut out = vec![
+            (u8::from(self.fin) << 7) | (self.rsv << 4) | self.opcode,
+            mask_bit | len7,
+        ];
+        match len7 {
+            126 => out.extend_from_slice(&(len as u16).to_be_bytes()),
+            127 => out.extend_from_slice(&len.to_be_bytes()),
+            _ => {}
+        }
+        if let Some(key) = self.mask {
+            out.extend_from_slice(&key);
+        }
+        out
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = self.header();
+        let start = out.len();
+        out.extend_from_slice(&self.payload);
+        if let Some(key) = self.mask {
+            for (i, b) in out[start..].iter_mut().enumerate() {
+                *b ^= key[i % 4];
+            }
+        }
+        out
+    }
+}
+
+fn close_body(code: u16, reason: &[u8]) -> Vec<u8> {
+    [&code.to_be_bytes()[..], reason].concat()
+}
+
+fn conn(role: Role) -> Connection {
+    Connection::new(role, Config::default())
+}
+
+fn conn_with(role: Role, configure: impl FnOnce(&mut Config)) -> Connection {
+    let mut config = Config::default();
+    configure(&mut config);
+    Connection::new(role, config)
+}
+
+/// Appends `bytes` to `input`, then reads until `Ok(None)` or an error.
+fn feed(
+    c: &mut Connection,
+    input: &mut BytesMut,
+    bytes: &[u8],
+    now: Instant,
+) -> (Vec<Message>, Option<Error>) {
+    input.extend_from_slice(bytes);
+    let mut messages = Vec::new();
+    loop {
+        match c.read(input, now) {
+            Ok(Some(message)) => messages.push(message),
+            Ok(None) => return (messages, None),
+            Err(e) => return (messages, Some(e)),
+        }
+    }
+}
+
+/// Reads all of `bytes` at once: the messages, or the first error.
+fn read_all(c: &mut Connection, bytes: &[u8]) -> Result<Vec<Message>, Error> {
+    match feed(c, &mut BytesMut::new(), bytes, Instant::now()) {
+        (messages, None) => Ok(messages),
+        (_, Some(e)) => Err(e),
+    }
+}
+
+/// Empties `c`'s transmit buffer and decodes it: opcode, FIN and unmasked payload of
+/// each frame. Checks that `c` masks exactly when it is a client (RFC 6455 §5.1).
+fn sent(c: &mut Connection) -> Vec<(OpCode, bool, Vec<u8>)> {
+    let role = c.role();
+    let mut buf = c.transmit_buf().split();
+    let mut frames = Vec::new();
+    while !buf.is_empty() {
+        let (h, n) = FrameHeader::decode(&buf)
+            .expect("valid header")
+            .expect("whole frames only");
+        assert_eq!(h.mask.is_some(), role == Role::Client, "masking rule");
+        assert!(!h.rsv1);
+        buf.advance(n);
+        let mut payload = buf.split_to(h.payload_len as usize).to_vec();
+        if let Some(key) = h.mask {
+            apply_mask(&mut payload, key, 0);
+        }
+        frames.push((h.opcode, h.fin, payload));
+    }
+    frames
+}
+
+/// Moves what `from` sent into `to` and reads it.
+fn deliver(from: &mut Connection, to: &mut Connection, now: Instant) -> Vec<Message> {
+    let bytes = from.transmit_buf().split();
+    let (messages, error) = feed(to, &mut BytesMut::new(), &bytes, now);
+    assert_eq!(error, None);
+    messages
+}
+
+/// `c` reads `bytes`, fails with `expected`, and is left closed with a close frame
+/// carrying the error's close code as the last frame it sent.
+#[track_caller]
+fn assert_fails(mut c: Connection, bytes: &[u8], expected: impl Into<Error>) {
+    let expected = expected.into();
+    let now = Instant::now();
+    let (_, error) = feed(&mut c, &mut BytesMut::new(), bytes, now);
+    assert_eq!(error.as_ref(), Some(&expected));
+    assert_eq!(c.state(), State::Closed);
+    assert!(c.should_close_transport() && c.is_read_closed());
+    let code = expected
+        .close_code()
+        .expect("a peer's error has a close code");
+    let frames = sent(&mut c);
+    assert_eq!(
+        frames.last(),
+        Some(&(OpCode::Close, true, code.0.to_be_bytes().to_vec()))
+    );
+    // The error is reported once; the connection reads nothing more.
+    let mut more = BytesMut::from(&raw(TEXT, b"x").to(c.role()).bytes()[..]);
+    assert_eq!(c.read(&mut more, now), Ok(None));
+    assert!(sent(&mut c).is_empty());
+}
+
+fn text(s: &str) -> Message {
+    Message::text(s)
+}
+
+fn binary(b: &[u8]) -> Message {
+    Message::Binary(Bytes::copy_from_slice(b))
+}
+
+// ------------------------------------------------- RFC 6455 §5.1: masking
+
+#[test]
+fn server_rejects_unmasked_frame() {
+    assert_fails(
+        conn(Role::Server),
+        &raw(TEXT, b"hi").bytes(),
+        ProtocolError::ExpectedMask,
+    );
+}
+
+#[test]
+fn client_rejects_masked_frame() {
+    assert_fails(
+        conn(Role::Client),
+        &raw(TEXT, b"hi").mask(KEY).bytes(),
+        ProtocolError::UnexpectedMask,
+    );
+}
+
+#[test]
+fn client_masks_with_generate_mask_server_does_not() {
+    let counter = Arc::new(AtomicU8::new(0));
+    let calls = counter.clone();
+    let mut client = conn_with(Role::Client, |c| {
+        c.generate_mask = Some(Arc::new(move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            [n, n + 1, n + 2, n + 3]
+        }))
+    });
+    client.send_text("Hi").unwrap();
+    client.ping(b"p").unwrap();
+    let wire = client.transmit_buf().clone();
+    assert_eq!(
+        &wire[..],
+        [
+            [0x81, 0x82, 0, 1, 2, 3, b'H', b'i' ^ 1].as_slice(),
+            &[0x89, 0x81, 1, 2, 3, 4, b'p' ^ 1],
+        ]
+        .concat()
+    );
+    assert_eq!(counter.load(Ordering::SeqCst), 2, "one fresh key per frame");
+    let mut server = conn(Role::Server);
+    assert_eq!(
+        deliver(&mut client, &mut server, Instant::now()),
+        [text("Hi"), Message::Ping(Bytes::from_static(b"p"))]
+    );
+    // The server answered the ping, unmasked.
+    server.send_text("Hi").unwrap();
+    let wire = server.transmit_buf().clone();
+    assert_eq!(&wire[..], b"\x8a\x01p\x81\x02Hi");
+}
+
+// ---------------------------------------------- RFC 6455 §5.2: base framing
+
+#[test]
+fn reserved_bits_fail() {
+    for role in [Role::Server, Role::Client] {
+        assert_fails(
+            conn(role),
+            &raw(TEXT, b"x").rsv(0b100).to(role).bytes(),
+            ProtocolError::UnexpectedRsv1,
+        );
+        assert_fails(
+            conn(role),
+            &raw(PING, b"").rsv(0b100).to(role).bytes(),
+            ProtocolError::UnexpectedRsv1,
+        );
+        for rsv in [0b010, 0b001, 0b111] {
+            assert_fails(
+                conn(role),
+                &raw(BINARY, b"x").rsv(rsv).to(role).bytes(),
+                ProtocolError::UnexpectedRsv23,
+            );
+        }
+    }
+}
+
+#[test]
+fn reserved_opcodes_fail() {
+    for op in (3..=7).chain(0xb..=0xf) {
+        assert_fails(
+            conn(Role::Server),
+            &raw(op, b"").to(Role::Server).bytes(),
+            ProtocolError::InvalidOpcode(op),
+        );
+    }
+}
+
+#[test]
+fn every_length_form_reads_the_same() {
+    for role in [Role::Server, Role::Client] {
+        for len in [0usize, 1, 125, 126, 127, 65535, 65536] {
+            let payload = payload_of(len);
+            // Minimal form, then the 16 and 64-bit forms where they can hold it.
+            let mut frames = vec![raw(BINARY, &payload)];
+            if len <= 0xffff {
+                frames.push(raw(BINARY, &payload).form(126));
+            }
+            frames.push(raw(BINARY, &payload).form(127));
+            for frame in frames {
+                let frame = frame.to(role);
+                let mut c = conn(role);
+                let mut input = BytesMut::new();
+                let (mut got, e) = feed(&mut c, &mut input, &frame.header(), Instant::now());
+                assert_eq!(e, None);
+                if len > 0 {
+                    assert!(got.is_empty());
+                    assert_eq!(c.read_hint(&input), len, "{:?}", frame.header());
+                }
+                let payload = &frame.bytes()[frame.header().len()..];
+                let (more, e) = feed(&mut c, &mut input, payload, Instant::now());
+                assert_eq!(e, None);
+                got.extend(more);
+                assert_eq!(got, [binary(&payload_of(len))], "len {len}");
+                assert!(input.is_empty());
+            }
+        }
+    }
+}
+
+fn payload_of(len: usize) -> Vec<u8> {
+    (0..len).map(|i| i as u8).collect()
+}
+
+#[test]
+fn length_beyond_2_pow_53_fails_on_the_header() {
+    for len in [MAX_FRAME_LEN + 1, 1 << 63, u64::MAX] {
+        let header = raw(BINARY, b"")
+            .declare(len)
+            .form(127)
+            .to(Role::Server)
+            .header();
+        assert_fails(
+            conn_with(Role::Server, |c| c.max_payload = 0),
+            &header,
+            LimitError::FrameLengthUnsupported,
+        );
+    }
+    // 2^53 - 1 itself passes the header check when there is no size limit.
+    let mut c = conn_with(Role::Server, |c| c.max_payload = 0);
+    let header = raw(BINARY, b"")
+        .declare(MAX_FRAME_LEN)
+        .to(Role::Server)
+        .header();
+    let mut input = BytesMut::new();
+    assert_eq!(
+        feed(&mut c, &mut input, &header, Instant::now()),
+        (vec![], None)
+    );
+    assert_eq!(c.read_hint(&input) as u64, MAX_FRAME_LEN);
+}
+
+// ---------------------------------------------- RFC 6455 §5.4: fragmentation
+
+#[test]
+fn fragmented_message_with_control_frames_interleaved() {
+    for role in [Role::Server, Role::Client] {
+        let stream = [
+            raw(TEXT, b"Hel").fin(false),
+            raw(PING, b"p1"),
+            raw(CONT, b"lo ").fin(false),
+            raw(PONG, b"p2"),
+            raw(CONT, b"w\xc3").fin(false), // "ö" cut between fragments
+            raw(PING, b""),
+            raw(CONT, b"\xb6rld").fin(true),
+            raw(BINARY, b"\x00").fin(false),
+            raw(CONT, b"\x01").fin(true),
+        ]
+        .iter()
+        .flat_map(|f| f.clone().to(role).bytes())
+        .collect::<Vec<u8>>();
+        let mut c = conn(role);
+        assert_eq!(
+            read_all(&mut c, &stream).unwrap(),
+            [
+                Message::Ping(Bytes::from_static(b"p1")),
+                Message::Pong(Bytes::from_static(b"p2")),
+                Message::Ping(Bytes::new()),
+                text("Hello wörld"),
+                binary(&[0, 1]),
+            ]
+        );
+        assert_eq!(
+            sent(&mut c),
+            [
+                (OpCode::Pong, true, b"p1".to_vec()),
+                (OpCode::Pong, true, vec![])
+            ]
+        );
+        assert_eq!(c.state(), State::Open);
+    }
+}
+
+#[test]
+fn continuation_without_start_fails() {
+    for fin in [true, false] {
+        assert_fails(
+            conn(Role::Server),
+            &raw(CONT, b"x").fin(fin).to(Role::Server).bytes(),
+            ProtocolError::InvalidOpcode(0),
+        );
+    }
+    // Also right after a complete message.
+    let stream = [raw(TEXT, b"a"), raw(CONT, b"b")]
+        .iter()
+        .flat_map(|f| f.clone().to(Role::Client).bytes())
+        .collect::<Vec<u8>>();
+    assert_fails(conn(Role::Client), &stream, ProtocolError::InvalidOpcode(0));
+}
+
+#[test]
+fn new_data_frame_mid_message_fails() {
+    for (first, second) in [(TEXT, TEXT), (TEXT, BINARY), (BINARY, TEXT)] {
+        let stream = [
+            raw(first, b"a").fin(false),
+            raw(CONT, b"b").fin(false),
+            raw(second, b"c"),
+        ]
+        .iter()
+        .flat_map(|f| f.clone().to(Role::Server).bytes())
+        .collect::<Vec<u8>>();
+        assert_fails(
+            conn(Role::Server),
+            &stream,
+            ProtocolError::InvalidOpcode(second),
+        );
+    }
+}
+
+// ---------------------------------------------- RFC 6455 §5.5: control frames
+
+#[test]
+fn control_frames_must_be_final_and_short() {
+    for op in [CLOSE, PING, PONG] {
+        assert_fails(
+            conn(Role::Server),
+            &raw(op, b"").fin(false).to(Role::Server).bytes(),
+            ProtocolError::ExpectedFin,
+        );
+        assert_fails(
+            conn(Role::Server),
+            &raw(op, &[b'a'; 126]).to(Role::Server).bytes(),
+            ProtocolError::InvalidControlPayloadLength,
+        );
+    }
+    // 125 bytes is the most.
+    let mut c = conn(Role::Server);
+    let ping = raw(PING, &[b'a'; 125]).to(Role::Server).bytes();
+    assert_eq!(
+        read_all(&mut c, &ping).unwrap(),
+        [Message::Ping(Bytes::from(vec![b'a'; 125]))]
+    );
+}
+
+// §5.5.2, §5.5.3: a ping is answered with a pong carrying the same payload.
+#[test]
+fn ping_is_answered_with_pong() {
+    for role in [Role::Server, Role::Client] {
+        let mut c = conn(role);
+        let ping = raw(PING, b"are you there").to(role).bytes();
+        assert_eq!(
+            read_all(&mut c, &ping).unwrap(),
+            [Message::Ping(Bytes::from_static(b"are you there"))]
+        );
+        assert_eq!(
+            sent(&mut c),
+            [(OpCode::Pong, true, b"are you there".to_vec())]
+        );
+    }
+}
+
+#[test]
+fn no_pong_when_auto_pong_is_off() {
+    let mut c = conn_with(Role::Server, |c| c.auto_pong = false);
+    let ping = raw(PING, b"x").to(Role::Server).bytes();
+    assert_eq!(
+        read_all(&mut c, &ping).unwrap(),
+        [Message::Ping(Bytes::from_static(b"x"))]
+    );
+    assert!(sent(&mut c).is_empty());
+    // The application answers itself.
+    c.pong(b"x").unwrap();
+    assert_eq!(sent(&mut c), [(OpCode::Pong, true, b"x".to_vec())]);
+}
+
+// ---------------------------------------------- RFC 6455 §5.5.1, §7: closing
+
+#[test]
+fn close_handshake_started_by_the_client() {
+    let mut clock = Clock::new();
+    let mut client = conn(Role::Client);
+    let mut server = conn(Role::Server);
+    client
+        .close(Some(&CloseFrame::new(1000u16, "bye")), clock.now())
+        .unwrap();
+    assert_eq!(client.state(), State::Closing);
+    assert!(client.close_sent() && !client.close_received());
+    assert_eq!(
+        client.poll_timeout(),
+        Some(clock.now() + DEFAULT_CLOSE_TIMEOUT)
+    );
+    clock.advance(Duration::from_secs(1));
+
+    let got = deliver(&mut client, &mut server, clock.now());
+    assert_eq!(got, [Message::Close(Some(CloseFrame::new(1000u16, "bye")))]);
+    // The server echoes code and reason, and closes TCP first (§7.1.1).
+    assert_eq!(server.state(), State::Closed);
+    assert!(server.close_received() && server.close_sent());
+    assert!(server.should_close_transport());
+    let echo = server.transmit_buf().clone();
+    assert_eq!(
+        sent(&mut server),
+        [(OpCode::Close, true, close_body(1000, b"bye"))]
+    );
+    assert!(server.send_text("late").is_err());
+
+    let (got, error) = feed(&mut client, &mut BytesMut::new(), &echo, clock.now());
+    assert_eq!(error, None);
+    assert_eq!(got, [Message::Close(Some(CloseFrame::new(1000u16, "bye")))]);
+    assert_eq!(client.state(), State::Closed);
+    assert!(client.close_received());
+    assert!(sent(&mut client).is_empty(), "no second close frame");
+    // The client waits for the server to close TCP, for close_timeout.
+    assert!(!client.should_close_transport());
+    let deadline = client.poll_timeout().expect("a deadline");
+    assert_eq!(deadline, clock.now() + DEFAULT_CLOSE_TIMEOUT);
+    clock.advance(DEFAULT_CLOSE_TIMEOUT - Duration::from_millis(1));
+    client.handle_timeout(clock.now());
+    assert!(!client.should_close_transport());
+    clock.advance(Duration::from_millis(1));
+    client.handle_timeout(clock.now());
+    assert!(client.should_close_transport());
+    assert_eq!(client.poll_timeout(), None);
+}
+
+#[test]
+fn close_handshake_started_by_the_server() {
+    let mut clock = Clock::new();
+    let mut client = conn(Role::Client);
+    let mut server = conn(Role::Server);
+    server
+        .close(
+            Some(&CloseFrame::new(4000u16, "shutting down")),
+            clock.now(),
+        )
+        .unwrap();
+    assert_eq!(server.state(), State::Closing);
+    assert!(!server.should_close_transport());
+
+    let got = deliver(&mut server, &mut client, clock.now());
+    let frame = CloseFrame::new(4000u16, "shutting down");
+    assert_eq!(got, [Message::Close(Some(frame.clone()))]);
+    assert_eq!(client.state(), State::Closed);
+    assert!(!client.should_close_transport());
+    let deadline = client
+        .poll_timeout()
+        .expect("the client waits for TCP close");
+
+    clock.advance(Duration::from_secs(2));
+    let got = deliver(&mut client, &mut server, clock.now());
+    assert_eq!(got, [Message::Close(Some(frame))]);
+    assert_eq!(server.state(), State::Closed);
+    assert!(server.should_close_transport());
+    assert!(sent(&mut server).is_empty(), "no second close frame");
+
+    // The server never closes TCP: the client gives up at its deadline.
+    client.handle_timeout(deadline);
+    assert!(client.should_close_transport());
+    assert_eq!(client.state(), State::Closed);
+}
+
+#[test]
+fn unanswered_close_times_out() {
+    let mut clock = Clock::new();
+    let mut server = conn_with(Role::Server, |c| c.close_timeout = Duration::from_secs(5));
+    server.close(None, clock.now()).unwrap();
+    assert_eq!(sent(&mut server), [(OpCode::Close, true, vec![])]);
+    clock.advance(Duration::from_secs(4));
+    server.handle_timeout(clock.now());
+    assert_eq!(server.state(), State::Closing);
+    clock.advance(Duration::from_secs(1));
+    server.handle_timeout(clock.now());
+    assert_eq!(server.state(), State::Closed);
+    assert!(server.should_close_transport());
+}
+
+#[test]
+fn empty_close_is_echoed_empty() {
+    let mut c = conn(Role::Server);
+    let close = raw(CLOSE, b"").to(Role::Server).bytes();
+    assert_eq!(read_all(&mut c, &close).unwrap(), [Message::Close(None)]);
+    assert_eq!(sent(&mut c), [(OpCode::Close, true, vec![])]);
+}
+
+#[test]
+fn close_with_one_byte_payload_fails() {
+    assert_fails(
+        conn(Role::Server),
+        &raw(CLOSE, &[0x03]).to(Role::Server).bytes(),
+        ProtocolError::InvalidControlPayloadLength,
+    );
+}
+
+// §7.4.1: codes that must not appear on the wire.
+#[test]
+fn invalid_close_codes_fail() {
+    for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+        assert_fails(
+            conn(Role::Server),
+            &raw(CLOSE, &close_body(code, b"")).to(Role::Server).bytes(),
+            ProtocolError::InvalidCloseCode(code),
+        );
+    }
+    for code in [1000, 1003, 1007, 1014, 3000, 4999] {
+        let mut c = conn(Role::Client);
+        let close = raw(CLOSE, &close_body(code, b"")).bytes();
+        assert_eq!(
+            read_all(&mut c, &close).unwrap(),
+            [Message::Close(Some(CloseFrame::new(code, "")))]
+        );
+    }
+}
+
+#[test]
+fn close_reason_must_be_utf8() {
+    assert_fails(
+        conn(Role::Server),
+        &raw(CLOSE, &close_body(1000, b"ok \xff"))
+            .to(Role::Server)
+            .bytes(),
+        ProtocolError::InvalidUtf8,
+    );
+}
+
+// Regression: with skip_utf8_validation a received reason is decoded lossily, which
+// can make it longer than 123 bytes; the echo was then cut inside a code point and
+// sent invalid UTF-8 (§5.5.1).
+#[test]
+fn echoed_unchecked_close_reason_stays_utf8() {
+    let mut c = conn_with(Role::Server, |c| c.skip_utf8_validation = true);
+    let reason = [&b"a"[..], &[0xff; 122]].concat();
+    let close = raw(CLOSE, &close_body(1000, &reason))
+        .to(Role::Server)
+        .bytes();
+    read_all(&mut c, &close).unwrap();
+    let frames = sent(&mut c);
+    let (opcode, _, payload) = &frames[0];
+    assert_eq!(*opcode, OpCode::Close);
+    assert!(payload.len() <= 125);
+    assert!(std::str::from_utf8(&payload[2..]).is_ok(), "{payload:?}");
+}
+
+#[test]
+fn sending_after_close_is_misuse() {
+    let misuse = Err(Error::Misuse(ApiMisuse::SendAfterClose));
+    // After sending a close frame.
+    let mut c = conn(Role::Client);
+    c.close(None, Instant::now()).unwrap();
+    assert_eq!(c.send_text("x"), misuse);
+    assert_eq!(c.send_binary(b"x"), misuse);
+    assert_eq!(c.send(DataKind::Text, b"x", false), misuse);
+    assert_eq!(c.ping(b""), misuse);
+    assert_eq!(c.pong(b""), misuse);
+    // Closing again does nothing.
+    c.close(Some(&CloseFrame::new(1000u16, "")), Instant::now())
+        .unwrap();
+    assert_eq!(sent(&mut c), [(OpCode::Close, true, vec![])]);
+    // After receiving one.
+    let mut c = conn(Role::Server);
+    read_all(&mut c, &raw(CLOSE, b"").to(Role::Server).bytes()).unwrap();
+    assert_eq!(c.send_text("x"), misuse);
+    // After a failure.
+    let mut c = conn(Role::Server);
+    assert!(read_all(&mut c, &raw(TEXT, b"").bytes()).is_err());
+    assert_eq!(c.send_binary(b"x"), misuse);
+}
+
+#[test]
+fn close_arguments_are_checked() {
+    let mut c = conn(Role::Server);
+    for code in [1005u16, 1006, 1015, 999] {
+        assert_eq!(
+            c.close(Some(&CloseFrame::new(code, "")), Instant::now()),
+            Err(ApiMisuse::InvalidCloseCode(code).into())
+        );
+    }
+    assert_eq!(
+        c.close(
+            Some(&CloseFrame::new(1000u16, "x".repeat(124))),
+            Instant::now()
+        ),
+        Err(ApiMisuse::CloseReasonTooLong.into())
+    );
+    assert_eq!(
+        c.ping(&[0; 126]),
+        Err(ApiMisuse::ControlPayloadTooLong.into())
+    );
+    assert!(sent(&mut c).is_empty());
+    assert_eq!(c.state(), State::Open);
+}
+
+// §7.1.5: a connection that ends without a close frame is reported as 1006.
+#[test]
+fn eof_without_close_is_abnormal() {
+    let mut c = conn(Role::Client);
+    assert_eq!(
+        c.handle_eof(),
+        Some(CloseFrame::new(CloseCode::ABNORMAL_CLOSURE, ""))
+    );
+    assert_eq!(c.state(), State::Closed);
+    assert!(c.should_close_transport());
+    let mut c = conn(Role::Client);
+    read_all(&mut c, &raw(CLOSE, b"").bytes()).unwrap();
+    assert_eq!(c.handle_eof(), None);
+    assert_eq!(c.poll_timeout(), None);
+}
+
+// ---------------------------------------------- RFC 6455 §5.6: data frames
+
+#[test]
+fn single_frame_messages_both_roles() {
+    for role in [Role::Server, Role::Client] {
+        let stream = [
+            raw(TEXT, "héllo".as_bytes()),
+            raw(TEXT, b""),
+            raw(BINARY, &[0, 255, 7]),
+            raw(BINARY, b""),
+        ]
+        .iter()
+        .flat_map(|f| f.clone().to(role).bytes())
+        .collect::<Vec<u8>>();
+        let mut c = conn(role);
+        assert_eq!(
+            read_all(&mut c, &stream).unwrap(),
+            [text("héllo"), text(""), binary(&[0, 255, 7]), binary(b"")]
+        );
+        assert!(sent(&mut c).is_empty());
+    }
+}
+
+#[test]
+fn streamed_send_uses_text_then_continuation() {
+    let mut client = conn(Role::Client);
+    client.send(DataKind::Text, b"ab", false).unwrap();
+    client.send(DataKind::Text, b"cd", false).unwrap();
+    assert_eq!(
+        client.send(DataKind::Binary, b"x", true),
+        Err(ApiMisuse::FragmentTypeMismatch.into())
+    );
+    client.ping(b"mid").unwrap();
+    client.send(DataKind::Text, "é".as_bytes(), true).unwrap();
+    client.send(DataKind::Binary, b"z", true).unwrap();
+    let wire = client.transmit_buf().clone();
+    assert_eq!(
+        sent(&mut client),
+        [
+            (OpCode::Text, false, b"ab".to_vec()),
+            (OpCode::Continuation, false, b"cd".to_vec()),
+            (OpCode::Ping, true, b"mid".to_vec()),
+            (OpCode::Continuation, true, "é".as_bytes().to_vec()),
+            (OpCode::Binary, true, b"z".to_vec()),
+        ]
+    );
+    let mut server = conn(Role::Server);
+    assert_eq!(
+        read_all(&mut server, &wire).unwrap(),
+        [
+            Message::Ping(Bytes::from_static(b"mid")),
+            text("abcdé"),
+            binary(b"z")
+        ]
+    );
+}
+
+// ---------------------------------------------- RFC 6455 §8.1: UTF-8
+
+#[test]
+fn invalid_utf8_text_fails() {
+    for payload in [&b"\xff"[..], b"abc\xc3", b"\xed\xa0\x80", b"\xc0\xaf"] {
+        assert_fails(
+            conn(Role::Server),
+            &raw(TEXT, payload).to(Role::Server).bytes(),
+            ProtocolError::InvalidUtf8,
+        );
+    }
+    // A code point left open at the end of a fragmented message.
+    let stream = [raw(TEXT, b"a").fin(false), raw(CONT, b"\xe2\x82")]
+        .iter()
+        .flat_map(|f| f.clone().to(Role::Client).bytes())
+        .collect::<Vec<u8>>();
+    assert_fails(conn(Role::Client), &stream, ProtocolError::InvalidUtf8);
+}
+
+/// Feeds `chunks` one by one; every chunk but the last must be taken without error
+/// or message, the last must fail with InvalidUtf8.
+#[track_caller]
+fn assert_fails_on_last_chunk(role: Role, chunks: &[&[u8]]) {
+    let mut c = conn(role);
+    let mut input = BytesMut::new();
+    let (last, init) = chunks.split_last().unwrap();
+    for chunk in init {
+        assert_eq!(
+            feed(&mut c, &mut input, chunk, Instant::now()),
+            (vec![], None)
+        );
+    }
+    let (messages, error) = feed(&mut c, &mut input, last, Instant::now());
+    assert!(messages.is_empty());
+    assert_eq!(error, Some(ProtocolError::InvalidUtf8.into()));
+    assert_eq!(
+        sent(&mut c).last(),
+        Some(&(OpCode::Close, true, 1007u16.to_be_bytes().to_vec()))
+    );
+}
+
+// Autobahn 6.4.x: invalid UTF-8 fails the connection when the bad byte arrives, not
+// when the frame ends.
+#[test]
+fn invalid_utf8_fails_fast_inside_a_partial_frame() {
+    for role in [Role::Server, Role::Client] {
+        let frame = raw(TEXT, b"hello \xff world, and much more after it").to(role);
+        let bytes = frame.bytes();
+        let hlen = frame.header().len();
+        // Header and "hel", then "lo ", then the chunk holding 0xff; 30 bytes never sent.
+        assert_fails_on_last_chunk(
+            role,
+            &[
+                &bytes[..hlen + 3],
+                &bytes[hlen + 3..hlen + 6],
+                &bytes[hlen + 6..hlen + 9],
+            ],
+        );
+        // A surrogate is known bad at its second byte.
+        let frame = raw(TEXT, b"ab\xed\xa0\x80 and the rest").to(role);
+        let bytes = frame.bytes();
+        let hlen = frame.header().len();
+        assert_fails_on_last_chunk(role, &[&bytes[..hlen + 3], &bytes[hlen + 3..hlen + 4]]);
+        // A code point cut between fragments, completed wrongly by the continuation.
+        let first = raw(TEXT, b"ab\xe2").fin(false).to(role).bytes();
+        let cont = raw(CONT, b"\x28 and more").to(role);
+        let cont_bytes = cont.bytes();
+        let hlen = cont.header().len();
+        assert_fails_on_last_chunk(
+            role,
+            &[&first, &cont_bytes[..hlen], &cont_bytes[hlen..hlen + 1]],
+        );
+    }
+}
+
+#[test]
+fn skip_utf8_validation_delivers_unchecked_text() {
+    let mut c = conn_with(Role::Client, |c| c.skip_utf8_validation = true);
+    assert_eq!(
+        read_all(&mut c, &raw(TEXT, b"\xff").bytes()).unwrap(),
+        [Message::UncheckedText(Bytes::from_static(b"\xff"))]
+    );
+}
+
+// ---------------------------------------------- RFC 6455 §10.4: limits
+
+#[test]
+fn max_payload_fails_on_the_header_of_a_single_frame() {
+    let config = |c: &mut Config| c.max_payload = 10;
+    for role in [Role::Server, Role::Client] {
+        let mut c = conn_with(role, config);
+        let ok = raw(BINARY, &[1; 10]).to(role).bytes();
+        assert_eq!(read_all(&mut c, &ok).unwrap(), [binary(&[1; 10])]);
+        // Only the header of an 11-byte frame, final or not.
+        for fin in [true, false] {
+            let header = raw(BINARY, b"").fin(fin).declare(11).to(role).header();
+            assert_fails(
+                conn_with(role, config),
+                &header,
+                LimitError::MessageTooLarge,
+            );
+        }
+        let header = raw(TEXT, b"").declare(1 << 40).to(role).header();
+        assert_fails(
+            conn_with(role, config),
+            &header,
+            LimitError::MessageTooLarge,
+        );
+    }
+}
+
+#[test]
+fn max_payload_counts_all_fragments() {
+    let config = |c: &mut Config| c.max_payload = 10;
+    let first = raw(TEXT, b"123456").fin(false).to(Role::Server).bytes();
+    let ping = raw(PING, &[0; 100]).to(Role::Server).bytes();
+    let exact = raw(CONT, b"7890").to(Role::Server).bytes();
+    let mut c = conn_with(Role::Server, config);
+    let stream = [&first[..], &ping, &exact].concat();
+    assert_eq!(
+        read_all(&mut c, &stream).unwrap(),
+        [Message::Ping(Bytes::from(vec![0; 100])), text("1234567890")],
+        "control frames do not count"
+    );
+    for fin in [true, false] {
+        let over = raw(CONT, b"").fin(fin).declare(5).to(Role::Server).header();
+        assert_fails(
+            conn_with(Role::Server, config),
+            &[&first[..], &over].concat(),
+            LimitError::MessageTooLarge,
+        );
+    }
+}
+
+#[test]
+fn max_fragments() {
+    let config = |c: &mut Config| c.max_fragments = 3;
+    let frames = |n: usize, last_fin: bool| {
+        (0..n)
+            .map(|i| {
+                raw(if i == 0 { BINARY } else { CONT }, &[i as u8])
+                    .fin(last_fin && i == n - 1)
+                    .to(Role::Server)
+                    .bytes()
+            })
+            .collect::<Vec<_>>()
+            .concat()
+    };
+    let mut c = conn_with(Role::Server, config);
+    assert_eq!(
+        read_all(&mut c, &frames(3, true)).unwrap(),
+        [binary(&[0, 1, 2])]
+    );
+    // A new message starts the count again.
+    assert_eq!(
+        read_all(&mut c, &frames(3, true)).unwrap(),
+        [binary(&[0, 1, 2])]
+    );
+    assert_fails(
+        conn_with(Role::Server, config),
+        &frames(4, true),
+        LimitError::TooManyParts,
+    );
+}
+
+// Autobahn 9.x: a large message in many small fragments.
+#[test]
+fn four_mib_in_65536_fragments_of_64_bytes() {
+    const N: usize = 65_536;
+    let content: Vec<u8> = (0..N * 64).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut stream = Vec::with_capacity(N * 70);
+    for (i, chunk) in content.chunks(64).enumerate() {
+        let opcode = if i == 0 { TEXT } else { CONT };
+        let frame = raw(opcode, chunk).fin(i == N - 1).mask([i as u8, 1, 2, 3]);
+        stream.extend_from_slice(&frame.bytes());
+    }
+    let last_len = 70;
+    let mut c = conn(Role::Server);
+    let mut input = BytesMut::new();
+    let (m, e) = feed(
+        &mut c,
+        &mut input,
+        &stream[..stream.len() - last_len],
+        Instant::now(),
+    );
+    assert_eq!((m, e), (vec![], None));
+    assert_eq!(c.incoming_buffered(), N * 64 - 64);
+    let (m, e) = feed(
+        &mut c,
+        &mut input,
+        &stream[stream.len() - last_len..],
+        Instant::now(),
+    );
+    assert_eq!(e, None);
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].as_text().map(str::as_bytes), Some(&content[..]));
+    assert_eq!(c.incoming_buffered(), 0);
+}
+
+// Empty fragments cost nothing: no memory grows and the default has no count limit.
+#[test]
+fn four_hundred_thousand_empty_fragments_do_not_grow_the_buffer() {
+    const N: usize = 400_000;
+    let mut c = conn(Role::Server);
+    let first = raw(TEXT, b"").fin(false).to(Role::Server).bytes();
+    let empty = raw(CONT, b"").fin(false).to(Role::Server).bytes();
+    let mut stream = first.clone();
+    for _ in 1..N {
+        stream.extend_from_slice(&empty);
+    }
+    let mut input = BytesMut::new();
+    for chunk in stream.chunks(4096) {
+        assert_eq!(
+            feed(&mut c, &mut input, chunk, Instant::now()),
+            (vec![], None)
+        );
+        assert_eq!(c.incoming_buffered(), 0);
+        assert!(input.len() < empty.len(), "whole frames are consumed");
+    }
+    assert!(input.is_empty());
+    let last = raw(CONT, b"end").to(Role::Server).bytes();
+    assert_eq!(
+        feed(&mut c, &mut input, &last, Instant::now()),
+        (vec![text("end")], None)
+    );
+}
+
+// ---------------------------------------------- reads split anywhere
+
+#[test]
+fn split_reads_at_every_byte_boundary_give_the_same_messages() {
+    for role in [Role::Server, Role::Client] {
+        let stream = [
+            raw(TEXT, "héllo".as_bytes()),
+            raw(BINARY, &[1, 2, 3]).fin(false),
+            raw(PING, b"p"),
+            raw(CONT, &[4; 130]).form(126).fin(true),
+            raw(TEXT, b"a\xe2").fin(false),
+            raw(CONT, b"\x82\xac").form(127),
+            raw(PONG, b""),
+            raw(CLOSE, &close_body(1000, b"done")),
+        ]
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| {
+            let f = f.clone().to(role);
+            match f.mask {
+                Some(_) => f.mask([i as u8, 0x55, 0xaa, 0xff]).bytes(),
+                None => f.bytes(),
+            }
+        })
+        .collect::<Vec<u8>>();
+        let expected = vec![
+            text("héllo"),
+            Message::Ping(Bytes::from_static(b"p")),
+            binary(&[[1, 2, 3].as_slice(), &[4; 130]].concat()),
+            text("a€"),
+            Message::Pong(Bytes::new()),
+            Message::Close(Some(CloseFrame::new(1000u16, "done"))),
+        ];
+        let mut whole = conn(role);
+        assert_eq!(read_all(&mut whole, &stream).unwrap(), expected);
+        let expected_sent = sent(&mut whole);
+        assert_eq!(expected_sent.len(), 2, "a pong and the close echo");
+
+        for cut in 0..=stream.len() {
+            let mut c = conn(role);
+            let mut input = BytesMut::new();
+            let (mut got, e1) = feed(&mut c, &mut input, &stream[..cut], Instant::now());
+            let (more, e2) = feed(&mut c, &mut input, &stream[cut..], Instant::now());
+            got.extend(more);
+            assert_eq!((e1, e2), (None, None), "cut {cut}");
+            assert_eq!(got, expected, "cut {cut}");
+            assert_eq!(sent(&mut c), expected_sent, "cut {cut}");
+        }
+
+        let mut c = conn(role);
+        let mut input = BytesMut::new();
+        let mut got = Vec::new();
+        for byte in &stream {
+            let (m, e) = feed(&mut c, &mut input, &[*byte], Instant::now());
+            assert_eq!(e, None);
+            got.extend(m);
+        }
+        assert_eq!(got, expected, "byte by byte");
+    }
+}
+
+// ---------------------------------------------- ws parity
+
+// One malformed frame per WS_ERR_* code (ws 8 lib/receiver.js), with the close code
+// sent for it.
+#[test]
+fn one_malformed_frame_per_ws_error_code() {
+    let server = || conn(Role::Server);
+    let s = Role::Server;
+    let cases: Vec<(Connection, Vec<u8>, &str, u16)> = vec![
+        (
+            server(),
+            raw(TEXT, b"x").rsv(0b010).to(s).bytes(),
+            "WS_ERR_UNEXPECTED_RSV_2_3",
+            1002,
+        ),
+        (
+            server(),
+            raw(TEXT, b"x").rsv(0b100).to(s).bytes(),
+            "WS_ERR_UNEXPECTED_RSV_1",
+            1002,
+        ),
+        (
+            server(),
+            raw(0x3, b"").to(s).bytes(),
+            "WS_ERR_INVALID_OPCODE",
+            1002,
+        ),
+        (
+            server(),
+            raw(PING, b"").fin(false).to(s).bytes(),
+            "WS_ERR_EXPECTED_FIN",
+            1002,
+        ),
+        (
+            server(),
+            raw(PONG, &[0; 126]).to(s).bytes(),
+            "WS_ERR_INVALID_CONTROL_PAYLOAD_LENGTH",
+            1002,
+        ),
+        (
+            server(),
+            raw(TEXT, b"x").bytes(),
+            "WS_ERR_EXPECTED_MASK",
+            1002,
+        ),
+        (
+            conn(Role::Client),
+            raw(TEXT, b"x").mask(KEY).bytes(),
+            "WS_ERR_UNEXPECTED_MASK",
+            1002,
+        ),
+        (
+            server(),
+            raw(CLOSE, &close_body(1005, b"")).to(s).bytes(),
+            "WS_ERR_INVALID_CLOSE_CODE",
+            1002,
+        ),
+        (
+            server(),
+            raw(TEXT, b"\xff").to(s).bytes(),
+            "WS_ERR_INVALID_UTF8",
+            1007,
+        ),
+        (
+            server(),
+            raw(BINARY, b"")
+                .declare(DEFAULT_MAX_PAYLOAD as u64 + 1)
+                .to(s)
+                .header(),
+            "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH",
+            1009,
+        ),
+        (
+            server(),
+            raw(BINARY, b"").declare(MAX_FRAME_LEN + 1).to(s).header(),
+            "WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH",
+            1009,
+        ),
+        (
+            conn_with(Role::Server, |c| c.max_fragments = 1),
+            [
+                raw(BINARY, b"a").fin(false).to(s).bytes(),
+                raw(CONT, b"b").to(s).bytes(),
+            ]
+            .concat(),
+            "WS_ERR_TOO_MANY_BUFFERED_PARTS",
+            1008,
+        ),
+    ];
+    for (mut c, bytes, ws_code, close_code) in cases {
+        let error = read_all(&mut c, &bytes).unwrap_err();
+        assert_eq!(error.ws_code(), Some(ws_code));
+        assert_eq!(
+            sent(&mut c).last(),
+            Some(&(OpCode::Close, true, close_code.to_be_bytes().to_vec())),
+            "{ws_code}"
+        );
+    }
+}
