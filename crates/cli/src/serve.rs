@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sockeye::proto::handshake::server::{parse_request, reject};
 use sockeye::proto::http::{HeaderMap, StatusCode};
-use sockeye::{HeadLimits, Message, ServerConfig};
+use sockeye::{CloseCode, CloseFrame, HeadLimits, Message, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -153,8 +153,8 @@ struct Room {
 type Member = (String, mpsc::Sender<Arc<str>>);
 
 /// Lines queued for one member; a member that falls this far behind is disconnected
-/// rather than buffered without bound.
-const MEMBER_QUEUE: usize = 256;
+/// (1008) rather than buffered without bound.
+const MEMBER_QUEUE: usize = 1024;
 
 impl Room {
     async fn join(&self, ws: sockeye::WebSocket<TcpStream>) {
@@ -164,9 +164,12 @@ impl Room {
         let sender = tokio::spawn(async move {
             while let Some(line) = lines.recv().await {
                 if writer.send_text(&line).await.is_err() {
-                    break;
+                    return;
                 }
             }
+            // The room dropped this member's queue: it fell too far behind.
+            let too_slow = CloseFrame::new(CloseCode::POLICY_VIOLATION, "too slow to keep up");
+            let _ = writer.close(Some(too_slow)).await;
         });
         self.members
             .lock()

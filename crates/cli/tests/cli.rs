@@ -498,8 +498,10 @@ async fn connect_to_nothing_fails() {
     assert!(stderr.contains("cannot connect"), "{stderr}");
 }
 
-/// Known bug: `Room::broadcast` spawns one task per message per member, so a member can
-/// receive one sender's lines out of order (seen: 3-11 inversions in 300 lines).
+/// Regression: `Room::broadcast` once spawned a task per message per member, so a member
+/// received one sender's lines out of order (3-11 inversions in 300 lines); now each
+/// member has one queue drained in order. Bob reads only after the burst, so his queue
+/// must absorb it.
 #[tokio::test]
 async fn serve_chat_keeps_each_senders_order() {
     let server = serve_server(&[]).await;
