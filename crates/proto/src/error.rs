@@ -15,8 +15,18 @@ pub enum Error {
     Limit(LimitError),
     /// The opening handshake failed.
     Handshake(HandshakeError),
+    /// A compressed message could not be inflated (RFC 7692 §6.2).
+    Inflate(InflateError),
     /// The caller used the API wrongly; never caused by the peer's bytes.
     Misuse(ApiMisuse),
+}
+
+/// A permessage-deflate payload that does not inflate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InflateError {
+    /// Corrupt or invalid deflate data (zlib's `Z_DATA_ERROR`).
+    DataError,
 }
 
 /// A violation of RFC 6455 by the peer. Each variant names the section it breaks.
@@ -110,6 +120,8 @@ impl Error {
         match self {
             Error::Protocol(e) => Some(e.ws_code()),
             Error::Limit(e) => Some(e.ws_code()),
+            // ws reports zlib's own code for inflate failures.
+            Error::Inflate(InflateError::DataError) => Some("Z_DATA_ERROR"),
             Error::Handshake(_) | Error::Misuse(_) => None,
         }
     }
@@ -120,6 +132,7 @@ impl Error {
         match self {
             Error::Protocol(e) => Some(e.close_code()),
             Error::Limit(e) => Some(e.close_code()),
+            Error::Inflate(_) => Some(CloseCode::INVALID_PAYLOAD),
             Error::Handshake(_) | Error::Misuse(_) => None,
         }
     }
@@ -204,6 +217,7 @@ impl fmt::Display for Error {
             Error::Protocol(e) => fmt::Display::fmt(e, f),
             Error::Limit(e) => fmt::Display::fmt(e, f),
             Error::Handshake(e) => fmt::Display::fmt(e, f),
+            Error::Inflate(InflateError::DataError) => f.write_str("invalid compressed data"),
             Error::Misuse(e) => fmt::Display::fmt(e, f),
         }
     }
@@ -304,6 +318,12 @@ impl From<HandshakeError> for Error {
         Error::Handshake(e)
     }
 }
+impl From<InflateError> for Error {
+    fn from(e: InflateError) -> Self {
+        Error::Inflate(e)
+    }
+}
+
 impl From<ApiMisuse> for Error {
     fn from(e: ApiMisuse) -> Self {
         Error::Misuse(e)

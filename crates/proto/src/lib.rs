@@ -37,7 +37,9 @@
 
 pub mod close;
 pub mod connection;
+pub mod deflate;
 pub mod error;
+pub mod extension;
 pub mod frame;
 pub mod handshake;
 pub mod limits;
@@ -51,7 +53,8 @@ pub use http;
 
 pub use close::{CloseCode, CloseFrame};
 pub use connection::{Connection, DataKind, Role, State};
-pub use error::{ApiMisuse, Error, HandshakeError, LimitError, ProtocolError};
+pub use deflate::{Deflate, DeflateConfig, DeflateParams};
+pub use error::{ApiMisuse, Error, HandshakeError, InflateError, LimitError, ProtocolError};
 pub use frame::{FrameHeader, OpCode};
 pub use limits::Config;
 pub use message::{Message, Utf8Bytes};

@@ -22,6 +22,7 @@ use std::time::Instant;
 use bytes::{Buf, BufMut, BytesMut};
 
 use crate::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
+use crate::deflate::Deflate;
 use crate::error::{ApiMisuse, Error, LimitError, ProtocolError};
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::limits::Config;
@@ -75,8 +76,14 @@ pub struct Connection {
     utf8: Utf8Validator,
     /// Stop reading: the close handshake finished or the connection failed.
     read_closed: bool,
+    /// Whether the message being received is compressed (RSV1 on its first frame).
+    reading_compressed: bool,
     /// The kind of the fragmented message being sent (`fin: false` sends).
     outgoing: Option<DataKind>,
+    /// Whether the message being sent is compressed.
+    sending_compressed: bool,
+    /// permessage-deflate, when negotiated.
+    deflate: Option<Deflate>,
     transmit: BytesMut,
     close_sent: bool,
     close_received: bool,
@@ -103,13 +110,28 @@ impl Connection {
             incoming: None,
             utf8: Utf8Validator::new(),
             read_closed: false,
+            reading_compressed: false,
             outgoing: None,
+            sending_compressed: false,
+            deflate: None,
             transmit: BytesMut::new(),
             close_sent: false,
             close_received: false,
             deadline: None,
             close_transport: false,
         }
+    }
+
+    /// A connection that uses permessage-deflate as negotiated in the handshake
+    /// (RFC 7692): RSV1 marks compressed messages both ways.
+    pub fn with_deflate(mut self, deflate: Deflate) -> Connection {
+        self.deflate = Some(deflate);
+        self
+    }
+
+    /// The permessage-deflate codec, if negotiated.
+    pub fn deflate(&self) -> Option<&Deflate> {
+        self.deflate.as_ref()
     }
 
     /// This end's role.
@@ -234,7 +256,10 @@ impl Connection {
 
     /// The checks that need the connection's state (RFC 6455 §5.1, §5.2, §5.4).
     fn check_header(&mut self, h: &FrameHeader) -> Result<(), Error> {
-        if h.rsv1 {
+        // RSV1 marks a compressed message: only on its first frame, only when
+        // permessage-deflate was negotiated (RFC 7692 §6).
+        let starts_message = matches!(h.opcode, OpCode::Text | OpCode::Binary);
+        if h.rsv1 && !(starts_message && self.deflate.is_some()) {
             return Err(ProtocolError::UnexpectedRsv1.into());
         }
         match (self.role, h.mask.is_some()) {
@@ -273,8 +298,11 @@ impl Connection {
         }
         if h.opcode != OpCode::Continuation {
             self.utf8 = Utf8Validator::new();
+            self.reading_compressed = h.rsv1;
         }
-        self.check_utf8 = kind == DataKind::Text && !self.config.skip_utf8_validation;
+        // Compressed text is checked after inflating, in `on_frame`.
+        self.check_utf8 =
+            kind == DataKind::Text && !self.config.skip_utf8_validation && !self.reading_compressed;
         Ok(())
     }
 
@@ -296,26 +324,39 @@ impl Connection {
                 .on_close(&payload, now)
                 .map(|frame| Some(Message::Close(frame))),
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                let incoming = match self.incoming.take() {
-                    Some(mut incoming) => {
-                        if incoming.data.is_empty() {
-                            incoming.data = payload;
-                        } else {
-                            incoming.data.extend_from_slice(&payload);
-                        }
-                        incoming.fragments += 1;
-                        incoming
-                    }
-                    None => Incoming {
-                        kind: if header.opcode == OpCode::Text {
-                            DataKind::Text
-                        } else {
-                            DataKind::Binary
-                        },
-                        data: payload,
-                        fragments: 1,
+                let mut incoming = self.incoming.take().unwrap_or_else(|| Incoming {
+                    kind: if header.opcode == OpCode::Text {
+                        DataKind::Text
+                    } else {
+                        DataKind::Binary
                     },
-                };
+                    data: BytesMut::new(),
+                    fragments: 0,
+                });
+                incoming.fragments += 1;
+                if self.reading_compressed {
+                    let deflate = self
+                        .deflate
+                        .as_mut()
+                        .expect("RSV1 accepted only with deflate");
+                    let before = incoming.data.len();
+                    deflate.decompress(
+                        &payload,
+                        &mut incoming.data,
+                        self.config.max_payload,
+                        header.fin,
+                    )?;
+                    if incoming.kind == DataKind::Text && !self.config.skip_utf8_validation {
+                        self.utf8
+                            .feed(&incoming.data[before..])
+                            .map_err(|_| ProtocolError::InvalidUtf8)?;
+                    }
+                } else if incoming.data.is_empty() {
+                    // Hand the frame's buffer over: no copy for single-frame messages.
+                    incoming.data = payload;
+                } else {
+                    incoming.data.extend_from_slice(&payload);
+                }
                 if !header.fin {
                     self.incoming = Some(incoming);
                     return Ok(None);
@@ -438,6 +479,22 @@ impl Connection {
     /// [`ApiMisuse::FragmentTypeMismatch`] for a piece of another type than the message in
     /// progress.
     pub fn send(&mut self, kind: DataKind, payload: &[u8], fin: bool) -> Result<(), Error> {
+        self.send_with(kind, payload, fin, true)
+    }
+
+    /// [`Connection::send`] with `ws`'s `compress` option: `false` sends this message
+    /// uncompressed even when permessage-deflate is negotiated and the message is over
+    /// the threshold. The first piece of a fragmented message decides for all of it.
+    ///
+    /// # Errors
+    /// As [`Connection::send`].
+    pub fn send_with(
+        &mut self,
+        kind: DataKind,
+        payload: &[u8],
+        fin: bool,
+        compress: bool,
+    ) -> Result<(), Error> {
         self.check_open()?;
         let opcode = match self.outgoing {
             Some(current) if current != kind => return Err(ApiMisuse::FragmentTypeMismatch.into()),
@@ -445,8 +502,30 @@ impl Connection {
             None if kind == DataKind::Text => OpCode::Text,
             None => OpCode::Binary,
         };
+        if opcode != OpCode::Continuation {
+            self.sending_compressed = compress
+                && self
+                    .deflate
+                    .as_ref()
+                    .is_some_and(|d| d.should_compress(payload.len()));
+        }
         self.outgoing = if fin { None } else { Some(kind) };
-        self.write_frame(opcode, fin, payload);
+        match (self.sending_compressed, self.deflate.as_mut()) {
+            (true, Some(deflate)) => {
+                let compressed = deflate.compress(payload, fin);
+                let rsv1 = opcode != OpCode::Continuation;
+                write_frame(
+                    &mut self.transmit,
+                    self.role,
+                    &self.config,
+                    opcode,
+                    fin,
+                    rsv1,
+                    compressed,
+                );
+            }
+            _ => self.write_frame(opcode, fin, payload),
+        }
         Ok(())
     }
 
@@ -566,29 +645,50 @@ impl Connection {
     }
 
     fn write_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) {
-        let mask = match self.role {
-            Role::Client => Some(match &self.config.generate_mask {
-                Some(generate) => generate(),
-                None => rand::random(),
-            }),
-            Role::Server => None,
-        };
-        let header = FrameHeader {
-            fin,
-            rsv1: false,
+        write_frame(
+            &mut self.transmit,
+            self.role,
+            &self.config,
             opcode,
-            mask,
-            payload_len: payload.len() as u64,
-        };
-        let mut encoded = [0u8; MAX_HEADER_LEN];
-        let hlen = header.encode(&mut encoded);
-        self.transmit.reserve(hlen + payload.len());
-        self.transmit.put_slice(&encoded[..hlen]);
-        let start = self.transmit.len();
-        self.transmit.put_slice(payload);
-        if let Some(key) = mask {
-            apply_mask(&mut self.transmit[start..], key, 0);
-        }
+            fin,
+            false,
+            payload,
+        );
+    }
+}
+
+/// Appends a frame to `out`: masked with a fresh key on a client (RFC 6455 §5.3).
+fn write_frame(
+    out: &mut BytesMut,
+    role: Role,
+    config: &Config,
+    opcode: OpCode,
+    fin: bool,
+    rsv1: bool,
+    payload: &[u8],
+) {
+    let mask = match role {
+        Role::Client => Some(match &config.generate_mask {
+            Some(generate) => generate(),
+            None => rand::random(),
+        }),
+        Role::Server => None,
+    };
+    let header = FrameHeader {
+        fin,
+        rsv1,
+        opcode,
+        mask,
+        payload_len: payload.len() as u64,
+    };
+    let mut encoded = [0u8; MAX_HEADER_LEN];
+    let hlen = header.encode(&mut encoded);
+    out.reserve(hlen + payload.len());
+    out.put_slice(&encoded[..hlen]);
+    let start = out.len();
+    out.put_slice(payload);
+    if let Some(key) = mask {
+        apply_mask(&mut out[start..], key, 0);
     }
 }
 
