@@ -28,6 +28,9 @@ pub struct Args {
     /// The largest message accepted, in bytes (0: no limit).
     #[arg(long, default_value_t = sockeye::proto::limits::DEFAULT_MAX_PAYLOAD)]
     max_payload: usize,
+    /// Do not offer permessage-deflate compression.
+    #[arg(long)]
+    no_deflate: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -43,6 +46,9 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
     config.origin = args.origin.clone();
     config.handshake_timeout = Some(Duration::from_secs(args.handshake_timeout));
     config.websocket.max_payload = args.max_payload;
+    if args.no_deflate {
+        config.per_message_deflate = None;
+    }
     for header in &args.headers {
         let (name, value) = header
             .split_once(':')
@@ -85,11 +91,12 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
         .protocol()
         .map(|p| format!(" (subprotocol {p})"))
         .unwrap_or_default();
-    eprintln!(
-        "connected to {} [{}]{protocol}",
-        args.url,
-        response.status().as_u16()
-    );
+    let extensions = match ws.extensions() {
+        "" => String::new(),
+        e => format!(" ({e})"),
+    };
+    let status = response.status().as_u16();
+    eprintln!("connected to {} [{status}]{protocol}{extensions}", args.url);
     let (writer, mut reader) = ws.split();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;

@@ -15,6 +15,9 @@ pub struct Args {
     /// Worker threads (1: a single-threaded runtime, as the benchmark harness expects).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Accept permessage-deflate (RFC 7692) offers; off by default, as in ws.
+    #[arg(long)]
+    deflate: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -35,6 +38,9 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::default();
     config.websocket.max_payload = args.server.max_payload;
     config.client_tracking = false;
+    if args.deflate {
+        config.per_message_deflate = Some(sockeye::DeflateConfig::default());
+    }
     let server = WebSocketServer::bind(args.server.listen, config).await?;
     println!("sockeye echo listening on ws://{}", server.local_addr());
     while let Some(accepted) = server.accept().await {

@@ -55,6 +55,8 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     );
     let mut config = ServerConfig::default();
     config.websocket.max_payload = args.server.max_payload;
+    // Browsers offer permessage-deflate; the demo accepts it.
+    config.per_message_deflate = Some(sockeye::DeflateConfig::default());
     let config = Arc::new(config);
     let room = Room::default();
     loop {

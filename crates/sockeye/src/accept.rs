@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::{HeaderMap, Request};
+use http::{HeaderMap, HeaderValue, Request};
 use sockeye_proto::handshake::server::{parse_request, reject_error, Upgrade};
 use sockeye_proto::handshake::HeadLimits;
-use sockeye_proto::{Config, HandshakeError, Role};
+use sockeye_proto::{Config, DeflateConfig, DeflateParams, HandshakeError, Role};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::Error;
-use crate::websocket::WebSocket;
+use crate::websocket::{Negotiated, WebSocket};
 
 /// `ws`'s `shouldHandle`: whether to accept a request (false answers 400).
 pub type ShouldHandle = Arc<dyn Fn(&Request<()>) -> bool + Send + Sync>;
@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub client_tracking: bool,
     /// The listen backlog (default 511, as Node).
     pub backlog: u32,
+    /// permessage-deflate (`ws`'s `perMessageDeflate`): off by default on a server, as
+    /// in `ws`; `Some` accepts the first acceptable offer of each client.
+    pub per_message_deflate: Option<DeflateConfig>,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +55,7 @@ impl Default for ServerConfig {
             head_limits: HeadLimits::default(),
             client_tracking: true,
             backlog: 511,
+            per_message_deflate: None,
         }
     }
 }
@@ -134,7 +138,7 @@ where
 async fn respond<S>(
     mut io: S,
     request: Request<()>,
-    upgrade: Upgrade,
+    (upgrade, deflate): (Upgrade, Option<DeflateParams>),
     read_buf: BytesMut,
     config: &ServerConfig,
 ) -> Result<(WebSocket<S>, Request<()>), Error>
@@ -145,15 +149,25 @@ where
         Some(pick) if !upgrade.protocols.is_empty() => pick(&upgrade.protocols, &request),
         _ => upgrade.protocols.first().cloned(),
     };
-    let response = upgrade.accept(protocol.as_deref(), &HeaderMap::new());
+    let mut headers = HeaderMap::new();
+    if let Some(params) = &deflate {
+        let value = HeaderValue::from_str(&params.header_value()).expect("tokens only");
+        headers.insert(http::header::SEC_WEBSOCKET_EXTENSIONS, value);
+    }
+    let response = upgrade.accept(protocol.as_deref(), &headers);
     io.write_all(&response).await?;
+    let deflate = deflate.zip(config.per_message_deflate.clone());
+    let negotiated = Negotiated {
+        protocol,
+        url: None,
+        deflate,
+    };
     let ws = WebSocket::with_info(
         io,
         Role::Server,
         config.websocket.clone(),
         read_buf,
-        protocol,
-        None,
+        negotiated,
     );
     Ok((ws, request))
 }
@@ -169,7 +183,10 @@ async fn reject<S: AsyncWrite + Unpin>(io: &mut S, error: &HandshakeError) {
     .await;
 }
 
-fn check_request(request: &Request<()>, config: &ServerConfig) -> Result<Upgrade, HandshakeError> {
+fn check_request(
+    request: &Request<()>,
+    config: &ServerConfig,
+) -> Result<(Upgrade, Option<DeflateParams>), HandshakeError> {
     if let Some(path) = &config.path {
         if request.uri().path() != path {
             return Err(HandshakeError::NotFound);
@@ -181,14 +198,18 @@ fn check_request(request: &Request<()>, config: &ServerConfig) -> Result<Upgrade
             return Err(HandshakeError::Rejected);
         }
     }
-    Ok(upgrade)
+    let deflate = match &config.per_message_deflate {
+        Some(deflate) => upgrade.negotiate_deflate(deflate)?,
+        None => None,
+    };
+    Ok((upgrade, deflate))
 }
 
 async fn read_request<S>(
     io: &mut S,
     buf: &mut BytesMut,
     config: &ServerConfig,
-) -> Result<(Request<()>, Upgrade), Error>
+) -> Result<(Request<()>, (Upgrade, Option<DeflateParams>)), Error>
 where
     S: AsyncRead + Unpin,
 {

@@ -8,12 +8,12 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response};
 use sockeye_proto::handshake::client::ClientRequest;
 use sockeye_proto::handshake::HeadLimits;
-use sockeye_proto::{Config, HandshakeError, Role};
+use sockeye_proto::{Config, DeflateConfig, HandshakeError, Role};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::Error;
-use crate::websocket::WebSocket;
+use crate::websocket::{Negotiated, WebSocket};
 
 /// The most body bytes kept from a non-101 answer.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -37,6 +37,10 @@ pub struct ClientConfig {
     pub handshake_timeout: Option<Duration>,
     /// Limits on the response head.
     pub head_limits: HeadLimits,
+    /// permessage-deflate to offer (`ws`'s `perMessageDeflate`): on by default, as in
+    /// `ws`; `None` offers no compression. If the server declines, the connection works
+    /// uncompressed.
+    pub per_message_deflate: Option<DeflateConfig>,
 }
 
 impl Default for ClientConfig {
@@ -49,6 +53,7 @@ impl Default for ClientConfig {
             protocol_version: 13,
             handshake_timeout: None,
             head_limits: HeadLimits::default(),
+            per_message_deflate: Some(DeflateConfig::default()),
         }
     }
 }
@@ -201,6 +206,7 @@ where
         origin: config.origin.clone(),
         version: config.protocol_version,
         headers,
+        deflate: config.per_message_deflate.clone(),
     };
     let (bytes, expect) = request.encode();
     io.write_all(&bytes).await?;
@@ -220,14 +226,13 @@ where
     let _ = buf.split_to(len);
     match expect.validate(response.clone()) {
         Ok(accepted) => {
-            let ws = WebSocket::with_info(
-                io,
-                Role::Client,
-                config.websocket.clone(),
-                buf,
-                accepted.protocol,
-                Some(url.to_owned()),
-            );
+            let negotiated = Negotiated {
+                protocol: accepted.protocol,
+                url: Some(url.to_owned()),
+                deflate: accepted.deflate.zip(config.per_message_deflate.clone()),
+            };
+            let ws =
+                WebSocket::with_info(io, Role::Client, config.websocket.clone(), buf, negotiated);
             Ok((ws, accepted.response))
         }
         Err(HandshakeError::UnexpectedStatus(_)) => {

@@ -42,8 +42,10 @@ pub use accept::{accept, upgrade, HandleProtocols, ServerConfig, ShouldHandle};
 pub use client::{connect, connect_with, handshake as client_handshake, ClientConfig, Target};
 pub use error::{CloseInfo, Error};
 pub use server::{Clients, ShutdownReport, WebSocketServer};
-pub use websocket::{ReadyState, WebSocket, WebSocketReader, WebSocketWriter};
+pub use websocket::{ReadyState, SendOptions, WebSocket, WebSocketReader, WebSocketWriter};
 
 pub use sockeye_proto as proto;
 pub use sockeye_proto::handshake::HeadLimits;
-pub use sockeye_proto::{CloseCode, CloseFrame, Config, DataKind, Message, Role, Utf8Bytes};
+pub use sockeye_proto::{
+    CloseCode, CloseFrame, Config, DataKind, DeflateConfig, DeflateParams, Message, Role, Utf8Bytes,
+};

@@ -16,7 +16,10 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
-use sockeye_proto::{CloseFrame, Config, Connection, DataKind, Message, Role, State};
+use sockeye_proto::{
+    CloseFrame, Config, Connection, DataKind, Deflate, DeflateConfig, DeflateParams, Message, Role,
+    State,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 
@@ -56,6 +59,33 @@ struct Info {
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What the opening handshake agreed.
+#[derive(Default)]
+pub(crate) struct Negotiated {
+    pub(crate) protocol: Option<String>,
+    pub(crate) url: Option<String>,
+    pub(crate) deflate: Option<(DeflateParams, DeflateConfig)>,
+}
+
+/// Options of one send (`ws`'s `send(data, options)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendOptions {
+    /// The last frame of the message (`false` streams the message in several frames).
+    pub fin: bool,
+    /// Compress when permessage-deflate is negotiated and the message reaches the
+    /// threshold (`false` sends this message uncompressed).
+    pub compress: bool,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            fin: true,
+            compress: true,
+        }
+    }
+}
 
 pub(crate) struct Shared<S> {
     info: Info,
@@ -113,7 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Wraps a transport on which the opening handshake is done. `read_buf` holds bytes
     /// already read past the handshake.
     pub fn from_upgraded(io: S, role: Role, config: Config, read_buf: BytesMut) -> Self {
-        Self::with_info(io, role, config, read_buf, None, None)
+        Self::with_info(io, role, config, read_buf, Negotiated::default())
     }
 
     pub(crate) fn with_info(
@@ -121,19 +151,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         role: Role,
         config: Config,
         read_buf: BytesMut,
-        protocol: Option<String>,
-        url: Option<String>,
+        negotiated: Negotiated,
     ) -> Self {
+        let mut conn = Connection::new(role, config);
+        let mut extensions = String::new();
+        if let Some((params, deflate_config)) = negotiated.deflate {
+            extensions = params.header_value();
+            conn = conn.with_deflate(Deflate::new(role, params, &deflate_config));
+        }
         let info = Info {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             role,
-            protocol,
-            extensions: String::new(),
-            url,
+            protocol: negotiated.protocol,
+            extensions,
+            url: negotiated.url,
         };
         let inner = Inner {
             io: Some(io),
-            conn: Connection::new(role, config),
+            conn,
             read_buf,
             write_wakers: Vec::new(),
             timer: None,

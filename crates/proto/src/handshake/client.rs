@@ -6,6 +6,7 @@
 use http::{HeaderMap, Response, StatusCode};
 
 use super::{accept_key, generate_key, header_has_token, to_header_map, HeadLimits};
+use crate::deflate::{self, DeflateConfig, DeflateParams};
 use crate::error::HandshakeError;
 
 /// What the client asks for.
@@ -23,6 +24,8 @@ pub struct ClientRequest {
     pub version: u8,
     /// Extra headers (authorization, cookies ...).
     pub headers: HeaderMap,
+    /// permessage-deflate to offer (`None`: no compression).
+    pub deflate: Option<DeflateConfig>,
 }
 
 impl ClientRequest {
@@ -55,11 +58,16 @@ impl ClientRequest {
             };
             out.extend_from_slice(format!("{name}: {origin}\r\n").as_bytes());
         }
+        if let Some(deflate) = &self.deflate {
+            let offer = deflate::client_offer(deflate);
+            out.extend_from_slice(format!("Sec-WebSocket-Extensions: {offer}\r\n").as_bytes());
+        }
         super::push_headers(&mut out, &self.headers);
         out.extend_from_slice(b"\r\n");
         let expect = ExpectResponse {
             accept: accept_key(key.as_bytes()),
             protocols: self.protocols.clone(),
+            deflate: self.deflate.clone(),
         };
         (out, expect)
     }
@@ -70,6 +78,7 @@ impl ClientRequest {
 pub struct ExpectResponse {
     accept: String,
     protocols: Vec<String>,
+    deflate: Option<DeflateConfig>,
 }
 
 /// A response that completed the handshake.
@@ -79,6 +88,8 @@ pub struct Accepted {
     pub response: Response<()>,
     /// The subprotocol the server chose.
     pub protocol: Option<String>,
+    /// permessage-deflate as the server accepted it (`None`: declined or not offered).
+    pub deflate: Option<DeflateParams>,
 }
 
 impl ExpectResponse {
@@ -143,10 +154,22 @@ impl ExpectResponse {
                 Some(chosen.to_owned())
             }
         };
-        if headers.contains_key(http::header::SEC_WEBSOCKET_EXTENSIONS) {
-            return Err(HandshakeError::InvalidExtension);
-        }
-        Ok(Accepted { response, protocol })
+        let answers = headers.get_all(http::header::SEC_WEBSOCKET_EXTENSIONS);
+        let deflate = match &self.deflate {
+            _ if answers.iter().next().is_none() => None,
+            None => return Err(HandshakeError::InvalidExtension),
+            Some(config) => {
+                let values: Result<Vec<&str>, _> = answers.iter().map(|v| v.to_str()).collect();
+                let values = values
+                    .map_err(|_| HandshakeError::InvalidHeader("Sec-WebSocket-Extensions"))?;
+                deflate::client_accept(config, values)?
+            }
+        };
+        Ok(Accepted {
+            response,
+            protocol,
+            deflate,
+        })
     }
 }
 
@@ -191,6 +214,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(accepted.protocol.as_deref(), Some("chat"));
+    }
+
+    #[test]
+    fn deflate_offer_and_answer() {
+        let req = ClientRequest {
+            host: "h".into(),
+            path: "/".into(),
+            deflate: Some(DeflateConfig::default()),
+            ..Default::default()
+        };
+        let (bytes, expect) = req.encode_with_key("dGhlIHNhbXBsZSBub25jZQ==".into());
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.contains(
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            ),
+            "{text}"
+        );
+        let accepted = respond(&expect, &format!("{OK}Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n")).unwrap();
+        assert!(accepted.deflate.unwrap().server_no_context_takeover);
+        assert_eq!(
+            respond(&expect, &format!("{OK}\r\n")).unwrap().deflate,
+            None,
+            "declined"
+        );
+        assert_eq!(
+            respond(
+                &expect,
+                &format!("{OK}Sec-WebSocket-Extensions: x-other\r\n\r\n")
+            )
+            .unwrap_err(),
+            HandshakeError::InvalidExtension
+        );
     }
 
     #[test]

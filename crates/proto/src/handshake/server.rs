@@ -9,6 +9,7 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use super::{
     accept_key, header_has_token, parse_protocols, push_headers, to_header_map, HeadLimits,
 };
+use crate::deflate::{self, DeflateConfig, DeflateParams};
 use crate::error::HandshakeError;
 
 /// Parses an HTTP/1.1 request head from the start of `buf`.
@@ -67,6 +68,8 @@ pub struct Upgrade {
     pub accept: String,
     /// The subprotocols the client offered, in its order.
     pub protocols: Vec<String>,
+    /// The client's `Sec-WebSocket-Extensions` values, for negotiation.
+    pub extensions: Vec<String>,
 }
 
 impl Upgrade {
@@ -103,10 +106,29 @@ impl Upgrade {
             .filter(|k| is_valid_key(k))
             .ok_or(HandshakeError::InvalidHeader("Sec-WebSocket-Key"))?;
         let protocols = parse_protocols(headers)?;
+        let extensions = headers
+            .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .map(|v| v.to_str().map(str::to_owned))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| HandshakeError::InvalidHeader("Sec-WebSocket-Extensions"))?;
         Ok(Upgrade {
             accept: accept_key(key),
             protocols,
+            extensions,
         })
+    }
+
+    /// Negotiates permessage-deflate with the client's offers: the agreed parameters, or
+    /// `None` when declined.
+    ///
+    /// # Errors
+    /// `InvalidHeader("Sec-WebSocket-Extensions")` for a malformed offer (answered 400).
+    pub fn negotiate_deflate(
+        &self,
+        config: &DeflateConfig,
+    ) -> Result<Option<DeflateParams>, HandshakeError> {
+        deflate::server_accept(config, self.extensions.iter().map(String::as_str))
     }
 
     /// The 101 response, with the chosen subprotocol and extra headers.
