@@ -315,6 +315,16 @@ impl Deflate {
         }
     }
 
+    /// The window the peer compresses with (raw inflate needs at least 9 bits; a larger
+    /// window than the peer's always works).
+    fn peer_window(&self) -> u8 {
+        let bits = match self.role {
+            Role::Server => self.params.client_max_window_bits,
+            Role::Client => self.params.server_max_window_bits,
+        };
+        bits.clamp(9, 15)
+    }
+
     fn peer_resets(&self) -> bool {
         match self.role {
             Role::Server => self.params.client_no_context_takeover,
@@ -322,8 +332,9 @@ impl Deflate {
         }
     }
 
-    /// Compresses one piece of a message; the result is in the returned slice. The last
-    /// piece (`fin`) has the sync-flush tail removed (RFC 7692 §7.2.1).
+    /// Compresses one piece of a message; the result is in the returned slice (valid until
+    /// the next call or [`Deflate::shrink`]). The last piece (`fin`) has the sync-flush
+    /// tail removed (RFC 7692 §7.2.1).
     pub fn compress(&mut self, input: &[u8], fin: bool) -> &[u8] {
         let (bits, reset) = self.own_window_and_reset();
         let level = Compression::new(self.level);
@@ -349,6 +360,11 @@ impl Deflate {
         if fin {
             if self.scratch.ends_with(&TAIL) {
                 self.scratch.truncate(self.scratch.len() - TAIL.len());
+            } else if self.scratch.is_empty() {
+                // Nothing to flush since the previous piece (an empty last piece): send
+                // an empty stored block's header, which the receiver's appended tail
+                // completes (RFC 7692 §7.2.1, §7.2.3.6).
+                self.scratch.push(0x00);
             }
             if reset {
                 // No context takeover: hold no compressor between messages.
@@ -371,9 +387,10 @@ impl Deflate {
         limit: usize,
         fin: bool,
     ) -> Result<(), Error> {
+        let bits = self.peer_window();
         let decompressor = self
             .decompressor
-            .get_or_insert_with(|| Decompress::new_with_window_bits(false, 15));
+            .get_or_insert_with(|| Decompress::new_with_window_bits(false, bits));
         inflate_into(decompressor, input, out, limit)?;
         if fin {
             inflate_into(decompressor, &TAIL, out, limit)?;

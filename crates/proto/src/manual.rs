@@ -11,6 +11,29 @@
 //! | `auto_pong` | on | As `ws`. Pongs are queued only while the connection is open. |
 //! | handshake head | 64 headers, 16 KiB | [`crate::handshake::HeadLimits`]; beyond either the server answers 431, also while the head is still incomplete, so an endless head is cut off without waiting for the timeout. |
 //!
+//! # Memory per connection with permessage-deflate
+//!
+//! Server RSS growth per idle connection after one 2 KiB compressible message was echoed
+//! on each (`bench/deflate_memory.sh 1000`: `sockeye echo --deflate`, one thread,
+//! 1,000 connections; 2026-11-22):
+//!
+//! | negotiated | bytes per idle connection |
+//! |---|---|
+//! | no compression | 4,145 |
+//! | `permessage-deflate; server_no_context_takeover; client_no_context_takeover` | 2,662 |
+//! | `permessage-deflate` (context takeover, 15-bit windows) | 348,094 |
+//! | `permessage-deflate; server_max_window_bits=10; client_max_window_bits=10` | 221,225 |
+//!
+//! With no context takeover in a direction, no zlib state outlives a message: the
+//! compressor, the decompressor and the compression buffer are freed when the message
+//! ends, so an idle connection costs what an uncompressed one does (the two figures
+//! differ by allocator noise). With context takeover the zlib state must survive between
+//! messages; most of it is the compressor's hash tables (zlib's `memLevel` 8, which flate2
+//! does not expose), the rest its window: smaller windows
+//! ([`crate::DeflateConfig::server_max_window_bits`]) save about a third. A server with
+//! many mostly idle connections should set `server_no_context_takeover` (and usually
+//! `client_no_context_takeover`).
+//!
 //! # Security notes
 //!
 //! - **Masking** (RFC 6455 §10.3): a client masks every frame with a fresh key from a
@@ -21,6 +44,9 @@
 //! - **Invalid UTF-8** fails on the first impossible byte, even in the middle of a frame
 //!   still arriving (Autobahn 6.4.x strict), so a peer cannot make the endpoint buffer a
 //!   long invalid text message.
+//! - **Decompression bombs**: inflation writes at most 16 KiB at a time and stops with
+//!   1009 as soon as the message passes `max_payload`, counted in inflated bytes; a
+//!   tiny frame that would inflate to gigabytes costs at most `max_payload` plus one chunk.
 //! - **Fragment floods**: reassembly appends into one buffer; neither memory nor per-frame
 //!   work grows with the count beyond the bytes themselves.
 //! - **Errors never echo peer data**: the close frame sent for a violation carries only the

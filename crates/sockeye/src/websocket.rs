@@ -31,8 +31,6 @@ const READ_CHUNK: usize = 8 * 1024;
 const MAX_READ_RESERVE: usize = 4 * 1024 * 1024;
 /// `poll_ready` waits for the transmit buffer to drain below this before accepting more.
 const SEND_HIGH_WATER: usize = 64 * 1024;
-/// A transmit buffer larger than this is freed once written.
-const KEEP_TRANSMIT_CAPACITY: usize = 64 * 1024;
 
 /// The connection state as `ws`'s `readyState`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,6 +276,23 @@ macro_rules! sender_methods {
             poll_fn(|cx| self.shared.poll_flush(cx)).await
         }
 
+        /// Sends one frame with `ws`'s `send(data, { fin, compress })` options: with
+        /// `compress: false` the message goes uncompressed even when permessage-deflate
+        /// is negotiated (the first frame of a message decides for all of it).
+        ///
+        /// # Errors
+        /// As [`Self::send`].
+        pub async fn send_with(
+            &self,
+            kind: DataKind,
+            data: &[u8],
+            options: SendOptions,
+        ) -> Result<(), Error> {
+            self.shared
+                .with_conn(|conn| conn.send_with(kind, data, options.fin, options.compress))?;
+            poll_fn(|cx| self.shared.poll_flush(cx)).await
+        }
+
         /// Sends a ping (at most 125 bytes).
         ///
         /// # Errors
@@ -513,9 +528,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
-        if self.conn.transmit_buf().capacity() > KEEP_TRANSMIT_CAPACITY {
-            self.conn.shrink_transmit_buf();
-        }
+        // Written out: an idle connection holds no write buffer.
+        self.conn.shrink_transmit_buf();
         self.wake_all_writers();
         Poll::Ready(Ok(()))
     }

@@ -523,6 +523,10 @@ impl Connection {
                     rsv1,
                     compressed,
                 );
+                if fin {
+                    // Between messages hold no compression buffer.
+                    deflate.shrink();
+                }
             }
             _ => self.write_frame(opcode, fin, payload),
         }
