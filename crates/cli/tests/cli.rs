@@ -526,3 +526,76 @@ async fn serve_chat_keeps_each_senders_order() {
     let inversions = got.windows(2).filter(|w| w[0] > w[1]).count();
     assert_eq!(inversions, 0, "{got:?}");
 }
+
+/// `sockeye echo --deflate` accepts permessage-deflate and echoes compressed messages;
+/// without the flag it declines; `sockeye serve` accepts it.
+#[tokio::test]
+async fn echo_deflate_flag_negotiates_compression() {
+    let big = "compress me ".repeat(1000);
+    for (extra, expect_deflate) in [(&["--deflate"][..], true), (&[][..], false)] {
+        let server = echo_server(extra).await;
+        let mut ws = connect(&format!("ws://{}/", server.addr)).await;
+        assert_eq!(
+            ws.extensions().contains("permessage-deflate"),
+            expect_deflate,
+            "{extra:?}"
+        );
+        ws.send_text(&big).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text(big.as_str()));
+        close(ws).await;
+    }
+    let server = serve_server(&[]).await;
+    let ws = connect(&format!("ws://{}/echo", server.addr)).await;
+    assert!(
+        ws.extensions().contains("permessage-deflate"),
+        "serve negotiates"
+    );
+    close(ws).await;
+}
+
+/// `sockeye connect` offers permessage-deflate unless told not to, and says what was
+/// agreed.
+#[tokio::test]
+async fn connect_no_deflate_flag() {
+    let server = echo_server(&["--deflate"]).await;
+    for (flag, expect) in [(None, true), (Some("--no-deflate"), false)] {
+        let mut command = sockeye();
+        command.args(["connect", &format!("ws://{}/", server.addr)]);
+        if let Some(flag) = flag {
+            command.arg(flag);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let long = "z".repeat(3000);
+        stdin
+            .write_all(format!("{long}\n").as_bytes())
+            .await
+            .unwrap();
+        let printed = tokio::time::timeout(STEP, stdout.next_line())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(printed, Some(format!("< {long}")));
+        drop(stdin);
+        assert!(wait(&mut child).await.success());
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
+        assert_eq!(
+            stderr.contains("permessage-deflate"),
+            expect,
+            "{flag:?}: {stderr}"
+        );
+    }
+}
