@@ -543,6 +543,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             if let Poll::Ready(Err(e)) = self.poll_flush_pending(cx) {
                 return Poll::Ready(Some(Err(self.end_with_io_error(e))));
             }
+            // A peer that sends (pings) but does not read: stop reading until what is
+            // queued for it drains, so automatic pongs cannot pile up without bound. The
+            // flush above registered for the wakeup.
+            if self.conn.transmit_buf().len() >= SEND_HIGH_WATER && !self.conn.is_read_closed() {
+                return Poll::Pending;
+            }
             self.poll_deadline(cx);
             if !self.conn.is_read_closed() {
                 match self.conn.read(&mut self.read_buf, Instant::now()) {

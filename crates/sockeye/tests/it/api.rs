@@ -556,3 +556,38 @@ async fn buffered_amount_drains() {
     client.send_text("x").await.unwrap();
     assert_eq!(client.buffered_amount(), 0);
 }
+
+// Safety: a ping flood from a peer that never reads our pongs. Reading stops while the
+// queued pongs are over the high-water mark, so the server's buffer stays bounded.
+#[tokio::test]
+async fn ping_flood_from_a_peer_that_does_not_read_stays_bounded() {
+    let server = server(ServerConfig::default()).await;
+    let raw = raw_client(server.local_addr(), "/").await;
+    let mut peer = accept_one(&server).await;
+    let watcher = peer.writer();
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = peer.next().await {} });
+    let (_read_half, mut write_half) = raw.into_split();
+    let ping = client_frame(true, 0x9, &[7u8; 125]);
+    let flood: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 100_000)
+        .collect();
+    // 13 MB of pings; the writer stalls once the server stops reading.
+    let writer = tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(3), write_half.write_all(&flood)).await;
+        write_half
+    });
+    let mut peak = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(watcher.buffered_amount());
+    }
+    assert!(
+        peak <= 64 * 1024 + 256,
+        "queued pongs bounded: peak {peak} bytes"
+    );
+    let _write_half = writer.await.unwrap();
+    reader.abort();
+}
