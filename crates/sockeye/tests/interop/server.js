@@ -2,16 +2,17 @@
 // A ws server for one connection, driven by peer.js's line protocol.
 // Usage: node server.js [protocol]
 // Listens on 127.0.0.1 on an ephemeral port and prints `listening port=<n>`. If the
-// client offers `protocol`, it is chosen; otherwise none is. No compression.
+// client offers `protocol`, it is chosen; otherwise none is. permessage-deflate as
+// SOCKEYE_INTEROP_DEFLATE says (see peer.js; off by default).
 
 const { WebSocketServer } = require('ws');
-const { attach, emit, emitError } = require('./peer');
+const { attach, deflateOption, emit, emitError } = require('./peer');
 
 const wanted = process.argv[2];
 const wss = new WebSocketServer({
   host: '127.0.0.1',
   port: 0,
-  perMessageDeflate: false,
+  perMessageDeflate: deflateOption(),
   handleProtocols: (offered) => (wanted !== undefined && offered.has(wanted) ? wanted : false),
 });
 wss.on('listening', () => emit('listening', { port: wss.address().port }));

@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod deflate;
 mod handshake;
 mod interop;
 mod ws_errors;
