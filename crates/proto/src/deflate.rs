@@ -273,6 +273,8 @@ pub struct Deflate {
     level: u32,
     compressor: Option<Compress>,
     decompressor: Option<Decompress>,
+    /// The message being inflated already ended its deflate stream (BFINAL).
+    stream_ended: bool,
     /// Compressed bytes of the frame being built.
     scratch: Vec<u8>,
 }
@@ -288,6 +290,7 @@ impl Deflate {
             level: config.level.min(9),
             compressor: None,
             decompressor: None,
+            stream_ended: false,
             scratch: Vec::new(),
         }
     }
@@ -391,12 +394,20 @@ impl Deflate {
         let decompressor = self
             .decompressor
             .get_or_insert_with(|| Decompress::new_with_window_bits(false, bits));
-        inflate_into(decompressor, input, out, limit)?;
+        // After a block with BFINAL set, the rest of the message is padding (RFC 7692
+        // §7.2.3.4: the sender may end with BFINAL and append 0x00).
+        if !self.stream_ended {
+            self.stream_ended = inflate_into(decompressor, input, out, limit)?;
+        }
         if fin {
-            inflate_into(decompressor, &TAIL, out, limit)?;
-            if self.peer_resets() {
+            if !self.stream_ended {
+                self.stream_ended = inflate_into(decompressor, &TAIL, out, limit)?;
+            }
+            // A finished deflate stream cannot continue: the next message starts afresh.
+            if self.peer_resets() || self.stream_ended {
                 self.decompressor = None;
             }
+            self.stream_ended = false;
         }
         Ok(())
     }
@@ -412,12 +423,14 @@ impl Deflate {
     }
 }
 
+/// Inflates `input` into `out`; `Ok(true)` when the deflate stream ended (a block with
+/// BFINAL set), after which the rest of the input is not deflate data.
 fn inflate_into(
     d: &mut Decompress,
     mut input: &[u8],
     out: &mut BytesMut,
     limit: usize,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     loop {
         let start = out.len();
         let mut room = INFLATE_CHUNK;
@@ -437,14 +450,10 @@ fn inflate_into(
             return Err(LimitError::MessageTooLarge.into());
         }
         if status == Status::StreamEnd {
-            // A final deflate block inside a message: anything after it is invalid.
-            if !input.is_empty() {
-                return Err(InflateError::DataError.into());
-            }
-            return Ok(());
+            return Ok(true);
         }
         if input.is_empty() && produced < room {
-            return Ok(());
+            return Ok(false);
         }
         if consumed == 0 && produced == 0 {
             return Err(InflateError::DataError.into());

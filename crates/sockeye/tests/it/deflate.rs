@@ -798,7 +798,6 @@ async fn empty_last_frame_of_a_compressed_message() {
 // does). LIBRARY BUG: Sockeye fails it with Z_DATA_ERROR (1007) because
 // `inflate_into` treats any input after Status::StreamEnd as corrupt.
 #[tokio::test]
-#[ignore = "library bug: a BFINAL block followed by 0x00 (RFC 7692 §7.2.3.4) is refused"]
 async fn final_deflate_block_is_accepted() {
     let (mut raw, mut ws, _server) =
         raw_pair(deflate_server_config(), &["permessage-deflate"]).await;
