@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use sockeye_proto::bytes::{Buf, BytesMut};
 use sockeye_proto::frame::{FrameHeader, OpCode};
 use sockeye_proto::mask::apply_mask;
-use sockeye_proto::{CloseFrame, Config, Connection, Error, Message, Role, State};
+use sockeye_proto::{
+    CloseFrame, Config, Connection, Deflate, DeflateConfig, DeflateParams, Error, Message, Role,
+    State,
+};
 
 /// The connection targets' size limit: small, so that the fuzzer reaches it.
 pub const MAX_PAYLOAD: usize = 4096;
@@ -30,9 +33,31 @@ enum Event {
 /// chunks. The same stream fed at once must give the same events and the same bytes
 /// sent.
 pub fn connection(role: Role, data: &[u8]) {
+    connection_with(role, data, false);
+}
+
+/// [`connection`] with permessage-deflate negotiated (bit 5 of byte 0: no context
+/// takeover both ways, bit 6: 9-bit windows): compressed input must inflate within
+/// `MAX_PAYLOAD` or fail with a documented error (1009, 1007, 1002).
+pub fn connection_deflate(role: Role, data: &[u8]) {
+    connection_with(role, data, true);
+}
+
+fn connection_with(role: Role, data: &[u8], deflate: bool) {
     let [flags, seed, stream @ ..] = data else {
         return;
     };
+    let deflate = deflate.then(|| {
+        let answer = match (flags & 0x20 != 0, flags & 0x40 != 0) {
+            (false, false) => "permessage-deflate",
+            (true, false) => "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            (false, true) => "permessage-deflate; server_max_window_bits=9; client_max_window_bits=9",
+            (true, true) => "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9; client_max_window_bits=9",
+        };
+        let config = DeflateConfig { threshold: 0, ..DeflateConfig::default() };
+        let params = sockeye_proto::deflate::client_accept(&config, [answer]).expect("valid answer");
+        (params.expect("accepted"), config)
+    });
     let config = Config {
         max_payload: MAX_PAYLOAD,
         max_fragments: if flags & 1 != 0 { 8 } else { 0 },
@@ -54,15 +79,23 @@ pub fn connection(role: Role, data: &[u8]) {
         rest = &rest[n..];
     }
 
-    let chunked = run(role, &config, &chunks);
-    let whole = run(role, &config, &[stream]);
+    let chunked = run(role, &config, deflate.as_ref(), &chunks);
+    let whole = run(role, &config, deflate.as_ref(), &[stream]);
     assert_eq!(chunked, whole, "chunking changed the outcome");
 }
 
 /// Runs one connection over `chunks` and checks it; returns the events and bytes sent.
-fn run(role: Role, config: &Config, chunks: &[&[u8]]) -> (Vec<Event>, Vec<u8>) {
+fn run(
+    role: Role,
+    config: &Config,
+    deflate: Option<&(DeflateParams, DeflateConfig)>,
+    chunks: &[&[u8]],
+) -> (Vec<Event>, Vec<u8>) {
     let now = Instant::now();
     let mut conn = Connection::new(role, config.clone());
+    if let Some((params, deflate_config)) = deflate {
+        conn = conn.with_deflate(Deflate::new(role, *params, deflate_config));
+    }
     let mut input = BytesMut::new();
     let mut events = Vec::new();
     let mut wire = Vec::new();
@@ -94,7 +127,10 @@ fn run(role: Role, config: &Config, chunks: &[&[u8]]) -> (Vec<Event>, Vec<u8>) {
                 }
                 Err(error) => {
                     assert!(
-                        matches!(error, Error::Protocol(_) | Error::Limit(_)),
+                        matches!(
+                            error,
+                            Error::Protocol(_) | Error::Limit(_) | Error::Inflate(_)
+                        ),
                         "undocumented error {error:?}"
                     );
                     assert!(error.ws_code().is_some() && error.close_code().is_some());
