@@ -65,6 +65,7 @@ fn connection_with(role: Role, data: &[u8], deflate: bool) {
         auto_pong: flags & 4 == 0,
         close_timeout: Duration::from_secs(1),
         generate_mask: Some(Arc::new(|| CLIENT_KEY)),
+        heartbeat: None,
     };
     let max_chunk = [1, 7, 64, 1024][usize::from((flags >> 3) & 3)];
     let mut rng = u32::from(*seed) | 0x100;

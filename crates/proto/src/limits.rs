@@ -10,6 +10,25 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 100 * 1024 * 1024;
 /// `ws`'s default `closeTimeout`: 30 s.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Automatic pings that detect a dead peer (B1: what `ws` users copy from its README,
+/// built in): after `interval` with nothing received, a ping is sent; if nothing at all
+/// arrives within `timeout` after it, the connection is dropped without a close
+/// handshake (a dead peer cannot answer one) and reported as timed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Quiet time before a ping is sent.
+    pub interval: Duration,
+    /// How long to wait for any frame after the ping.
+    pub timeout: Duration,
+}
+
+impl Heartbeat {
+    /// Pings after `interval` of silence; gives up `timeout` after the ping.
+    pub fn new(interval: Duration, timeout: Duration) -> Heartbeat {
+        Heartbeat { interval, timeout }
+    }
+}
+
 /// A source of masking keys for client frames (`ws`'s `generateMask`).
 pub type MaskGenerator = Arc<dyn Fn() -> [u8; 4] + Send + Sync>;
 
@@ -37,6 +56,9 @@ pub struct Config {
     /// A custom source of masking keys for client frames (`ws`'s `generateMask`); `None`
     /// uses a fresh key from a cryptographically secure generator for every frame.
     pub generate_mask: Option<MaskGenerator>,
+    /// Automatic pings and a dead-peer timeout; `None` (the default) sends none.
+    /// `config.heartbeat = Some(Heartbeat::new(Duration::from_secs(30), Duration::from_secs(10)))`.
+    pub heartbeat: Option<Heartbeat>,
 }
 
 impl Default for Config {
@@ -48,6 +70,7 @@ impl Default for Config {
             auto_pong: true,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             generate_mask: None,
+            heartbeat: None,
         }
     }
 }

@@ -24,6 +24,9 @@ pub enum Error {
     Url(String),
     /// The connection is closed; nothing more can be sent or received.
     Closed(CloseInfo),
+    /// The heartbeat gave the peer up: nothing arrived within its timeout after a ping,
+    /// and the transport was closed.
+    HeartbeatTimeout,
 }
 
 /// How a connection ended.
@@ -80,6 +83,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Url(why) => write!(f, "invalid URL: {why}"),
+            Error::HeartbeatTimeout => f.write_str("no answer to the heartbeat ping: peer gone"),
             Error::Closed(info) => match &info.received {
                 Some(frame) => write!(f, "connection closed ({} {})", frame.code.0, frame.reason),
                 None => f.write_str("connection closed"),

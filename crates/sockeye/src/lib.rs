@@ -47,5 +47,6 @@ pub use websocket::{ReadyState, SendOptions, WebSocket, WebSocketReader, WebSock
 pub use sockeye_proto as proto;
 pub use sockeye_proto::handshake::HeadLimits;
 pub use sockeye_proto::{
-    CloseCode, CloseFrame, Config, DataKind, DeflateConfig, DeflateParams, Message, Role, Utf8Bytes,
+    CloseCode, CloseFrame, Config, DataKind, DeflateConfig, DeflateParams, Heartbeat, Message,
+    Role, Utf8Bytes,
 };

@@ -144,6 +144,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Self::with_info(io, role, config, read_buf, Negotiated::default())
     }
 
+    /// Wraps a transport upgraded by another HTTP server (hyper, axum), with what its
+    /// opening handshake agreed: the subprotocol, and the permessage-deflate parameters
+    /// (RFC 7692 §7) with this end's [`DeflateConfig`]. `read_buf` holds bytes already
+    /// read past the handshake.
+    pub fn from_upgraded_with(
+        io: S,
+        role: Role,
+        config: Config,
+        read_buf: BytesMut,
+        protocol: Option<String>,
+        deflate: Option<(DeflateParams, DeflateConfig)>,
+    ) -> Self {
+        let negotiated = Negotiated {
+            protocol,
+            url: None,
+            deflate,
+        };
+        Self::with_info(io, role, config, read_buf, negotiated)
+    }
+
     pub(crate) fn with_info(
         io: S,
         role: Role,
@@ -539,7 +559,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             if self.ended {
                 return Poll::Ready(None);
             }
-            // Pending control frames (pongs, close replies) go out first, best effort.
+            let _ = self.poll_deadline(cx);
+            // Pending control frames (pongs, pings, close replies) go out first, best effort.
             if let Poll::Ready(Err(e)) = self.poll_flush_pending(cx) {
                 return Poll::Ready(Some(Err(self.end_with_io_error(e))));
             }
@@ -549,7 +570,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             if self.conn.transmit_buf().len() >= SEND_HIGH_WATER && !self.conn.is_read_closed() {
                 return Poll::Pending;
             }
-            self.poll_deadline(cx);
             if !self.conn.is_read_closed() {
                 match self.conn.read(&mut self.read_buf, Instant::now()) {
                     Ok(Some(message)) => {
@@ -584,7 +604,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             match self.poll_fill(cx) {
                 Poll::Ready(Ok(())) => continue,
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.end_with_io_error(e)))),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Arm the timer for the deadline the read may have started (the
+                    // heartbeat's clock); if one already passed, act on it now.
+                    if self.poll_deadline(cx) {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -597,23 +624,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.poll_flush_transmit(cx)
     }
 
-    /// Arms the timer for the connection's deadline (the close timeout) and hands the
-    /// connection the time once it has passed.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) {
-        let Some(deadline) = self.conn.poll_timeout() else {
-            self.timer = None;
-            return;
-        };
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
-        }
-        if timer.as_mut().poll(cx).is_ready() {
+    /// Arms the timer for the connection's next deadline (close timeout, heartbeat) and
+    /// hands the connection the time once it has passed. The timer is only moved
+    /// earlier: traffic that pushes the heartbeat later costs no timer reset, and a timer
+    /// that fires early just re-arms.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut fired = false;
+        loop {
+            let Some(deadline) = self.conn.poll_timeout() else {
+                self.timer = None;
+                return fired;
+            };
+            let deadline = tokio::time::Instant::from_std(deadline);
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() > deadline {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return fired;
+            }
+            fired = true;
             self.timer = None;
             self.conn.handle_timeout(Instant::now());
+            if self.conn.heartbeat_expired() && self.failure.is_none() {
+                self.failure = Some(Error::HeartbeatTimeout);
+            }
         }
     }
 
@@ -663,7 +700,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
         if !self.conn.should_close_transport() {
             // A client waits for the server to close TCP, bounded by close_timeout.
-            self.poll_deadline(cx);
+            let _ = self.poll_deadline(cx);
             if self.conn.should_close_transport() {
                 return self.poll_closing(cx);
             }

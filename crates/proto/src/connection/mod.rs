@@ -89,6 +89,11 @@ pub struct Connection {
     close_received: bool,
     deadline: Option<Instant>,
     close_transport: bool,
+    /// When a frame last arrived (or the first read, before any): the heartbeat's clock.
+    last_activity: Option<Instant>,
+    /// When the heartbeat's ping went out, while no frame has arrived since.
+    ping_sent: Option<Instant>,
+    heartbeat_expired: bool,
 }
 
 struct Incoming {
@@ -119,6 +124,9 @@ impl Connection {
             close_received: false,
             deadline: None,
             close_transport: false,
+            last_activity: None,
+            ping_sent: None,
+            heartbeat_expired: false,
         }
     }
 
@@ -182,13 +190,19 @@ impl Connection {
     /// flushes the transmit buffer and closes the transport. The error is returned once;
     /// later calls return `Ok(None)`.
     pub fn read(&mut self, input: &mut BytesMut, now: Instant) -> Result<Option<Message>, Error> {
+        self.last_activity.get_or_insert(now);
         loop {
             if self.read_closed {
                 input.clear();
                 return Ok(None);
             }
             let result = match self.read_frame(input) {
-                Ok(Some((header, payload))) => self.on_frame(header, payload, now),
+                Ok(Some((header, payload))) => {
+                    // Any frame proves the peer alive (B1).
+                    self.last_activity = Some(now);
+                    self.ping_sent = None;
+                    self.on_frame(header, payload, now)
+                }
                 Ok(None) => return Ok(None),
                 Err(e) => Err(e),
             };
@@ -445,11 +459,27 @@ impl Connection {
 
     /// When [`Connection::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
+        match (self.deadline, self.heartbeat_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn heartbeat_deadline(&self) -> Option<Instant> {
+        let heartbeat = self.config.heartbeat?;
+        if self.state != State::Open {
+            return None;
+        }
+        match self.ping_sent {
+            Some(sent) => Some(sent + heartbeat.timeout),
+            None => Some(self.last_activity? + heartbeat.interval),
+        }
     }
 
     /// Time passed: a close handshake that outlived `close_timeout` ends, and the
-    /// transport is to be closed.
+    /// transport is to be closed; the heartbeat sends its ping after `interval` of
+    /// silence, and gives the peer up `timeout` after it
+    /// ([`Connection::heartbeat_expired`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| now >= d) {
             self.deadline = None;
@@ -457,6 +487,21 @@ impl Connection {
             self.state = State::Closed;
             self.close_transport = true;
         }
+        if self.heartbeat_deadline().is_some_and(|d| now >= d) {
+            if self.ping_sent.is_some() {
+                // Nothing arrived since the ping: the peer is gone.
+                self.heartbeat_expired = true;
+                self.terminate();
+            } else {
+                self.write_frame(OpCode::Ping, true, b"");
+                self.ping_sent = Some(now);
+            }
+        }
+    }
+
+    /// Whether the heartbeat gave the peer up (no frame within `timeout` of a ping).
+    pub fn heartbeat_expired(&self) -> bool {
+        self.heartbeat_expired
     }
 
     /// Whether the caller should close the transport once the transmit buffer is written.

@@ -1202,3 +1202,68 @@ fn one_malformed_frame_per_ws_error_code() {
         );
     }
 }
+
+// B1: the heartbeat, with time passed in.
+mod heartbeat {
+    use std::time::{Duration, Instant};
+
+    use bytes::BytesMut;
+
+    use crate::{Config, Connection, Heartbeat, Role, State};
+
+    fn server() -> Connection {
+        let config = Config {
+            heartbeat: Some(Heartbeat::new(
+                Duration::from_secs(10),
+                Duration::from_secs(5),
+            )),
+            ..Config::default()
+        };
+        Connection::new(Role::Server, config)
+    }
+
+    #[test]
+    fn pings_after_silence_and_gives_up_after_the_timeout() {
+        let t0 = Instant::now();
+        let mut conn = server();
+        assert_eq!(conn.read(&mut BytesMut::new(), t0).unwrap(), None);
+        assert_eq!(conn.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        conn.handle_timeout(t0 + Duration::from_secs(9));
+        assert!(
+            conn.transmit_buf().is_empty(),
+            "no ping before the interval"
+        );
+        conn.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!(&conn.transmit_buf()[..], &[0x89, 0x00], "an empty ping");
+        conn.transmit_buf().clear();
+        assert_eq!(conn.poll_timeout(), Some(t0 + Duration::from_secs(15)));
+        conn.handle_timeout(t0 + Duration::from_secs(15));
+        assert!(conn.heartbeat_expired());
+        assert_eq!(conn.state(), State::Closed);
+        assert!(conn.should_close_transport() && conn.is_read_closed());
+        assert!(
+            conn.transmit_buf().is_empty(),
+            "no close frame to a dead peer"
+        );
+    }
+
+    #[test]
+    fn any_frame_keeps_the_peer_alive() {
+        let t0 = Instant::now();
+        let mut conn = server();
+        conn.read(&mut BytesMut::new(), t0).unwrap();
+        conn.handle_timeout(t0 + Duration::from_secs(10));
+        assert!(!conn.transmit_buf().is_empty(), "pinged");
+        // A pong (masked, empty) arrives before the timeout.
+        let mut pong = BytesMut::from(&[0x8a, 0x80, 1, 2, 3, 4][..]);
+        let t1 = t0 + Duration::from_secs(12);
+        assert!(conn.read(&mut pong, t1).unwrap().is_some());
+        assert_eq!(conn.poll_timeout(), Some(t1 + Duration::from_secs(10)));
+        conn.handle_timeout(t0 + Duration::from_secs(15));
+        assert!(!conn.heartbeat_expired() && conn.state() == State::Open);
+        // Without a heartbeat there is no deadline at all.
+        let mut plain = Connection::new(Role::Server, Config::default());
+        plain.read(&mut BytesMut::new(), t0).unwrap();
+        assert_eq!(plain.poll_timeout(), None);
+    }
+}

@@ -591,3 +591,65 @@ async fn ping_flood_from_a_peer_that_does_not_read_stays_bounded() {
     let _write_half = writer.await.unwrap();
     reader.abort();
 }
+
+// B1: one line enables the heartbeat; a peer that never answers is dropped in time, a
+// live one (auto-pong) stays.
+#[tokio::test]
+async fn heartbeat_drops_dead_peers_and_keeps_live_ones() {
+    let mut config = ServerConfig::default();
+    config.websocket.heartbeat = Some(sockeye::Heartbeat::new(
+        Duration::from_millis(150),
+        Duration::from_millis(150),
+    ));
+    let server = server(config).await;
+
+    // Dead: a raw client that reads but never answers.
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut peer = accept_one(&server).await;
+    let started = Instant::now();
+    let end = tokio::time::timeout(STEP, peer.next()).await.unwrap();
+    assert!(matches!(end, Some(Err(Error::HeartbeatTimeout))), "{end:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(
+        read_frame(&mut raw).await,
+        (true, 9, vec![]),
+        "it was pinged first"
+    );
+    let mut rest = Vec::new();
+    assert_eq!(
+        tokio::time::timeout(STEP, raw.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap(),
+        0
+    );
+
+    // Alive: a Sockeye client answers pings while it reads; the server keeps it.
+    let (mut client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let mut peer = accept_one(&server).await;
+    let server_side = tokio::spawn(async move {
+        let mut pongs = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1200);
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, peer.next()).await {
+            match message.unwrap() {
+                Message::Pong(_) => pongs += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (pongs, peer.ready_state())
+    });
+    let mut pings = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1000);
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, client.next()).await {
+        if let Message::Ping(_) = message.unwrap() {
+            pings += 1;
+        }
+    }
+    let (pongs, state) = server_side.await.unwrap();
+    assert!(pings >= 3 && pongs >= 3, "pings {pings}, pongs {pongs}");
+    assert_eq!(state, ReadyState::Open);
+}
