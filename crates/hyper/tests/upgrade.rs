@@ -1,0 +1,245 @@
+//! sockeye clients upgrading through a hyper server over loopback TCP.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use sockeye::{ClientConfig, DeflateConfig, Message, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Runs `test` within [`LIMIT`].
+async fn bounded<F: Future<Output = ()>>(test: F) {
+    tokio::time::timeout(LIMIT, test)
+        .await
+        .expect("test timed out");
+}
+
+/// Echoes text and binary; answers the text `info` with the agreed protocol and
+/// extensions as the server sees them.
+async fn echo(mut ws: sockeye_hyper::HyperWebSocket) {
+    while let Some(Ok(message)) = ws.next().await {
+        if message.as_text() == Some("info") {
+            let info = format!("{:?} {}", ws.protocol(), ws.extensions());
+            let _ = ws.send_text(&info).await;
+        } else if message.is_text() || message.is_binary() {
+            let _ = ws.send(message).await;
+        }
+    }
+}
+
+async fn handle(
+    mut request: Request<Incoming>,
+    config: Arc<ServerConfig>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.uri().path() == "/" {
+        return Ok(Response::new(Full::from("plain page")));
+    }
+    match sockeye_hyper::upgrade(&mut request, &config) {
+        Ok((response, upgrade)) => {
+            tokio::spawn(async move {
+                if let Ok(ws) = upgrade.await {
+                    echo(ws).await;
+                }
+            });
+            Ok(response.map(|_| Full::default()))
+        }
+        Err(error) => Ok(error.response()),
+    }
+}
+
+/// A hyper server on an ephemeral loopback port.
+async fn server(config: ServerConfig) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = Arc::new(config);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let config = config.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| handle(request, config.clone()));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn client_config(protocols: &[&str], deflate: bool) -> ClientConfig {
+    let mut config = ClientConfig::default();
+    config.protocols = protocols.iter().map(|p| p.to_string()).collect();
+    config.handshake_timeout = Some(LIMIT);
+    if !deflate {
+        config.per_message_deflate = None;
+    }
+    config
+}
+
+async fn next(ws: &mut sockeye::WebSocket<TcpStream>) -> Message {
+    ws.next().await.expect("a message").expect("no error")
+}
+
+/// Sends a raw request and reads the whole answer (the server closes after it).
+async fn raw(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+fn upgrade_request(replace: (&str, &str)) -> String {
+    "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .replace(replace.0, replace.1)
+}
+
+#[tokio::test]
+async fn echoes_text_and_binary() {
+    bounded(async {
+        let addr = server(ServerConfig::default()).await;
+        let url = format!("ws://{addr}/ws");
+        // The client offers deflate; this server does not enable it.
+        let (mut ws, response) = sockeye::connect_with(&url, client_config(&["a", "b"], true))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 101);
+        assert_eq!(ws.protocol(), Some("a"), "default: the client's first");
+        assert_eq!(ws.extensions(), "");
+
+        ws.send_text("hello").await.unwrap();
+        assert_eq!(next(&mut ws).await.as_text(), Some("hello"));
+        ws.send_binary(&[0, 1, 2, 255]).await.unwrap();
+        let message = next(&mut ws).await;
+        assert!(message.is_binary());
+        assert_eq!(message.as_bytes(), [0, 1, 2, 255]);
+        ws.send_text("info").await.unwrap();
+        assert_eq!(next(&mut ws).await.as_text(), Some("Some(\"a\") "));
+        ws.close(None).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn negotiates_subprotocol_and_deflate() {
+    bounded(async {
+        let mut config = ServerConfig::default();
+        config.per_message_deflate = Some(DeflateConfig::default());
+        config.handle_protocols = Some(Arc::new(|offered: &[String], _: &Request<()>| {
+            offered.iter().find(|p| *p == "superchat").cloned()
+        }));
+        let addr = server(config).await;
+        let url = format!("ws://{addr}/ws");
+        let client = client_config(&["chat", "superchat"], true);
+        let (mut ws, _) = sockeye::connect_with(&url, client).await.unwrap();
+        assert_eq!(ws.protocol(), Some("superchat"));
+        assert!(
+            ws.extensions().starts_with("permessage-deflate"),
+            "{}",
+            ws.extensions()
+        );
+
+        ws.send_text("info").await.unwrap();
+        let info = next(&mut ws).await;
+        let info = info.as_text().unwrap();
+        assert!(
+            info.starts_with("Some(\"superchat\") permessage-deflate"),
+            "{info}"
+        );
+        // Above the 1024-byte threshold, so compressed both ways.
+        let big = "compress me ".repeat(10_000);
+        ws.send_text(&big).await.unwrap();
+        assert_eq!(next(&mut ws).await.as_text(), Some(big.as_str()));
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
+        ws.send_binary(&data).await.unwrap();
+        assert_eq!(next(&mut ws).await.as_bytes(), data);
+        ws.close(None).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_upgrades_get_their_status() {
+    bounded(async {
+        let addr = server(ServerConfig::default()).await;
+
+        let answer = raw(
+            addr,
+            &upgrade_request(("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("Sec-WebSocket-Key"), "{answer}");
+
+        let answer = raw(addr, &upgrade_request(("Version: 13", "Version: 12"))).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("sec-websocket-version: 13\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("unsupported Sec-WebSocket-Version: expected 13\n"),
+            "{answer}"
+        );
+
+        let answer = raw(addr, &upgrade_request(("GET", "POST"))).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{answer}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn config_path_is_404_elsewhere() {
+    bounded(async {
+        let mut config = ServerConfig::default();
+        config.path = Some("/ws".into());
+        let addr = server(config).await;
+        let answer = raw(addr, &upgrade_request(("GET /ws", "GET /other"))).await;
+        assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+        let url = format!("ws://{addr}/ws");
+        let (ws, _) = sockeye::connect_with(&url, client_config(&[], false))
+            .await
+            .unwrap();
+        ws.close(None).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn plain_http_still_served() {
+    bounded(async {
+        let addr = server(ServerConfig::default()).await;
+        let answer = raw(
+            addr,
+            "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("plain page"), "{answer}");
+    })
+    .await;
+}
