@@ -103,6 +103,17 @@ impl std::error::Error for Error {
     }
 }
 
+/// For the byte-stream adapter ([`crate::ByteStream`]) only: I/O errors come back as they
+/// were, anything else is wrapped with the [`Error`] as its source.
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io(io) => io,
+            other => io::Error::other(other),
+        }
+    }
+}
+
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         Error::Io(e)

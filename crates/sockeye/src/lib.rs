@@ -36,12 +36,14 @@ mod accept;
 mod client;
 mod error;
 mod server;
+mod stream;
 mod websocket;
 
 pub use accept::{accept, upgrade, HandleProtocols, ServerConfig, ShouldHandle};
 pub use client::{connect, connect_with, handshake as client_handshake, ClientConfig, Target};
 pub use error::{CloseInfo, Error};
 pub use server::{Clients, ShutdownReport, WebSocketServer};
+pub use stream::ByteStream;
 pub use websocket::{ReadyState, SendOptions, WebSocket, WebSocketReader, WebSocketWriter};
 
 pub use sockeye_proto as proto;

@@ -104,6 +104,10 @@ struct Inner<S> {
     /// The close frame received, or 1006 for an abnormal end.
     received: Option<CloseFrame>,
     ended: bool,
+    /// `pause()`d: the transport is not read until `resume()`.
+    paused: bool,
+    /// The reader parked by `pause()`, woken by `resume()`.
+    resume_waker: Option<Waker>,
 }
 
 /// An open WebSocket connection.
@@ -193,6 +197,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             failure: None,
             received: None,
             ended: false,
+            paused: false,
+            resume_waker: None,
         };
         WebSocket {
             shared: Arc::new(Shared {
@@ -245,6 +251,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Cancel safe: no message is lost if the future is dropped.
     pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
         poll_fn(|cx| self.shared.poll_recv(cx)).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    pub(crate) fn poll_recv_message(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, Error>>> {
+        self.shared.poll_recv(cx)
+    }
+
+    pub(crate) fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.shared.poll_ready(cx)
+    }
+
+    pub(crate) fn poll_send_flush(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.shared.poll_flush(cx)
+    }
+
+    pub(crate) fn queue_frame(&self, kind: DataKind, data: &[u8]) -> Result<(), Error> {
+        self.shared.with_conn(|conn| conn.send(kind, data, true))
+    }
+
+    /// Starts the close handshake (no status) unless already closing.
+    pub(crate) fn queue_close(&self) {
+        let _ = self
+            .shared
+            .with_conn(|conn| conn.close(None, Instant::now()));
+    }
+
+    /// A byte-stream view of this connection (`ws`'s `createWebSocketStream`).
+    pub fn into_byte_stream(self) -> crate::stream::ByteStream<S> {
+        crate::stream::ByteStream::new(self)
     }
 }
 
@@ -380,6 +419,27 @@ macro_rules! sender_methods {
         /// A process-unique id of this connection.
         pub fn id(&self) -> u64 {
             self.shared.info.id
+        }
+
+        /// Stops reading from the transport (`ws`'s `pause()`): no message is delivered
+        /// and, once the socket buffers fill, TCP pushes back on the peer. Sending still
+        /// works. Note that automatic pongs and the close handshake wait too.
+        pub fn pause(&self) {
+            self.shared.lock().paused = true;
+        }
+
+        /// Reads again after [`Self::pause`] (`ws`'s `resume()`).
+        pub fn resume(&self) {
+            let mut inner = self.shared.lock();
+            inner.paused = false;
+            if let Some(waker) = inner.resume_waker.take() {
+                waker.wake();
+            }
+        }
+
+        /// Whether the connection is paused (`ws`'s `isPaused`).
+        pub fn is_paused(&self) -> bool {
+            self.shared.lock().paused
         }
 
         /// Bytes queued but not yet written to the transport, framing included (`ws`'s
@@ -558,6 +618,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         loop {
             if self.ended {
                 return Poll::Ready(None);
+            }
+            if self.paused {
+                self.resume_waker = Some(cx.waker().clone());
+                return Poll::Pending;
             }
             let _ = self.poll_deadline(cx);
             // Pending control frames (pongs, pings, close replies) go out first, best effort.

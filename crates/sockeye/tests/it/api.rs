@@ -653,3 +653,71 @@ async fn heartbeat_drops_dead_peers_and_keeps_live_ones() {
     assert!(pings >= 3 && pongs >= 3, "pings {pings}, pongs {pongs}");
     assert_eq!(state, ReadyState::Open);
 }
+
+// W5: pause() stops reading, so TCP pushes back on the sender and nothing is delivered;
+// resume() delivers everything.
+#[tokio::test]
+async fn pause_pushes_back_and_resume_delivers() {
+    let server = server(ServerConfig::default()).await;
+    let (client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let mut peer = accept_one(&server).await;
+    let control = peer.writer();
+    control.pause();
+    assert!(control.is_paused());
+    let big: Vec<u8> = (0..32 << 20).map(|i: u32| (i % 253) as u8).collect();
+    let expected = big.clone();
+    let reader = tokio::spawn(async move { next(&mut peer).await });
+    let sender = tokio::spawn(async move {
+        client.send_binary(&big).await.unwrap();
+        client
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !sender.is_finished(),
+        "32 MiB cannot be sent while the peer is paused"
+    );
+    assert!(!reader.is_finished(), "nothing is delivered while paused");
+    control.resume();
+    assert!(!control.is_paused());
+    let message = tokio::time::timeout(STEP, reader).await.unwrap().unwrap();
+    assert!(message.as_bytes() == &expected[..]);
+    let _client = tokio::time::timeout(STEP, sender).await.unwrap().unwrap();
+}
+
+// W8: a WebSocket as AsyncRead + AsyncWrite: bytes through tokio::io::copy-style
+// reads and writes, end of stream on close.
+#[tokio::test]
+async fn byte_stream_adapter() {
+    use tokio::io::AsyncReadExt as _;
+    let server = server(ServerConfig::default()).await;
+    let (client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let peer = accept_one(&server).await;
+    // The server side echoes bytes through its own byte stream.
+    let echo = tokio::spawn(async move {
+        let mut stream = peer.into_byte_stream();
+        let (mut r, mut w) = tokio::io::split(&mut stream);
+        tokio::io::copy(&mut r, &mut w).await.unwrap()
+    });
+    let mut stream = client.into_byte_stream();
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
+    let (mut r, mut w) = tokio::io::split(&mut stream);
+    let writer = async {
+        for chunk in data.chunks(7_000) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.flush().await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let reader = async {
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) = tokio::time::timeout(STEP, async { tokio::join!(writer, reader) })
+        .await
+        .unwrap();
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "the bytes come back in order");
+    let copied = tokio::time::timeout(STEP, echo).await.unwrap().unwrap();
+    assert_eq!(copied, data.len() as u64);
+}
