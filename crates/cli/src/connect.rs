@@ -1,5 +1,6 @@
 //! `sockeye connect`: an interactive client, like wscat.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,10 +9,12 @@ use futures_util::StreamExt;
 use sockeye::{ClientConfig, CloseCode, CloseFrame, Error, Message};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use crate::read;
+
 /// `sockeye connect` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The server URL, e.g. ws://127.0.0.1:8080/echo.
+    /// The server URL, e.g. ws://127.0.0.1:8080/echo or wss://example.com/.
     url: String,
     /// A subprotocol to offer (repeat for several).
     #[arg(long = "protocol", short = 'p')]
@@ -31,6 +34,19 @@ pub struct Args {
     /// Do not offer permessage-deflate compression.
     #[arg(long)]
     no_deflate: bool,
+    /// For wss://: trust the CA certificates in FILE (PEM) instead of the built-in roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// For wss://: present this client certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// For wss://: accept any server certificate without checking it (DANGEROUS: the
+    /// connection is not authenticated).
+    #[arg(long, short = 'k')]
+    insecure: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -48,6 +64,21 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
     config.websocket.max_payload = args.max_payload;
     if args.no_deflate {
         config.per_message_deflate = None;
+    }
+    if let Some(ca) = &args.ca {
+        config.tls.ca_pem = Some(read(ca, "--ca")?);
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        config.tls.cert_pem = Some(read(cert, "--cert")?);
+        config.tls.key_pem = Some(read(key, "--key")?);
+    }
+    if args.insecure {
+        eprintln!(
+            "sockeye: warning: --insecure: the server's certificate is not checked \
+             (dangerous_accept_any_certificate); anyone on the path can read and change \
+             this connection"
+        );
+        config.tls.dangerous_accept_any_certificate = true;
     }
     for header in &args.headers {
         let (name, value) = header
@@ -68,7 +99,7 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
 
 async fn session(args: Args) -> anyhow::Result<ExitCode> {
     let config = config(&args)?;
-    let (ws, response) = match sockeye::connect_with(&args.url, config).await {
+    let (ws, response) = match sockeye::connect_maybe_tls_with(&args.url, config).await {
         Ok(ok) => ok,
         Err(Error::UnexpectedResponse(response)) => {
             let status = response.status();

@@ -41,8 +41,13 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     if args.deflate {
         config.per_message_deflate = Some(sockeye::DeflateConfig::default());
     }
-    let server = WebSocketServer::bind(args.server.listen, config).await?;
-    println!("sockeye echo listening on ws://{}", server.local_addr());
+    let tls = args.server.tls()?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let server = WebSocketServer::bind_tls(args.server.listen, config, tls).await?;
+    println!(
+        "sockeye echo listening on {scheme}://{}",
+        server.local_addr()
+    );
     while let Some(accepted) = server.accept().await {
         let Ok((mut ws, _request)) = accepted else {
             continue;

@@ -8,7 +8,11 @@ mod echo;
 mod serve;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +43,31 @@ struct ServerArgs {
     /// The largest message accepted, in bytes (0: no limit).
     #[arg(long, default_value_t = sockeye::proto::limits::DEFAULT_MAX_PAYLOAD)]
     max_payload: usize,
+    /// Serve TLS (wss://, https://) with this certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// The TLS configuration from --tls-cert and --tls-key, if given.
+    fn tls(&self) -> anyhow::Result<Option<Arc<sockeye::rustls::ServerConfig>>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let cert_pem = read(cert, "--tls-cert")?;
+        let key_pem = read(key, "--tls-key")?;
+        let config = sockeye::tls::server_config_from_pem(&cert_pem, &key_pem)
+            .context("--tls-cert/--tls-key")?;
+        Ok(Some(config))
+    }
+}
+
+/// Reads a file named by `flag`.
+fn read(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
 }
 
 fn main() -> ExitCode {

@@ -10,9 +10,9 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sockeye::proto::handshake::server::{parse_request, reject};
 use sockeye::proto::http::{HeaderMap, StatusCode};
-use sockeye::{CloseCode, CloseFrame, HeadLimits, Message, ServerConfig};
+use sockeye::{CloseCode, CloseFrame, HeadLimits, Message, ServerConfig, ServerStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::ServerArgs;
@@ -35,6 +35,8 @@ impl Default for Args {
             server: ServerArgs {
                 listen: "127.0.0.1:8080".parse().expect("valid address"),
                 max_payload: sockeye::proto::limits::DEFAULT_MAX_PAYLOAD,
+                tls_cert: None,
+                tls_key: None,
             },
         }
     }
@@ -48,9 +50,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<ExitCode> {
+    let tls = args.server.tls()?;
     let listener = TcpListener::bind(args.server.listen).await?;
     println!(
-        "sockeye serve: open http://{}/ (Ctrl-C to stop)",
+        "sockeye serve: open {}://{}/ (Ctrl-C to stop)",
+        if tls.is_some() { "https" } else { "http" },
         listener.local_addr()?
     );
     let mut config = ServerConfig::default();
@@ -64,7 +68,20 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(handle(stream, config.clone(), room.clone()));
+                let (config, room, tls) = (config.clone(), room.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let stream = match tls {
+                        Some(tls) => {
+                            let handshake = sockeye::tls::server_handshake(stream, tls);
+                            match tokio::time::timeout(config.handshake_timeout, handshake).await {
+                                Ok(Ok(stream)) => stream,
+                                _ => return,
+                            }
+                        }
+                        None => ServerStream::Plain(stream),
+                    };
+                    handle(stream, config, room).await;
+                });
             }
             _ = tokio::signal::ctrl_c() => {
                 println!("sockeye serve: stopping");
@@ -76,7 +93,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Reads one request: an upgrade goes to the WebSocket routes, anything else gets the
 /// page or a 404.
-async fn handle(mut stream: TcpStream, config: Arc<ServerConfig>, room: Room) {
+async fn handle(mut stream: ServerStream, config: Arc<ServerConfig>, room: Room) {
     let limits = HeadLimits::default();
     let mut buf = sockeye::proto::bytes::BytesMut::with_capacity(1024);
     let head = tokio::time::timeout(config.handshake_timeout, async {
@@ -131,12 +148,12 @@ async fn handle(mut stream: TcpStream, config: Arc<ServerConfig>, room: Room) {
     let _ = stream.shutdown().await;
 }
 
-async fn respond_error(mut stream: TcpStream, error: &sockeye::proto::HandshakeError) {
+async fn respond_error(mut stream: ServerStream, error: &sockeye::proto::HandshakeError) {
     let response = sockeye::proto::handshake::server::reject_error(error);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&response)).await;
 }
 
-async fn echo(mut ws: sockeye::WebSocket<TcpStream>) {
+async fn echo(mut ws: sockeye::WebSocket<ServerStream>) {
     while let Some(Ok(message)) = ws.next().await {
         if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
             break;
@@ -159,7 +176,7 @@ type Member = (String, mpsc::Sender<Arc<str>>);
 const MEMBER_QUEUE: usize = 1024;
 
 impl Room {
-    async fn join(&self, ws: sockeye::WebSocket<TcpStream>) {
+    async fn join(&self, ws: sockeye::WebSocket<ServerStream>) {
         let id = ws.id();
         let (writer, mut reader) = ws.split();
         let (queue, mut lines) = mpsc::channel::<Arc<str>>(MEMBER_QUEUE);

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::Error;
+use crate::tls::{ClientTlsConfig, MaybeTlsStream};
 use crate::websocket::{Negotiated, WebSocket};
 
 /// The most body bytes kept from a non-101 answer.
@@ -41,6 +42,9 @@ pub struct ClientConfig {
     /// `ws`; `None` offers no compression. If the server declines, the connection works
     /// uncompressed.
     pub per_message_deflate: Option<DeflateConfig>,
+    /// TLS for `wss://` URLs: trusted roots, a client certificate, or the dangerous
+    /// opt-out of verification. Unused for `ws://`.
+    pub tls: ClientTlsConfig,
 }
 
 impl Default for ClientConfig {
@@ -54,14 +58,18 @@ impl Default for ClientConfig {
             handshake_timeout: None,
             head_limits: HeadLimits::default(),
             per_message_deflate: Some(DeflateConfig::default()),
+            tls: ClientTlsConfig::default(),
         }
     }
 }
 
-/// A parsed `ws://` URL.
+/// A parsed `ws://` or `wss://` URL.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// The host to connect to.
+    /// Whether the URL asks for TLS (`wss://`, `https://`).
+    pub tls: bool,
+    /// The host to connect to, and for TLS the server name sent (SNI) and checked
+    /// against the certificate.
     pub host: String,
     /// The TCP port.
     pub port: u16,
@@ -77,20 +85,16 @@ impl Target {
     /// Parses a WebSocket URL.
     ///
     /// # Errors
-    /// [`Error::Url`] for a URL that is not `ws://` (or `http://`) with a host, or that has
-    /// a fragment.
+    /// [`Error::Url`] for a URL that is not `ws://` or `wss://` (or `http://`, `https://`)
+    /// with a host, or that has a fragment.
     pub fn parse(url: &str) -> Result<Target, Error> {
         let parsed = url::Url::parse(url).map_err(|e| Error::Url(format!("{url}: {e}")))?;
-        let default_port = match parsed.scheme() {
-            "ws" | "http" => 80,
-            "wss" | "https" => {
-                return Err(Error::Url(format!(
-                    "{url}: wss:// needs TLS, which this build lacks"
-                )))
-            }
+        let (tls, default_port) = match parsed.scheme() {
+            "ws" | "http" => (false, 80),
+            "wss" | "https" => (true, 443),
             other => {
                 return Err(Error::Url(format!(
-                    "{url}: the scheme must be ws, not {other}"
+                    "{url}: the scheme must be ws or wss, not {other}"
                 )))
             }
         };
@@ -132,6 +136,7 @@ impl Target {
             .trim_end_matches(']')
             .to_owned();
         Ok(Target {
+            tls,
             host,
             port,
             host_header,
@@ -144,11 +149,13 @@ impl Target {
 /// Connects to a `ws://` URL with the default settings.
 ///
 /// Returns the open WebSocket and the server's 101 response (its headers, such as
-/// `set-cookie`, stay readable).
+/// `set-cookie`, stay readable). For `wss://` use [`connect_maybe_tls`], which takes
+/// either scheme.
 ///
 /// # Errors
-/// [`Error::Url`], [`Error::Io`], [`Error::Handshake`] and, for an answer other than 101,
-/// [`Error::UnexpectedResponse`] with its status, headers and body.
+/// [`Error::Url`] (also for a `wss://` URL), [`Error::Io`], [`Error::Handshake`] and, for
+/// an answer other than 101, [`Error::UnexpectedResponse`] with its status, headers and
+/// body.
 ///
 /// # Cancel safety
 /// Dropping the future abandons the connection attempt.
@@ -160,17 +167,86 @@ pub async fn connect(url: &str) -> Result<(WebSocket<TcpStream>, Response<()>), 
 ///
 /// # Errors
 /// As [`connect`]; [`HandshakeError::Timeout`] after `handshake_timeout`.
+///
+/// # Cancel safety
+/// Dropping the future abandons the connection attempt.
 pub async fn connect_with(
     url: &str,
     config: ClientConfig,
 ) -> Result<(WebSocket<TcpStream>, Response<()>), Error> {
     let target = Target::parse(url)?;
-    let attempt = async {
-        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
-        stream.set_nodelay(true)?;
+    if target.tls {
+        return Err(Error::Url(format!(
+            "{url}: connect() speaks only ws://; use connect_maybe_tls() for wss://"
+        )));
+    }
+    with_timeout(config.handshake_timeout, async {
+        let stream = tcp(&target).await?;
         handshake(stream, &target, url, &config).await
+    })
+    .await
+}
+
+/// Connects to a `ws://` or `wss://` URL with the default settings (for `wss://`: the
+/// `webpki-roots` CAs, no client certificate).
+///
+/// # Errors
+/// As [`connect`]; a TLS failure, such as an untrusted certificate, is [`Error::Io`] whose
+/// inner error is the [`rustls::Error`] (see [`crate::tls::rustls_error`]).
+///
+/// # Cancel safety
+/// Dropping the future abandons the connection attempt.
+pub async fn connect_maybe_tls(
+    url: &str,
+) -> Result<(WebSocket<MaybeTlsStream>, Response<()>), Error> {
+    connect_maybe_tls_with(url, ClientConfig::default()).await
+}
+
+/// Connects to a `ws://` or `wss://` URL with the given settings (TLS from
+/// [`ClientConfig::tls`]). The TCP connect and the TLS and WebSocket handshakes together
+/// are bounded by `handshake_timeout`. See [`connect_maybe_tls`].
+///
+/// # Errors
+/// As [`connect_maybe_tls`]; [`HandshakeError::Timeout`] after `handshake_timeout`.
+///
+/// # Cancel safety
+/// Dropping the future abandons the connection attempt.
+pub async fn connect_maybe_tls_with(
+    url: &str,
+    config: ClientConfig,
+) -> Result<(WebSocket<MaybeTlsStream>, Response<()>), Error> {
+    let target = Target::parse(url)?;
+    let tls = if target.tls {
+        let name = crate::tls::server_name(&target.host)?;
+        Some((config.tls.to_rustls()?, name))
+    } else {
+        None
     };
-    match config.handshake_timeout {
+    with_timeout(config.handshake_timeout, async {
+        let stream = tcp(&target).await?;
+        let stream = match tls {
+            Some((tls, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(tls);
+                MaybeTlsStream::Tls(Box::new(connector.connect(name, stream).await?))
+            }
+            None => MaybeTlsStream::Plain(stream),
+        };
+        handshake(stream, &target, url, &config).await
+    })
+    .await
+}
+
+async fn tcp(target: &Target) -> Result<TcpStream, Error> {
+    let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn with_timeout<T>(
+    limit: Option<Duration>,
+    attempt: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match limit {
         Some(limit) => tokio::time::timeout(limit, attempt)
             .await
             .unwrap_or(Err(Error::Handshake(HandshakeError::Timeout))),
@@ -298,6 +374,19 @@ mod tests {
         assert_eq!((t.host.as_str(), t.host_header.as_str()), ("::1", "[::1]"));
         let t = Target::parse("ws://user:p%40ss@h/").unwrap();
         assert_eq!(t.authorization.as_deref(), Some("Basic dXNlcjpwQHNz"));
+        assert!(!t.tls);
+        let t = Target::parse("wss://example.com/a?b").unwrap();
+        assert_eq!(
+            (t.tls, t.port, t.host_header.as_str(), t.path.as_str()),
+            (true, 443, "example.com", "/a?b")
+        );
+        let t = Target::parse("wss://localhost:8443/x").unwrap();
+        assert_eq!(
+            (t.tls, t.port, t.host.as_str(), t.host_header.as_str()),
+            (true, 8443, "localhost", "localhost:8443")
+        );
+        let t = Target::parse("wss://localhost:443/").unwrap();
+        assert_eq!(t.host_header, "localhost");
         assert!(Target::parse("ftp://h/").is_err());
         assert!(Target::parse("ws://h/#frag").is_err());
         assert!(Target::parse("not a url").is_err());

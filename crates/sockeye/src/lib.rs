@@ -1,9 +1,10 @@
 //! Sockeye: a fast, complete WebSocket (RFC 6455) client and server for tokio, with the
 //! feature set of Node's `ws`.
 //!
-//! - [`connect`] / [`connect_with`]: a client.
+//! - [`connect`] / [`connect_with`]: a `ws://` client; [`connect_maybe_tls`] /
+//!   [`connect_maybe_tls_with`] also speak `wss://` (rustls, see [`tls`]).
 //! - [`WebSocketServer`]: a server that listens, upgrades and tracks its clients;
-//!   [`accept()`] upgrades any transport.
+//!   [`accept()`] upgrades any transport; [`WebSocketServer::bind_tls`] serves TLS.
 //! - [`WebSocket`]: a `Stream` of [`Message`]s and a `Sink` of them, with `send*` methods
 //!   on `&self` and [`WebSocket::split`] for a reader task and writer tasks.
 //!
@@ -37,15 +38,21 @@ mod client;
 mod error;
 mod server;
 mod stream;
+pub mod tls;
 mod websocket;
 
 pub use accept::{accept, upgrade, HandleProtocols, ServerConfig, ShouldHandle};
-pub use client::{connect, connect_with, handshake as client_handshake, ClientConfig, Target};
+pub use client::{
+    connect, connect_maybe_tls, connect_maybe_tls_with, connect_with,
+    handshake as client_handshake, ClientConfig, Target,
+};
 pub use error::{CloseInfo, Error};
 pub use server::{Clients, ShutdownReport, WebSocketServer};
 pub use stream::ByteStream;
+pub use tls::{ClientTlsConfig, MaybeTlsStream, ServerStream};
 pub use websocket::{ReadyState, SendOptions, WebSocket, WebSocketReader, WebSocketWriter};
 
+pub use rustls;
 pub use sockeye_proto as proto;
 pub use sockeye_proto::handshake::HeadLimits;
 pub use sockeye_proto::{

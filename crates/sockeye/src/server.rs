@@ -9,21 +9,27 @@ use std::time::Duration;
 
 use http::Request;
 use sockeye_proto::{CloseCode, CloseFrame};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::accept::{accept, ServerConfig};
 use crate::error::Error;
+use crate::tls::ServerStream;
 use crate::websocket::{Shared, WebSocket, WebSocketWriter};
 
 /// How many upgraded connections may wait for [`WebSocketServer::accept`].
 const ACCEPT_QUEUE: usize = 128;
 
 /// What the accept loop hands to [`WebSocketServer::accept`].
-type Accepted = Result<(WebSocket<TcpStream>, Request<()>), Error>;
+type Accepted<S> = Result<(WebSocket<S>, Request<()>), Error>;
 
 /// A WebSocket server on a TCP port (`ws`'s `WebSocketServer`).
+///
+/// [`WebSocketServer::bind`] serves plain TCP and hands out `WebSocket<TcpStream>`;
+/// [`WebSocketServer::bind_tls`] serves TLS (or, given `None`, plain TCP) and hands out
+/// `WebSocket<ServerStream>`, so one type covers both.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), sockeye::Error> {
@@ -40,21 +46,36 @@ type Accepted = Result<(WebSocket<TcpStream>, Request<()>), Error>;
 /// }
 /// # Ok(()) }
 /// ```
-pub struct WebSocketServer {
+pub struct WebSocketServer<S = TcpStream> {
     local_addr: SocketAddr,
-    incoming: tokio::sync::Mutex<mpsc::Receiver<Accepted>>,
-    clients: Clients,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<Accepted<S>>>,
+    clients: Clients<S>,
     accept_task: JoinHandle<()>,
 }
 
 /// The set of open connections of a server (`ws`'s `server.clients`).
-#[derive(Clone, Default)]
-pub struct Clients {
-    map: Arc<Mutex<HashMap<u64, Weak<Shared<TcpStream>>>>>,
+pub struct Clients<S = TcpStream> {
+    map: Arc<Mutex<HashMap<u64, Weak<Shared<S>>>>>,
 }
 
-impl Clients {
-    fn insert(&self, ws: &WebSocket<TcpStream>) {
+impl<S> Clone for Clients<S> {
+    fn clone(&self) -> Self {
+        Clients {
+            map: self.map.clone(),
+        }
+    }
+}
+
+impl<S> Default for Clients<S> {
+    fn default() -> Self {
+        Clients {
+            map: Arc::default(),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Clients<S> {
+    fn insert(&self, ws: &WebSocket<S>) {
         let writer = ws.writer();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, weak| weak.upgrade().is_some_and(|s| s.is_open_or_closing()));
@@ -62,7 +83,7 @@ impl Clients {
     }
 
     /// Handles to every connection not yet closed, for broadcast.
-    pub fn snapshot(&self) -> Vec<WebSocketWriter<TcpStream>> {
+    pub fn snapshot(&self) -> Vec<WebSocketWriter<S>> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let mut live = Vec::with_capacity(map.len());
         map.retain(|_, weak| match weak.upgrade() {
@@ -95,7 +116,7 @@ pub struct ShutdownReport {
     pub terminated: usize,
 }
 
-impl WebSocketServer {
+impl WebSocketServer<TcpStream> {
     /// Binds to `addr`, starts accepting, and returns once listening (`ws`'s `listening`).
     ///
     /// # Errors
@@ -104,15 +125,8 @@ impl WebSocketServer {
         addr: impl tokio::net::ToSocketAddrs,
         config: ServerConfig,
     ) -> io::Result<Self> {
-        let mut last_error = None;
-        for addr in tokio::net::lookup_host(addr).await? {
-            match listen(addr, config.backlog) {
-                Ok(listener) => return Ok(Self::from_listener(listener, config)),
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error
-            .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind")))
+        let listener = bind_listener(addr, config.backlog).await?;
+        Ok(Self::from_listener(listener, config))
     }
 
     /// Serves on an already bound listener.
@@ -120,21 +134,44 @@ impl WebSocketServer {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn from_listener(listener: TcpListener, config: ServerConfig) -> Self {
-        let local_addr = listener
-            .local_addr()
-            .expect("a bound listener has an address");
-        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-        let clients = Clients::default();
-        let config = Arc::new(config);
-        let accept_task = tokio::spawn(accept_loop(listener, config, tx, clients.clone()));
-        WebSocketServer {
-            local_addr,
-            incoming: tokio::sync::Mutex::new(rx),
-            clients,
-            accept_task,
-        }
+        serve(listener, config, None)
+    }
+}
+
+impl WebSocketServer<ServerStream> {
+    /// Binds to `addr` and serves TLS with `tls` (see
+    /// [`crate::tls::server_config_from_pem`]); `None` serves plain TCP with the same
+    /// stream type. Each connection completes its TLS handshake, then its WebSocket
+    /// handshake, in its own task, each within `config.handshake_timeout`; a connection
+    /// that fails either is dropped (and logged), not returned.
+    ///
+    /// # Errors
+    /// The bind or listen error.
+    pub async fn bind_tls(
+        addr: impl tokio::net::ToSocketAddrs,
+        config: ServerConfig,
+        tls: impl Into<Option<Arc<rustls::ServerConfig>>>,
+    ) -> io::Result<Self> {
+        let listener = bind_listener(addr, config.backlog).await?;
+        Ok(Self::from_listener_tls(listener, config, tls))
     }
 
+    /// Serves TLS (or, given `None`, plain TCP) on an already bound listener. See
+    /// [`WebSocketServer::bind_tls`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn from_listener_tls(
+        listener: TcpListener,
+        config: ServerConfig,
+        tls: impl Into<Option<Arc<rustls::ServerConfig>>>,
+    ) -> Self {
+        let acceptor = tls.into().map(tokio_rustls::TlsAcceptor::from);
+        serve(listener, config, acceptor)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketServer<S> {
     /// The bound address (`ws`'s `server.address()`).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -146,17 +183,17 @@ impl WebSocketServer {
     ///
     /// # Cancel safety
     /// Cancel safe.
-    pub async fn accept(&self) -> Option<Result<(WebSocket<TcpStream>, Request<()>), Error>> {
+    pub async fn accept(&self) -> Option<Result<(WebSocket<S>, Request<()>), Error>> {
         self.incoming.lock().await.recv().await
     }
 
     /// The open connections (`ws`'s `server.clients`; empty without `client_tracking`).
-    pub fn clients(&self) -> Vec<WebSocketWriter<TcpStream>> {
+    pub fn clients(&self) -> Vec<WebSocketWriter<S>> {
         self.clients.snapshot()
     }
 
     /// The client set itself, to keep for broadcast in other tasks.
-    pub fn client_set(&self) -> Clients {
+    pub fn client_set(&self) -> Clients<S> {
         self.clients.clone()
     }
 
@@ -196,9 +233,77 @@ impl WebSocketServer {
     }
 }
 
-impl Drop for WebSocketServer {
+impl<S> Drop for WebSocketServer<S> {
     fn drop(&mut self) {
         self.accept_task.abort();
+    }
+}
+
+/// Starts the accept loop of a server.
+fn serve<S: Transport>(
+    listener: TcpListener,
+    config: ServerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> WebSocketServer<S> {
+    let local_addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let clients = Clients::default();
+    let config = Arc::new(config);
+    let accept_task = tokio::spawn(accept_loop(listener, config, tls, tx, clients.clone()));
+    WebSocketServer {
+        local_addr,
+        incoming: tokio::sync::Mutex::new(rx),
+        clients,
+        accept_task,
+    }
+}
+
+async fn bind_listener(
+    addr: impl tokio::net::ToSocketAddrs,
+    backlog: u32,
+) -> io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        match listen(addr, backlog) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind")))
+}
+
+/// A server's transport, made from an accepted TCP connection.
+pub(crate) trait Transport:
+    AsyncRead + AsyncWrite + Unpin + Send + Sync + Sized + 'static
+{
+    /// Wraps `stream`, performing the TLS handshake when `tls` is set.
+    fn from_tcp(
+        stream: TcpStream,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> impl std::future::Future<Output = io::Result<Self>> + Send;
+}
+
+impl Transport for TcpStream {
+    async fn from_tcp(
+        stream: TcpStream,
+        _tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> io::Result<Self> {
+        Ok(stream)
+    }
+}
+
+impl Transport for ServerStream {
+    async fn from_tcp(
+        stream: TcpStream,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> io::Result<Self> {
+        match tls {
+            Some(acceptor) => Ok(ServerStream::Tls(Box::new(acceptor.accept(stream).await?))),
+            None => Ok(ServerStream::Plain(stream)),
+        }
     }
 }
 
@@ -213,11 +318,12 @@ fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-async fn accept_loop(
+async fn accept_loop<S: Transport>(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-    tx: mpsc::Sender<Accepted>,
-    clients: Clients,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tx: mpsc::Sender<Accepted<S>>,
+    clients: Clients<S>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -233,8 +339,15 @@ async fn accept_loop(
         let config = config.clone();
         let tx = tx.clone();
         let clients = clients.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            match accept(stream, &config).await {
+            let tls_handshake = S::from_tcp(stream, tls);
+            let io = match tokio::time::timeout(config.handshake_timeout, tls_handshake).await {
+                Ok(Ok(io)) => io,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            match accept(io, &config).await {
                 Ok((ws, request)) => {
                     if config.client_tracking {
                         clients.insert(&ws);

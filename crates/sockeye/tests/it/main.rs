@@ -7,4 +7,5 @@ mod api;
 mod deflate;
 mod handshake;
 mod interop;
+mod tls;
 mod ws_errors;

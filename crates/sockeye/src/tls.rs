@@ -1,0 +1,383 @@
+//! TLS with rustls (the `ring` provider): `wss://` for the client, TLS for the server, and
+//! the stream types that carry either plain TCP or TLS.
+//!
+//! TLS failures (an untrusted certificate, a refused client certificate, a peer that does
+//! not speak TLS) arrive as [`Error::Io`] whose inner error is the [`rustls::Error`];
+//! [`rustls_error`] finds it. Invalid PEM input is [`Error::Io`] with kind
+//! [`io::ErrorKind::InvalidInput`].
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::error::Error;
+
+/// TLS settings of a client (`ws`'s `ca`, `cert`, `key` and `rejectUnauthorized` options).
+///
+/// By default the server's certificate is checked against the Mozilla roots of the
+/// `webpki-roots` crate and no client certificate is sent.
+#[derive(Clone, Default)]
+pub struct ClientTlsConfig {
+    /// Trust these CA certificates (PEM, one or more) instead of the default roots, as
+    /// Node's `ca` option does.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain (PEM, leaf first), sent when the server asks; needs
+    /// [`ClientTlsConfig::key_pem`].
+    pub cert_pem: Option<Vec<u8>>,
+    /// The private key of [`ClientTlsConfig::cert_pem`] (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Option<Vec<u8>>,
+    /// Accept any server certificate, for any name, without checking it (`ws`'s
+    /// `rejectUnauthorized: false`). The connection is encrypted but not authenticated:
+    /// anyone on the path can read and change it. For tests only.
+    pub dangerous_accept_any_certificate: bool,
+    /// A complete rustls configuration, used as is instead of the fields above.
+    pub rustls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl fmt::Debug for ClientTlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTlsConfig")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "..."))
+            .field("cert_pem", &self.cert_pem.as_ref().map(|_| "..."))
+            .field("key_pem", &self.key_pem.as_ref().map(|_| "<redacted>"))
+            .field(
+                "dangerous_accept_any_certificate",
+                &self.dangerous_accept_any_certificate,
+            )
+            .field("rustls", &self.rustls.is_some())
+            .finish()
+    }
+}
+
+impl ClientTlsConfig {
+    /// The rustls configuration these settings describe.
+    ///
+    /// # Errors
+    /// [`Error::Io`] (`InvalidInput`) for PEM without a certificate or key, a key that
+    /// does not match, or a certificate without its key.
+    pub fn to_rustls(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
+        if let Some(config) = &self.rustls {
+            return Ok(config.clone());
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(invalid_input)?;
+        let builder = if self.dangerous_accept_any_certificate {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+        } else {
+            let mut roots = RootCertStore::empty();
+            match &self.ca_pem {
+                Some(pem) => {
+                    for cert in certificates(pem, "CA")? {
+                        roots.add(cert).map_err(invalid_input)?;
+                    }
+                }
+                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            }
+            builder.with_root_certificates(roots)
+        };
+        let config = match (&self.cert_pem, &self.key_pem) {
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(certificates(cert, "client")?, private_key(key)?)
+                .map_err(invalid_input)?,
+            (None, None) => builder.with_no_client_auth(),
+            _ => {
+                return Err(invalid_input(
+                    "a client certificate needs both cert_pem and key_pem",
+                ))
+            }
+        };
+        Ok(Arc::new(config))
+    }
+}
+
+/// A rustls server configuration from a certificate chain (PEM, leaf first) and its
+/// private key (PEM), with no client authentication and ALPN `http/1.1`.
+///
+/// For client certificates, build the configuration with
+/// [`rustls::ServerConfig::builder_with_provider`] and a
+/// [`rustls::server::WebPkiClientVerifier`].
+///
+/// # Errors
+/// [`Error::Io`] (`InvalidInput`) for PEM without a certificate or key, or a key that does
+/// not match the certificate.
+pub fn server_config_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(invalid_input)?
+        .with_no_client_auth()
+        .with_single_cert(certificates(cert_pem, "server")?, private_key(key_pem)?)
+        .map_err(invalid_input)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Performs the server side of a TLS handshake on an accepted connection, for servers
+/// that read the request themselves before [`crate::upgrade`]. [`crate::WebSocketServer`]
+/// does this itself when bound with TLS.
+///
+/// # Errors
+/// The handshake's failure: [`io::Error`] whose inner error is the [`rustls::Error`].
+///
+/// # Cancel safety
+/// Not cancel safe: the connection is consumed.
+pub async fn server_handshake(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+) -> io::Result<ServerStream> {
+    let tls = tokio_rustls::TlsAcceptor::from(config)
+        .accept(stream)
+        .await?;
+    Ok(ServerStream::Tls(Box::new(tls)))
+}
+
+/// The crypto provider Sockeye builds its configurations with: rustls's `ring` provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Parses every certificate of a PEM bundle.
+///
+/// # Errors
+/// [`Error::Io`] (`InvalidInput`) for invalid PEM or a bundle without a certificate.
+pub fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid_input(format!("{what} certificate PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid_input(format!(
+            "{what} certificate PEM: no CERTIFICATE section"
+        )));
+    }
+    Ok(certs)
+}
+
+/// Parses the first private key of a PEM file.
+///
+/// # Errors
+/// [`Error::Io`] (`InvalidInput`) for invalid PEM or a file without a key.
+pub fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| invalid_input(format!("private key PEM: {e}")))
+}
+
+/// The rustls error behind a TLS failure, if `error` is one.
+pub fn rustls_error(error: &Error) -> Option<&rustls::Error> {
+    match error {
+        Error::Io(e) => e.get_ref()?.downcast_ref::<rustls::Error>(),
+        _ => None,
+    }
+}
+
+fn invalid_input(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// The SNI and certificate name for `host`: a DNS name or an IP address.
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, Error> {
+    ServerName::try_from(host.to_owned())
+        .map_err(|e| Error::Url(format!("{host}: not a valid TLS server name: {e}")))
+}
+
+/// `dangerous_accept_any_certificate`: checks signatures (so the handshake is sound) but
+/// not the certificate.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client transport: plain TCP (`ws://`) or TLS over TCP (`wss://`).
+#[derive(Debug)]
+pub enum MaybeTlsStream {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://`.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A server transport: plain TCP, or TLS over TCP on a server bound with TLS.
+#[derive(Debug)]
+pub enum ServerStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+macro_rules! impl_stream {
+    ($ty:ident) => {
+        impl $ty {
+            /// The TCP stream underneath.
+            pub fn tcp(&self) -> &TcpStream {
+                match self {
+                    $ty::Plain(s) => s,
+                    $ty::Tls(s) => s.get_ref().0,
+                }
+            }
+
+            /// Whether this stream is TLS.
+            pub fn is_tls(&self) -> bool {
+                matches!(self, $ty::Tls(_))
+            }
+        }
+
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_read(cx, buf),
+                    $ty::Tls(s) => Pin::new(s).poll_read(cx, buf),
+                }
+            }
+        }
+
+        impl AsyncWrite for $ty {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_write(cx, buf),
+                    $ty::Tls(s) => Pin::new(s).poll_write(cx, buf),
+                }
+            }
+
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                    $ty::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                }
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                match self {
+                    $ty::Plain(s) => s.is_write_vectored(),
+                    $ty::Tls(s) => s.is_write_vectored(),
+                }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_flush(cx),
+                    $ty::Tls(s) => Pin::new(s).poll_flush(cx),
+                }
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_shutdown(cx),
+                    $ty::Tls(s) => Pin::new(s).poll_shutdown(cx),
+                }
+            }
+        }
+    };
+}
+
+impl_stream!(MaybeTlsStream);
+impl_stream!(ServerStream);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_uses_webpki_roots() {
+        let config = ClientTlsConfig::default().to_rustls().unwrap();
+        assert!(!config.client_auth_cert_resolver.has_certs());
+    }
+
+    #[test]
+    fn bad_pem_is_invalid_input() {
+        let mut config = ClientTlsConfig::default();
+        config.ca_pem = Some(b"not pem".to_vec());
+        match config.to_rustls() {
+            Err(Error::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::InvalidInput),
+            other => panic!("{other:?}"),
+        }
+        config.ca_pem = None;
+        config.cert_pem = Some(Vec::new());
+        assert!(config.to_rustls().is_err(), "a certificate without a key");
+        assert!(server_config_from_pem(b"", b"").is_err());
+    }
+
+    #[test]
+    fn streams_are_send_and_sync() {
+        fn check<T: Send + Sync + Unpin>() {}
+        check::<MaybeTlsStream>();
+        check::<ServerStream>();
+        check::<crate::WebSocket<MaybeTlsStream>>();
+        check::<crate::WebSocketServer<ServerStream>>();
+    }
+
+    #[test]
+    fn server_names() {
+        assert!(server_name("localhost").is_ok());
+        assert!(server_name("127.0.0.1").is_ok());
+        assert!(server_name("::1").is_ok());
+    }
+}
