@@ -1,5 +1,7 @@
 //! The server side of the opening handshake over any transport: [`accept`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,101 @@ use crate::websocket::{Negotiated, WebSocket};
 pub type ShouldHandle = Arc<dyn Fn(&Request<()>) -> bool + Send + Sync>;
 /// `ws`'s `handleProtocols`: picks a subprotocol from the client's list, or none.
 pub type HandleProtocols = Arc<dyn Fn(&[String], &Request<()>) -> Option<String> + Send + Sync>;
+
+/// `ws`'s `headers` event: sees the request and can add or change headers of the 101
+/// response before it is written (the status line and the handshake's own headers are
+/// fixed).
+pub type HeadersHook = Arc<dyn Fn(&mut HeaderMap, &Request<()>) + Send + Sync>;
+
+/// What `verify_client` sees (`ws`'s `info`: `origin`, `req`, `secure`).
+#[derive(Clone, Debug)]
+pub struct VerifyInfo {
+    /// The `Origin` header (or `Sec-WebSocket-Origin` from version-8 clients).
+    pub origin: Option<String>,
+    /// The upgrade request.
+    pub request: Arc<Request<()>>,
+    /// Whether the connection is TLS ([`accept_tls`]).
+    pub secure: bool,
+}
+
+/// A refusal from `verify_client`: the status (default 401, as `ws`), an optional reason
+/// phrase, and extra response headers such as `Retry-After`.
+#[derive(Clone, Debug)]
+pub struct Rejection {
+    /// The HTTP status.
+    pub status: http::StatusCode,
+    /// The reason phrase; the status's canonical one when `None`.
+    pub reason: Option<String>,
+    /// Extra headers of the response.
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
+}
+
+impl Default for Rejection {
+    fn default() -> Self {
+        Rejection {
+            status: http::StatusCode::UNAUTHORIZED,
+            reason: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl Rejection {
+    /// A refusal with this status.
+    ///
+    /// # Panics
+    /// If `status` is not a valid HTTP status code.
+    pub fn status(status: u16) -> Rejection {
+        Rejection {
+            status: http::StatusCode::from_u16(status).expect("a valid status"),
+            ..Default::default()
+        }
+    }
+
+    /// With a reason phrase.
+    pub fn reason(mut self, reason: impl Into<String>) -> Rejection {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// With an extra header.
+    ///
+    /// # Panics
+    /// If the name (lowercase, as HTTP/2 requires) or value is not a valid header.
+    pub fn header(mut self, name: &'static str, value: &str) -> Rejection {
+        let value = HeaderValue::from_str(value).expect("a valid header value");
+        self.headers
+            .push((http::HeaderName::from_static(name), value));
+        self
+    }
+}
+
+/// `ws`'s `verifyClient`, synchronous or asynchronous: decides after the request passed
+/// the handshake checks, before the 101 is written. Build one with [`verify_client`] or
+/// [`verify_client_async`].
+pub type VerifyClient = Arc<
+    dyn Fn(VerifyInfo) -> Pin<Box<dyn Future<Output = Result<(), Rejection>> + Send>> + Send + Sync,
+>;
+
+/// A synchronous `verify_client`.
+pub fn verify_client(
+    f: impl Fn(&VerifyInfo) -> Result<(), Rejection> + Send + Sync + 'static,
+) -> VerifyClient {
+    Arc::new(move |info| {
+        let verdict = f(&info);
+        Box::pin(std::future::ready(verdict))
+    })
+}
+
+/// An asynchronous `verify_client` (a database lookup, a token check ...). It runs within
+/// the handshake timeout.
+pub fn verify_client_async<F, Fut>(f: F) -> VerifyClient
+where
+    F: Fn(VerifyInfo) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Rejection>> + Send + 'static,
+{
+    Arc::new(move |info| Box::pin(f(info)))
+}
 
 /// How a server accepts upgrades.
 #[derive(Clone)]
@@ -42,6 +139,11 @@ pub struct ServerConfig {
     /// permessage-deflate (`ws`'s `perMessageDeflate`): off by default on a server, as
     /// in `ws`; `Some` accepts the first acceptable offer of each client.
     pub per_message_deflate: Option<DeflateConfig>,
+    /// `ws`'s `verifyClient`: may refuse a valid upgrade with a status, reason phrase
+    /// and headers.
+    pub verify_client: Option<VerifyClient>,
+    /// `ws`'s `headers` event: adds or changes headers of the 101 response.
+    pub headers_hook: Option<HeadersHook>,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +158,8 @@ impl Default for ServerConfig {
             client_tracking: true,
             backlog: 511,
             per_message_deflate: None,
+            verify_client: None,
+            headers_hook: None,
         }
     }
 }
@@ -83,9 +187,32 @@ impl std::fmt::Debug for ServerConfig {
 ///
 /// # Cancel safety
 /// Not cancel safe: the transport is consumed.
-pub async fn accept<S>(
+pub async fn accept<S>(io: S, config: &ServerConfig) -> Result<(WebSocket<S>, Request<()>), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    accept_inner(io, config, false).await
+}
+
+/// [`accept`] on a transport that is TLS: the same, with `secure: true` for
+/// `verify_client`.
+///
+/// # Errors
+/// As [`accept`].
+pub async fn accept_tls<S>(
+    io: S,
+    config: &ServerConfig,
+) -> Result<(WebSocket<S>, Request<()>), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    accept_inner(io, config, true).await
+}
+
+async fn accept_inner<S>(
     mut io: S,
     config: &ServerConfig,
+    secure: bool,
 ) -> Result<(WebSocket<S>, Request<()>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -103,7 +230,7 @@ where
         Err(_elapsed) => Err(HandshakeError::Timeout),
     };
     match result {
-        Ok((request, upgrade)) => respond(io, request, upgrade, buf, config).await,
+        Ok((request, upgrade)) => respond(io, request, upgrade, buf, config, secure).await,
         Err(e) => {
             reject(&mut io, &e).await;
             Err(Error::Handshake(e))
@@ -127,7 +254,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match check_request(&request, config) {
-        Ok(upgrade) => respond(io, request, upgrade, read_buf, config).await,
+        Ok(upgrade) => respond(io, request, upgrade, read_buf, config, false).await,
         Err(e) => {
             reject(&mut io, &e).await;
             Err(Error::Handshake(e))
@@ -141,10 +268,55 @@ async fn respond<S>(
     (upgrade, deflate): (Upgrade, Option<DeflateParams>),
     read_buf: BytesMut,
     config: &ServerConfig,
+    secure: bool,
 ) -> Result<(WebSocket<S>, Request<()>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut request = request;
+    if let Some(verify) = &config.verify_client {
+        let headers = request.headers();
+        let origin = headers
+            .get(http::header::ORIGIN)
+            .or_else(|| headers.get("sec-websocket-origin"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let shared = Arc::new(request);
+        let info = VerifyInfo {
+            origin,
+            request: shared.clone(),
+            secure,
+        };
+        let verdict = tokio::time::timeout(config.handshake_timeout, verify(info)).await;
+        request = Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
+        let refusal = match verdict {
+            Ok(Ok(())) => None,
+            Ok(Err(refusal)) => Some(refusal),
+            Err(_) => Some(Rejection::status(503).reason("Verification Timed Out")),
+        };
+        if let Some(refusal) = refusal {
+            let body = refusal.reason.clone().unwrap_or_else(|| {
+                refusal
+                    .status
+                    .canonical_reason()
+                    .unwrap_or("Rejected")
+                    .to_owned()
+            });
+            let headers: HeaderMap = refusal.headers.iter().cloned().collect();
+            let response = sockeye_proto::handshake::server::reject(
+                refusal.status,
+                refusal.reason.as_deref(),
+                &headers,
+                &body,
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                io.write_all(&response).await?;
+                io.shutdown().await
+            })
+            .await;
+            return Err(Error::Handshake(HandshakeError::Rejected));
+        }
+    }
     let protocol = match &config.handle_protocols {
         Some(pick) if !upgrade.protocols.is_empty() => pick(&upgrade.protocols, &request),
         _ => upgrade.protocols.first().cloned(),
@@ -153,6 +325,9 @@ where
     if let Some(params) = &deflate {
         let value = HeaderValue::from_str(&params.header_value()).expect("tokens only");
         headers.insert(http::header::SEC_WEBSOCKET_EXTENSIONS, value);
+    }
+    if let Some(hook) = &config.headers_hook {
+        hook(&mut headers, &request);
     }
     let response = upgrade.accept(protocol.as_deref(), &headers);
     io.write_all(&response).await?;

@@ -41,7 +41,10 @@ mod stream;
 pub mod tls;
 mod websocket;
 
-pub use accept::{accept, upgrade, HandleProtocols, ServerConfig, ShouldHandle};
+pub use accept::{
+    accept, accept_tls, upgrade, verify_client, verify_client_async, HandleProtocols, HeadersHook,
+    Rejection, ServerConfig, ShouldHandle, VerifyClient, VerifyInfo,
+};
 pub use client::{
     connect, connect_maybe_tls, connect_maybe_tls_with, connect_with,
     handshake as client_handshake, ClientConfig, Target,

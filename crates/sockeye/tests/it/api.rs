@@ -721,3 +721,64 @@ async fn byte_stream_adapter() {
     let copied = tokio::time::timeout(STEP, echo).await.unwrap().unwrap();
     assert_eq!(copied, data.len() as u64);
 }
+
+// S5: verify_client, sync and async, sees origin and request; a refusal carries its
+// status, reason phrase and headers. S7: the headers hook adds to the 101.
+#[tokio::test]
+async fn verify_client_and_headers_hook() {
+    let mut config = ServerConfig::default();
+    config.verify_client = Some(sockeye::verify_client(|info| {
+        assert!(!info.secure);
+        match info.origin.as_deref() {
+            Some("https://good.example") => Ok(()),
+            _ => Err(sockeye::Rejection::status(403)
+                .reason("Origin Not Allowed")
+                .header("retry-after", "120")),
+        }
+    }));
+    config.headers_hook = Some(Arc::new(|headers, request| {
+        let who = request.uri().path().trim_start_matches('/').to_owned();
+        headers.insert("set-cookie", format!("user={who}").parse().unwrap());
+    }));
+    let server = server(config).await;
+    let mut good = ClientConfig::default();
+    good.origin = Some("https://good.example".into());
+    let (_ws, response) = sockeye::connect_with(&url(&server, "/alice"), good)
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["set-cookie"], "user=alice");
+    let _peer = accept_one(&server).await;
+
+    let mut bad = ClientConfig::default();
+    bad.origin = Some("https://evil.example".into());
+    match sockeye::connect_with(&url(&server, "/mallory"), bad).await {
+        Err(Error::UnexpectedResponse(response)) => {
+            assert_eq!(response.status(), 403);
+            assert_eq!(response.headers()["retry-after"], "120");
+            assert_eq!(&response.body()[..], b"Origin Not Allowed\n");
+        }
+        other => panic!("expected a 403, got {other:?}"),
+    }
+
+    // Asynchronous: a lookup that takes time; default refusal is 401.
+    let mut config = ServerConfig::default();
+    config.verify_client = Some(sockeye::verify_client_async(
+        |info: sockeye::VerifyInfo| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            match info.request.headers().get("authorization") {
+                Some(token) if token == "Bearer ok" => Ok(()),
+                _ => Err(sockeye::Rejection::default()),
+            }
+        },
+    ));
+    let server = crate::support::server(config).await;
+    let mut authorized = ClientConfig::default();
+    authorized
+        .headers
+        .insert("authorization", "Bearer ok".parse().unwrap());
+    assert!(sockeye::connect_with(&url(&server, "/"), authorized)
+        .await
+        .is_ok());
+    let refused = sockeye::connect_with(&url(&server, "/"), ClientConfig::default()).await;
+    assert_eq!(refused.unwrap_err().http_status(), Some(401));
+}
