@@ -66,6 +66,7 @@ fn connection_with(role: Role, data: &[u8], deflate: bool) {
         close_timeout: Duration::from_secs(1),
         generate_mask: Some(Arc::new(|| CLIENT_KEY)),
         heartbeat: None,
+        send_queue: Default::default(),
     };
     let max_chunk = [1, 7, 64, 1024][usize::from((flags >> 3) & 3)];
     let mut rng = u32::from(*seed) | 0x100;

@@ -56,5 +56,5 @@ pub use connection::{Connection, DataKind, Role, State};
 pub use deflate::{Deflate, DeflateConfig, DeflateParams};
 pub use error::{ApiMisuse, Error, HandshakeError, InflateError, LimitError, ProtocolError};
 pub use frame::{FrameHeader, OpCode};
-pub use limits::{Config, Heartbeat};
+pub use limits::{Config, Heartbeat, SendQueue, WhenFull};
 pub use message::{Message, Utf8Bytes};

@@ -29,6 +29,39 @@ impl Heartbeat {
     }
 }
 
+/// What a non-waiting send does when the send queue is over its high-water mark (B2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Refuse the message (`try_send` returns `QueueFull`); async sends wait for room.
+    Wait,
+    /// Drop the message and count it.
+    Drop,
+    /// Fail the slow peer: send close 1008 and stop sending.
+    Close,
+}
+
+/// The bounded send queue (B2): bytes queued for the transport, framing included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendQueue {
+    /// Above this, sends wait (or drop, or close: `when_full`) and the connection stops
+    /// reading, so a peer that does not read cannot make it buffer more. Default 1 MiB.
+    pub high_water: usize,
+    /// `drained()` resolves once the queue is at or below this. Default 64 KiB.
+    pub low_water: usize,
+    /// The policy of non-waiting sends over the high-water mark. Default `Wait`.
+    pub when_full: WhenFull,
+}
+
+impl Default for SendQueue {
+    fn default() -> Self {
+        SendQueue {
+            high_water: 1024 * 1024,
+            low_water: 64 * 1024,
+            when_full: WhenFull::Wait,
+        }
+    }
+}
+
 /// A source of masking keys for client frames (`ws`'s `generateMask`).
 pub type MaskGenerator = Arc<dyn Fn() -> [u8; 4] + Send + Sync>;
 
@@ -59,6 +92,8 @@ pub struct Config {
     /// Automatic pings and a dead-peer timeout; `None` (the default) sends none.
     /// `config.heartbeat = Some(Heartbeat::new(Duration::from_secs(30), Duration::from_secs(10)))`.
     pub heartbeat: Option<Heartbeat>,
+    /// The bounded send queue and its policy (B2).
+    pub send_queue: SendQueue,
 }
 
 impl Default for Config {
@@ -71,6 +106,7 @@ impl Default for Config {
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             generate_mask: None,
             heartbeat: None,
+            send_queue: SendQueue::default(),
         }
     }
 }

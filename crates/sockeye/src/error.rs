@@ -24,6 +24,9 @@ pub enum Error {
     Url(String),
     /// The connection is closed; nothing more can be sent or received.
     Closed(CloseInfo),
+    /// The send queue is over its high-water mark (`try_send` under `WhenFull::Wait` or
+    /// `WhenFull::Close`).
+    QueueFull,
     /// The heartbeat gave the peer up: nothing arrived within its timeout after a ping,
     /// and the transport was closed.
     HeartbeatTimeout,
@@ -83,6 +86,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Url(why) => write!(f, "invalid URL: {why}"),
+            Error::QueueFull => f.write_str("the send queue is full"),
             Error::HeartbeatTimeout => f.write_str("no answer to the heartbeat ping: peer gone"),
             Error::Closed(info) => match &info.received {
                 Some(frame) => write!(f, "connection closed ({} {})", frame.code.0, frame.reason),

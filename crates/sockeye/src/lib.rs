@@ -53,7 +53,9 @@ pub use error::{CloseInfo, Error};
 pub use server::{Clients, ShutdownReport, WebSocketServer};
 pub use stream::ByteStream;
 pub use tls::{ClientTlsConfig, MaybeTlsStream, ServerStream};
-pub use websocket::{ReadyState, SendOptions, WebSocket, WebSocketReader, WebSocketWriter};
+pub use websocket::{
+    ReadyState, SendOptions, TrySend, WebSocket, WebSocketReader, WebSocketWriter,
+};
 
 pub use rustls;
 pub use sockeye_proto as proto;

@@ -17,8 +17,8 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use sockeye_proto::{
-    CloseFrame, Config, Connection, DataKind, Deflate, DeflateConfig, DeflateParams, Message, Role,
-    State,
+    CloseCode, CloseFrame, Config, Connection, DataKind, Deflate, DeflateConfig, DeflateParams,
+    Message, Role, State, WhenFull,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
@@ -29,8 +29,6 @@ use crate::error::{CloseInfo, Error};
 const READ_CHUNK: usize = 8 * 1024;
 /// The largest single reservation for a frame's payload.
 const MAX_READ_RESERVE: usize = 4 * 1024 * 1024;
-/// `poll_ready` waits for the transmit buffer to drain below this before accepting more.
-const SEND_HIGH_WATER: usize = 64 * 1024;
 
 /// The connection state as `ws`'s `readyState`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +62,15 @@ pub(crate) struct Negotiated {
     pub(crate) protocol: Option<String>,
     pub(crate) url: Option<String>,
     pub(crate) deflate: Option<(DeflateParams, DeflateConfig)>,
+}
+
+/// What [`WebSocket::try_send`] did with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrySend {
+    /// Queued for the transport.
+    Queued,
+    /// Dropped: the queue was full and the policy is `WhenFull::Drop`.
+    Dropped,
 }
 
 /// Options of one send (`ws`'s `send(data, options)`).
@@ -108,6 +115,11 @@ struct Inner<S> {
     paused: bool,
     /// The reader parked by `pause()`, woken by `resume()`.
     resume_waker: Option<Waker>,
+    /// The reader parked on the transport, woken when `try_send` queues bytes for it to
+    /// write.
+    reader_waker: Option<Waker>,
+    /// Messages dropped by `try_send` under `WhenFull::Drop`.
+    dropped: u64,
 }
 
 /// An open WebSocket connection.
@@ -199,6 +211,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             ended: false,
             paused: false,
             resume_waker: None,
+            reader_waker: None,
+            dropped: 0,
         };
         WebSocket {
             shared: Arc::new(Shared {
@@ -421,6 +435,31 @@ macro_rules! sender_methods {
             self.shared.info.id
         }
 
+        /// Queues a message without waiting (B2). Under the high-water mark it is queued
+        /// and the reading task writes it out; over it, the connection's
+        /// [`WhenFull`] policy applies: `Wait` refuses with [`Error::QueueFull`] (await
+        /// [`Self::drained`] and retry), `Drop` discards it ([`TrySend::Dropped`]),
+        /// `Close` starts closing with 1008. Needs a task reading the connection.
+        ///
+        /// # Errors
+        /// [`Error::QueueFull`], and as [`Self::send`].
+        pub fn try_send(&self, message: impl Into<Message>) -> Result<TrySend, Error> {
+            self.shared.try_queue(message.into())
+        }
+
+        /// Waits until the send queue is at or below its low-water mark, writing it out.
+        ///
+        /// # Errors
+        /// [`Error::Io`] if the transport fails.
+        pub async fn drained(&self) -> Result<(), Error> {
+            poll_fn(|cx| self.shared.poll_drained(cx)).await
+        }
+
+        /// Messages `try_send` dropped under `WhenFull::Drop`.
+        pub fn dropped_messages(&self) -> u64 {
+            self.shared.lock().dropped
+        }
+
         /// Stops reading from the transport (`ws`'s `pause()`): no message is delivered
         /// and, once the socket buffers fill, TCP pushes back on the peer. Sending still
         /// works. Note that automatic pongs and the close handshake wait too.
@@ -535,10 +574,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
 
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut inner = self.lock();
-        if inner.conn.transmit_buf().len() < SEND_HIGH_WATER {
+        if inner.conn.transmit_buf().len() < inner.conn.config().send_queue.high_water {
             return Poll::Ready(Ok(()));
         }
         inner.poll_flush_transmit(cx).map_err(Error::Io)
+    }
+
+    fn try_queue(&self, message: Message) -> Result<TrySend, Error> {
+        let mut inner = self.lock();
+        let queue = inner.conn.config().send_queue;
+        if inner.conn.transmit_buf().len() >= queue.high_water {
+            match queue.when_full {
+                WhenFull::Wait => return Err(Error::QueueFull),
+                WhenFull::Drop => {
+                    inner.dropped += 1;
+                    return Ok(TrySend::Dropped);
+                }
+                WhenFull::Close => {
+                    let slow = CloseFrame::new(CloseCode::POLICY_VIOLATION, "send queue full");
+                    let _ = inner.conn.close(Some(&slow), Instant::now());
+                    inner.wake_reader();
+                    return Err(Error::QueueFull);
+                }
+            }
+        }
+        drop(inner);
+        self.queue(message)?;
+        // The reader task writes the queue out as it polls; wake it.
+        self.lock().wake_reader();
+        Ok(TrySend::Queued)
+    }
+
+    /// Ready once the queue is at or below the low-water mark.
+    fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let mut inner = self.lock();
+        loop {
+            if inner.conn.transmit_buf().len() <= inner.conn.config().send_queue.low_water {
+                return Poll::Ready(Ok(()));
+            }
+            match inner.poll_flush_transmit(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
+                Poll::Pending => {
+                    // Partly written: below the mark already?
+                    if inner.conn.transmit_buf().len() <= inner.conn.config().send_queue.low_water {
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
     }
 
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
@@ -552,6 +637,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         CloseInfo {
             received: self.received.clone(),
             sent: self.conn.close_sent(),
+        }
+    }
+
+    fn wake_reader(&mut self) {
+        if let Some(waker) = self.reader_waker.take() {
+            waker.wake();
         }
     }
 
@@ -631,7 +722,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             // A peer that sends (pings) but does not read: stop reading until what is
             // queued for it drains, so automatic pongs cannot pile up without bound. The
             // flush above registered for the wakeup.
-            if self.conn.transmit_buf().len() >= SEND_HIGH_WATER && !self.conn.is_read_closed() {
+            let high_water = self.conn.config().send_queue.high_water;
+            if self.conn.transmit_buf().len() >= high_water && !self.conn.is_read_closed() {
+                self.reader_waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
             if !self.conn.is_read_closed() {
@@ -674,6 +767,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     if self.poll_deadline(cx) {
                         continue;
                     }
+                    self.reader_waker = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
             }

@@ -584,8 +584,9 @@ async fn ping_flood_from_a_peer_that_does_not_read_stays_bounded() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         peak = peak.max(watcher.buffered_amount());
     }
+    let high_water = sockeye::proto::SendQueue::default().high_water;
     assert!(
-        peak <= 64 * 1024 + 256,
+        peak <= high_water + 256,
         "queued pongs bounded: peak {peak} bytes"
     );
     let _write_half = writer.await.unwrap();
@@ -781,4 +782,107 @@ async fn verify_client_and_headers_hook() {
         .is_ok());
     let refused = sockeye::connect_with(&url(&server, "/"), ClientConfig::default()).await;
     assert_eq!(refused.unwrap_err().http_status(), Some(401));
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+// B2: a client that never reads while the server tries to send 256 MiB. Under every
+// policy the queue stays under its bound; Drop drops, Close closes with 1008, Wait
+// refuses until drained.
+#[tokio::test]
+async fn bounded_send_queue_policies() {
+    use sockeye::proto::WhenFull;
+    use sockeye::TrySend;
+    let chunk = vec![0x5au8; 64 * 1024];
+    for policy in [WhenFull::Drop, WhenFull::Close, WhenFull::Wait] {
+        let mut config = ServerConfig::default();
+        config.websocket.send_queue.when_full = policy;
+        let high_water = config.websocket.send_queue.high_water;
+        let server = server(config).await;
+        let (client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+        let peer = accept_one(&server).await;
+        let (writer, mut reader) = peer.split();
+        let reading = tokio::spawn(async move { while let Some(Ok(_)) = reader.next().await {} });
+        let rss_before = rss_kib();
+        let (mut queued, mut dropped, mut refused) = (0u32, 0u32, 0u32);
+        let mut peak = 0;
+        for _ in 0..4096 {
+            // 4096 x 64 KiB = 256 MiB offered.
+            match writer.try_send(Message::binary(chunk.clone())) {
+                Ok(TrySend::Queued) => queued += 1,
+                Ok(TrySend::Dropped) => dropped += 1,
+                Err(Error::QueueFull) => refused += 1,
+                Err(e) => panic!("{policy:?}: {e}"),
+            }
+            peak = peak.max(writer.buffered_amount());
+            tokio::task::yield_now().await;
+        }
+        let growth_kib = rss_kib().saturating_sub(rss_before);
+        assert!(
+            peak <= high_water + chunk.len() + 256,
+            "{policy:?}: peak queue {peak}"
+        );
+        assert!(
+            growth_kib < 64 * 1024,
+            "{policy:?}: RSS grew {growth_kib} KiB for 256 MiB offered"
+        );
+        match policy {
+            WhenFull::Drop => {
+                assert!(
+                    dropped > 3000 && refused == 0,
+                    "queued {queued} dropped {dropped}"
+                );
+                assert_eq!(writer.dropped_messages(), u64::from(dropped));
+            }
+            WhenFull::Close => {
+                assert!(refused > 0 && dropped == 0);
+                assert_ne!(
+                    writer.ready_state(),
+                    ReadyState::Open,
+                    "closing the slow peer"
+                );
+                // The client, reading at last, gets what was queued, then 1008.
+                let mut client = client;
+                let close = tokio::time::timeout(STEP, async {
+                    loop {
+                        match client.next().await {
+                            Some(Ok(Message::Close(frame))) => break frame,
+                            Some(Ok(_)) => {}
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                })
+                .await
+                .unwrap();
+                assert_eq!(close.map(|f| f.code), Some(CloseCode::POLICY_VIOLATION));
+                reading.abort();
+                continue;
+            }
+            WhenFull::Wait => {
+                assert!(
+                    refused > 3000 && dropped == 0,
+                    "queued {queued} refused {refused}"
+                );
+                // Once the client reads, the queue drains and sends succeed again.
+                let mut client = client;
+                let draining =
+                    tokio::spawn(async move { while let Some(Ok(_)) = client.next().await {} });
+                tokio::time::timeout(STEP, writer.drained())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(writer.buffered_amount() <= 64 * 1024);
+                assert_eq!(
+                    writer.try_send(Message::binary(chunk.clone())).unwrap(),
+                    TrySend::Queued
+                );
+                draining.abort();
+            }
+        }
+        reading.abort();
+    }
 }
