@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::accept::{accept, ServerConfig};
+use crate::accept::{accept, accept_tls, ServerConfig};
 use crate::error::Error;
 use crate::tls::ServerStream;
 use crate::websocket::{Shared, WebSocket, WebSocketWriter};
@@ -284,6 +284,9 @@ pub(crate) trait Transport:
         stream: TcpStream,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> impl std::future::Future<Output = io::Result<Self>> + Send;
+
+    /// Whether the transport is TLS (`secure` for `verify_client`).
+    fn is_tls(&self) -> bool;
 }
 
 impl Transport for TcpStream {
@@ -292,6 +295,10 @@ impl Transport for TcpStream {
         _tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> io::Result<Self> {
         Ok(stream)
+    }
+
+    fn is_tls(&self) -> bool {
+        false
     }
 }
 
@@ -304,6 +311,10 @@ impl Transport for ServerStream {
             Some(acceptor) => Ok(ServerStream::Tls(Box::new(acceptor.accept(stream).await?))),
             None => Ok(ServerStream::Plain(stream)),
         }
+    }
+
+    fn is_tls(&self) -> bool {
+        ServerStream::is_tls(self)
     }
 }
 
@@ -347,7 +358,12 @@ async fn accept_loop<S: Transport>(
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
-            match accept(io, &config).await {
+            let upgraded = if io.is_tls() {
+                accept_tls(io, &config).await
+            } else {
+                accept(io, &config).await
+            };
+            match upgraded {
                 Ok((ws, request)) => {
                     if config.client_tracking {
                         clients.insert(&ws);

@@ -325,6 +325,47 @@ async fn plain_ws_through_the_tls_capable_api() {
 }
 
 #[tokio::test]
+async fn verify_client_sees_secure_only_on_tls() {
+    let pki = pki();
+    let only_secure = sockeye::verify_client(|info| {
+        if info.secure {
+            Ok(())
+        } else {
+            Err(sockeye::Rejection {
+                status: sockeye::proto::http::StatusCode::FORBIDDEN,
+                ..Default::default()
+            })
+        }
+    });
+    let mut config = ServerConfig::default();
+    config.verify_client = Some(only_secure);
+    let tls_server = WebSocketServer::bind_tls("127.0.0.1:0", config.clone(), server_tls(&pki))
+        .await
+        .unwrap();
+    let plain_server = WebSocketServer::bind_tls("127.0.0.1:0", config, None)
+        .await
+        .unwrap();
+
+    let url = format!("wss://localhost:{}/", tls_server.local_addr().port());
+    let (_ws, response) = within(
+        "connect",
+        sockeye::connect_maybe_tls_with(&url, client_config(trusting(&pki))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 101);
+
+    let url = format!("ws://127.0.0.1:{}/", plain_server.local_addr().port());
+    let err = within(
+        "refusal",
+        sockeye::connect_maybe_tls_with(&url, client_config(Default::default())),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.http_status(), Some(403), "{err:?}");
+}
+
+#[tokio::test]
 async fn connect_refuses_wss_and_points_to_connect_maybe_tls() {
     let err = sockeye::connect("wss://localhost:1/").await.unwrap_err();
     assert!(
