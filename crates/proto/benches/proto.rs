@@ -1,0 +1,162 @@
+//! Micro benchmarks of the hot paths: `cargo bench -p sockeye-proto`.
+//!
+//! Masking (word-wide vs the byte-at-a-time reference), UTF-8 validation (incremental
+//! vs std), frame decode and encode through the connection, the opening handshake, and
+//! permessage-deflate.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use divan::counter::BytesCount;
+use divan::Bencher;
+use sockeye_proto::bytes::BytesMut;
+use sockeye_proto::handshake::server::{parse_request, Upgrade};
+use sockeye_proto::handshake::HeadLimits;
+use sockeye_proto::mask::{apply_mask, apply_mask_naive};
+use sockeye_proto::utf8::Utf8Validator;
+use sockeye_proto::{Config, Connection, Deflate, DeflateConfig, Role};
+
+fn main() {
+    divan::main();
+}
+
+const SIZES: &[usize] = &[20, 1024, 16 * 1024, 1024 * 1024];
+
+#[divan::bench(args = SIZES)]
+fn mask_word(bencher: Bencher, len: usize) {
+    let mut data = vec![0x5au8; len];
+    bencher
+        .counter(BytesCount::new(len))
+        .bench_local(|| apply_mask(black_box(&mut data), [1, 2, 3, 4], 1));
+}
+
+#[divan::bench(args = SIZES)]
+fn mask_naive(bencher: Bencher, len: usize) {
+    let mut data = vec![0x5au8; len];
+    bencher
+        .counter(BytesCount::new(len))
+        .bench_local(|| apply_mask_naive(black_box(&mut data), [1, 2, 3, 4], 1));
+}
+
+fn text(len: usize, multibyte: bool) -> Vec<u8> {
+    let unit = if multibyte {
+        "κόσμε 🦀 "
+    } else {
+        "hello sockeye "
+    };
+    unit.repeat(len / unit.len() + 1).into_bytes()[..len].to_vec()
+}
+
+#[divan::bench(args = [1024, 1024 * 1024])]
+fn utf8_incremental_ascii(bencher: Bencher, len: usize) {
+    let data = text(len, false);
+    bencher.counter(BytesCount::new(len)).bench_local(|| {
+        let mut v = Utf8Validator::new();
+        v.feed(black_box(&data)).unwrap();
+    });
+}
+
+#[divan::bench(args = [1024, 1024 * 1024])]
+fn utf8_incremental_multibyte(bencher: Bencher, len: usize) {
+    let data = text(len, true);
+    bencher.counter(BytesCount::new(len)).bench_local(|| {
+        let mut v = Utf8Validator::new();
+        let _ = v.feed(black_box(&data));
+    });
+}
+
+#[divan::bench(args = [1024, 1024 * 1024])]
+fn utf8_std(bencher: Bencher, len: usize) {
+    let data = text(len, true);
+    bencher
+        .counter(BytesCount::new(len))
+        .bench_local(|| std::str::from_utf8(black_box(&data)).is_ok());
+}
+
+/// 1,000 masked binary frames of `len` bytes, decoded by a server: cost per frame.
+#[divan::bench(args = [20, 1024, 16 * 1024])]
+fn decode_frames(bencher: Bencher, len: usize) {
+    let mut client = Connection::new(Role::Client, Config::default());
+    let payload = vec![7u8; len];
+    for _ in 0..1000 {
+        client.send_binary(&payload).unwrap();
+    }
+    let wire = client.transmit_buf().split().freeze();
+    let now = Instant::now();
+    bencher
+        .counter(divan::counter::ItemsCount::new(1000usize))
+        .with_inputs(|| BytesMut::from(&wire[..]))
+        .bench_local_values(|mut input| {
+            let mut server = Connection::new(Role::Server, Config::default());
+            while let Some(message) = server.read(&mut input, now).unwrap() {
+                black_box(message);
+            }
+        });
+}
+
+/// Encoding one frame (server: header + copy; client: + mask).
+#[divan::bench(args = [20, 1024, 16 * 1024])]
+fn encode_frame_server(bencher: Bencher, len: usize) {
+    let mut server = Connection::new(Role::Server, Config::default());
+    let payload = vec![7u8; len];
+    bencher.counter(BytesCount::new(len)).bench_local(|| {
+        server.send_binary(black_box(&payload)).unwrap();
+        server.transmit_buf().clear();
+    });
+}
+
+#[divan::bench(args = [20, 1024, 16 * 1024])]
+fn encode_frame_client(bencher: Bencher, len: usize) {
+    let config = Config {
+        generate_mask: Some(std::sync::Arc::new(|| [1, 2, 3, 4])),
+        ..Config::default()
+    };
+    let mut client = Connection::new(Role::Client, config);
+    let payload = vec![7u8; len];
+    bencher.counter(BytesCount::new(len)).bench_local(|| {
+        client.send_binary(black_box(&payload)).unwrap();
+        client.transmit_buf().clear();
+    });
+}
+
+const REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://example.com\r\nSec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+/// Parse, validate and answer one upgrade request.
+#[divan::bench]
+fn handshake_server() -> Vec<u8> {
+    let (request, _) = parse_request(black_box(REQUEST), &HeadLimits::default())
+        .unwrap()
+        .unwrap();
+    let upgrade = Upgrade::validate(&request).unwrap();
+    let _ = upgrade
+        .negotiate_deflate(&DeflateConfig::default())
+        .unwrap();
+    upgrade.accept(Some("chat"), &sockeye_proto::http::HeaderMap::new())
+}
+
+/// Compress and inflate a 16 KiB JSON-like message with context takeover.
+#[divan::bench]
+fn deflate_roundtrip_16k(bencher: Bencher) {
+    let config = DeflateConfig::default();
+    let params = sockeye_proto::deflate::client_accept(&config, ["permessage-deflate"])
+        .unwrap()
+        .unwrap();
+    let mut sender = Deflate::new(Role::Client, params, &config);
+    let mut receiver = Deflate::new(Role::Server, params, &config);
+    let message: Vec<u8> = (0..16 * 1024 / 32)
+        .flat_map(|i| {
+            format!("{{\"id\":{i:08},\"name\":\"sockeye\"}}\n")
+                .into_bytes()
+                .into_iter()
+                .take(32)
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    bencher
+        .counter(BytesCount::new(message.len()))
+        .bench_local(|| {
+            let compressed = sender.compress(black_box(&message), true).to_vec();
+            out.clear();
+            receiver.decompress(&compressed, &mut out, 0, true).unwrap();
+        });
+}
