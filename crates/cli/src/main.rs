@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod connect;
 mod echo;
 mod serve;
@@ -32,6 +33,8 @@ enum Command {
     Echo(echo::Args),
     /// Connect to a WebSocket server: typed lines are sent as text, messages are printed.
     Connect(connect::Args),
+    /// Load an echo server: connections in a closed loop; prints rate and latency.
+    Bench(bench::Args),
 }
 
 /// Options shared by the servers.
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Echo(args) => echo::run(args),
         Command::Connect(args) => connect::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

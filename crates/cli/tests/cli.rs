@@ -599,3 +599,47 @@ async fn connect_no_deflate_flag() {
         );
     }
 }
+
+/// `sockeye bench` loads `sockeye echo` and reports rate and latency as JSON.
+#[tokio::test]
+async fn bench_reports_rate_and_latency() {
+    let server = echo_server(&[]).await;
+    let output = sockeye()
+        .args(["bench", &format!("ws://{}/", server.addr)])
+        .args([
+            "--connections",
+            "4",
+            "--size",
+            "100",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(summary["errors"], 0);
+    assert_eq!(summary["connections"], 4);
+    assert!(summary["messages"].as_u64().unwrap() > 100, "{summary}");
+    assert!(summary["msgs_per_s"].as_f64().unwrap() > 100.0);
+    let p50 = summary["latency_us"]["p50"].as_u64().unwrap();
+    let p99 = summary["latency_us"]["p99"].as_u64().unwrap();
+    assert!(p50 > 0 && p50 <= p99, "{summary}");
+    // A server that is not there: a clear error, non-zero exit.
+    let failed = sockeye()
+        .args(["bench", "ws://127.0.0.1:1/", "--duration", "1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("cannot connect"));
+}

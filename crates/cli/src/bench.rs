@@ -1,0 +1,275 @@
+//! `sockeye bench`: a closed-loop WebSocket load generator (the client side of an echo
+//! benchmark): each connection sends a binary message, waits for its echo, and repeats,
+//! optionally paced to a total rate.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use sockeye::{ClientConfig, Message};
+
+/// `sockeye bench` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The echo server's URL (ws:// or wss://).
+    url: String,
+    /// Connections, each with one message in flight.
+    #[arg(long, short = 'c', default_value_t = 10)]
+    connections: usize,
+    /// Message size in bytes.
+    #[arg(long, short = 's', default_value_t = 1024)]
+    size: usize,
+    /// Measured time, in seconds.
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up before measuring, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Pace all connections together to this many messages per second (0: as fast as
+    /// the echoes come back).
+    #[arg(long, short = 'r', default_value_t = 0.0)]
+    rate: f64,
+    /// Offer permessage-deflate (off: benchmark the framing, not zlib).
+    #[arg(long)]
+    deflate: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one connection measured.
+struct Outcome {
+    messages: u64,
+    errors: u64,
+    latency_us: Histogram<u64>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(
+        args.duration > 0.0 && args.warmup >= 0.0,
+        "--duration must be positive"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(args))
+}
+
+async fn bench(args: Args) -> anyhow::Result<ExitCode> {
+    let mut config = ClientConfig::default();
+    config.handshake_timeout = Some(Duration::from_secs(10));
+    config.websocket.max_payload = args.size.max(1024) * 2;
+    if !args.deflate {
+        config.per_message_deflate = None;
+    }
+    let mut sockets = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let (ws, _) = sockeye::connect_maybe_tls_with(&args.url, config.clone())
+            .await
+            .with_context(|| format!("cannot connect to {}", args.url))?;
+        sockets.push(ws);
+    }
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let end = measure_from + Duration::from_secs_f64(args.duration);
+    let interval =
+        (args.rate > 0.0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate));
+    let live = Arc::new(AtomicU64::new(0));
+    let payload: Arc<[u8]> = (0..args.size)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let cpu_start = cpu_seconds();
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|ws| {
+            tokio::spawn(connection(
+                ws,
+                payload.clone(),
+                measure_from,
+                end,
+                interval,
+                live.clone(),
+            ))
+        })
+        .collect();
+
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("template"),
+    );
+    let mut last = (Instant::now(), 0u64);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = Instant::now();
+        let count = live.load(Ordering::Relaxed);
+        let rate = (count - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        let phase = if now < measure_from {
+            "warming up"
+        } else {
+            "measuring"
+        };
+        progress.set_message(format!("{phase}: {rate:>10.0} msgs/s"));
+        progress.tick();
+        last = (now, count);
+    }
+    progress.finish_and_clear();
+
+    let mut total = Outcome {
+        messages: 0,
+        errors: 0,
+        latency_us: new_histogram(),
+    };
+    for task in tasks {
+        let outcome = task.await?;
+        total.messages += outcome.messages;
+        total.errors += outcome.errors;
+        total
+            .latency_us
+            .add(&outcome.latency_us)
+            .expect("same bounds");
+    }
+    let cpu = cpu_seconds().zip(cpu_start).map(|(end, start)| end - start);
+    report(
+        &args,
+        &total,
+        cpu.map(|c| c / (args.duration + args.warmup)),
+    );
+    Ok(if total.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// One connection's closed loop: send, wait for the echo, record the round trip.
+async fn connection(
+    mut ws: sockeye::WebSocket<sockeye::MaybeTlsStream>,
+    payload: Arc<[u8]>,
+    measure_from: Instant,
+    end: Instant,
+    interval: Option<Duration>,
+    live: Arc<AtomicU64>,
+) -> Outcome {
+    let mut outcome = Outcome {
+        messages: 0,
+        errors: 0,
+        latency_us: new_histogram(),
+    };
+    let mut pace = interval.map(|i| {
+        let mut timer = tokio::time::interval(i);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
+    loop {
+        if let Some(pace) = pace.as_mut() {
+            pace.tick().await;
+        }
+        let sent = Instant::now();
+        if sent >= end {
+            break;
+        }
+        if ws.send_binary(&payload).await.is_err() {
+            outcome.errors += 1;
+            break;
+        }
+        let echo = loop {
+            let limit = tokio::time::Instant::from_std(end.max(sent) + Duration::from_secs(5));
+            match tokio::time::timeout_at(limit, ws.next()).await {
+                Ok(Some(Ok(Message::Binary(data)))) => break Some(data),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                _ => break None,
+            }
+        };
+        match echo {
+            Some(data) if data.len() == payload.len() => {
+                live.fetch_add(1, Ordering::Relaxed);
+                if sent >= measure_from {
+                    outcome.messages += 1;
+                    let micros = sent.elapsed().as_micros().max(1) as u64;
+                    let _ = outcome.latency_us.record(micros.min(60_000_000));
+                }
+            }
+            _ => {
+                outcome.errors += 1;
+                break;
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    outcome
+}
+
+fn report(args: &Args, total: &Outcome, cpu_share: Option<f64>) {
+    let per_s = total.messages as f64 / args.duration;
+    let mb_per_s = per_s * args.size as f64 / 1e6;
+    let h = &total.latency_us;
+    if args.json {
+        let json = serde_json::json!({
+            "url": args.url,
+            "connections": args.connections,
+            "size": args.size,
+            "duration_s": args.duration,
+            "messages": total.messages,
+            "msgs_per_s": per_s.round(),
+            "mb_per_s": (mb_per_s * 100.0).round() / 100.0,
+            "latency_us": {
+                "p50": h.value_at_quantile(0.5),
+                "p99": h.value_at_quantile(0.99),
+                "p999": h.value_at_quantile(0.999),
+                "max": h.max(),
+                "mean": (h.mean() * 10.0).round() / 10.0,
+            },
+            "errors": total.errors,
+            "client_cpu_percent": cpu_share.map(|c| (c * 1000.0).round() / 10.0),
+        });
+        println!("{json}");
+        return;
+    }
+    println!(
+        "sockeye bench {}: {} connections x {} B, {:.1} s",
+        args.url, args.connections, args.size, args.duration
+    );
+    println!(
+        "  messages  {:>12}   {:>10.0} msgs/s   {:.2} MB/s",
+        total.messages, per_s, mb_per_s
+    );
+    println!(
+        "  latency   p50 {} µs   p99 {} µs   p999 {} µs   max {} µs",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    );
+    if let Some(cpu) = cpu_share {
+        let per_message = if total.messages > 0 {
+            cpu * (args.duration + args.warmup) / total.messages as f64 * 1e6
+        } else {
+            0.0
+        };
+        println!(
+            "  client    {:.0}% of one core, {per_message:.2} µs CPU per message",
+            cpu * 100.0
+        );
+    }
+    println!("  errors    {}", total.errors);
+}
+
+/// User + system CPU seconds of this process (Linux /proc; `None` elsewhere).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux.
+}
