@@ -14,7 +14,8 @@ use crate::read;
 /// `sockeye connect` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The server URL, e.g. ws://127.0.0.1:8080/echo or wss://example.com/.
+    /// The server URL, e.g. ws://127.0.0.1:8080/echo, wss://example.com/ or
+    /// ws+unix:/path/to.sock:/request/path (a Unix socket).
     url: String,
     /// A subprotocol to offer (repeat for several).
     #[arg(long = "protocol", short = 'p')]
@@ -47,6 +48,18 @@ pub struct Args {
     /// connection is not authenticated).
     #[arg(long, short = 'k')]
     insecure: bool,
+    /// Tunnel through this HTTP proxy with CONNECT: http://[user:pass@]host:port.
+    #[arg(long, value_name = "URL")]
+    proxy: Option<String>,
+    /// Connect from this local IP address.
+    #[arg(long, value_name = "IP")]
+    local_address: Option<std::net::IpAddr>,
+    /// Follow 3xx redirects (Authorization and Cookie are dropped for another host).
+    #[arg(long)]
+    follow_redirects: bool,
+    /// The most redirects followed with --follow-redirects.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    max_redirects: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -79,6 +92,15 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
              this connection"
         );
         config.tls.dangerous_accept_any_certificate = true;
+    }
+    config.proxy = args.proxy.clone();
+    config.local_address = args.local_address;
+    config.follow_redirects = args.follow_redirects;
+    config.max_redirects = args.max_redirects;
+    if args.follow_redirects {
+        config.redirect = Some(std::sync::Arc::new(|url: &str, _: &mut _| {
+            eprintln!("redirected to {url}");
+        }));
     }
     for header in &args.headers {
         let (name, value) = header

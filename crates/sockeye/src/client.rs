@@ -1,5 +1,9 @@
 //! The client: [`connect`] and [`ClientConfig`].
 
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -10,7 +14,7 @@ use sockeye_proto::handshake::client::ClientRequest;
 use sockeye_proto::handshake::HeadLimits;
 use sockeye_proto::{Config, DeflateConfig, HandshakeError, Role};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::error::Error;
 use crate::tls::{ClientTlsConfig, MaybeTlsStream};
@@ -19,8 +23,16 @@ use crate::websocket::{Negotiated, WebSocket};
 /// The most body bytes kept from a non-101 answer.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// [`ClientConfig::redirect`]: called with the URL a redirect leads to and the extra
+/// headers the next request will carry.
+pub type RedirectHook = Arc<dyn Fn(&str, &mut HeaderMap) + Send + Sync>;
+
+/// [`ClientConfig::finish_request`]: called with the URL and the extra headers of each
+/// request right before it is written.
+pub type FinishRequest = Arc<dyn Fn(&str, &mut HeaderMap) + Send + Sync>;
+
 /// How a client connects (`ws`'s client options).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// Settings of the connection (`max_payload`, `skip_utf8_validation`,
     /// `generate_mask` ...).
@@ -45,6 +57,53 @@ pub struct ClientConfig {
     /// TLS for `wss://` URLs: trusted roots, a client certificate, or the dangerous
     /// opt-out of verification. Unused for `ws://`.
     pub tls: ClientTlsConfig,
+    /// Follow `3xx` answers that carry a `Location` (`ws`'s `followRedirects`; default
+    /// false: a redirect is [`Error::UnexpectedResponse`]). Relative and absolute
+    /// locations are followed; `http`/`https` map to `ws`/`wss`. On a redirect to another
+    /// host (`host:port`, or socket path), or from `wss` to `ws`, the `Authorization`
+    /// (including basic auth from the URL) and `Cookie` headers are dropped before the
+    /// [`ClientConfig::redirect`] hook runs.
+    pub follow_redirects: bool,
+    /// The most redirects followed (`ws`'s `maxRedirects`, default 10); one more is
+    /// [`Error::Redirect`] ("Maximum redirects exceeded").
+    pub max_redirects: usize,
+    /// Called before each redirected request with the new URL and the extra request
+    /// headers it will carry (`ws`'s `redirect` event): it may inspect, drop or put back
+    /// headers (e.g. `Authorization` for a host it trusts).
+    pub redirect: Option<RedirectHook>,
+    /// Called right before each request is written, with its URL and extra headers
+    /// (`ws`'s `finishRequest`): the last chance to add or change headers.
+    pub finish_request: Option<FinishRequest>,
+    /// Bind the TCP socket to this local address before connecting (`localAddress`);
+    /// only addresses of the same family are tried.
+    pub local_address: Option<IpAddr>,
+    /// Tunnel through an HTTP proxy: `http://[user:pass@]host:port`. The client sends
+    /// `CONNECT host:port` (with `Proxy-Authorization: Basic` for the user info), expects
+    /// a 2xx answer, then speaks TLS (for `wss://`) and WebSocket through the tunnel.
+    /// Unused for `ws+unix:` URLs.
+    pub proxy: Option<String>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("websocket", &self.websocket)
+            .field("protocols", &self.protocols)
+            .field("origin", &self.origin)
+            .field("headers", &self.headers)
+            .field("protocol_version", &self.protocol_version)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("head_limits", &self.head_limits)
+            .field("per_message_deflate", &self.per_message_deflate)
+            .field("tls", &self.tls)
+            .field("follow_redirects", &self.follow_redirects)
+            .field("max_redirects", &self.max_redirects)
+            .field("redirect", &self.redirect.is_some())
+            .field("finish_request", &self.finish_request.is_some())
+            .field("local_address", &self.local_address)
+            .field("proxy", &self.proxy.as_ref().map(|_| "..."))
+            .finish()
+    }
 }
 
 impl Default for ClientConfig {
@@ -59,11 +118,17 @@ impl Default for ClientConfig {
             head_limits: HeadLimits::default(),
             per_message_deflate: Some(DeflateConfig::default()),
             tls: ClientTlsConfig::default(),
+            follow_redirects: false,
+            max_redirects: 10,
+            redirect: None,
+            finish_request: None,
+            local_address: None,
+            proxy: None,
         }
     }
 }
 
-/// A parsed `ws://` or `wss://` URL.
+/// A parsed `ws://`, `wss://` or `ws+unix:` URL.
 #[derive(Clone, Debug)]
 pub struct Target {
     /// Whether the URL asks for TLS (`wss://`, `https://`).
@@ -79,30 +144,37 @@ pub struct Target {
     pub path: String,
     /// `Authorization: Basic ...` from the URL's user info.
     pub authorization: Option<String>,
+    /// For `ws+unix:/path/to.sock:/request/path`: the Unix socket path (`host` is then
+    /// `localhost` and `port` 0).
+    pub unix_socket: Option<PathBuf>,
 }
 
 impl Target {
     /// Parses a WebSocket URL.
     ///
+    /// `ws+unix:/path/to.sock:/request/path` (`ws`'s syntax) connects to a Unix socket;
+    /// the request path defaults to `/`.
+    ///
     /// # Errors
     /// [`Error::Url`] for a URL that is not `ws://` or `wss://` (or `http://`, `https://`)
-    /// with a host, or that has a fragment.
+    /// with a host, nor `ws+unix:` with a socket path, or that has a fragment.
     pub fn parse(url: &str) -> Result<Target, Error> {
         let parsed = url::Url::parse(url).map_err(|e| Error::Url(format!("{url}: {e}")))?;
-        let (tls, default_port) = match parsed.scheme() {
-            "ws" | "http" => (false, 80),
-            "wss" | "https" => (true, 443),
-            other => {
-                return Err(Error::Url(format!(
-                    "{url}: the scheme must be ws or wss, not {other}"
-                )))
-            }
-        };
         if parsed.fragment().is_some() {
             return Err(Error::Url(format!(
                 "{url}: the URL contains a fragment identifier"
             )));
         }
+        let (tls, default_port) = match parsed.scheme() {
+            "ws" | "http" => (false, 80),
+            "wss" | "https" => (true, 443),
+            "ws+unix" => return Target::parse_unix(url, &parsed),
+            other => {
+                return Err(Error::Url(format!(
+                    "{url}: the scheme must be ws, wss or ws+unix, not {other}"
+                )))
+            }
+        };
         let host = parsed
             .host_str()
             .ok_or_else(|| Error::Url(format!("{url}: no host")))?;
@@ -142,15 +214,55 @@ impl Target {
             host_header,
             path,
             authorization,
+            unix_socket: None,
         })
+    }
+
+    fn parse_unix(url: &str, parsed: &url::Url) -> Result<Target, Error> {
+        let (socket, path) = match parsed.path().split_once(':') {
+            Some((socket, path)) => (socket, path),
+            None => (parsed.path(), ""),
+        };
+        let socket = percent_encoding::percent_decode_str(socket)
+            .decode_utf8()
+            .map_err(|_| Error::Url(format!("{url}: the socket path is not UTF-8")))?;
+        if socket.is_empty() {
+            return Err(Error::Url(format!("{url}: the URL's pathname is empty")));
+        }
+        let mut path = if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path.to_owned()
+        };
+        if let Some(query) = parsed.query() {
+            path.push('?');
+            path.push_str(query);
+        }
+        Ok(Target {
+            tls: false,
+            host: "localhost".to_owned(),
+            port: 0,
+            host_header: "localhost".to_owned(),
+            path,
+            authorization: None,
+            unix_socket: Some(PathBuf::from(socket.into_owned())),
+        })
+    }
+
+    /// What a redirect must stay on to keep credentials: the socket path, or host:port.
+    fn origin_key(&self) -> String {
+        match &self.unix_socket {
+            Some(path) => format!("unix:{}", path.display()),
+            None => format!("{}:{}", self.host.to_ascii_lowercase(), self.port),
+        }
     }
 }
 
 /// Connects to a `ws://` URL with the default settings.
 ///
 /// Returns the open WebSocket and the server's 101 response (its headers, such as
-/// `set-cookie`, stay readable). For `wss://` use [`connect_maybe_tls`], which takes
-/// either scheme.
+/// `set-cookie`, stay readable). For `wss://` and `ws+unix:` use [`connect_maybe_tls`],
+/// which takes any scheme.
 ///
 /// # Errors
 /// [`Error::Url`] (also for a `wss://` URL), [`Error::Io`], [`Error::Handshake`] and, for
@@ -163,10 +275,12 @@ pub async fn connect(url: &str) -> Result<(WebSocket<TcpStream>, Response<()>), 
     connect_with(url, ClientConfig::default()).await
 }
 
-/// Connects to a `ws://` URL with the given settings. See [`connect`].
+/// Connects to a `ws://` URL with the given settings (redirects are followed only to
+/// `ws://` URLs). See [`connect`].
 ///
 /// # Errors
-/// As [`connect`]; [`HandshakeError::Timeout`] after `handshake_timeout`.
+/// As [`connect`]; [`HandshakeError::Timeout`] after `handshake_timeout`;
+/// [`Error::Redirect`] after too many redirects; [`Error::Proxy`] if the proxy refuses.
 ///
 /// # Cancel safety
 /// Dropping the future abandons the connection attempt.
@@ -174,21 +288,12 @@ pub async fn connect_with(
     url: &str,
     config: ClientConfig,
 ) -> Result<(WebSocket<TcpStream>, Response<()>), Error> {
-    let target = Target::parse(url)?;
-    if target.tls {
-        return Err(Error::Url(format!(
-            "{url}: connect() speaks only ws://; use connect_maybe_tls() for wss://"
-        )));
-    }
-    with_timeout(config.handshake_timeout, async {
-        let stream = tcp(&target).await?;
-        handshake(stream, &target, url, &config).await
-    })
-    .await
+    connect_loop::<TcpStream>(url, &config).await
 }
 
 /// Connects to a `ws://` or `wss://` URL with the default settings (for `wss://`: the
-/// `webpki-roots` CAs, no client certificate).
+/// `webpki-roots` CAs, no client certificate). `ws+unix:/path/to.sock:/request/path`
+/// connects over a Unix socket.
 ///
 /// # Errors
 /// As [`connect`]; a TLS failure, such as an untrusted certificate, is [`Error::Io`] whose
@@ -202,12 +307,14 @@ pub async fn connect_maybe_tls(
     connect_maybe_tls_with(url, ClientConfig::default()).await
 }
 
-/// Connects to a `ws://` or `wss://` URL with the given settings (TLS from
-/// [`ClientConfig::tls`]). The TCP connect and the TLS and WebSocket handshakes together
-/// are bounded by `handshake_timeout`. See [`connect_maybe_tls`].
+/// Connects to a `ws://`, `wss://` or `ws+unix:` URL with the given settings (TLS from
+/// [`ClientConfig::tls`]). For each request (the first and each redirect), the TCP
+/// connect, the proxy tunnel and the TLS and WebSocket handshakes together are bounded by
+/// `handshake_timeout`. See [`connect_maybe_tls`].
 ///
 /// # Errors
-/// As [`connect_maybe_tls`]; [`HandshakeError::Timeout`] after `handshake_timeout`.
+/// As [`connect_maybe_tls`]; [`HandshakeError::Timeout`] after `handshake_timeout`;
+/// [`Error::Redirect`] after too many redirects; [`Error::Proxy`] if the proxy refuses.
 ///
 /// # Cancel safety
 /// Dropping the future abandons the connection attempt.
@@ -215,31 +322,281 @@ pub async fn connect_maybe_tls_with(
     url: &str,
     config: ClientConfig,
 ) -> Result<(WebSocket<MaybeTlsStream>, Response<()>), Error> {
-    let target = Target::parse(url)?;
-    let tls = if target.tls {
-        let name = crate::tls::server_name(&target.host)?;
-        Some((config.tls.to_rustls()?, name))
-    } else {
-        None
-    };
-    with_timeout(config.handshake_timeout, async {
-        let stream = tcp(&target).await?;
-        let stream = match tls {
+    connect_loop::<MaybeTlsStream>(url, &config).await
+}
+
+/// A transport the client can open to a target.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Sized {
+    async fn open(target: &Target, url: &str, config: &ClientConfig) -> Result<Self, Error>;
+}
+
+impl Transport for TcpStream {
+    async fn open(target: &Target, url: &str, config: &ClientConfig) -> Result<Self, Error> {
+        if target.tls || target.unix_socket.is_some() {
+            return Err(Error::Url(format!(
+                "{url}: connect() speaks only ws://; use connect_maybe_tls() for wss:// and ws+unix:"
+            )));
+        }
+        tcp(target, config).await
+    }
+}
+
+impl Transport for MaybeTlsStream {
+    async fn open(target: &Target, _url: &str, config: &ClientConfig) -> Result<Self, Error> {
+        if let Some(path) = &target.unix_socket {
+            #[cfg(unix)]
+            return Ok(MaybeTlsStream::Unix(
+                tokio::net::UnixStream::connect(path).await?,
+            ));
+            #[cfg(not(unix))]
+            return Err(Error::Url(format!(
+                "{}: ws+unix: URLs need Unix sockets",
+                path.display()
+            )));
+        }
+        let tls = if target.tls {
+            let name = crate::tls::server_name(&target.host)?;
+            Some((config.tls.to_rustls()?, name))
+        } else {
+            None
+        };
+        let stream = tcp(target, config).await?;
+        Ok(match tls {
             Some((tls, name)) => {
                 let connector = tokio_rustls::TlsConnector::from(tls);
                 MaybeTlsStream::Tls(Box::new(connector.connect(name, stream).await?))
             }
             None => MaybeTlsStream::Plain(stream),
-        };
-        handshake(stream, &target, url, &config).await
-    })
-    .await
+        })
+    }
 }
 
-async fn tcp(target: &Target) -> Result<TcpStream, Error> {
-    let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+/// What one request ended with.
+enum Outcome<S> {
+    Open(WebSocket<S>, Response<()>),
+    Redirect(String),
+}
+
+async fn connect_loop<S: Transport>(
+    url: &str,
+    config: &ClientConfig,
+) -> Result<(WebSocket<S>, Response<()>), Error> {
+    let first = Target::parse(url)?;
+    let origin = first.origin_key();
+    let origin_tls = first.tls;
+    let mut headers = config.headers.clone();
+    add_url_auth(&mut headers, &first)?;
+    let mut target = first;
+    let mut url = url.to_owned();
+    let mut redirects = 0;
+    loop {
+        let mut request_headers = headers.clone();
+        if let Some(hook) = &config.finish_request {
+            hook(&url, &mut request_headers);
+        }
+        let outcome = with_timeout(config.handshake_timeout, async {
+            let stream = S::open(&target, &url, config).await?;
+            exchange(
+                stream,
+                &target,
+                &url,
+                config,
+                request_headers,
+                config.follow_redirects,
+            )
+            .await
+        })
+        .await?;
+        let location = match outcome {
+            Outcome::Open(ws, response) => return Ok((ws, response)),
+            Outcome::Redirect(location) => location,
+        };
+        redirects += 1;
+        if redirects > config.max_redirects {
+            return Err(Error::Redirect(format!(
+                "Maximum redirects exceeded ({} followed, next: {location})",
+                config.max_redirects
+            )));
+        }
+        let next = resolve_location(&url, &location)?;
+        let next_target = Target::parse(&next)?;
+        let same_origin = next_target.origin_key() == origin;
+        if !same_origin || (origin_tls && !next_target.tls) {
+            headers.remove(http::header::AUTHORIZATION);
+            headers.remove(http::header::COOKIE);
+        }
+        if same_origin {
+            add_url_auth(&mut headers, &next_target)?;
+        }
+        if let Some(hook) = &config.redirect {
+            hook(&next, &mut headers);
+        }
+        url = next;
+        target = next_target;
+    }
+}
+
+/// The absolute URL a `Location` points to, `http(s)` mapped to `ws(s)`.
+fn resolve_location(base: &str, location: &str) -> Result<String, Error> {
+    let invalid = || Error::Url(format!("Invalid URL: {location}"));
+    let base = url::Url::parse(base).map_err(|_| invalid())?;
+    let mut next = base.join(location).map_err(|_| invalid())?;
+    let scheme = match next.scheme() {
+        "http" => Some("ws"),
+        "https" => Some("wss"),
+        _ => None,
+    };
+    if let Some(scheme) = scheme {
+        // Both are special schemes, so the change is allowed.
+        next.set_scheme(scheme).map_err(|()| invalid())?;
+    }
+    next.set_fragment(None);
+    Ok(next.into())
+}
+
+/// `Authorization: Basic` from the URL's user info, unless the headers carry one.
+fn add_url_auth(headers: &mut HeaderMap, target: &Target) -> Result<(), Error> {
+    if let Some(auth) = &target.authorization {
+        if !headers.contains_key(http::header::AUTHORIZATION) {
+            let value =
+                HeaderValue::from_str(auth).map_err(|_| Error::Url("invalid user info".into()))?;
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+    }
+    Ok(())
+}
+
+/// A TCP connection to the target, or to the proxy and through it to the target.
+async fn tcp(target: &Target, config: &ClientConfig) -> Result<TcpStream, Error> {
+    let stream = match &config.proxy {
+        Some(proxy) => {
+            let proxy = Proxy::parse(proxy)?;
+            let mut stream = tcp_connect(&proxy.host, proxy.port, config.local_address).await?;
+            proxy.tunnel(&mut stream, target).await?;
+            stream
+        }
+        None => tcp_connect(&target.host, target.port, config.local_address).await?,
+    };
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Connects to `host:port`, from `local` if given (each resolved address of its family
+/// in turn).
+async fn tcp_connect(host: &str, port: u16, local: Option<IpAddr>) -> Result<TcpStream, Error> {
+    let Some(local) = local else {
+        return Ok(TcpStream::connect((host, port)).await?);
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        if addr.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let attempt = async {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(local, 0))?;
+            socket.connect(addr).await
+        };
+        match attempt.await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::Io(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{host}: no address of the family of the local address {local}"),
+        )
+    })))
+}
+
+/// An HTTP proxy for `CONNECT`.
+struct Proxy {
+    host: String,
+    port: u16,
+    authorization: Option<String>,
+}
+
+impl Proxy {
+    fn parse(proxy: &str) -> Result<Proxy, Error> {
+        let parsed =
+            url::Url::parse(proxy).map_err(|e| Error::Url(format!("proxy {proxy}: {e}")))?;
+        if parsed.scheme() != "http" {
+            return Err(Error::Url(format!(
+                "proxy {proxy}: the scheme must be http, not {}",
+                parsed.scheme()
+            )));
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| Error::Url(format!("proxy {proxy}: no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let authorization = if !parsed.username().is_empty() || parsed.password().is_some() {
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let user = decode(parsed.username());
+            let pass = decode(parsed.password().unwrap_or(""));
+            Some(format!("Basic {}", BASE64.encode(format!("{user}:{pass}"))))
+        } else {
+            None
+        };
+        Ok(Proxy {
+            host,
+            port,
+            authorization,
+        })
+    }
+
+    /// Sends `CONNECT` and reads the answer head (byte by byte: nothing after it is
+    /// consumed).
+    async fn tunnel(&self, stream: &mut TcpStream, target: &Target) -> Result<(), Error> {
+        let authority = if target.host.contains(':') {
+            format!("[{}]:{}", target.host, target.port)
+        } else {
+            format!("{}:{}", target.host, target.port)
+        };
+        let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+        if let Some(auth) = &self.authorization {
+            request.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = Vec::with_capacity(128);
+        while !head.ends_with(b"\r\n\r\n") {
+            if head.len() >= 16 * 1024 {
+                return Err(Error::Proxy("the proxy's answer head is too long".into()));
+            }
+            let mut byte = [0u8];
+            if stream.read(&mut byte).await? == 0 {
+                return Err(Error::Proxy(
+                    "the proxy closed the connection before answering CONNECT".into(),
+                ));
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        let status_line = head.lines().next().unwrap_or("");
+        let mut parts = status_line.splitn(3, ' ');
+        let version = parts.next().unwrap_or("");
+        let status = parts.next().and_then(|s| s.parse::<u16>().ok());
+        match status {
+            Some(200..=299) if version.starts_with("HTTP/1.") => Ok(()),
+            _ => Err(Error::Proxy(format!(
+                "the proxy refused CONNECT {authority}: {}",
+                status_line.trim()
+            ))),
+        }
+    }
 }
 
 async fn with_timeout<T>(
@@ -254,12 +611,14 @@ async fn with_timeout<T>(
     }
 }
 
-/// Performs the client side of the opening handshake on an already connected transport.
+/// Performs the client side of the opening handshake on an already connected transport
+/// (no redirects: a `3xx` is [`Error::UnexpectedResponse`]). The `finish_request` hook
+/// runs.
 ///
 /// # Errors
 /// As [`connect`].
 pub async fn handshake<S>(
-    mut io: S,
+    io: S,
     target: &Target,
     url: &str,
     config: &ClientConfig,
@@ -268,13 +627,28 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut headers = config.headers.clone();
-    if let Some(auth) = &target.authorization {
-        if !headers.contains_key(http::header::AUTHORIZATION) {
-            let value =
-                HeaderValue::from_str(auth).map_err(|_| Error::Url("invalid user info".into()))?;
-            headers.insert(http::header::AUTHORIZATION, value);
-        }
+    add_url_auth(&mut headers, target)?;
+    if let Some(hook) = &config.finish_request {
+        hook(url, &mut headers);
     }
+    match exchange(io, target, url, config, headers, false).await? {
+        Outcome::Open(ws, response) => Ok((ws, response)),
+        Outcome::Redirect(_) => unreachable!("redirects are not followed here"),
+    }
+}
+
+/// Sends the request with these extra headers and reads the answer.
+async fn exchange<S>(
+    mut io: S,
+    target: &Target,
+    url: &str,
+    config: &ClientConfig,
+    headers: HeaderMap,
+    follow_redirects: bool,
+) -> Result<Outcome<S>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let request = ClientRequest {
         host: target.host_header.clone(),
         path: target.path.clone(),
@@ -300,6 +674,12 @@ where
         }
     };
     let _ = buf.split_to(len);
+    if follow_redirects && response.status().is_redirection() {
+        if let Some(location) = response.headers().get(http::header::LOCATION) {
+            let location = String::from_utf8_lossy(location.as_bytes()).into_owned();
+            return Ok(Outcome::Redirect(location));
+        }
+    }
     match expect.validate(response.clone()) {
         Ok(accepted) => {
             let negotiated = Negotiated {
@@ -309,7 +689,7 @@ where
             };
             let ws =
                 WebSocket::with_info(io, Role::Client, config.websocket.clone(), buf, negotiated);
-            Ok((ws, accepted.response))
+            Ok(Outcome::Open(ws, accepted.response))
         }
         Err(HandshakeError::UnexpectedStatus(_)) => {
             let body = read_body(&mut io, buf, response.headers()).await;
@@ -390,5 +770,57 @@ mod tests {
         assert!(Target::parse("ftp://h/").is_err());
         assert!(Target::parse("ws://h/#frag").is_err());
         assert!(Target::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn unix_urls() {
+        let t = Target::parse("ws+unix:/tmp/s.sock:/chat?room=1").unwrap();
+        assert_eq!(
+            t.unix_socket.as_deref(),
+            Some(std::path::Path::new("/tmp/s.sock"))
+        );
+        assert_eq!(
+            (t.path.as_str(), t.host_header.as_str()),
+            ("/chat?room=1", "localhost")
+        );
+        let t = Target::parse("ws+unix:/tmp/s.sock").unwrap();
+        assert_eq!(t.path, "/");
+        let t = Target::parse("ws+unix:///tmp/a%20b.sock:/x").unwrap();
+        assert_eq!(
+            t.unix_socket.as_deref(),
+            Some(std::path::Path::new("/tmp/a b.sock"))
+        );
+        assert!(Target::parse("ws+unix:").is_err());
+        assert_ne!(
+            Target::parse("ws+unix:/a.sock").unwrap().origin_key(),
+            Target::parse("ws+unix:/b.sock").unwrap().origin_key()
+        );
+    }
+
+    #[test]
+    fn redirect_locations() {
+        let base = "ws://h:1/a/b?q";
+        assert_eq!(resolve_location(base, "/x").unwrap(), "ws://h:1/x");
+        assert_eq!(resolve_location(base, "c").unwrap(), "ws://h:1/a/c");
+        assert_eq!(resolve_location(base, "http://o/p#f").unwrap(), "ws://o/p");
+        assert_eq!(
+            resolve_location(base, "https://o:8443/").unwrap(),
+            "wss://o:8443/"
+        );
+        assert_eq!(resolve_location(base, "wss://o/").unwrap(), "wss://o/");
+        assert!(resolve_location(base, "http://[bad").is_err());
+        let key = |u: &str| Target::parse(u).unwrap().origin_key();
+        assert_eq!(key("ws://H:80/"), key("http://h/x"));
+        assert_ne!(key("ws://h:80/"), key("ws://h:81/"));
+    }
+
+    #[test]
+    fn proxy_urls() {
+        let p = Proxy::parse("http://u%3A:p@[::1]:3128").unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("::1", 3128));
+        assert_eq!(p.authorization.as_deref(), Some("Basic dTo6cA=="));
+        assert_eq!(Proxy::parse("http://proxy").unwrap().port, 80);
+        assert!(Proxy::parse("https://proxy").is_err());
+        assert!(Proxy::parse("proxy:80").is_err());
     }
 }

@@ -22,6 +22,11 @@ pub enum Error {
     UnexpectedResponse(Box<http::Response<Bytes>>),
     /// The URL is not a WebSocket URL this client can connect to.
     Url(String),
+    /// Following redirects failed: more than `max_redirects` (`ws`'s "Maximum redirects
+    /// exceeded").
+    Redirect(String),
+    /// The HTTP proxy refused the `CONNECT` tunnel or did not answer it.
+    Proxy(String),
     /// The connection is closed; nothing more can be sent or received.
     Closed(CloseInfo),
     /// The send queue is over its high-water mark (`try_send` under `WhenFull::Wait` or
@@ -86,6 +91,8 @@ impl fmt::Display for Error {
                 )
             }
             Error::Url(why) => write!(f, "invalid URL: {why}"),
+            Error::Redirect(why) => write!(f, "redirect failed: {why}"),
+            Error::Proxy(why) => write!(f, "proxy failed: {why}"),
             Error::QueueFull => f.write_str("the send queue is full"),
             Error::HeartbeatTimeout => f.write_str("no answer to the heartbeat ping: peer gone"),
             Error::Closed(info) => match &info.received {

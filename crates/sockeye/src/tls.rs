@@ -243,13 +243,17 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// A client transport: plain TCP (`ws://`) or TLS over TCP (`wss://`).
+/// A client transport: plain TCP (`ws://`), TLS over TCP (`wss://`) or a Unix socket
+/// (`ws+unix:`).
 #[derive(Debug)]
 pub enum MaybeTlsStream {
     /// `ws://`.
     Plain(TcpStream),
     /// `wss://`.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// `ws+unix:`.
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
 }
 
 /// A server transport: plain TCP, or TLS over TCP on a server bound with TLS.
@@ -261,23 +265,48 @@ pub enum ServerStream {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-macro_rules! impl_stream {
-    ($ty:ident) => {
-        impl $ty {
-            /// The TCP stream underneath.
-            pub fn tcp(&self) -> &TcpStream {
-                match self {
-                    $ty::Plain(s) => s,
-                    $ty::Tls(s) => s.get_ref().0,
-                }
-            }
-
-            /// Whether this stream is TLS.
-            pub fn is_tls(&self) -> bool {
-                matches!(self, $ty::Tls(_))
-            }
+impl MaybeTlsStream {
+    /// The TCP stream underneath (`None` for a Unix socket).
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            MaybeTlsStream::Plain(s) => Some(s),
+            MaybeTlsStream::Tls(s) => Some(s.get_ref().0),
+            #[cfg(unix)]
+            MaybeTlsStream::Unix(_) => None,
         }
+    }
 
+    /// Whether this stream is TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, MaybeTlsStream::Tls(_))
+    }
+
+    /// Whether this stream is a Unix socket (`ws+unix:`).
+    pub fn is_unix(&self) -> bool {
+        #[cfg(unix)]
+        return matches!(self, MaybeTlsStream::Unix(_));
+        #[cfg(not(unix))]
+        return false;
+    }
+}
+
+impl ServerStream {
+    /// The TCP stream underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ServerStream::Plain(s) => s,
+            ServerStream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// Whether this stream is TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ServerStream::Tls(_))
+    }
+}
+
+macro_rules! impl_stream {
+    ($ty:ident: $($(#[$attr:meta])* $variant:ident),*) => {
         impl AsyncRead for $ty {
             fn poll_read(
                 self: Pin<&mut Self>,
@@ -285,8 +314,7 @@ macro_rules! impl_stream {
                 buf: &mut ReadBuf<'_>,
             ) -> Poll<io::Result<()>> {
                 match self.get_mut() {
-                    $ty::Plain(s) => Pin::new(s).poll_read(cx, buf),
-                    $ty::Tls(s) => Pin::new(s).poll_read(cx, buf),
+                    $($(#[$attr])* $ty::$variant(s) => Pin::new(s).poll_read(cx, buf),)*
                 }
             }
         }
@@ -298,8 +326,7 @@ macro_rules! impl_stream {
                 buf: &[u8],
             ) -> Poll<io::Result<usize>> {
                 match self.get_mut() {
-                    $ty::Plain(s) => Pin::new(s).poll_write(cx, buf),
-                    $ty::Tls(s) => Pin::new(s).poll_write(cx, buf),
+                    $($(#[$attr])* $ty::$variant(s) => Pin::new(s).poll_write(cx, buf),)*
                 }
             }
 
@@ -309,37 +336,33 @@ macro_rules! impl_stream {
                 bufs: &[io::IoSlice<'_>],
             ) -> Poll<io::Result<usize>> {
                 match self.get_mut() {
-                    $ty::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-                    $ty::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                    $($(#[$attr])* $ty::$variant(s) => Pin::new(s).poll_write_vectored(cx, bufs),)*
                 }
             }
 
             fn is_write_vectored(&self) -> bool {
                 match self {
-                    $ty::Plain(s) => s.is_write_vectored(),
-                    $ty::Tls(s) => s.is_write_vectored(),
+                    $($(#[$attr])* $ty::$variant(s) => s.is_write_vectored(),)*
                 }
             }
 
             fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 match self.get_mut() {
-                    $ty::Plain(s) => Pin::new(s).poll_flush(cx),
-                    $ty::Tls(s) => Pin::new(s).poll_flush(cx),
+                    $($(#[$attr])* $ty::$variant(s) => Pin::new(s).poll_flush(cx),)*
                 }
             }
 
             fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 match self.get_mut() {
-                    $ty::Plain(s) => Pin::new(s).poll_shutdown(cx),
-                    $ty::Tls(s) => Pin::new(s).poll_shutdown(cx),
+                    $($(#[$attr])* $ty::$variant(s) => Pin::new(s).poll_shutdown(cx),)*
                 }
             }
         }
     };
 }
 
-impl_stream!(MaybeTlsStream);
-impl_stream!(ServerStream);
+impl_stream!(MaybeTlsStream: Plain, Tls, #[cfg(unix)] Unix);
+impl_stream!(ServerStream: Plain, Tls);
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod client;
 mod deflate;
 mod handshake;
 mod interop;
