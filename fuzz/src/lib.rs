@@ -67,6 +67,7 @@ fn connection_with(role: Role, data: &[u8], deflate: bool) {
         generate_mask: Some(Arc::new(|| CLIENT_KEY)),
         heartbeat: None,
         send_queue: Default::default(),
+        deliver_fragments: flags & 0x80 != 0,
     };
     let max_chunk = [1, 7, 64, 1024][usize::from((flags >> 3) & 3)];
     let mut rng = u32::from(*seed) | 0x100;
@@ -175,6 +176,10 @@ fn check_message(config: &Config, message: &Message) {
             }
         }
         Message::Close(None) => {}
+        Message::Fragment(fragment) => {
+            assert!(config.deliver_fragments);
+            assert!(fragment.data.len() <= MAX_PAYLOAD);
+        }
     }
 }
 

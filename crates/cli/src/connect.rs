@@ -172,7 +172,7 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
                     stdout.write_all(format!("< [binary, {} bytes]\n", data.len()).as_bytes()).await?;
                     stdout.flush().await?;
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Fragment(_))) => {}
                 Some(Ok(Message::Close(frame))) => {
                     match frame {
                         Some(f) => eprintln!("disconnected ({} {})", f.code.0, f.reason),

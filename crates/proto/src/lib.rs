@@ -57,4 +57,4 @@ pub use deflate::{Deflate, DeflateConfig, DeflateParams};
 pub use error::{ApiMisuse, Error, HandshakeError, InflateError, LimitError, ProtocolError};
 pub use frame::{FrameHeader, OpCode};
 pub use limits::{Config, Heartbeat, SendQueue, WhenFull};
-pub use message::{Message, Utf8Bytes};
+pub use message::{Fragment, Message, Utf8Bytes};

@@ -94,6 +94,10 @@ pub struct Config {
     pub heartbeat: Option<Heartbeat>,
     /// The bounded send queue and its policy (B2).
     pub send_queue: SendQueue,
+    /// Deliver data frame by frame as [`crate::Message::Fragment`] instead of whole
+    /// messages (`ws`'s `binaryType: 'fragments'`; default off). UTF-8, `max_payload`
+    /// and inflation still apply to the whole message.
+    pub deliver_fragments: bool,
 }
 
 impl Default for Config {
@@ -107,6 +111,7 @@ impl Default for Config {
             generate_mask: None,
             heartbeat: None,
             send_queue: SendQueue::default(),
+            deliver_fragments: false,
         }
     }
 }
@@ -118,6 +123,7 @@ impl fmt::Debug for Config {
             .field("max_fragments", &self.max_fragments)
             .field("skip_utf8_validation", &self.skip_utf8_validation)
             .field("auto_pong", &self.auto_pong)
+            .field("deliver_fragments", &self.deliver_fragments)
             .field("close_timeout", &self.close_timeout)
             .field(
                 "generate_mask",

@@ -5,8 +5,10 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::close::CloseFrame;
+use crate::connection::DataKind;
 
-/// A complete message or a control frame.
+/// A complete message or a control frame; with `deliver_fragments`, data arrives frame by
+/// frame as [`Message::Fragment`] instead of as whole messages.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Message {
     /// A text message, checked to be UTF-8.
@@ -24,6 +26,29 @@ pub enum Message {
     /// A close frame: `None` when the frame carried no status code (reported by `ws` as
     /// 1005).
     Close(Option<CloseFrame>),
+    /// One data frame of a message, delivered as it arrives instead of the whole message
+    /// (`ws`'s `binaryType: 'fragments'`). Only received when
+    /// [`crate::Config::deliver_fragments`] is on; sending one sends a frame (the first
+    /// fixes the message type, `fin` ends the message).
+    Fragment(Fragment),
+}
+
+/// One data frame of a message (`ws`'s `binaryType: 'fragments'`), received in order
+/// with `fin` on the last; control frames may come in between (RFC 6455 §5.4).
+///
+/// The rules of whole messages still hold: text is checked to be UTF-8 across fragments
+/// as bytes arrive (an invalid byte fails the connection with 1007 before the fragment
+/// carrying it is delivered; a fragment may end inside a character, so `data` is bytes,
+/// not a `str`), `max_payload` counts the whole message, and compressed messages are
+/// inflated frame by frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    /// The type of the message, from its first frame.
+    pub kind: DataKind,
+    /// The frame's payload, inflated if the message is compressed.
+    pub data: Bytes,
+    /// Whether this is the message's last frame.
+    pub fin: bool,
 }
 
 impl Message {
@@ -55,6 +80,7 @@ impl Message {
             | Message::Binary(data)
             | Message::Ping(data)
             | Message::Pong(data) => data,
+            Message::Fragment(fragment) => &fragment.data,
             Message::Close(Some(frame)) => frame.reason.as_bytes(),
             Message::Close(None) => &[],
         }
@@ -88,6 +114,13 @@ impl fmt::Debug for Message {
             Message::Ping(b) => f.debug_tuple("Ping").field(b).finish(),
             Message::Pong(b) => f.debug_tuple("Pong").field(b).finish(),
             Message::Close(c) => f.debug_tuple("Close").field(c).finish(),
+            Message::Fragment(fragment) => write!(
+                f,
+                "Fragment({:?}, {} bytes, fin: {})",
+                fragment.kind,
+                fragment.data.len(),
+                fragment.fin
+            ),
         }
     }
 }

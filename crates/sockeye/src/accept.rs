@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderValue, Request};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use sockeye_proto::handshake::server::{parse_request, reject_error, Upgrade};
 use sockeye_proto::handshake::HeadLimits;
 use sockeye_proto::{Config, DeflateConfig, DeflateParams, HandshakeError, Role};
@@ -24,6 +24,18 @@ pub type HandleProtocols = Arc<dyn Fn(&[String], &Request<()>) -> Option<String>
 /// response before it is written (the status line and the handshake's own headers are
 /// fixed).
 pub type HeadersHook = Arc<dyn Fn(&mut HeaderMap, &Request<()>) + Send + Sync>;
+
+/// `ws`'s `wsClientError`: called when an upgrade request fails the handshake checks
+/// (or does not arrive in time), with the error and the request if one was read.
+/// `Some((status, headers, body))` is written instead of the default response (the
+/// error's 4xx with a one-line body), as `Connection: close` plain text with a newline
+/// appended to `body`; `None` keeps the default. Failed handshakes are also logged (at
+/// debug level) and counted ([`crate::WebSocketServer::failed_handshakes`]).
+pub type OnClientError = Arc<
+    dyn Fn(&HandshakeError, Option<&Request<()>>) -> Option<(StatusCode, HeaderMap, String)>
+        + Send
+        + Sync,
+>;
 
 /// What `verify_client` sees (`ws`'s `info`: `origin`, `req`, `secure`).
 #[derive(Clone, Debug)]
@@ -144,6 +156,8 @@ pub struct ServerConfig {
     pub verify_client: Option<VerifyClient>,
     /// `ws`'s `headers` event: adds or changes headers of the 101 response.
     pub headers_hook: Option<HeadersHook>,
+    /// `ws`'s `wsClientError`: a custom response to a failed handshake.
+    pub on_client_error: Option<OnClientError>,
 }
 
 impl Default for ServerConfig {
@@ -160,6 +174,7 @@ impl Default for ServerConfig {
             per_message_deflate: None,
             verify_client: None,
             headers_hook: None,
+            on_client_error: None,
         }
     }
 }
@@ -224,15 +239,16 @@ where
     )
     .await;
     let result = match head {
-        Ok(Ok(ok)) => Ok(ok),
-        Ok(Err(Error::Handshake(e))) => Err(e),
+        Ok(Ok((request, Ok(upgrade)))) => Ok((request, upgrade)),
+        Ok(Ok((request, Err(e)))) => Err((Some(request), e)),
+        Ok(Err(Error::Handshake(e))) => Err((None, e)),
         Ok(Err(other)) => return Err(other),
-        Err(_elapsed) => Err(HandshakeError::Timeout),
+        Err(_elapsed) => Err((None, HandshakeError::Timeout)),
     };
     match result {
         Ok((request, upgrade)) => respond(io, request, upgrade, buf, config, secure).await,
-        Err(e) => {
-            reject(&mut io, &e).await;
+        Err((request, e)) => {
+            reject(&mut io, &e, request.as_ref(), config).await;
             Err(Error::Handshake(e))
         }
     }
@@ -256,7 +272,7 @@ where
     match check_request(&request, config) {
         Ok(upgrade) => respond(io, request, upgrade, read_buf, config, false).await,
         Err(e) => {
-            reject(&mut io, &e).await;
+            reject(&mut io, &e, Some(&request), config).await;
             Err(Error::Handshake(e))
         }
     }
@@ -347,10 +363,24 @@ where
     Ok((ws, request))
 }
 
-/// Answers a failed handshake with its status and a one-line body; best effort and
-/// bounded, since the client may not read.
-async fn reject<S: AsyncWrite + Unpin>(io: &mut S, error: &HandshakeError) {
-    let response = reject_error(error);
+/// Answers a failed handshake with its status and a one-line body, or with what
+/// `on_client_error` returns; best effort and bounded, since the client may not read.
+async fn reject<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    error: &HandshakeError,
+    request: Option<&Request<()>>,
+    config: &ServerConfig,
+) {
+    let custom = config
+        .on_client_error
+        .as_ref()
+        .and_then(|hook| hook(error, request));
+    let response = match custom {
+        Some((status, headers, body)) => {
+            sockeye_proto::handshake::server::reject(status, None, &headers, &body)
+        }
+        None => reject_error(error),
+    };
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         io.write_all(&response).await?;
         io.shutdown().await
@@ -380,19 +410,26 @@ fn check_request(
     Ok((upgrade, deflate))
 }
 
+/// The request head and the outcome of its checks (the request is kept for
+/// `on_client_error` when they fail).
+type CheckedRequest = (
+    Request<()>,
+    Result<(Upgrade, Option<DeflateParams>), HandshakeError>,
+);
+
 async fn read_request<S>(
     io: &mut S,
     buf: &mut BytesMut,
     config: &ServerConfig,
-) -> Result<(Request<()>, (Upgrade, Option<DeflateParams>)), Error>
+) -> Result<CheckedRequest, Error>
 where
     S: AsyncRead + Unpin,
 {
     loop {
         if let Some((request, len)) = parse_request(buf, &config.head_limits)? {
             let _ = buf.split_to(len);
-            let upgrade = check_request(&request, config)?;
-            return Ok((request, upgrade));
+            let checked = check_request(&request, config);
+            return Ok((request, checked));
         }
         buf.reserve(1024);
         if io.read_buf(buf).await? == 0 {

@@ -43,7 +43,7 @@ mod websocket;
 
 pub use accept::{
     accept, accept_tls, upgrade, verify_client, verify_client_async, HandleProtocols, HeadersHook,
-    Rejection, ServerConfig, ShouldHandle, VerifyClient, VerifyInfo,
+    OnClientError, Rejection, ServerConfig, ShouldHandle, VerifyClient, VerifyInfo,
 };
 pub use client::{
     connect, connect_maybe_tls, connect_maybe_tls_with, connect_with,
@@ -61,6 +61,6 @@ pub use rustls;
 pub use sockeye_proto as proto;
 pub use sockeye_proto::handshake::HeadLimits;
 pub use sockeye_proto::{
-    CloseCode, CloseFrame, Config, DataKind, DeflateConfig, DeflateParams, Heartbeat, Message,
-    Role, Utf8Bytes,
+    CloseCode, CloseFrame, Config, DataKind, DeflateConfig, DeflateParams, Fragment, Heartbeat,
+    Message, Role, Utf8Bytes,
 };

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -51,6 +52,7 @@ pub struct WebSocketServer<S = TcpStream> {
     incoming: tokio::sync::Mutex<mpsc::Receiver<Accepted<S>>>,
     clients: Clients<S>,
     accept_task: JoinHandle<()>,
+    failed_handshakes: Arc<AtomicU64>,
 }
 
 /// The set of open connections of a server (`ws`'s `server.clients`).
@@ -192,6 +194,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketServer<S> {
         self.clients.snapshot()
     }
 
+    /// How many connections failed their TLS or WebSocket handshake so far (each is
+    /// also logged at debug level; see `ServerConfig::on_client_error`).
+    pub fn failed_handshakes(&self) -> u64 {
+        self.failed_handshakes.load(Ordering::Relaxed)
+    }
+
     /// The client set itself, to keep for broadcast in other tasks.
     pub fn client_set(&self) -> Clients<S> {
         self.clients.clone()
@@ -251,12 +259,21 @@ fn serve<S: Transport>(
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
     let clients = Clients::default();
     let config = Arc::new(config);
-    let accept_task = tokio::spawn(accept_loop(listener, config, tls, tx, clients.clone()));
+    let failed = Arc::new(AtomicU64::new(0));
+    let accept_task = tokio::spawn(accept_loop(
+        listener,
+        config,
+        tls,
+        tx,
+        clients.clone(),
+        failed.clone(),
+    ));
     WebSocketServer {
         local_addr,
         incoming: tokio::sync::Mutex::new(rx),
         clients,
         accept_task,
+        failed_handshakes: failed,
     }
 }
 
@@ -335,6 +352,7 @@ async fn accept_loop<S: Transport>(
     tls: Option<tokio_rustls::TlsAcceptor>,
     tx: mpsc::Sender<Accepted<S>>,
     clients: Clients<S>,
+    failed: Arc<AtomicU64>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -351,12 +369,20 @@ async fn accept_loop<S: Transport>(
         let tx = tx.clone();
         let clients = clients.clone();
         let tls = tls.clone();
+        let failed = failed.clone();
         tokio::spawn(async move {
+            let fail = || failed.fetch_add(1, Ordering::Relaxed);
             let tls_handshake = S::from_tcp(stream, tls);
             let io = match tokio::time::timeout(config.handshake_timeout, tls_handshake).await {
                 Ok(Ok(io)) => io,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                Ok(Err(e)) => {
+                    fail();
+                    return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    fail();
+                    return tracing::debug!(%peer, "TLS handshake timed out");
+                }
             };
             let upgraded = if io.is_tls() {
                 accept_tls(io, &config).await
@@ -370,7 +396,10 @@ async fn accept_loop<S: Transport>(
                     }
                     let _ = tx.send(Ok((ws, request))).await;
                 }
-                Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
+                Err(e) => {
+                    fail();
+                    tracing::debug!(%peer, error = %e, "handshake failed");
+                }
             }
         });
     }

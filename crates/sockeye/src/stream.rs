@@ -64,6 +64,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ByteStream<S> {
             match ready!(self.ws.poll_recv_message(cx)) {
                 Some(Ok(Message::Binary(data) | Message::UncheckedText(data))) => self.chunk = data,
                 Some(Ok(Message::Text(text))) => self.chunk = text.into_bytes(),
+                Some(Ok(Message::Fragment(fragment))) => self.chunk = fragment.data,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None => self.eof = true,
                 Some(Err(e)) => {

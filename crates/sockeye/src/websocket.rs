@@ -541,6 +541,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
             Message::Ping(data) => conn.ping(data),
             Message::Pong(data) => conn.pong(data),
             Message::Close(frame) => conn.close(frame.as_ref(), Instant::now()),
+            Message::Fragment(fragment) => conn.send(fragment.kind, &fragment.data, fragment.fin),
         })
     }
 

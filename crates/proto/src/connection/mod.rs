@@ -27,7 +27,7 @@ use crate::error::{ApiMisuse, Error, LimitError, ProtocolError};
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::limits::Config;
 use crate::mask::apply_mask;
-use crate::message::{Message, Utf8Bytes};
+use crate::message::{Fragment, Message, Utf8Bytes};
 use crate::utf8::{self, Utf8Validator};
 
 /// Which end of the connection this is. Clients mask what they send; servers require
@@ -98,7 +98,10 @@ pub struct Connection {
 
 struct Incoming {
     kind: DataKind,
+    /// The message so far; in fragment mode only the frame being delivered.
     data: BytesMut,
+    /// Payload bytes of the message received so far (inflated), for `max_payload`.
+    received: usize,
     fragments: usize,
 }
 
@@ -299,7 +302,7 @@ impl Connection {
         let (buffered, fragments) = self
             .incoming
             .as_ref()
-            .map_or((0, 0), |m| (m.data.len(), m.fragments));
+            .map_or((0, 0), |m| (m.received, m.fragments));
         let max = self.config.max_payload as u64;
         if max > 0 && buffered as u64 + h.payload_len > max {
             return Err(LimitError::MessageTooLarge.into());
@@ -337,57 +340,93 @@ impl Connection {
             OpCode::Close => self
                 .on_close(&payload, now)
                 .map(|frame| Some(Message::Close(frame))),
-            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                let mut incoming = self.incoming.take().unwrap_or_else(|| Incoming {
-                    kind: if header.opcode == OpCode::Text {
-                        DataKind::Text
-                    } else {
-                        DataKind::Binary
-                    },
-                    data: BytesMut::new(),
-                    fragments: 0,
-                });
-                incoming.fragments += 1;
-                if self.reading_compressed {
-                    let deflate = self
-                        .deflate
-                        .as_mut()
-                        .expect("RSV1 accepted only with deflate");
-                    let before = incoming.data.len();
-                    deflate.decompress(
-                        &payload,
-                        &mut incoming.data,
-                        self.config.max_payload,
-                        header.fin,
-                    )?;
-                    if incoming.kind == DataKind::Text && !self.config.skip_utf8_validation {
-                        self.utf8
-                            .feed(&incoming.data[before..])
-                            .map_err(|_| ProtocolError::InvalidUtf8)?;
-                    }
-                } else if incoming.data.is_empty() {
-                    // Hand the frame's buffer over: no copy for single-frame messages.
-                    incoming.data = payload;
-                } else {
-                    incoming.data.extend_from_slice(&payload);
-                }
-                if !header.fin {
-                    self.incoming = Some(incoming);
-                    return Ok(None);
-                }
-                let data = incoming.data.freeze();
-                Ok(Some(match incoming.kind {
-                    DataKind::Binary => Message::Binary(data),
-                    DataKind::Text if self.config.skip_utf8_validation => {
-                        Message::UncheckedText(data)
-                    }
-                    DataKind::Text => {
-                        self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
-                        Message::Text(Utf8Bytes::from_validated(data))
-                    }
-                }))
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => self.on_data(header, payload),
+        }
+    }
+
+    /// A data frame: appended to the message, or with `deliver_fragments` handed out
+    /// as it is (RFC 6455 §5.4). Either way UTF-8 is checked across frames, the whole
+    /// message counts against `max_payload`, and compressed frames are inflated one by
+    /// one (RFC 7692 §6.2).
+    fn on_data(
+        &mut self,
+        header: FrameHeader,
+        payload: BytesMut,
+    ) -> Result<Option<Message>, Error> {
+        let mut incoming = self.incoming.take().unwrap_or_else(|| Incoming {
+            kind: if header.opcode == OpCode::Text {
+                DataKind::Text
+            } else {
+                DataKind::Binary
+            },
+            data: BytesMut::new(),
+            received: 0,
+            fragments: 0,
+        });
+        incoming.fragments += 1;
+        let max = self.config.max_payload;
+        if self.reading_compressed {
+            let deflate = self
+                .deflate
+                .as_mut()
+                .expect("RSV1 accepted only with deflate");
+            let before = incoming.data.len();
+            // Bytes of the message not held in `data` (handed out as fragments).
+            let delivered = incoming.received - before;
+            let limit = if max == 0 {
+                0
+            } else {
+                max.saturating_sub(delivered).max(1)
+            };
+            deflate.decompress(&payload, &mut incoming.data, limit, header.fin)?;
+            let produced = incoming.data.len() - before;
+            incoming.received += produced;
+            if max > 0 && incoming.received > max {
+                return Err(LimitError::MessageTooLarge.into());
+            }
+            if incoming.kind == DataKind::Text && !self.config.skip_utf8_validation {
+                self.utf8
+                    .feed(&incoming.data[before..])
+                    .map_err(|_| ProtocolError::InvalidUtf8)?;
+            }
+        } else {
+            incoming.received += payload.len();
+            if incoming.data.is_empty() {
+                // Hand the frame's buffer over: no copy for single-frame messages.
+                incoming.data = payload;
+            } else {
+                incoming.data.extend_from_slice(&payload);
             }
         }
+        let text_checked = incoming.kind == DataKind::Text && !self.config.skip_utf8_validation;
+        if self.config.deliver_fragments {
+            if header.fin && text_checked {
+                // The last frame must not end inside a character.
+                self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+            }
+            let fragment = Fragment {
+                kind: incoming.kind,
+                data: incoming.data.split().freeze(),
+                fin: header.fin,
+            };
+            if !header.fin {
+                self.incoming = Some(incoming);
+            }
+            return Ok(Some(Message::Fragment(fragment)));
+        }
+        if !header.fin {
+            self.incoming = Some(incoming);
+            return Ok(None);
+        }
+        let data = incoming.data.freeze();
+        Ok(Some(match incoming.kind {
+            DataKind::Binary => Message::Binary(data),
+            DataKind::Text if !text_checked => Message::UncheckedText(data),
+            DataKind::Text => {
+                self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+                Message::Text(Utf8Bytes::from_validated(data))
+            }
+        }))
     }
 
     /// A close frame arrived (RFC 6455 §5.5.1, §7.1.5).

@@ -1267,3 +1267,210 @@ mod heartbeat {
         assert_eq!(plain.poll_timeout(), None);
     }
 }
+
+// ------------------------------------------- RFC 6455 §5.4: fragment mode (W7)
+
+mod fragments {
+    use super::*;
+    use crate::deflate::{client_accept, DeflateConfig};
+    use crate::message::Fragment;
+
+    fn fragment(kind: DataKind, data: &[u8], fin: bool) -> Message {
+        Message::Fragment(Fragment {
+            kind,
+            data: Bytes::copy_from_slice(data),
+            fin,
+        })
+    }
+
+    fn streaming(role: Role) -> Connection {
+        conn_with(role, |c| c.deliver_fragments = true)
+    }
+
+    #[test]
+    fn frames_are_delivered_as_they_arrive_with_control_frames_between() {
+        for role in [Role::Server, Role::Client] {
+            let mut c = streaming(role);
+            let mut input = BytesMut::new();
+            let now = Instant::now();
+            let first = raw(TEXT, b"Hel").fin(false).to(role).bytes();
+            let (got, error) = feed(&mut c, &mut input, &first, now);
+            assert_eq!(error, None);
+            assert_eq!(
+                got,
+                [fragment(DataKind::Text, b"Hel", false)],
+                "not buffered"
+            );
+            assert_eq!(c.incoming_buffered(), 0);
+            let rest = [
+                raw(PING, b"p").to(role),
+                raw(CONT, b"lo w\xc3").fin(false).to(role), // "ö" cut between fragments
+                raw(CONT, b"\xb6rld").to(role),
+                raw(BINARY, b"\x00").to(role),
+                raw(BINARY, b"").fin(false).to(role),
+                raw(CONT, b"").to(role),
+            ]
+            .iter()
+            .flat_map(Raw::bytes)
+            .collect::<Vec<u8>>();
+            let (got, error) = feed(&mut c, &mut input, &rest, now);
+            assert_eq!(error, None);
+            assert_eq!(
+                got,
+                [
+                    Message::Ping(Bytes::from_static(b"p")),
+                    fragment(DataKind::Text, b"lo w\xc3", false),
+                    fragment(DataKind::Text, b"\xb6rld", true),
+                    fragment(DataKind::Binary, b"\x00", true),
+                    fragment(DataKind::Binary, b"", false),
+                    fragment(DataKind::Binary, b"", true),
+                ]
+            );
+            assert_eq!(sent(&mut c), [(OpCode::Pong, true, b"p".to_vec())]);
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_across_fragments_fails_with_1007() {
+        // The second fragment does not continue the character the first one began.
+        let mut c = streaming(Role::Server);
+        let stream = [
+            raw(TEXT, b"ok\xc3").fin(false).to(Role::Server).bytes(),
+            raw(CONT, b"(").to(Role::Server).bytes(),
+        ]
+        .concat();
+        let (got, error) = feed(&mut c, &mut BytesMut::new(), &stream, Instant::now());
+        assert_eq!(got, [fragment(DataKind::Text, b"ok\xc3", false)]);
+        assert_eq!(error, Some(ProtocolError::InvalidUtf8.into()));
+        // A message that ends inside a character fails on its last frame.
+        let stream = [
+            raw(TEXT, b"ok").fin(false).to(Role::Server).bytes(),
+            raw(CONT, b"\xe2\x82").to(Role::Server).bytes(),
+        ]
+        .concat();
+        assert_fails(streaming(Role::Server), &stream, ProtocolError::InvalidUtf8);
+        // skip_utf8_validation delivers the bytes as they are.
+        let mut c = conn_with(Role::Server, |c| {
+            c.deliver_fragments = true;
+            c.skip_utf8_validation = true;
+        });
+        assert_eq!(
+            read_all(&mut c, &stream).unwrap(),
+            [
+                fragment(DataKind::Text, b"ok", false),
+                fragment(DataKind::Text, b"\xe2\x82", true)
+            ]
+        );
+    }
+
+    #[test]
+    fn max_payload_counts_the_whole_message() {
+        let config = |c: &mut Config| {
+            c.deliver_fragments = true;
+            c.max_payload = 10;
+        };
+        let first = raw(BINARY, b"123456").fin(false).to(Role::Server).bytes();
+        let exact = raw(CONT, b"7890").to(Role::Server).bytes();
+        let mut c = conn_with(Role::Server, config);
+        assert_eq!(
+            read_all(&mut c, &[&first[..], &exact].concat())
+                .unwrap()
+                .len(),
+            2
+        );
+        let over = raw(CONT, b"78901").to(Role::Server).bytes();
+        assert_fails(
+            conn_with(Role::Server, config),
+            &[&first[..], &over].concat(),
+            LimitError::MessageTooLarge,
+        );
+        // The count starts again with the next message.
+        let mut c = conn_with(Role::Server, config);
+        let two = [&first[..], &exact, &first, &exact].concat();
+        assert_eq!(read_all(&mut c, &two).unwrap().len(), 4);
+    }
+
+    fn deflate_pair(max_payload: usize) -> (Connection, Connection) {
+        let config = DeflateConfig {
+            threshold: 0,
+            ..Default::default()
+        };
+        let params = client_accept(&config, ["permessage-deflate"])
+            .unwrap()
+            .unwrap();
+        let client = Connection::new(Role::Client, Config::default()).with_deflate(Deflate::new(
+            Role::Client,
+            params,
+            &config,
+        ));
+        let server = conn_with(Role::Server, |c| {
+            c.deliver_fragments = true;
+            c.max_payload = max_payload;
+        })
+        .with_deflate(Deflate::new(Role::Server, params, &config));
+        (client, server)
+    }
+
+    #[test]
+    fn compressed_frames_are_inflated_one_by_one() {
+        let (mut client, mut server) = deflate_pair(0);
+        let now = Instant::now();
+        for _ in 0..2 {
+            client
+                .send(DataKind::Text, "héllo ".as_bytes(), false)
+                .unwrap();
+            assert_ne!(client.transmit_buf()[0] & 0x40, 0, "compressed");
+            client
+                .send(DataKind::Text, "wörld".as_bytes(), true)
+                .unwrap();
+            let got = deliver(&mut client, &mut server, now);
+            let texts: Vec<_> = got
+                .iter()
+                .map(|m| match m {
+                    Message::Fragment(f) => (f.kind, f.fin),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(texts, [(DataKind::Text, false), (DataKind::Text, true)]);
+            let joined: Vec<u8> = got.iter().flat_map(|m| m.as_bytes().to_vec()).collect();
+            assert_eq!(joined, "héllo wörld".as_bytes());
+        }
+    }
+
+    #[test]
+    fn compressed_message_over_max_payload_fails_across_frames() {
+        let (mut client, mut server) = deflate_pair(1000);
+        client
+            .send_with(DataKind::Binary, &[0; 600], false, true)
+            .unwrap();
+        client.send(DataKind::Binary, &[0; 600], true).unwrap();
+        let mut wire = client.transmit_buf().split();
+        let (got, error) = feed(
+            &mut server,
+            &mut BytesMut::new(),
+            &wire.split(),
+            Instant::now(),
+        );
+        assert_eq!(got.len(), 1, "the first frame fits");
+        assert_eq!(error, Some(LimitError::MessageTooLarge.into()));
+    }
+
+    #[test]
+    fn a_fragment_can_be_sent_back() {
+        // An echo in fragment mode forwards each piece as it comes.
+        let mut server = streaming(Role::Server);
+        let mut client = conn(Role::Client);
+        client.send(DataKind::Binary, b"ab", false).unwrap();
+        client.send(DataKind::Binary, b"cd", true).unwrap();
+        for message in deliver(&mut client, &mut server, Instant::now()) {
+            let Message::Fragment(f) = message else {
+                panic!("{message:?}")
+            };
+            server.send(f.kind, &f.data, f.fin).unwrap();
+        }
+        assert_eq!(
+            deliver(&mut server, &mut client, Instant::now()),
+            [binary(b"abcd")]
+        );
+    }
+}

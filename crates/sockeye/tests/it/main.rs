@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod client;
 mod deflate;
+mod frames;
 mod handshake;
 mod interop;
 mod tls;

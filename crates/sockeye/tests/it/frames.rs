@@ -1,0 +1,261 @@
+//! Fragment mode (W7, `ws`'s `binaryType: 'fragments'`) and the `on_client_error` hook
+//! (S8, `ws`'s `wsClientError`), over loopback sockets.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use sockeye::proto::HandshakeError;
+use sockeye::{
+    ClientConfig, Config, DataKind, DeflateConfig, Fragment, Message, ServerConfig, WebSocket,
+    WebSocketServer,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{accept_one, client_frame, raw_client, read_frame, server, STEP};
+
+const TEXT: u8 = 0x1;
+const CONT: u8 = 0x0;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+fn fragments_config() -> ServerConfig {
+    ServerConfig {
+        websocket: Config {
+            deliver_fragments: true,
+            ..Config::default()
+        },
+        ..ServerConfig::default()
+    }
+}
+
+async fn next(ws: &mut WebSocket<TcpStream>) -> Message {
+    tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("an item in time")
+        .expect("an item")
+        .expect("no error")
+}
+
+fn fragment(kind: DataKind, data: &[u8], fin: bool) -> Message {
+    Message::Fragment(Fragment {
+        kind,
+        data: data.to_vec().into(),
+        fin,
+    })
+}
+
+/// The frames of "Hello wörld" in 3 pieces (the "ö" cut in two) with a ping between.
+fn three_fragments() -> Vec<u8> {
+    [
+        client_frame(false, TEXT, b"Hel"),
+        client_frame(true, PING, b"p"),
+        client_frame(false, CONT, b"lo w\xc3"),
+        client_frame(true, CONT, b"\xb6rld"),
+    ]
+    .concat()
+}
+
+#[tokio::test]
+async fn a_message_in_three_fragments_arrives_as_three_items() {
+    let server = server(fragments_config()).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut ws = accept_one(&server).await;
+    raw.write_all(&three_fragments()).await.unwrap();
+    assert_eq!(next(&mut ws).await, fragment(DataKind::Text, b"Hel", false));
+    assert_eq!(next(&mut ws).await, Message::Ping(b"p".to_vec().into()));
+    assert_eq!(
+        next(&mut ws).await,
+        fragment(DataKind::Text, b"lo w\xc3", false)
+    );
+    assert_eq!(
+        next(&mut ws).await,
+        fragment(DataKind::Text, b"\xb6rld", true)
+    );
+    // Control frames keep working in between: the ping was answered.
+    assert_eq!(read_frame(&mut raw).await, (true, PONG, b"p".to_vec()));
+    // Fragments can be sent back as they come: the peer gets one message again.
+    ws.send(fragment(DataKind::Binary, b"ab", false))
+        .await
+        .unwrap();
+    ws.send(fragment(DataKind::Binary, b"cd", true))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut raw).await, (false, 0x2, b"ab".to_vec()));
+    assert_eq!(read_frame(&mut raw).await, (true, CONT, b"cd".to_vec()));
+}
+
+#[tokio::test]
+async fn whole_messages_by_default() {
+    let server = server(ServerConfig::default()).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut ws = accept_one(&server).await;
+    raw.write_all(&three_fragments()).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::Ping(b"p".to_vec().into()));
+    assert_eq!(next(&mut ws).await, Message::text("Hello wörld"));
+}
+
+#[tokio::test]
+async fn compressed_fragments_are_inflated_one_by_one() {
+    let deflate = DeflateConfig {
+        threshold: 0,
+        ..DeflateConfig::default()
+    };
+    let server = server(ServerConfig {
+        per_message_deflate: Some(deflate.clone()),
+        ..fragments_config()
+    })
+    .await;
+    let url = format!("ws://{}/", server.local_addr());
+    let client_config = ClientConfig {
+        per_message_deflate: Some(deflate),
+        ..ClientConfig::default()
+    };
+    let (client, _) = tokio::time::timeout(STEP, sockeye::connect_with(&url, client_config))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let mut ws = accept_one(&server).await;
+    assert!(ws.extensions().starts_with("permessage-deflate"));
+    let pieces = ["héllo ".repeat(50), "wörld ".repeat(50), "!".repeat(10)];
+    for _ in 0..2 {
+        for (i, piece) in pieces.iter().enumerate() {
+            client
+                .send_frame(DataKind::Text, piece.as_bytes(), i == 2)
+                .await
+                .unwrap();
+        }
+        for (i, piece) in pieces.iter().enumerate() {
+            assert_eq!(
+                next(&mut ws).await,
+                fragment(DataKind::Text, piece.as_bytes(), i == 2)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn invalid_utf8_split_across_fragments_fails_with_1007() {
+    let server = server(fragments_config()).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut ws = accept_one(&server).await;
+    let wire = [
+        client_frame(false, TEXT, b"ok\xc3"),
+        client_frame(true, CONT, b"("),
+    ]
+    .concat();
+    raw.write_all(&wire).await.unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        fragment(DataKind::Text, b"ok\xc3", false)
+    );
+    let error = tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("in time")
+        .expect("an item")
+        .unwrap_err();
+    let sockeye::Error::Protocol(error) = error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(error.ws_code(), Some("WS_ERR_INVALID_UTF8"));
+    assert_eq!(
+        read_frame(&mut raw).await,
+        (true, CLOSE, 1007u16.to_be_bytes().to_vec())
+    );
+}
+
+// ------------------------------------------------------- S8: on_client_error
+
+/// Sends `request` on a fresh connection and reads the whole response (the server
+/// closes after a refusal).
+async fn exchange(server: &WebSocketServer, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .unwrap();
+    String::from_utf8(response).unwrap()
+}
+
+const BAD_VERSION: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n";
+
+async fn wait_failed(server: &WebSocketServer, n: u64) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while server.failed_handshakes() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "failed handshakes counted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn on_client_error_writes_the_custom_response() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let config = ServerConfig {
+        on_client_error: Some(Arc::new(move |error: &HandshakeError, request| {
+            let path = request.map(|r| r.uri().path().to_owned());
+            log.lock().unwrap().push((error.status(), path));
+            let mut headers = HeaderMap::new();
+            headers.insert("x-why", HeaderValue::from_static("custom"));
+            Some((
+                StatusCode::IM_A_TEAPOT,
+                headers,
+                "no tea for you".to_owned(),
+            ))
+        })),
+        ..ServerConfig::default()
+    };
+    let server = server(config).await;
+    let response = exchange(&server, BAD_VERSION).await;
+    assert!(response.starts_with("HTTP/1.1 418 "), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("x-why: custom\r\n"),
+        "{response}"
+    );
+    assert!(response.ends_with("\r\n\r\nno tea for you\n"), "{response}");
+    // Not even HTTP: the hook runs without a request.
+    let response = exchange(&server, b"\x16\x03\x01 hello\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 418 "), "{response}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(426, Some("/chat".to_owned())), (400, None)]
+    );
+    wait_failed(&server, 2).await;
+}
+
+#[tokio::test]
+async fn on_client_error_none_keeps_the_default() {
+    let config = ServerConfig {
+        on_client_error: Some(Arc::new(|_: &HandshakeError, _| None)),
+        ..ServerConfig::default()
+    };
+    for config in [config, ServerConfig::default()] {
+        let server = server(config).await;
+        let response = exchange(&server, BAD_VERSION).await;
+        assert!(
+            response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{response}"
+        );
+        assert!(
+            response.contains("sec-websocket-version: 13\r\n"),
+            "{response}"
+        );
+        assert!(
+            response.ends_with("unsupported Sec-WebSocket-Version: expected 13\n"),
+            "{response}"
+        );
+        wait_failed(&server, 1).await;
+        // A good client still gets in.
+        let _raw = raw_client(server.local_addr(), "/").await;
+        let _ws = accept_one(&server).await;
+        assert_eq!(server.failed_handshakes(), 1);
+    }
+}
