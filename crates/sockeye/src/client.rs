@@ -77,6 +77,8 @@ pub struct ClientConfig {
     /// Bind the TCP socket to this local address before connecting (`localAddress`);
     /// only addresses of the same family are tried.
     pub local_address: Option<IpAddr>,
+    /// Use only IPv4 or only IPv6 addresses of the host (`ws`'s `family: 4 | 6`).
+    pub family: Option<AddressFamily>,
     /// Tunnel through an HTTP proxy: `http://[user:pass@]host:port`. The client sends
     /// `CONNECT host:port` (with `Proxy-Authorization: Basic` for the user info), expects
     /// a 2xx answer, then speaks TLS (for `wss://`) and WebSocket through the tunnel.
@@ -101,6 +103,7 @@ impl fmt::Debug for ClientConfig {
             .field("redirect", &self.redirect.is_some())
             .field("finish_request", &self.finish_request.is_some())
             .field("local_address", &self.local_address)
+            .field("family", &self.family)
             .field("proxy", &self.proxy.as_ref().map(|_| "..."))
             .finish()
     }
@@ -123,6 +126,7 @@ impl Default for ClientConfig {
             redirect: None,
             finish_request: None,
             local_address: None,
+            family: None,
             proxy: None,
         }
     }
@@ -471,11 +475,20 @@ async fn tcp(target: &Target, config: &ClientConfig) -> Result<TcpStream, Error>
     let stream = match &config.proxy {
         Some(proxy) => {
             let proxy = Proxy::parse(proxy)?;
-            let mut stream = tcp_connect(&proxy.host, proxy.port, config.local_address).await?;
+            let mut stream =
+                tcp_connect(&proxy.host, proxy.port, config.local_address, config.family).await?;
             proxy.tunnel(&mut stream, target).await?;
             stream
         }
-        None => tcp_connect(&target.host, target.port, config.local_address).await?,
+        None => {
+            tcp_connect(
+                &target.host,
+                target.port,
+                config.local_address,
+                config.family,
+            )
+            .await?
+        }
     };
     stream.set_nodelay(true)?;
     Ok(stream)
@@ -483,13 +496,33 @@ async fn tcp(target: &Target, config: &ClientConfig) -> Result<TcpStream, Error>
 
 /// Connects to `host:port`, from `local` if given (each resolved address of its family
 /// in turn).
-async fn tcp_connect(host: &str, port: u16, local: Option<IpAddr>) -> Result<TcpStream, Error> {
-    let Some(local) = local else {
+/// An IP address family (`ws`'s `family` option).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressFamily {
+    /// IPv4 only.
+    V4,
+    /// IPv6 only.
+    V6,
+}
+
+async fn tcp_connect(
+    host: &str,
+    port: u16,
+    local: Option<IpAddr>,
+    family: Option<AddressFamily>,
+) -> Result<TcpStream, Error> {
+    if local.is_none() && family.is_none() {
         return Ok(TcpStream::connect((host, port)).await?);
+    }
+    let wanted_v4 = match (family, local) {
+        (Some(AddressFamily::V4), _) => Some(true),
+        (Some(AddressFamily::V6), _) => Some(false),
+        (None, Some(local)) => Some(local.is_ipv4()),
+        (None, None) => None,
     };
     let mut last = None;
     for addr in tokio::net::lookup_host((host, port)).await? {
-        if addr.is_ipv4() != local.is_ipv4() {
+        if wanted_v4.is_some_and(|v4| addr.is_ipv4() != v4) {
             continue;
         }
         let attempt = async {
@@ -498,7 +531,9 @@ async fn tcp_connect(host: &str, port: u16, local: Option<IpAddr>) -> Result<Tcp
             } else {
                 TcpSocket::new_v6()?
             };
-            socket.bind(SocketAddr::new(local, 0))?;
+            if let Some(local) = local {
+                socket.bind(SocketAddr::new(local, 0))?;
+            }
             socket.connect(addr).await
         };
         match attempt.await {
@@ -509,7 +544,9 @@ async fn tcp_connect(host: &str, port: u16, local: Option<IpAddr>) -> Result<Tcp
     Err(Error::Io(last.unwrap_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::AddrNotAvailable,
-            format!("{host}: no address of the family of the local address {local}"),
+            format!(
+                "{host}: no address of the requested family ({family:?}, local address {local:?})"
+            ),
         )
     })))
 }

@@ -47,7 +47,8 @@ pub use accept::{
 };
 pub use client::{
     connect, connect_maybe_tls, connect_maybe_tls_with, connect_with,
-    handshake as client_handshake, ClientConfig, FinishRequest, RedirectHook, Target,
+    handshake as client_handshake, AddressFamily, ClientConfig, FinishRequest, RedirectHook,
+    Target,
 };
 pub use error::{CloseInfo, Error};
 pub use server::{Clients, ShutdownReport, WebSocketServer};

@@ -120,6 +120,8 @@ struct Inner<S> {
     reader_waker: Option<Waker>,
     /// Messages dropped by `try_send` under `WhenFull::Drop`.
     dropped: u64,
+    /// Per-connection user data (S12).
+    data: http::Extensions,
 }
 
 /// An open WebSocket connection.
@@ -213,6 +215,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             resume_waker: None,
             reader_waker: None,
             dropped: 0,
+            data: http::Extensions::new(),
         };
         WebSocket {
             shared: Arc::new(Shared {
@@ -453,6 +456,18 @@ macro_rules! sender_methods {
         /// [`Error::Io`] if the transport fails.
         pub async fn drained(&self) -> Result<(), Error> {
             poll_fn(|cx| self.shared.poll_drained(cx)).await
+        }
+
+        /// Attaches a value of type `T` to the connection, replacing (and returning) the
+        /// previous one (S12: per-connection user data, visible from every handle,
+        /// e.g. the writers that `WebSocketServer::clients()` returns).
+        pub fn insert_data<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
+            self.shared.lock().data.insert(value)
+        }
+
+        /// A clone of the value of type `T` attached with [`Self::insert_data`].
+        pub fn data<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+            self.shared.lock().data.get::<T>().cloned()
         }
 
         /// Messages `try_send` dropped under `WhenFull::Drop`.

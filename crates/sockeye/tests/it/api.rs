@@ -886,3 +886,55 @@ async fn bounded_send_queue_policies() {
         reading.abort();
     }
 }
+
+// S12: per-connection user data, seen from every handle, e.g. to broadcast to a room.
+#[tokio::test]
+async fn per_connection_user_data() {
+    #[derive(Clone, Debug, PartialEq)]
+    struct Room(&'static str);
+    let server = server(ServerConfig::default()).await;
+    let mut clients = Vec::new();
+    let mut peers = Vec::new(); // kept open, unread
+    for room in ["red", "blue", "red"] {
+        clients.push(sockeye::connect(&url(&server, "/")).await.unwrap().0);
+        let peer = accept_one(&server).await;
+        assert_eq!(peer.insert_data(Room(room)), None);
+        assert_eq!(
+            peer.insert_data(Room(room)),
+            Some(Room(room)),
+            "replaced, old returned"
+        );
+        peers.push(peer);
+    }
+    for writer in server.clients() {
+        if writer.data::<Room>() == Some(Room("red")) {
+            writer.send_text("to red").await.unwrap();
+        }
+    }
+    assert_eq!(next(&mut clients[0]).await, Message::text("to red"));
+    assert_eq!(next(&mut clients[2]).await, Message::text("to red"));
+    let nothing = tokio::time::timeout(Duration::from_millis(200), clients[1].next()).await;
+    assert!(nothing.is_err(), "blue got nothing");
+    assert_eq!(server.clients()[0].data::<u32>(), None, "absent type");
+}
+
+// C6: family picks IPv4 or IPv6 addresses of the host.
+#[tokio::test]
+async fn address_family() {
+    let server = server(ServerConfig::default()).await;
+    let port = server.local_addr().port();
+    let mut v4 = ClientConfig::default();
+    v4.family = Some(sockeye::AddressFamily::V4);
+    assert!(
+        sockeye::connect_with(&format!("ws://localhost:{port}/"), v4)
+            .await
+            .is_ok()
+    );
+    let _peer = accept_one(&server).await;
+    let mut v6 = ClientConfig::default();
+    v6.family = Some(sockeye::AddressFamily::V6);
+    let err = sockeye::connect_with(&format!("ws://127.0.0.1:{port}/"), v6)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("family"), "{err}");
+}
