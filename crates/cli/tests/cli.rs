@@ -643,3 +643,273 @@ async fn bench_reports_rate_and_latency() {
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("cannot connect"));
 }
+
+// ---- TLS, ws+unix, proxy ---------------------------------------------------------------------
+
+/// A directory under the system temp dir, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "sockeye-cli-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    /// Writes `contents` to `name` in the directory and returns its path as a string.
+    fn write(&self, name: &str, contents: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// PEM files for a test PKI made by rcgen: a CA and a server certificate it signed for
+/// `localhost` and 127.0.0.1.
+struct Pem {
+    _dir: TempDir,
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn pem_files() -> Pem {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Sockeye CLI test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let mut server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server = server.signed_by(&server_key, &ca).unwrap();
+    let dir = TempDir::new("tls");
+    Pem {
+        ca: dir.write("ca.pem", &ca.pem()),
+        cert: dir.write("cert.pem", &server.pem()),
+        key: dir.write("key.pem", &server_key.serialize_pem()),
+        _dir: dir,
+    }
+}
+
+/// Runs `sockeye connect <args>`, types one line, expects it back as "< line", closes
+/// stdin and expects exit 0; returns stderr.
+async fn connect_echoes_a_line(args: &[&str]) -> String {
+    let mut child = sockeye()
+        .arg("connect")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    stdin
+        .write_all(b"over the wire \xe2\x9c\x93\n")
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let printed = tokio::time::timeout(STEP, stdout.next_line())
+        .await
+        .expect("the echo is printed in time")
+        .unwrap();
+    drop(stdin); // EOF: close cleanly.
+    let status = wait(&mut child).await;
+    let stderr = tokio::time::timeout(STEP, stderr)
+        .await
+        .expect("stderr ends in time")
+        .unwrap();
+    assert_eq!(
+        printed.as_deref(),
+        Some("< over the wire ✓"),
+        "{args:?}: {stderr}"
+    );
+    assert!(status.success(), "{args:?}: {status:?}\n{stderr}");
+    assert!(stderr.contains("connected to"), "{stderr}");
+    stderr
+}
+
+/// Runs `sockeye connect <args>` with empty stdin, bounded: (exit status, stderr).
+async fn connect_output(args: &[&str]) -> (ExitStatus, String) {
+    let output = tokio::time::timeout(
+        STEP,
+        sockeye()
+            .arg("connect")
+            .args(args)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("connect ends in time")
+    .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `sockeye echo --tls-cert/--tls-key` serves wss://; `sockeye connect --ca` trusts it,
+/// without --ca the certificate is refused, and --insecure connects with a warning.
+#[tokio::test]
+async fn echo_over_tls_and_connect_with_ca_or_insecure() {
+    let pem = pem_files();
+    let server = start(
+        &["echo", "--tls-cert", &pem.cert, "--tls-key", &pem.key],
+        "sockeye echo listening on wss://",
+    )
+    .await;
+    let url = format!("wss://localhost:{}/", server.addr.port());
+
+    let stderr = connect_echoes_a_line(&[&url, "--ca", &pem.ca]).await;
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(stderr.contains("disconnected (1000"), "{stderr}");
+
+    let (status, stderr) = connect_output(&[&url]).await;
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(
+        stderr.to_ascii_lowercase().contains("certificate"),
+        "{stderr}"
+    );
+
+    let stderr = connect_echoes_a_line(&[&url, "--insecure"]).await;
+    assert!(stderr.contains("warning: --insecure"), "{stderr}");
+
+    // Plain ws:// to the TLS port does not get a WebSocket.
+    let (status, _) = connect_output(&[&format!("ws://{}/", server.addr)]).await;
+    assert!(!status.success());
+}
+
+/// `sockeye serve --tls-cert/--tls-key` serves wss:// at /echo.
+#[tokio::test]
+async fn serve_over_tls_echoes_at_slash_echo() {
+    let pem = pem_files();
+    let server = start(
+        &["serve", "--tls-cert", &pem.cert, "--tls-key", &pem.key],
+        "sockeye serve: open https://",
+    )
+    .await;
+    let url = format!("wss://localhost:{}/echo", server.addr.port());
+    connect_echoes_a_line(&[&url, "--ca", &pem.ca]).await;
+    let (status, stderr) = connect_output(&[&url]).await;
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.to_ascii_lowercase().contains("certificate"),
+        "{stderr}"
+    );
+}
+
+/// A bad --tls-cert is an error at startup.
+#[tokio::test]
+async fn echo_with_an_unreadable_certificate_fails() {
+    let dir = TempDir::new("badtls");
+    let missing = dir.0.join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let junk = dir.write("junk.pem", "not a certificate\n");
+    for cert in [missing, junk.as_str()] {
+        let output = tokio::time::timeout(
+            STEP,
+            sockeye()
+                .args(["echo", "--listen", "127.0.0.1:0"])
+                .args(["--tls-cert", cert, "--tls-key", &junk])
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .expect("echo gives up in time")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{cert}: {stderr}");
+        assert!(stderr.contains("--tls-"), "{cert}: {stderr}");
+    }
+}
+
+/// The CLI has no Unix-socket listener (`sockeye echo --listen` takes an IP address), so
+/// ws+unix: is checked only for a socket that does not exist: a clear error naming it.
+#[tokio::test]
+async fn connect_ws_unix_to_a_missing_socket_fails() {
+    let dir = TempDir::new("unix");
+    let socket = dir.0.join("nonexistent.sock");
+    let url = format!("ws+unix:{}:/", socket.display());
+    let (status, stderr) = connect_output(&[&url]).await;
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(stderr.contains("nonexistent.sock"), "{stderr}");
+}
+
+/// A one-connection HTTP CONNECT proxy on loopback: returns its address and the request
+/// line it received.
+async fn connect_proxy() -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen, request_line) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut client, _) = listener.accept().await.unwrap();
+        // Read the head a byte at a time so nothing after it is consumed.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            if client.read(&mut byte).await.unwrap() == 0 {
+                return;
+            }
+            head.push(byte[0]);
+            assert!(head.len() < 8192, "head too long");
+        }
+        let head = String::from_utf8(head).unwrap();
+        let line = head.lines().next().unwrap().to_owned();
+        let target = line.split(' ').nth(1).unwrap().to_owned();
+        let _ = seen.send(line);
+        let mut upstream = TcpStream::connect(&target).await.unwrap();
+        client
+            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+    (addr, request_line)
+}
+
+/// `sockeye connect --proxy` tunnels through an HTTP CONNECT proxy.
+#[tokio::test]
+async fn connect_through_an_http_connect_proxy() {
+    let server = echo_server(&[]).await;
+    let (proxy, request_line) = connect_proxy().await;
+    connect_echoes_a_line(&[
+        &format!("ws://{}/", server.addr),
+        "--proxy",
+        &format!("http://{proxy}"),
+    ])
+    .await;
+    let line = tokio::time::timeout(STEP, request_line)
+        .await
+        .expect("the proxy saw a request")
+        .expect("a request line");
+    assert_eq!(line, format!("CONNECT {} HTTP/1.1", server.addr));
+}
