@@ -83,7 +83,9 @@ pub struct Connection {
     /// Whether the message being sent is compressed.
     sending_compressed: bool,
     /// permessage-deflate, when negotiated.
-    deflate: Option<Deflate>,
+    /// Boxed: most connections never negotiate it, and inline it would double the size
+    /// of every idle connection.
+    deflate: Option<Box<Deflate>>,
     transmit: BytesMut,
     close_sent: bool,
     close_received: bool,
@@ -136,13 +138,13 @@ impl Connection {
     /// A connection that uses permessage-deflate as negotiated in the handshake
     /// (RFC 7692): RSV1 marks compressed messages both ways.
     pub fn with_deflate(mut self, deflate: Deflate) -> Connection {
-        self.deflate = Some(deflate);
+        self.deflate = Some(Box::new(deflate));
         self
     }
 
     /// The permessage-deflate codec, if negotiated.
     pub fn deflate(&self) -> Option<&Deflate> {
-        self.deflate.as_ref()
+        self.deflate.as_deref()
     }
 
     /// This end's role.
@@ -594,7 +596,7 @@ impl Connection {
                     .is_some_and(|d| d.should_compress(payload.len()));
         }
         self.outgoing = if fin { None } else { Some(kind) };
-        match (self.sending_compressed, self.deflate.as_mut()) {
+        match (self.sending_compressed, self.deflate.as_deref_mut()) {
             (true, Some(deflate)) => {
                 let compressed = deflate.compress(payload, fin);
                 let rsv1 = opcode != OpCode::Continuation;
