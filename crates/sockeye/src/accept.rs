@@ -325,11 +325,7 @@ where
                 &headers,
                 &body,
             );
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                io.write_all(&response).await?;
-                io.shutdown().await
-            })
-            .await;
+            write_refusal(&mut io, &response).await;
             return Err(Error::Handshake(HandshakeError::Rejected));
         }
     }
@@ -381,8 +377,13 @@ async fn reject<S: AsyncWrite + Unpin>(
         }
         None => reject_error(error),
     };
+    write_refusal(io, &response).await;
+}
+
+/// Writes a refusal and closes; best effort and bounded, since the client may not read.
+async fn write_refusal<S: AsyncWrite + Unpin>(io: &mut S, response: &[u8]) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        io.write_all(&response).await?;
+        io.write_all(response).await?;
         io.shutdown().await
     })
     .await;

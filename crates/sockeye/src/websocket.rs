@@ -541,23 +541,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, sockeye_proto::Error>,
     ) -> Result<T, Error> {
-        let mut inner = self.lock();
-        if (inner.io.is_none() || inner.ended) && inner.conn.state() == State::Closed {
-            return Err(Error::Closed(inner.close_info()));
-        }
-        f(&mut inner.conn).map_err(Error::from)
+        self.lock().with_conn(f)
     }
 
     fn queue(&self, message: Message) -> Result<(), Error> {
-        self.with_conn(|conn| match &message {
-            Message::Text(text) => conn.send(DataKind::Text, text.as_bytes(), true),
-            Message::UncheckedText(data) => conn.send(DataKind::Text, data, true),
-            Message::Binary(data) => conn.send(DataKind::Binary, data, true),
-            Message::Ping(data) => conn.ping(data),
-            Message::Pong(data) => conn.pong(data),
-            Message::Close(frame) => conn.close(frame.as_ref(), Instant::now()),
-            Message::Fragment(fragment) => conn.send(fragment.kind, &fragment.data, fragment.fin),
-        })
+        self.lock().queue(&message)
     }
 
     fn ready_state(&self) -> ReadyState {
@@ -614,10 +602,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
                 }
             }
         }
-        drop(inner);
-        self.queue(message)?;
+        inner.queue(&message)?;
         // The reader task writes the queue out as it polls; wake it.
-        self.lock().wake_reader();
+        inner.wake_reader();
         Ok(TrySend::Queued)
     }
 
@@ -654,6 +641,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             received: self.received.clone(),
             sent: self.conn.close_sent(),
         }
+    }
+
+    /// Runs a command on the connection, unless it is over and its transport gone.
+    fn with_conn<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> Result<T, sockeye_proto::Error>,
+    ) -> Result<T, Error> {
+        if (self.io.is_none() || self.ended) && self.conn.state() == State::Closed {
+            return Err(Error::Closed(self.close_info()));
+        }
+        f(&mut self.conn).map_err(Error::from)
+    }
+
+    /// Encodes a message into the transmit buffer.
+    fn queue(&mut self, message: &Message) -> Result<(), Error> {
+        self.with_conn(|conn| match message {
+            Message::Text(text) => conn.send(DataKind::Text, text.as_bytes(), true),
+            Message::UncheckedText(data) => conn.send(DataKind::Text, data, true),
+            Message::Binary(data) => conn.send(DataKind::Binary, data, true),
+            Message::Ping(data) => conn.ping(data),
+            Message::Pong(data) => conn.pong(data),
+            Message::Close(frame) => conn.close(frame.as_ref(), Instant::now()),
+            Message::Fragment(fragment) => conn.send(fragment.kind, &fragment.data, fragment.fin),
+        })
     }
 
     fn wake_reader(&mut self) {
