@@ -108,7 +108,7 @@ fn run(
         loop {
             assert!(conn.read_hint(&input) >= 1);
             let result = conn.read(&mut input, now);
-            wire.extend_from_slice(&conn.transmit_buf().split());
+            wire.extend_from_slice(&conn.transmit().take_all());
             match result {
                 Ok(None) => break,
                 Ok(Some(_)) | Err(_) if ended => panic!("read after the end: {result:?}"),

@@ -81,7 +81,7 @@ fn decode_frames(bencher: Bencher, len: usize) {
     for _ in 0..1000 {
         client.send_binary(&payload).unwrap();
     }
-    let wire = client.transmit_buf().split().freeze();
+    let wire = client.transmit().take_all().freeze();
     let now = Instant::now();
     bencher
         .counter(divan::counter::ItemsCount::new(1000usize))
@@ -101,7 +101,7 @@ fn encode_frame_server(bencher: Bencher, len: usize) {
     let payload = vec![7u8; len];
     bencher.counter(BytesCount::new(len)).bench_local(|| {
         server.send_binary(black_box(&payload)).unwrap();
-        server.transmit_buf().clear();
+        server.transmit().clear();
     });
 }
 
@@ -115,7 +115,7 @@ fn encode_frame_client(bencher: Bencher, len: usize) {
     let payload = vec![7u8; len];
     bencher.counter(BytesCount::new(len)).bench_local(|| {
         client.send_binary(black_box(&payload)).unwrap();
-        client.transmit_buf().clear();
+        client.transmit().clear();
     });
 }
 

@@ -669,7 +669,7 @@ mod tests {
     }
 
     fn deliver(from: &mut Connection, to: &mut Connection) -> Vec<Message> {
-        let mut wire = from.transmit_buf().split();
+        let mut wire = from.transmit().take_all();
         let mut out = Vec::new();
         while let Some(m) = to.read(&mut wire, Instant::now()).unwrap() {
             out.push(m);
@@ -689,10 +689,10 @@ mod tests {
             let text = "hello hello hello hello ".repeat(100);
             for _ in 0..3 {
                 client.send_text(&text).unwrap();
-                let wire_len = client.transmit_buf().len();
+                let wire_len = client.transmit_len();
                 assert!(wire_len < text.len() / 4, "compressed: {wire_len}");
                 assert_eq!(
-                    client.transmit_buf()[0] & 0x40,
+                    client.transmit().to_vec()[0] & 0x40,
                     0x40,
                     "RSV1 on the first frame"
                 );
@@ -714,10 +714,10 @@ mod tests {
             );
             // Fragmented: RSV1 on the first frame only.
             client.send(DataKind::Text, text.as_bytes(), false).unwrap();
-            let first_len = client.transmit_buf().len();
+            let first_len = client.transmit_len();
             client.send(DataKind::Text, b"tail", true).unwrap();
             assert_eq!(
-                client.transmit_buf()[first_len] & 0x40,
+                client.transmit().to_vec()[first_len] & 0x40,
                 0,
                 "no RSV1 on continuation"
             );
@@ -726,7 +726,7 @@ mod tests {
                 [Message::text(format!("{text}tail"))]
             );
             client.ping(b"p").unwrap();
-            assert_eq!(client.transmit_buf()[0], 0x89, "pings are never compressed");
+            assert_eq!(client.transmit().to_vec()[0], 0x89, "pings are never compressed");
         }
     }
 
@@ -740,15 +740,15 @@ mod tests {
         let mut client = Connection::new(Role::Client, Config::default())
             .with_deflate(Deflate::new(Role::Client, params, &config));
         client.send_text("short").unwrap();
-        assert_eq!(client.transmit_buf()[0] & 0x40, 0, "under the threshold");
-        client.transmit_buf().clear();
+        assert_eq!(client.transmit().to_vec()[0] & 0x40, 0, "under the threshold");
+        client.transmit().clear();
         client
             .send_with(DataKind::Binary, &[0u8; 4096], true, false)
             .unwrap();
-        assert_eq!(client.transmit_buf()[0] & 0x40, 0, "compress: false");
-        client.transmit_buf().clear();
+        assert_eq!(client.transmit().to_vec()[0] & 0x40, 0, "compress: false");
+        client.transmit().clear();
         client.send_binary(&[0u8; 4096]).unwrap();
-        assert_eq!(client.transmit_buf()[0] & 0x40, 0x40);
+        assert_eq!(client.transmit().to_vec()[0] & 0x40, 0x40);
     }
 
     // A decompression bomb: a tiny frame that inflates far past max_payload is stopped
@@ -775,7 +775,7 @@ mod tests {
         ));
         let bomb = vec![0u8; 16 << 20];
         client.send_binary(&bomb).unwrap();
-        let mut wire = client.transmit_buf().split();
+        let mut wire = client.transmit().take_all();
         assert!(
             wire.len() < 128 * 1024,
             "16 MiB of zeros compress to {} bytes",

@@ -7,24 +7,24 @@
 //! ```text
 //!            transport bytes                     your application
 //!   read() ─────────────────► Connection ───────► Message (Text, Binary, Ping, Pong, Close)
-//!   write() ◄───────────────── transmit_buf ◄──── send / ping / pong / close
+//!   write() ◄───────────────── transmit ◄──────── send / ping / pong / close
 //!                               ▲      │
 //!              handle_timeout ──┘      └── poll_timeout, should_close_transport
 //! ```
 //!
 //! Modules: [`frame`] (header codec), [`mask`], [`utf8`] (incremental validation),
 //! [`close`] (codes and frames), [`message`], [`connection`] (the state machine),
+//! [`transmit`] (the queue of bytes to write),
 //! [`handshake`] (the HTTP/1.1 upgrade in both roles), [`limits`] and [`error`].
 //!
 //! ```
 //! use std::time::Instant;
-//! use bytes::BytesMut;
 //! use sockeye_proto::{Config, Connection, Message, Role};
 //!
 //! let mut client = Connection::new(Role::Client, Config::default());
 //! let mut server = Connection::new(Role::Server, Config::default());
 //! client.send_text("hello").unwrap();
-//! let mut wire = BytesMut::from(&client.transmit_buf()[..]);
+//! let mut wire = client.transmit().take_all();
 //! let message = server.read(&mut wire, Instant::now()).unwrap();
 //! assert_eq!(message.unwrap().as_text(), Some("hello"));
 //! ```
@@ -46,6 +46,7 @@ pub mod limits;
 pub mod manual;
 pub mod mask;
 pub mod message;
+pub mod transmit;
 pub mod utf8;
 
 pub use bytes;
@@ -58,3 +59,4 @@ pub use error::{ApiMisuse, Error, HandshakeError, InflateError, LimitError, Prot
 pub use frame::{FrameHeader, OpCode};
 pub use limits::{Config, Heartbeat, SendQueue, WhenFull};
 pub use message::{Fragment, Message, Utf8Bytes};
+pub use transmit::Transmit;

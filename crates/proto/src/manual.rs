@@ -60,7 +60,8 @@
 //! ```no_run
 //! # use std::io::{Read, Write};
 //! # use std::time::Instant;
-//! # use sockeye_proto::{bytes::BytesMut, Config, Connection, Message, Role};
+//! # use sockeye_proto::bytes::{Buf, BytesMut};
+//! # use sockeye_proto::{Config, Connection, Message, Role};
 //! # fn run(mut socket: std::net::TcpStream) -> Result<(), Box<dyn std::error::Error>> {
 //! let mut conn = Connection::new(Role::Server, Config::default());
 //! let mut input = BytesMut::with_capacity(8192);
@@ -71,10 +72,13 @@
 //!             conn.send_text(text)?; // echo
 //!         }
 //!     }
-//!     // 2. Write what the connection queued (replies, pongs, close frames).
-//!     let out = conn.transmit_buf();
-//!     socket.write_all(out)?;
-//!     out.clear();
+//!     // 2. Write what the connection queued (replies, pongs, close frames); a
+//!     //    vectored write (`chunks_vectored`) takes several frames at once.
+//!     let out = conn.transmit();
+//!     while out.has_remaining() {
+//!         let n = socket.write(out.chunk())?;
+//!         out.advance(n);
+//!     }
 //!     // 3. Close the transport when the connection says so.
 //!     if conn.should_close_transport() {
 //!         return Ok(());

@@ -7,7 +7,7 @@
 //! close handshake and its timeout progress while somebody polls the stream.
 
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +26,9 @@ use tokio::time::Sleep;
 use crate::error::{CloseInfo, Error};
 
 /// The smallest read: enough for many small frames per system call.
-const READ_CHUNK: usize = 8 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+/// At most this many slices per vectored write.
+const MAX_WRITE_SLICES: usize = 32;
 /// The largest single reservation for a frame's payload.
 const MAX_READ_RESERVE: usize = 4 * 1024 * 1024;
 
@@ -499,7 +501,7 @@ macro_rules! sender_methods {
         /// Bytes queued but not yet written to the transport, framing included (`ws`'s
         /// `bufferedAmount`).
         pub fn buffered_amount(&self) -> usize {
-            self.shared.lock().conn.transmit_buf().len()
+            self.shared.lock().conn.transmit_len()
         }
     };
 }
@@ -545,7 +547,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
     }
 
     fn queue(&self, message: Message) -> Result<(), Error> {
-        self.lock().queue(&message)
+        self.lock().queue(message)
     }
 
     fn ready_state(&self) -> ReadyState {
@@ -578,7 +580,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
 
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut inner = self.lock();
-        if inner.conn.transmit_buf().len() < inner.conn.config().send_queue.high_water {
+        if inner.conn.transmit_len() < inner.conn.config().send_queue.high_water {
             return Poll::Ready(Ok(()));
         }
         inner.poll_flush_transmit(cx).map_err(Error::Io)
@@ -587,7 +589,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
     fn try_queue(&self, message: Message) -> Result<TrySend, Error> {
         let mut inner = self.lock();
         let queue = inner.conn.config().send_queue;
-        if inner.conn.transmit_buf().len() >= queue.high_water {
+        if inner.conn.transmit_len() >= queue.high_water {
             match queue.when_full {
                 WhenFull::Wait => return Err(Error::QueueFull),
                 WhenFull::Drop => {
@@ -602,7 +604,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
                 }
             }
         }
-        inner.queue(&message)?;
+        inner.queue(message)?;
         // The reader task writes the queue out as it polls; wake it.
         inner.wake_reader();
         Ok(TrySend::Queued)
@@ -612,7 +614,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
     fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut inner = self.lock();
         loop {
-            if inner.conn.transmit_buf().len() <= inner.conn.config().send_queue.low_water {
+            if inner.conn.transmit_len() <= inner.conn.config().send_queue.low_water {
                 return Poll::Ready(Ok(()));
             }
             match inner.poll_flush_transmit(cx) {
@@ -620,7 +622,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
                 Poll::Pending => {
                     // Partly written: below the mark already?
-                    if inner.conn.transmit_buf().len() <= inner.conn.config().send_queue.low_water {
+                    if inner.conn.transmit_len() <= inner.conn.config().send_queue.low_water {
                         return Poll::Ready(Ok(()));
                     }
                     return Poll::Pending;
@@ -655,15 +657,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     }
 
     /// Encodes a message into the transmit buffer.
-    fn queue(&mut self, message: &Message) -> Result<(), Error> {
+    /// The payload is handed over: large ones are written from it without a copy.
+    fn queue(&mut self, message: Message) -> Result<(), Error> {
         self.with_conn(|conn| match message {
-            Message::Text(text) => conn.send(DataKind::Text, text.as_bytes(), true),
-            Message::UncheckedText(data) => conn.send(DataKind::Text, data, true),
-            Message::Binary(data) => conn.send(DataKind::Binary, data, true),
-            Message::Ping(data) => conn.ping(data),
-            Message::Pong(data) => conn.pong(data),
+            Message::Text(text) => conn.send_bytes(DataKind::Text, text.into_bytes(), true, true),
+            Message::UncheckedText(data) => conn.send_bytes(DataKind::Text, data, true, true),
+            Message::Binary(data) => conn.send_bytes(DataKind::Binary, data, true, true),
+            Message::Ping(data) => conn.ping(&data),
+            Message::Pong(data) => conn.pong(&data),
             Message::Close(frame) => conn.close(frame.as_ref(), Instant::now()),
-            Message::Fragment(fragment) => conn.send(fragment.kind, &fragment.data, fragment.fin),
+            Message::Fragment(fragment) => {
+                conn.send_bytes(fragment.kind, fragment.data, fragment.fin, true)
+            }
         })
     }
 
@@ -682,7 +687,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// Writes the transmit buffer out. Ready once it is empty and the transport flushed.
     fn poll_flush_transmit(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(io) = self.io.as_mut() else {
-            let empty = self.conn.transmit_buf().is_empty();
+            let empty = self.conn.transmit().is_empty();
             return Poll::Ready(if empty {
                 Ok(())
             } else {
@@ -694,16 +699,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         };
         let mut progress = false;
         loop {
-            let buf = self.conn.transmit_buf();
-            if buf.is_empty() {
+            let transmit = self.conn.transmit();
+            if transmit.is_empty() {
                 break;
             }
-            match Pin::new(&mut *io).poll_write(cx, buf) {
+            // A referenced payload goes out with its header in one vectored write.
+            let written = if transmit.is_segmented() && io.is_write_vectored() {
+                let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+                let n = transmit.chunks_vectored(&mut slices);
+                Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n])
+            } else {
+                Pin::new(&mut *io).poll_write(cx, transmit.chunk())
+            };
+            match written {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 Poll::Ready(Ok(n)) => {
-                    buf.advance(n);
+                    transmit.advance(n);
                     progress = true;
                 }
                 Poll::Ready(Err(e)) => {
@@ -727,7 +740,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             Poll::Pending => return Poll::Pending,
         }
         // Written out: an idle connection holds no write buffer.
-        self.conn.shrink_transmit_buf();
+        self.conn.transmit().shrink();
         self.wake_all_writers();
         Poll::Ready(Ok(()))
     }
@@ -750,7 +763,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             // queued for it drains, so automatic pongs cannot pile up without bound. The
             // flush above registered for the wakeup.
             let high_water = self.conn.config().send_queue.high_water;
-            if self.conn.transmit_buf().len() >= high_water && !self.conn.is_read_closed() {
+            if self.conn.transmit_len() >= high_water && !self.conn.is_read_closed() {
                 self.reader_waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
@@ -765,7 +778,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                         if let Poll::Ready(Err(e)) = self.poll_flush_pending(cx) {
                             let _ = self.end_with_io_error(e);
                         } else if self.conn.should_close_transport()
-                            && self.conn.transmit_buf().is_empty()
+                            && self.conn.transmit().is_empty()
                         {
                             if let Some(io) = self.io.as_mut() {
                                 if Pin::new(io).poll_shutdown(cx).is_ready() {
@@ -803,7 +816,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// Writes queued bytes if there are any; `Ready(Ok)` also when nothing was queued.
     fn poll_flush_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.conn.transmit_buf().is_empty() {
+        if self.conn.transmit().is_empty() {
             return Poll::Ready(Ok(()));
         }
         self.poll_flush_transmit(cx)
@@ -880,7 +893,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         if let Poll::Ready(Err(e)) = self.poll_flush_transmit(cx) {
             return Poll::Ready(Some(Err(self.end_with_io_error(e))));
         }
-        if !self.conn.transmit_buf().is_empty() {
+        if !self.conn.transmit().is_empty() {
             return Poll::Pending;
         }
         if !self.conn.should_close_transport() {
@@ -916,7 +929,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.ended = true;
         self.timer = None;
         self.read_buf = BytesMut::new();
-        self.conn.shrink_transmit_buf();
+        self.conn.transmit().shrink();
         self.wake_all_writers();
         Poll::Ready(self.failure.take().map(Err))
     }

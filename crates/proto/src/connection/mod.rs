@@ -9,8 +9,9 @@
 //!    more bytes the frame in progress needs).
 //! 2. Commands ([`Connection::send`], [`Connection::ping`], [`Connection::close`] ...)
 //!    and `read` itself (automatic pongs, close replies) append frames to the transmit
-//!    buffer: write [`Connection::transmit_buf`] to the transport and advance it by
-//!    what was written.
+//!    queue: write [`Connection::transmit`] to the transport (it is a [`bytes::Buf`];
+//!    vectored writes take header and payload at once) and advance it by what was
+//!    written.
 //! 3. When [`Connection::poll_timeout`] returns a deadline, call
 //!    [`Connection::handle_timeout`] once it has passed; call [`Connection::handle_eof`]
 //!    when the transport reports end of stream.
@@ -19,7 +20,7 @@
 
 use std::time::Instant;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
 use crate::deflate::Deflate;
@@ -28,6 +29,7 @@ use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::limits::Config;
 use crate::mask::apply_mask;
 use crate::message::{Fragment, Message, Utf8Bytes};
+use crate::transmit::{Transmit, ZERO_COPY_MIN};
 use crate::utf8::{self, Utf8Validator};
 
 /// Which end of the connection this is. Clients mask what they send; servers require
@@ -86,7 +88,7 @@ pub struct Connection {
     /// Boxed: most connections never negotiate it, and inline it would double the size
     /// of every idle connection.
     deflate: Option<Box<Deflate>>,
-    transmit: BytesMut,
+    transmit: Transmit,
     close_sent: bool,
     close_received: bool,
     deadline: Option<Instant>,
@@ -124,7 +126,7 @@ impl Connection {
             outgoing: None,
             sending_compressed: false,
             deflate: None,
-            transmit: BytesMut::new(),
+            transmit: Transmit::new(),
             close_sent: false,
             close_received: false,
             deadline: None,
@@ -581,6 +583,32 @@ impl Connection {
         fin: bool,
         compress: bool,
     ) -> Result<(), Error> {
+        self.send_payload(kind, Payload::Slice(payload), fin, compress)
+    }
+
+    /// [`Connection::send_with`] for a payload the caller hands over: on the server side
+    /// a payload of [`ZERO_COPY_MIN`] bytes or more is not copied but referenced from the
+    /// transmit queue (clients copy, as they mask).
+    ///
+    /// # Errors
+    /// As [`Connection::send`].
+    pub fn send_bytes(
+        &mut self,
+        kind: DataKind,
+        payload: Bytes,
+        fin: bool,
+        compress: bool,
+    ) -> Result<(), Error> {
+        self.send_payload(kind, Payload::Shared(payload), fin, compress)
+    }
+
+    fn send_payload(
+        &mut self,
+        kind: DataKind,
+        payload: Payload<'_>,
+        fin: bool,
+        compress: bool,
+    ) -> Result<(), Error> {
         self.check_open()?;
         let opcode = match self.outgoing {
             Some(current) if current != kind => return Err(ApiMisuse::FragmentTypeMismatch.into()),
@@ -593,15 +621,15 @@ impl Connection {
                 && self
                     .deflate
                     .as_ref()
-                    .is_some_and(|d| d.should_compress(payload.len()));
+                    .is_some_and(|d| d.should_compress(payload.as_slice().len()));
         }
         self.outgoing = if fin { None } else { Some(kind) };
         match (self.sending_compressed, self.deflate.as_deref_mut()) {
             (true, Some(deflate)) => {
-                let compressed = deflate.compress(payload, fin);
+                let compressed = deflate.compress(payload.as_slice(), fin);
                 let rsv1 = opcode != OpCode::Continuation;
                 write_frame(
-                    &mut self.transmit,
+                    self.transmit.tail(),
                     self.role,
                     &self.config,
                     opcode,
@@ -614,7 +642,23 @@ impl Connection {
                     deflate.shrink();
                 }
             }
-            _ => self.write_frame(opcode, fin, payload),
+            _ => match payload {
+                Payload::Shared(bytes)
+                    if self.role == Role::Server && bytes.len() >= ZERO_COPY_MIN =>
+                {
+                    let header = FrameHeader {
+                        fin,
+                        rsv1: false,
+                        opcode,
+                        mask: None,
+                        payload_len: bytes.len() as u64,
+                    };
+                    let mut encoded = [0u8; MAX_HEADER_LEN];
+                    let hlen = header.encode(&mut encoded);
+                    self.transmit.push_shared(&encoded[..hlen], bytes);
+                }
+                payload => self.write_frame(opcode, fin, payload.as_slice()),
+            },
         }
         Ok(())
     }
@@ -693,17 +737,16 @@ impl Connection {
         self.deadline = None;
     }
 
-    /// The bytes waiting to be written to the transport. Write them, then `advance` the
-    /// buffer by the number of bytes written.
-    pub fn transmit_buf(&mut self) -> &mut BytesMut {
+    /// The bytes waiting to be written to the transport, a [`bytes::Buf`]: write its
+    /// chunks (vectored where the transport can), then `advance` it by the number of
+    /// bytes written. [`Transmit::shrink`] frees its memory once it is empty.
+    pub fn transmit(&mut self) -> &mut Transmit {
         &mut self.transmit
     }
 
-    /// Frees the transmit buffer's memory if it is empty (for idle connections).
-    pub fn shrink_transmit_buf(&mut self) {
-        if self.transmit.is_empty() && self.transmit.capacity() > 0 {
-            self.transmit = BytesMut::new();
-        }
+    /// Bytes waiting to be written to the transport (`ws`'s `bufferedAmount`).
+    pub fn transmit_len(&self) -> usize {
+        self.transmit.len()
     }
 
     fn check_open(&self) -> Result<(), Error> {
@@ -736,7 +779,7 @@ impl Connection {
 
     fn write_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) {
         write_frame(
-            &mut self.transmit,
+            self.transmit.tail(),
             self.role,
             &self.config,
             opcode,
@@ -779,6 +822,21 @@ fn write_frame(
     out.put_slice(payload);
     if let Some(key) = mask {
         apply_mask(&mut out[start..], key, 0);
+    }
+}
+
+/// A payload to send: borrowed (copied into the transmit queue) or handed over.
+enum Payload<'a> {
+    Slice(&'a [u8]),
+    Shared(Bytes),
+}
+
+impl Payload<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Slice(slice) => slice,
+            Payload::Shared(bytes) => bytes,
+        }
     }
 }
 

@@ -182,7 +182,7 @@ fn read_all(c: &mut Connection, bytes: &[u8]) -> Result<Vec<Message>, Error> {
 /// each frame. Checks that `c` masks exactly when it is a client (RFC 6455 §5.1).
 fn sent(c: &mut Connection) -> Vec<(OpCode, bool, Vec<u8>)> {
     let role = c.role();
-    let mut buf = c.transmit_buf().split();
+    let mut buf = c.transmit().take_all();
     let mut frames = Vec::new();
     while !buf.is_empty() {
         let (h, n) = FrameHeader::decode(&buf)
@@ -202,7 +202,7 @@ fn sent(c: &mut Connection) -> Vec<(OpCode, bool, Vec<u8>)> {
 
 /// Moves what `from` sent into `to` and reads it.
 fn deliver(from: &mut Connection, to: &mut Connection, now: Instant) -> Vec<Message> {
-    let bytes = from.transmit_buf().split();
+    let bytes = from.transmit().take_all();
     let (messages, error) = feed(to, &mut BytesMut::new(), &bytes, now);
     assert_eq!(error, None);
     messages
@@ -272,7 +272,7 @@ fn client_masks_with_generate_mask_server_does_not() {
     });
     client.send_text("Hi").unwrap();
     client.ping(b"p").unwrap();
-    let wire = client.transmit_buf().clone();
+    let wire = client.transmit().to_vec();
     assert_eq!(
         &wire[..],
         [
@@ -289,7 +289,7 @@ fn client_masks_with_generate_mask_server_does_not() {
     );
     // The server answered the ping, unmasked.
     server.send_text("Hi").unwrap();
-    let wire = server.transmit_buf().clone();
+    let wire = server.transmit().to_vec();
     assert_eq!(&wire[..], b"\x8a\x01p\x81\x02Hi");
 }
 
@@ -550,7 +550,7 @@ fn close_handshake_started_by_the_client() {
     assert_eq!(server.state(), State::Closed);
     assert!(server.close_received() && server.close_sent());
     assert!(server.should_close_transport());
-    let echo = server.transmit_buf().clone();
+    let echo = server.transmit().to_vec();
     assert_eq!(
         sent(&mut server),
         [(OpCode::Close, true, close_body(1000, b"bye"))]
@@ -793,7 +793,7 @@ fn streamed_send_uses_text_then_continuation() {
     client.ping(b"mid").unwrap();
     client.send(DataKind::Text, "é".as_bytes(), true).unwrap();
     client.send(DataKind::Binary, b"z", true).unwrap();
-    let wire = client.transmit_buf().clone();
+    let wire = client.transmit().to_vec();
     assert_eq!(
         sent(&mut client),
         [
@@ -1230,19 +1230,19 @@ mod heartbeat {
         assert_eq!(conn.poll_timeout(), Some(t0 + Duration::from_secs(10)));
         conn.handle_timeout(t0 + Duration::from_secs(9));
         assert!(
-            conn.transmit_buf().is_empty(),
+            conn.transmit().is_empty(),
             "no ping before the interval"
         );
         conn.handle_timeout(t0 + Duration::from_secs(10));
-        assert_eq!(&conn.transmit_buf()[..], &[0x89, 0x00], "an empty ping");
-        conn.transmit_buf().clear();
+        assert_eq!(&conn.transmit().to_vec()[..], &[0x89, 0x00], "an empty ping");
+        conn.transmit().clear();
         assert_eq!(conn.poll_timeout(), Some(t0 + Duration::from_secs(15)));
         conn.handle_timeout(t0 + Duration::from_secs(15));
         assert!(conn.heartbeat_expired());
         assert_eq!(conn.state(), State::Closed);
         assert!(conn.should_close_transport() && conn.is_read_closed());
         assert!(
-            conn.transmit_buf().is_empty(),
+            conn.transmit().is_empty(),
             "no close frame to a dead peer"
         );
     }
@@ -1253,7 +1253,7 @@ mod heartbeat {
         let mut conn = server();
         conn.read(&mut BytesMut::new(), t0).unwrap();
         conn.handle_timeout(t0 + Duration::from_secs(10));
-        assert!(!conn.transmit_buf().is_empty(), "pinged");
+        assert!(!conn.transmit().is_empty(), "pinged");
         // A pong (masked, empty) arrives before the timeout.
         let mut pong = BytesMut::from(&[0x8a, 0x80, 1, 2, 3, 4][..]);
         let t1 = t0 + Duration::from_secs(12);
@@ -1419,7 +1419,7 @@ mod fragments {
             client
                 .send(DataKind::Text, "héllo ".as_bytes(), false)
                 .unwrap();
-            assert_ne!(client.transmit_buf()[0] & 0x40, 0, "compressed");
+            assert_ne!(client.transmit().to_vec()[0] & 0x40, 0, "compressed");
             client
                 .send(DataKind::Text, "wörld".as_bytes(), true)
                 .unwrap();
@@ -1444,7 +1444,7 @@ mod fragments {
             .send_with(DataKind::Binary, &[0; 600], false, true)
             .unwrap();
         client.send(DataKind::Binary, &[0; 600], true).unwrap();
-        let mut wire = client.transmit_buf().split();
+        let mut wire = client.transmit().take_all();
         let (got, error) = feed(
             &mut server,
             &mut BytesMut::new(),
@@ -1473,4 +1473,61 @@ mod fragments {
             [binary(b"abcd")]
         );
     }
+}
+
+// ---------------------------------------------------------------- handed-over payloads
+
+#[test]
+fn server_references_large_payloads_and_keeps_frame_order() {
+    let mut server = Connection::new(Role::Server, Config::default());
+    let big = Bytes::from((0..64 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    server.ping(b"before").unwrap();
+    server
+        .send_bytes(DataKind::Binary, big.clone(), true, true)
+        .unwrap();
+    server.pong(b"after").unwrap();
+    assert!(server.transmit().is_segmented(), "the payload is referenced");
+    assert_eq!(server.transmit_len(), 2 + 6 + 10 + big.len() + 2 + 5);
+    assert_eq!(
+        sent(&mut server),
+        vec![
+            (OpCode::Ping, true, b"before".to_vec()),
+            (OpCode::Binary, true, big.to_vec()),
+            (OpCode::Pong, true, b"after".to_vec()),
+        ]
+    );
+}
+
+#[test]
+fn small_or_masked_payloads_are_copied() {
+    let payload = Bytes::from(vec![7u8; ZERO_COPY_MIN - 1]);
+    let mut server = Connection::new(Role::Server, Config::default());
+    server
+        .send_bytes(DataKind::Binary, payload.clone(), true, true)
+        .unwrap();
+    assert!(!server.transmit().is_segmented(), "under ZERO_COPY_MIN");
+
+    let mut client = Connection::new(Role::Client, Config::default());
+    let big = Bytes::from(vec![9u8; 4 * ZERO_COPY_MIN]);
+    client
+        .send_bytes(DataKind::Binary, big.clone(), true, true)
+        .unwrap();
+    assert!(!client.transmit().is_segmented(), "a client masks a copy");
+    assert_eq!(sent(&mut client), vec![(OpCode::Binary, true, big.to_vec())]);
+}
+
+#[test]
+fn handed_over_fragments_arrive_as_one_message() {
+    let mut server = Connection::new(Role::Server, Config::default());
+    let mut client = Connection::new(Role::Client, Config::default());
+    let part = Bytes::from(vec![b'x'; 3000]);
+    server
+        .send_bytes(DataKind::Text, part.clone(), false, true)
+        .unwrap();
+    server.send(DataKind::Text, b"-", false).unwrap();
+    server.send_bytes(DataKind::Text, part, true, true).unwrap();
+    let messages = deliver(&mut server, &mut client, Instant::now());
+    let expected = format!("{}-{}", "x".repeat(3000), "x".repeat(3000));
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].as_text(), Some(expected.as_str()));
 }

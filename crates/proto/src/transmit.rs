@@ -1,0 +1,314 @@
+//! [`Transmit`]: the bytes a connection has queued for the transport.
+//!
+//! Small frames are encoded into one contiguous buffer. A large payload handed over as
+//! [`Bytes`] on the unmasked (server) side is not copied: its frame header is kept inline
+//! and the payload is referenced, so the transport writes header and payload with one
+//! vectored write (`writev`). [`Transmit`] implements [`bytes::Buf`]; write
+//! [`Buf::chunks_vectored`] (or [`Buf::chunk`]) and [`Buf::advance`] by what was written.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::frame::MAX_HEADER_LEN;
+
+/// Payloads from this size on are referenced instead of copied (when they come as
+/// [`Bytes`] and need no masking). Below it a copy is cheaper than the bookkeeping
+/// (`cargo bench -p sockeye-proto -- encode`).
+pub const ZERO_COPY_MIN: usize = 1024;
+
+/// Bytes queued for the transport, in order. See the [module](self) docs.
+#[derive(Default)]
+pub struct Transmit {
+    /// Frames with a referenced payload; all of them go before `tail`.
+    segments: VecDeque<Segment>,
+    /// Encoded frames after the last segment.
+    tail: BytesMut,
+}
+
+/// A frame whose payload is referenced, with whatever was encoded before it.
+struct Segment {
+    /// Encoded bytes queued before this frame.
+    before: Bytes,
+    header: [u8; MAX_HEADER_LEN],
+    /// The next header byte to write.
+    header_pos: u8,
+    header_len: u8,
+    payload: Bytes,
+}
+
+impl Segment {
+    fn remaining(&self) -> usize {
+        self.before.len() + usize::from(self.header_len - self.header_pos) + self.payload.len()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        if !self.before.is_empty() {
+            &self.before
+        } else if self.header_pos < self.header_len {
+            &self.header[usize::from(self.header_pos)..usize::from(self.header_len)]
+        } else {
+            &self.payload
+        }
+    }
+
+    /// Consumes up to `cnt` bytes; returns how many of `cnt` are left over.
+    fn advance(&mut self, mut cnt: usize) -> usize {
+        let n = cnt.min(self.before.len());
+        self.before.advance(n);
+        cnt -= n;
+        let header_left = usize::from(self.header_len - self.header_pos);
+        let n = cnt.min(header_left);
+        // `n` is at most `header_left`, which fits in a u8.
+        self.header_pos += n as u8;
+        cnt -= n;
+        let n = cnt.min(self.payload.len());
+        self.payload.advance(n);
+        cnt - n
+    }
+}
+
+impl Transmit {
+    /// An empty queue (holds no memory).
+    pub fn new() -> Transmit {
+        Transmit::default()
+    }
+
+    /// Bytes queued.
+    pub fn len(&self) -> usize {
+        self.remaining()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty() && self.tail.is_empty()
+    }
+
+    /// Whether more than one chunk is queued, so that a vectored write pays off.
+    pub fn is_segmented(&self) -> bool {
+        !self.segments.is_empty()
+    }
+
+    /// Drops everything queued.
+    pub fn clear(&mut self) {
+        self.segments.clear();
+        self.tail.clear();
+    }
+
+    /// Removes and returns everything queued as one buffer (copying referenced
+    /// payloads). For tests and simple transports.
+    pub fn take_all(&mut self) -> BytesMut {
+        if self.segments.is_empty() {
+            return self.tail.split();
+        }
+        let mut all = BytesMut::with_capacity(self.remaining());
+        while self.has_remaining() {
+            let chunk = self.chunk();
+            let n = chunk.len();
+            all.put_slice(chunk);
+            self.advance(n);
+        }
+        all
+    }
+
+    /// A copy of everything queued, left in place. For tests.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut all = Vec::with_capacity(self.remaining());
+        for segment in &self.segments {
+            all.extend_from_slice(&segment.before);
+            all.extend_from_slice(
+                &segment.header[usize::from(segment.header_pos)..usize::from(segment.header_len)],
+            );
+            all.extend_from_slice(&segment.payload);
+        }
+        all.extend_from_slice(&self.tail);
+        all
+    }
+
+    /// Frees the memory held while nothing is queued (for idle connections).
+    pub fn shrink(&mut self) {
+        if self.is_empty() {
+            if self.tail.capacity() > 0 {
+                self.tail = BytesMut::new();
+            }
+            if self.segments.capacity() > 0 {
+                self.segments = VecDeque::new();
+            }
+        }
+    }
+
+    /// The buffer that encoded frames are appended to.
+    pub(crate) fn tail(&mut self) -> &mut BytesMut {
+        &mut self.tail
+    }
+
+    /// Queues a frame header and a referenced payload after everything queued.
+    pub(crate) fn push_shared(&mut self, header: &[u8], payload: Bytes) {
+        let before = if self.tail.is_empty() {
+            Bytes::new()
+        } else {
+            self.tail.split().freeze()
+        };
+        let mut inline = [0u8; MAX_HEADER_LEN];
+        inline[..header.len()].copy_from_slice(header);
+        self.segments.push_back(Segment {
+            before,
+            header: inline,
+            header_pos: 0,
+            // A header is at most MAX_HEADER_LEN (14) bytes.
+            header_len: header.len() as u8,
+            payload,
+        });
+    }
+}
+
+impl Buf for Transmit {
+    fn remaining(&self) -> usize {
+        self.segments.iter().map(Segment::remaining).sum::<usize>() + self.tail.len()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        match self.segments.front() {
+            Some(segment) => segment.chunk(),
+            None => &self.tail,
+        }
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        while let Some(front) = self.segments.front_mut() {
+            cnt = front.advance(cnt);
+            if front.remaining() > 0 {
+                assert_eq!(cnt, 0, "advance stopped inside a segment");
+                return;
+            }
+            self.segments.pop_front();
+            if cnt == 0 {
+                return;
+            }
+        }
+        assert!(cnt <= self.tail.len(), "advance past the end of Transmit");
+        self.tail.advance(cnt);
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        let mut push = |slice: &'a [u8]| {
+            if slice.is_empty() {
+                return true;
+            }
+            if n == dst.len() {
+                return false;
+            }
+            dst[n] = IoSlice::new(slice);
+            n += 1;
+            true
+        };
+        for segment in &self.segments {
+            let header =
+                &segment.header[usize::from(segment.header_pos)..usize::from(segment.header_len)];
+            if !(push(&segment.before) && push(header) && push(&segment.payload)) {
+                return n;
+            }
+        }
+        push(&self.tail);
+        n
+    }
+}
+
+impl std::fmt::Debug for Transmit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transmit")
+            .field("len", &self.len())
+            .field("segments", &self.segments.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Transmit, Vec<u8>) {
+        let mut t = Transmit::new();
+        let mut expected = Vec::new();
+        t.tail().put_slice(b"ab");
+        expected.extend_from_slice(b"ab");
+        t.push_shared(b"HDR", Bytes::from_static(b"payload-one"));
+        expected.extend_from_slice(b"HDRpayload-one");
+        t.push_shared(b"H2", Bytes::from_static(b"second"));
+        expected.extend_from_slice(b"H2second");
+        t.tail().put_slice(b"xyz");
+        expected.extend_from_slice(b"xyz");
+        (t, expected)
+    }
+
+    #[test]
+    fn keeps_order_and_length() {
+        let (t, expected) = sample();
+        assert_eq!(t.len(), expected.len());
+        assert_eq!(t.to_vec(), expected);
+        assert!(t.is_segmented());
+    }
+
+    #[test]
+    fn advancing_by_any_step_yields_the_bytes_in_order() {
+        let (_, expected) = sample();
+        for step in 1..=expected.len() {
+            let (mut t, _) = sample();
+            let mut out = Vec::new();
+            while t.has_remaining() {
+                let chunk = t.chunk();
+                let n = chunk.len().min(step);
+                out.extend_from_slice(&chunk[..n]);
+                t.advance(n);
+            }
+            assert_eq!(out, expected, "step {step}");
+            assert!(t.is_empty());
+        }
+    }
+
+    #[test]
+    fn vectored_writes_of_any_length_yield_the_bytes_in_order() {
+        let (_, expected) = sample();
+        for max_slices in 1..8 {
+            for write_len in [1, 3, 5, 7, 100] {
+                let (mut t, _) = sample();
+                let mut out = Vec::new();
+                while t.has_remaining() {
+                    let mut slices = vec![IoSlice::new(&[]); max_slices];
+                    let n = t.chunks_vectored(&mut slices);
+                    assert!(n > 0);
+                    let mut written = 0;
+                    for slice in &slices[..n] {
+                        let take = slice.len().min(write_len - written);
+                        out.extend_from_slice(&slice[..take]);
+                        written += take;
+                        if written == write_len {
+                            break;
+                        }
+                    }
+                    t.advance(written);
+                }
+                assert_eq!(out, expected, "{max_slices} slices, writes of {write_len}");
+            }
+        }
+    }
+
+    #[test]
+    fn take_and_shrink() {
+        let (mut t, expected) = sample();
+        assert_eq!(&t.take_all()[..], &expected[..]);
+        assert!(t.is_empty());
+        t.shrink();
+        assert_eq!(t.tail.capacity(), 0);
+        assert_eq!(t.segments.capacity(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "advance past the end")]
+    fn advance_past_the_end_panics() {
+        let (mut t, expected) = sample();
+        t.advance(expected.len() + 1);
+    }
+}
