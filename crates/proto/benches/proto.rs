@@ -1,8 +1,8 @@
 //! Micro benchmarks of the hot paths: `cargo bench -p sockeye-proto`.
 //!
-//! Masking (word-wide vs the byte-at-a-time reference), UTF-8 validation (incremental
-//! vs std), frame decode and encode through the connection, the opening handshake, and
-//! permessage-deflate.
+//! Masking (the selected kernel through `apply_mask`, each kernel on its own, and the
+//! byte-at-a-time reference), UTF-8 validation (incremental vs std), frame decode and
+//! encode through the connection, the opening handshake, and permessage-deflate.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -12,7 +12,7 @@ use divan::Bencher;
 use sockeye_proto::bytes::BytesMut;
 use sockeye_proto::handshake::server::{parse_request, Upgrade};
 use sockeye_proto::handshake::HeadLimits;
-use sockeye_proto::mask::{apply_mask, apply_mask_naive};
+use sockeye_proto::mask::{apply_mask, apply_mask_naive, mask_kernel, Kernel};
 use sockeye_proto::utf8::Utf8Validator;
 use sockeye_proto::{Config, Connection, Deflate, DeflateConfig, Role};
 
@@ -22,14 +22,49 @@ fn main() {
 
 const SIZES: &[usize] = &[20, 1024, 16 * 1024, 1024 * 1024];
 
+/// `apply_mask`, the public entry: the byte loop under 24 B, else the selected kernel
+/// (`mask_kernel()`, printed to stderr once) behind its cached dispatch.
 #[divan::bench(args = SIZES)]
-fn mask_word(bencher: Bencher, len: usize) {
+fn mask_selected(bencher: Bencher, len: usize) {
+    static PRINTED: std::sync::Once = std::sync::Once::new();
+    PRINTED.call_once(|| eprintln!("mask_selected uses the {} kernel", mask_kernel()));
     let mut data = vec![0x5au8; len];
     bencher
         .counter(BytesCount::new(len))
         .bench_local(|| apply_mask(black_box(&mut data), [1, 2, 3, 4], 1));
 }
 
+/// One kernel at every length (no short-payload shortcut); skipped where unavailable.
+fn mask_with(bencher: Bencher, len: usize, kernel: Kernel) {
+    if !kernel.is_available() {
+        eprintln!("the {} masking kernel is not available here", kernel.name());
+        return;
+    }
+    let mut data = vec![0x5au8; len];
+    bencher
+        .counter(BytesCount::new(len))
+        .bench_local(|| kernel.apply(black_box(&mut data), [1, 2, 3, 4], 1));
+}
+
+/// The portable kernel (a `u64` at a time, compiler-vectorized): the fallback off x86_64.
+#[divan::bench(args = SIZES)]
+fn mask_portable(bencher: Bencher, len: usize) {
+    mask_with(bencher, len, Kernel::Portable);
+}
+
+/// The SSE2 kernel (16 bytes a step), x86_64 without AVX2.
+#[divan::bench(args = SIZES)]
+fn mask_sse2(bencher: Bencher, len: usize) {
+    mask_with(bencher, len, Kernel::Sse2);
+}
+
+/// The AVX2 kernel (32 bytes a step), x86_64 CPUs with AVX2.
+#[divan::bench(args = SIZES)]
+fn mask_avx2(bencher: Bencher, len: usize) {
+    mask_with(bencher, len, Kernel::Avx2);
+}
+
+/// The byte-at-a-time reference.
 #[divan::bench(args = SIZES)]
 fn mask_naive(bencher: Bencher, len: usize) {
     let mut data = vec![0x5au8; len];

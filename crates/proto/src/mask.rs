@@ -1,31 +1,44 @@
 //! Payload masking (RFC 6455 §5.3).
 //!
 //! Masking XORs the payload with a 4-byte key repeated. It runs on every client frame
-//! and every frame a server receives, so it is done a machine word at a time; the
-//! compiler turns the 8-byte loop into SIMD where the target has it.
+//! and every frame a server receives, so [`apply_mask`] picks the widest kernel the CPU
+//! has:
+//!
+//! - payloads under 24 bytes take a byte loop, before any dispatch (setting up a wide
+//!   loop costs more than it saves there);
+//! - on x86_64, an AVX2 kernel (32 bytes per step) when the CPU reports AVX2 at run time
+//!   (`is_x86_feature_detected!`, checked once and cached), and an SSE2 kernel (16 bytes
+//!   per step; SSE2 is part of the x86_64 baseline) otherwise;
+//! - on every other target, the portable loop, 8 bytes (a `u64`) at a time, which the
+//!   compiler vectorizes where the target has SIMD as its baseline (NEON on aarch64).
+//!
+//! Every kernel finishes its tail with narrower steps, so all of them give the same bytes
+//! as the byte-at-a-time reference for any length, offset and alignment (differential
+//! tests below and the `mask` fuzz target). [`mask_kernel`] names the one in use.
+
+/// Payloads shorter than this take the byte loop, without dispatch.
+const SHORT: usize = 24;
 
 /// XORs `buf` in place with `key`, as if the masking started `offset` bytes into the
 /// payload (`offset` matters only modulo 4). Masking twice with the same key and
 /// offset restores the data.
 #[inline]
+#[allow(unsafe_code)]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
-    if buf.len() < 24 {
-        // Short payloads: setting up the word loop costs more than it saves
+    if buf.len() < SHORT {
+        // Short payloads: setting up the wide loop costs more than it saves
         // (`cargo bench -p sockeye-proto -- mask`).
         return apply_mask_naive(buf, key, offset);
     }
-    let key = rotate_key(key, offset);
-    let key32 = u32::from_ne_bytes(key);
-    let key64 = (u64::from(key32) << 32) | u64::from(key32);
-    let mut chunks = buf.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let word = u64::from_ne_bytes(chunk.try_into().expect("chunks_exact gives 8 bytes"));
-        chunk.copy_from_slice(&(word ^ key64).to_ne_bytes());
-    }
-    // The words consumed a multiple of 8 bytes, so the key phase is unchanged.
-    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
-        *byte ^= key[i & 3];
-    }
+    // SAFETY: `Kernel::selected` returns only a kernel that `is_available` on this CPU
+    // (it caches the result of the same detection), which is `run`'s contract.
+    unsafe { run(Kernel::selected(), buf, rotate_key(key, offset)) }
+}
+
+/// The name of the kernel [`apply_mask`] uses for payloads of 24 bytes and more on this
+/// machine: `"avx2"`, `"sse2"` or `"portable"`.
+pub fn mask_kernel() -> &'static str {
+    Kernel::selected().name()
 }
 
 /// The key as seen from `offset` bytes into the payload.
@@ -44,9 +57,222 @@ pub fn apply_mask_naive(buf: &mut [u8], key: [u8; 4], offset: usize) {
     }
 }
 
+/// The portable kernel (8 bytes at a time) at any length, for differential tests,
+/// fuzzing and benchmarks; the fallback of [`apply_mask`] off x86_64.
+#[doc(hidden)]
+pub fn apply_mask_portable(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    xor_words(buf, rotate_key(key, offset));
+}
+
+/// A masking kernel, to test, fuzz and benchmark each one explicitly. [`apply_mask`]
+/// uses [`Kernel::selected`].
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// A `u64` at a time; every target.
+    Portable,
+    /// 16 bytes at a time; x86_64 (baseline there).
+    Sse2,
+    /// 32 bytes at a time; x86_64 CPUs that report AVX2.
+    Avx2,
+}
+
+impl Kernel {
+    /// Every kernel, available here or not.
+    pub const ALL: [Kernel; 3] = [Kernel::Portable, Kernel::Sse2, Kernel::Avx2];
+
+    /// `"portable"`, `"sse2"` or `"avx2"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            Kernel::Sse2 => "sse2",
+            Kernel::Avx2 => "avx2",
+        }
+    }
+
+    /// Whether this kernel can run on this target and CPU.
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            Kernel::Sse2 => cfg!(target_arch = "x86_64"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 => false,
+        }
+    }
+
+    /// The kernels that can run here, narrowest first.
+    pub fn available() -> impl Iterator<Item = Kernel> {
+        Kernel::ALL.into_iter().filter(|k| k.is_available())
+    }
+
+    /// The widest available kernel, the one [`apply_mask`] uses. Detected on the first
+    /// call, then one relaxed atomic load.
+    #[inline]
+    pub fn selected() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::sync::atomic::Ordering;
+            match SELECTED.load(Ordering::Relaxed) {
+                SELECTED_SSE2 => Kernel::Sse2,
+                SELECTED_AVX2 => Kernel::Avx2,
+                _ => detect(),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Portable
+    }
+
+    /// Masks `buf` with this kernel at any length (no short-payload shortcut), as
+    /// [`apply_mask`] would.
+    ///
+    /// # Panics
+    /// If the kernel is not [available](Kernel::is_available) here.
+    #[allow(unsafe_code)]
+    pub fn apply(self, buf: &mut [u8], key: [u8; 4], offset: usize) {
+        assert!(
+            self.is_available(),
+            "the {} masking kernel is not available on this CPU",
+            self.name()
+        );
+        // SAFETY: checked just above, which is `run`'s contract.
+        unsafe { run(self, buf, rotate_key(key, offset)) }
+    }
+}
+
+/// `Kernel::selected`'s cache: not yet detected, SSE2, or AVX2.
+#[cfg(target_arch = "x86_64")]
+static SELECTED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+#[cfg(target_arch = "x86_64")]
+const SELECTED_SSE2: u8 = 1;
+#[cfg(target_arch = "x86_64")]
+const SELECTED_AVX2: u8 = 2;
+
+/// Detects the widest kernel and caches it. Racing first calls store the same value.
+#[cfg(target_arch = "x86_64")]
+#[cold]
+fn detect() -> Kernel {
+    use std::sync::atomic::Ordering;
+    let (kernel, code) = if Kernel::Avx2.is_available() {
+        (Kernel::Avx2, SELECTED_AVX2)
+    } else {
+        (Kernel::Sse2, SELECTED_SSE2)
+    };
+    SELECTED.store(code, Ordering::Relaxed);
+    kernel
+}
+
+/// Masks `buf` with `kernel` and the already rotated `key`.
+///
+/// # Safety
+/// `kernel.is_available()` must hold: the AVX2 kernel executes AVX2 instructions.
+#[inline]
+#[allow(unsafe_code)]
+unsafe fn run(kernel: Kernel, buf: &mut [u8], key: [u8; 4]) {
+    #[cfg(test)]
+    tests::LAST_KERNEL.set(Some(kernel));
+    match kernel {
+        Kernel::Portable => xor_words(buf, key),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Sse2 => x86::xor_sse2(buf, key),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller guarantees `Kernel::Avx2.is_available()`, i.e. that
+        // `is_x86_feature_detected!("avx2")` returned true in this process (CPU and OS
+        // support both checked), which is all `xor_avx2`'s `target_feature` requires.
+        Kernel::Avx2 => unsafe { x86::xor_avx2(buf, key) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Sse2 | Kernel::Avx2 => unreachable!("not available off x86_64"),
+    }
+}
+
+/// The portable kernel: a `u64` at a time, then bytes. `key` is already rotated.
+#[inline]
+fn xor_words(buf: &mut [u8], key: [u8; 4]) {
+    let key32 = u32::from_ne_bytes(key);
+    let key64 = (u64::from(key32) << 32) | u64::from(key32);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let word = u64::from_ne_bytes(chunk.try_into().expect("chunks_exact gives 8 bytes"));
+        chunk.copy_from_slice(&(word ^ key64).to_ne_bytes());
+    }
+    // The words consumed a multiple of 8 bytes, so the key phase is unchanged.
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= key[i & 3];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    use core::arch::x86_64::{
+        __m128i, __m256i, _mm256_loadu_si256, _mm256_storeu_si256, _mm256_xor_si256,
+        _mm_loadu_si128, _mm_storeu_si128, _mm_xor_si128,
+    };
+
+    // The SSE2 kernel runs its intrinsics without run-time detection: x86_64 always has
+    // SSE2, and the compiler enables it for every x86_64 target.
+    const _: () = assert!(cfg!(target_feature = "sse2"));
+
+    /// 16 bytes at a time, then the portable kernel for the last 0..16. `key` is
+    /// already rotated.
+    #[inline]
+    pub(super) fn xor_sse2(buf: &mut [u8], key: [u8; 4]) {
+        let lanes = [u32::from_ne_bytes(key); 4];
+        // SAFETY: SSE2 is enabled at compile time (asserted above), so the instruction
+        // exists on every CPU this code runs on; `lanes` is 16 readable bytes and
+        // `_mm_loadu_si128` has no alignment requirement.
+        let key128 = unsafe { _mm_loadu_si128(lanes.as_ptr().cast::<__m128i>()) };
+        let mut chunks = buf.chunks_exact_mut(16);
+        for chunk in &mut chunks {
+            let p = chunk.as_mut_ptr().cast::<__m128i>();
+            // SAFETY: SSE2 as above. `chunk` is exactly 16 bytes of a `&mut [u8]`, so `p`
+            // is valid for a 16-byte read and write and nothing else aliases it; the
+            // unaligned load and store need no alignment.
+            unsafe { _mm_storeu_si128(p, _mm_xor_si128(_mm_loadu_si128(p), key128)) }
+        }
+        // 16-byte steps keep the key phase.
+        super::xor_words(chunks.into_remainder(), key);
+    }
+
+    /// 32 bytes at a time, then the SSE2 kernel for the last 0..32. `key` is already
+    /// rotated.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 (`is_x86_feature_detected!("avx2")`).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn xor_avx2(buf: &mut [u8], key: [u8; 4]) {
+        let lanes = [u32::from_ne_bytes(key); 8];
+        // SAFETY: the caller guarantees AVX2; `lanes` is 32 readable bytes and
+        // `_mm256_loadu_si256` has no alignment requirement.
+        let key256 = unsafe { _mm256_loadu_si256(lanes.as_ptr().cast::<__m256i>()) };
+        let mut chunks = buf.chunks_exact_mut(32);
+        for chunk in &mut chunks {
+            let p = chunk.as_mut_ptr().cast::<__m256i>();
+            // SAFETY: AVX2 as above. `chunk` is exactly 32 bytes of a `&mut [u8]`, so `p`
+            // is valid for a 32-byte read and write and nothing else aliases it; the
+            // unaligned load and store need no alignment.
+            unsafe { _mm256_storeu_si256(p, _mm256_xor_si256(_mm256_loadu_si256(p), key256)) }
+        }
+        // 32-byte steps keep the key phase.
+        xor_sse2(chunks.into_remainder(), key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
+
+    thread_local! {
+        /// The kernel `run` last executed on this thread (tests run on many threads).
+        pub(super) static LAST_KERNEL: Cell<Option<Kernel>> = const { Cell::new(None) };
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + 3) as u8).collect()
+    }
 
     // RFC 6455 §5.7: "Hello" masked with 37 fa 21 3d.
     #[test]
@@ -54,35 +280,127 @@ mod tests {
         let mut data = *b"Hello";
         apply_mask(&mut data, [0x37, 0xfa, 0x21, 0x3d], 0);
         assert_eq!(data, [0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+        for kernel in Kernel::available() {
+            let mut data = *b"Hello";
+            kernel.apply(&mut data, [0x37, 0xfa, 0x21, 0x3d], 0);
+            assert_eq!(data, [0x7f, 0x9f, 0x4d, 0x51, 0x58], "{kernel:?}");
+        }
     }
 
+    /// The kernels this machine must have: SSE2 on every x86_64, AVX2 where the CPU says
+    /// so (checked independently of `Kernel`, through /proc/cpuinfo on Linux).
     #[test]
-    fn matches_naive_for_all_lengths_and_offsets() {
+    fn selection_matches_the_cpu() {
+        let available: Vec<Kernel> = Kernel::available().collect();
+        assert_eq!(available[0], Kernel::Portable);
+        assert_eq!(available.last(), Some(&Kernel::selected()));
+        assert_eq!(mask_kernel(), Kernel::selected().name());
+        if cfg!(target_arch = "x86_64") {
+            assert!(available.contains(&Kernel::Sse2));
+            #[cfg(target_os = "linux")]
+            {
+                let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+                if cpuinfo.split_whitespace().any(|flag| flag == "avx2") {
+                    assert_eq!(Kernel::selected(), Kernel::Avx2);
+                    assert_eq!(mask_kernel(), "avx2");
+                }
+            }
+        } else {
+            assert_eq!(available, [Kernel::Portable]);
+        }
+    }
+
+    /// `apply_mask` takes the byte loop under 24 bytes and the selected kernel from 24 on.
+    #[test]
+    fn apply_mask_dispatches_by_length() {
+        let key = [9, 8, 7, 6];
+        for len in [0, 1, 23, 24, 31, 32, 33, 300, 4096] {
+            LAST_KERNEL.set(None);
+            let mut data = pattern(len);
+            apply_mask(&mut data, key, 3);
+            let expected = (len >= SHORT).then(Kernel::selected);
+            assert_eq!(LAST_KERNEL.get(), expected, "len {len}");
+        }
+        LAST_KERNEL.set(None);
+        Kernel::Portable.apply(&mut pattern(100), key, 0);
+        assert_eq!(LAST_KERNEL.get(), Some(Kernel::Portable));
+    }
+
+    /// Every available kernel, and `apply_mask`, against the byte-at-a-time reference:
+    /// every length 0..=300, offsets 0..8, starts 0..4 bytes into the allocation.
+    #[test]
+    fn every_kernel_matches_naive() {
         let key = [0xde, 0xad, 0xbe, 0xef];
-        for len in 0..70 {
-            for offset in 0..8 {
-                let original: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
-                let mut fast = original.clone();
-                let mut naive = original.clone();
-                apply_mask(&mut fast, key, offset);
-                apply_mask_naive(&mut naive, key, offset);
-                assert_eq!(fast, naive, "len {len} offset {offset}");
+        let kernels: Vec<Kernel> = Kernel::available().collect();
+        for start in 0..4 {
+            for len in 0..=300 {
+                let mut original = vec![0xa5; start + len + 3];
+                original[start..start + len].copy_from_slice(&pattern(len));
+                for offset in 0..8 {
+                    let mut naive = original.clone();
+                    apply_mask_naive(&mut naive[start..start + len], key, offset);
+                    let at = format!("start {start} len {len} offset {offset}");
+                    for &kernel in &kernels {
+                        let mut out = original.clone();
+                        LAST_KERNEL.set(None);
+                        kernel.apply(&mut out[start..start + len], key, offset);
+                        assert_eq!(LAST_KERNEL.get(), Some(kernel), "{at}");
+                        // The bytes around the slice stay untouched.
+                        assert_eq!(out, naive, "{kernel:?} {at}");
+                    }
+                    let mut portable = original.clone();
+                    apply_mask_portable(&mut portable[start..start + len], key, offset);
+                    assert_eq!(portable, naive, "apply_mask_portable {at}");
+                    let mut out = original.clone();
+                    apply_mask(&mut out[start..start + len], key, offset);
+                    assert_eq!(out, naive, "apply_mask {at}");
+                }
             }
         }
     }
 
+    /// Masking in two pieces, the second at its own offset, equals masking at once, with
+    /// every kernel (the pieces land on every alignment and length class).
     #[test]
     fn split_masking_equals_whole() {
         let key = [1, 2, 3, 4];
-        let original: Vec<u8> = (0..100u8).collect();
+        let original = pattern(300);
         let mut whole = original.clone();
-        apply_mask(&mut whole, key, 0);
-        for cut in 0..100 {
+        apply_mask_naive(&mut whole, key, 0);
+        for kernel in Kernel::available() {
+            for cut in 0..=original.len() {
+                let mut parts = original.clone();
+                let (a, b) = parts.split_at_mut(cut);
+                kernel.apply(a, key, 0);
+                kernel.apply(b, key, cut);
+                assert_eq!(parts, whole, "{kernel:?} cut {cut}");
+            }
+        }
+        for cut in 0..=original.len() {
             let mut parts = original.clone();
             let (a, b) = parts.split_at_mut(cut);
             apply_mask(a, key, 0);
             apply_mask(b, key, cut);
-            assert_eq!(parts, whole, "cut {cut}");
+            assert_eq!(parts, whole, "apply_mask cut {cut}");
         }
+    }
+
+    #[test]
+    fn masking_twice_restores() {
+        let original = pattern(1000);
+        for kernel in Kernel::available() {
+            let mut data = original.clone();
+            kernel.apply(&mut data, [0xff, 0, 0x80, 1], 5);
+            assert_ne!(data, original);
+            kernel.apply(&mut data, [0xff, 0, 0x80, 1], 5);
+            assert_eq!(data, original, "{kernel:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(not(target_arch = "x86_64"))]
+    #[should_panic(expected = "not available")]
+    fn unavailable_kernel_panics() {
+        Kernel::Avx2.apply(&mut [0; 64], [1, 2, 3, 4], 0);
     }
 }
