@@ -726,7 +726,11 @@ mod tests {
                 [Message::text(format!("{text}tail"))]
             );
             client.ping(b"p").unwrap();
-            assert_eq!(client.transmit().to_vec()[0], 0x89, "pings are never compressed");
+            assert_eq!(
+                client.transmit().to_vec()[0],
+                0x89,
+                "pings are never compressed"
+            );
         }
     }
 
@@ -740,7 +744,11 @@ mod tests {
         let mut client = Connection::new(Role::Client, Config::default())
             .with_deflate(Deflate::new(Role::Client, params, &config));
         client.send_text("short").unwrap();
-        assert_eq!(client.transmit().to_vec()[0] & 0x40, 0, "under the threshold");
+        assert_eq!(
+            client.transmit().to_vec()[0] & 0x40,
+            0,
+            "under the threshold"
+        );
         client.transmit().clear();
         client
             .send_with(DataKind::Binary, &[0u8; 4096], true, false)

@@ -206,7 +206,7 @@ pub async fn accept<S>(io: S, config: &ServerConfig) -> Result<(WebSocket<S>, Re
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    accept_inner(io, config, false).await
+    accept_inner(io, config, false, None).await
 }
 
 /// [`accept`] on a transport that is TLS: the same, with `secure: true` for
@@ -221,13 +221,16 @@ pub async fn accept_tls<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    accept_inner(io, config, true).await
+    accept_inner(io, config, true, None).await
 }
 
-async fn accept_inner<S>(
+/// `websocket`: the connection settings shared by all connections of a server (else
+/// each connection gets its own copy of `config.websocket`).
+pub(crate) async fn accept_inner<S>(
     mut io: S,
     config: &ServerConfig,
     secure: bool,
+    websocket: Option<&Arc<Config>>,
 ) -> Result<(WebSocket<S>, Request<()>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -246,7 +249,9 @@ where
         Err(_elapsed) => Err((None, HandshakeError::Timeout)),
     };
     match result {
-        Ok((request, upgrade)) => respond(io, request, upgrade, buf, config, secure).await,
+        Ok((request, upgrade)) => {
+            respond(io, request, upgrade, buf, config, secure, websocket).await
+        }
         Err((request, e)) => {
             reject(&mut io, &e, request.as_ref(), config).await;
             Err(Error::Handshake(e))
@@ -270,7 +275,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match check_request(&request, config) {
-        Ok(upgrade) => respond(io, request, upgrade, read_buf, config, false).await,
+        Ok(upgrade) => respond(io, request, upgrade, read_buf, config, false, None).await,
         Err(e) => {
             reject(&mut io, &e, Some(&request), config).await;
             Err(Error::Handshake(e))
@@ -285,6 +290,7 @@ async fn respond<S>(
     read_buf: BytesMut,
     config: &ServerConfig,
     secure: bool,
+    websocket: Option<&Arc<Config>>,
 ) -> Result<(WebSocket<S>, Request<()>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -349,13 +355,8 @@ where
         url: None,
         deflate,
     };
-    let ws = WebSocket::with_info(
-        io,
-        Role::Server,
-        config.websocket.clone(),
-        read_buf,
-        negotiated,
-    );
+    let websocket = websocket.map_or_else(|| Arc::new(config.websocket.clone()), Arc::clone);
+    let ws = WebSocket::with_info(io, Role::Server, websocket, read_buf, negotiated);
     Ok((ws, request))
 }
 

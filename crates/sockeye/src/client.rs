@@ -724,8 +724,13 @@ where
                 url: Some(url.to_owned()),
                 deflate: accepted.deflate.zip(config.per_message_deflate.clone()),
             };
-            let ws =
-                WebSocket::with_info(io, Role::Client, config.websocket.clone(), buf, negotiated);
+            let ws = WebSocket::with_info(
+                io,
+                Role::Client,
+                Arc::new(config.websocket.clone()),
+                buf,
+                negotiated,
+            );
             Ok(Outcome::Open(ws, accepted.response))
         }
         Err(HandshakeError::UnexpectedStatus(_)) => {

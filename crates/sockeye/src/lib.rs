@@ -55,7 +55,7 @@ pub use server::{Clients, ShutdownReport, WebSocketServer};
 pub use stream::ByteStream;
 pub use tls::{ClientTlsConfig, MaybeTlsStream, ServerStream};
 pub use websocket::{
-    ReadyState, SendOptions, TrySend, WebSocket, WebSocketReader, WebSocketWriter,
+    ReadyState, SendOptions, Sending, TrySend, WebSocket, WebSocketReader, WebSocketWriter,
 };
 
 pub use rustls;

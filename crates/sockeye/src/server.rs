@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::accept::{accept, accept_tls, ServerConfig};
+use crate::accept::{accept_inner, ServerConfig};
 use crate::error::Error;
 use crate::tls::ServerStream;
 use crate::websocket::{Shared, WebSocket, WebSocketWriter};
@@ -354,6 +354,8 @@ async fn accept_loop<S: Transport>(
     clients: Clients<S>,
     failed: Arc<AtomicU64>,
 ) {
+    // One copy of the connection settings for all connections.
+    let websocket = Arc::new(config.websocket.clone());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -370,6 +372,7 @@ async fn accept_loop<S: Transport>(
         let clients = clients.clone();
         let tls = tls.clone();
         let failed = failed.clone();
+        let websocket = websocket.clone();
         tokio::spawn(async move {
             let fail = || failed.fetch_add(1, Ordering::Relaxed);
             let tls_handshake = S::from_tcp(stream, tls);
@@ -384,11 +387,8 @@ async fn accept_loop<S: Transport>(
                     return tracing::debug!(%peer, "TLS handshake timed out");
                 }
             };
-            let upgraded = if io.is_tls() {
-                accept_tls(io, &config).await
-            } else {
-                accept(io, &config).await
-            };
+            let secure = io.is_tls();
+            let upgraded = accept_inner(io, &config, secure, Some(&websocket)).await;
             match upgraded {
                 Ok((ws, request)) => {
                     if config.client_tracking {

@@ -27,6 +27,16 @@ use crate::error::{CloseInfo, Error};
 
 /// The smallest read: enough for many small frames per system call.
 const READ_CHUNK: usize = 64 * 1024;
+/// The largest read buffer kept as a thread's spare.
+const SPARE_MAX: usize = 256 * 1024;
+
+thread_local! {
+    /// One read buffer per thread, lent to whichever connection reads next: a busy
+    /// connection reuses it without allocating, an idle one holds none (its buffer comes
+    /// back here when a read finds nothing).
+    static SPARE_READ_BUF: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
+}
+
 /// At most this many slices per vectored write.
 const MAX_WRITE_SLICES: usize = 32;
 /// The largest single reservation for a frame's payload.
@@ -51,6 +61,13 @@ pub enum ReadyState {
 struct Info {
     id: u64,
     role: Role,
+    /// `None` when nothing was agreed (most server connections): no memory spent.
+    agreed: Option<Box<Agreed>>,
+}
+
+/// What the handshake agreed, when anything.
+#[derive(Debug)]
+struct Agreed {
     protocol: Option<String>,
     extensions: String,
     url: Option<String>,
@@ -94,6 +111,42 @@ impl Default for SendOptions {
     }
 }
 
+/// The future of a send: the frame is queued already; it completes once the transport
+/// has taken it (or with the error that refused it).
+#[must_use = "the frame is queued; await the future to learn that it was written"]
+pub struct Sending<'a, S> {
+    shared: &'a Shared<S>,
+    /// Boxed: the future stays two words, so tasks that await sends stay small.
+    refused: Option<Box<Error>>,
+}
+
+impl<'a, S> Sending<'a, S> {
+    fn new(shared: &'a Shared<S>, queued: Result<(), Error>) -> Self {
+        Sending {
+            shared,
+            refused: queued.err().map(Box::new),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for Sending<'_, S> {
+    type Output = Result<(), Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(error) = self.refused.take() {
+            return Poll::Ready(Err(*error));
+        }
+        self.shared.poll_flush(cx)
+    }
+}
+
+impl<S> std::fmt::Debug for Sending<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sending")
+            .field("refused", &self.refused)
+            .finish_non_exhaustive()
+    }
+}
+
 pub(crate) struct Shared<S> {
     info: Info,
     inner: Mutex<Inner<S>>,
@@ -104,22 +157,32 @@ struct Inner<S> {
     io: Option<S>,
     conn: Connection,
     read_buf: BytesMut,
+    /// `read_buf` was grown past [`SPARE_MAX`] (a large frame): free it when idle
+    /// rather than keep it as the thread's spare.
+    read_buf_big: bool,
     /// Tasks waiting for the transmit buffer to drain. The transport keeps one write
     /// waker, so whoever makes progress wakes the others.
     write_wakers: Vec<Waker>,
     timer: Option<Pin<Box<Sleep>>>,
+    ended: bool,
+    /// `pause()`d: the transport is not read until `resume()`.
+    paused: bool,
+    /// The reader parked on the transport, woken when `try_send` queues bytes for it to
+    /// write.
+    reader_waker: Option<Waker>,
+    /// State most connections never use, allocated on first use: every idle
+    /// connection would carry it otherwise.
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Default)]
+struct Rare {
     /// The error that failed the connection, returned once by the stream.
     failure: Option<Error>,
     /// The close frame received, or 1006 for an abnormal end.
     received: Option<CloseFrame>,
-    ended: bool,
-    /// `pause()`d: the transport is not read until `resume()`.
-    paused: bool,
     /// The reader parked by `pause()`, woken by `resume()`.
     resume_waker: Option<Waker>,
-    /// The reader parked on the transport, woken when `try_send` queues bytes for it to
-    /// write.
-    reader_waker: Option<Waker>,
     /// Messages dropped by `try_send` under `WhenFull::Drop`.
     dropped: u64,
     /// Per-connection user data (S12).
@@ -160,8 +223,13 @@ impl<S> Clone for WebSocketWriter<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Wraps a transport on which the opening handshake is done. `read_buf` holds bytes
     /// already read past the handshake.
-    pub fn from_upgraded(io: S, role: Role, config: Config, read_buf: BytesMut) -> Self {
-        Self::with_info(io, role, config, read_buf, Negotiated::default())
+    pub fn from_upgraded(
+        io: S,
+        role: Role,
+        config: impl Into<Arc<Config>>,
+        read_buf: BytesMut,
+    ) -> Self {
+        Self::with_info(io, role, config.into(), read_buf, Negotiated::default())
     }
 
     /// Wraps a transport upgraded by another HTTP server (hyper, axum), with what its
@@ -171,7 +239,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub fn from_upgraded_with(
         io: S,
         role: Role,
-        config: Config,
+        config: impl Into<Arc<Config>>,
         read_buf: BytesMut,
         protocol: Option<String>,
         deflate: Option<(DeflateParams, DeflateConfig)>,
@@ -181,13 +249,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             url: None,
             deflate,
         };
-        Self::with_info(io, role, config, read_buf, negotiated)
+        Self::with_info(io, role, config.into(), read_buf, negotiated)
     }
 
     pub(crate) fn with_info(
         io: S,
         role: Role,
-        config: Config,
+        config: Arc<Config>,
         read_buf: BytesMut,
         negotiated: Negotiated,
     ) -> Self {
@@ -197,27 +265,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             extensions = params.header_value();
             conn = conn.with_deflate(Deflate::new(role, params, &deflate_config));
         }
+        let agreed =
+            (negotiated.protocol.is_some() || negotiated.url.is_some() || !extensions.is_empty())
+                .then(|| {
+                    Box::new(Agreed {
+                        protocol: negotiated.protocol,
+                        extensions,
+                        url: negotiated.url,
+                    })
+                });
         let info = Info {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             role,
-            protocol: negotiated.protocol,
-            extensions,
-            url: negotiated.url,
+            agreed,
         };
         let inner = Inner {
             io: Some(io),
             conn,
             read_buf,
+            read_buf_big: false,
             write_wakers: Vec::new(),
             timer: None,
-            failure: None,
-            received: None,
             ended: false,
             paused: false,
-            resume_waker: None,
             reader_waker: None,
-            dropped: 0,
-            data: http::Extensions::new(),
+            rare: None,
         };
         WebSocket {
             shared: Arc::new(Shared {
@@ -308,35 +380,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
 macro_rules! sender_methods {
     () => {
-        /// Sends a message (text, binary, ping, pong or close) and waits until it is
-        /// written to the transport.
+        /// Sends a message (text, binary, ping, pong or close): queues it at once and
+        /// returns a future that completes when it is written to the transport. A
+        /// `Bytes` payload of 1 KiB or more is written from without a copy.
         ///
         /// # Errors
         /// [`Error::Protocol`] with an `ApiMisuse` for invalid arguments or a send after
         /// close; [`Error::Io`] if the transport fails.
         ///
         /// # Cancel safety
-        /// The message is queued whole before the first await; if the future is dropped
-        /// it is still written by the next operation.
-        pub async fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
-            self.shared.queue(message.into())?;
-            poll_fn(|cx| self.shared.poll_flush(cx)).await
+        /// The message is queued whole when `send` is called; if the future is dropped
+        /// it is still written by the next operation, never torn or duplicated.
+        pub fn send(&self, message: impl Into<Message>) -> Sending<'_, S> {
+            let queued = self.shared.queue(message.into());
+            Sending::new(&self.shared, queued)
         }
 
         /// Sends a text message.
         ///
         /// # Errors
         /// As [`Self::send`].
-        pub async fn send_text(&self, text: &str) -> Result<(), Error> {
-            self.send_frame(DataKind::Text, text.as_bytes(), true).await
+        pub fn send_text(&self, text: &str) -> Sending<'_, S> {
+            self.send_frame(DataKind::Text, text.as_bytes(), true)
         }
 
         /// Sends a binary message.
         ///
         /// # Errors
         /// As [`Self::send`].
-        pub async fn send_binary(&self, data: &[u8]) -> Result<(), Error> {
-            self.send_frame(DataKind::Binary, data, true).await
+        pub fn send_binary(&self, data: &[u8]) -> Sending<'_, S> {
+            self.send_frame(DataKind::Binary, data, true)
         }
 
         /// Sends one frame of a message (`ws`'s `send(data, { fin })`): with `fin: false`
@@ -344,14 +417,9 @@ macro_rules! sender_methods {
         ///
         /// # Errors
         /// As [`Self::send`].
-        pub async fn send_frame(
-            &self,
-            kind: DataKind,
-            data: &[u8],
-            fin: bool,
-        ) -> Result<(), Error> {
-            self.shared.with_conn(|conn| conn.send(kind, data, fin))?;
-            poll_fn(|cx| self.shared.poll_flush(cx)).await
+        pub fn send_frame(&self, kind: DataKind, data: &[u8], fin: bool) -> Sending<'_, S> {
+            let queued = self.shared.with_conn(|conn| conn.send(kind, data, fin));
+            Sending::new(&self.shared, queued)
         }
 
         /// Sends one frame with `ws`'s `send(data, { fin, compress })` options: with
@@ -360,33 +428,34 @@ macro_rules! sender_methods {
         ///
         /// # Errors
         /// As [`Self::send`].
-        pub async fn send_with(
+        pub fn send_with(
             &self,
             kind: DataKind,
             data: &[u8],
             options: SendOptions,
-        ) -> Result<(), Error> {
-            self.shared
-                .with_conn(|conn| conn.send_with(kind, data, options.fin, options.compress))?;
-            poll_fn(|cx| self.shared.poll_flush(cx)).await
+        ) -> Sending<'_, S> {
+            let queued = self
+                .shared
+                .with_conn(|conn| conn.send_with(kind, data, options.fin, options.compress));
+            Sending::new(&self.shared, queued)
         }
 
         /// Sends a ping (at most 125 bytes).
         ///
         /// # Errors
         /// As [`Self::send`].
-        pub async fn ping(&self, data: &[u8]) -> Result<(), Error> {
-            self.shared.with_conn(|conn| conn.ping(data))?;
-            poll_fn(|cx| self.shared.poll_flush(cx)).await
+        pub fn ping(&self, data: &[u8]) -> Sending<'_, S> {
+            let queued = self.shared.with_conn(|conn| conn.ping(data));
+            Sending::new(&self.shared, queued)
         }
 
         /// Sends a pong (at most 125 bytes).
         ///
         /// # Errors
         /// As [`Self::send`].
-        pub async fn pong(&self, data: &[u8]) -> Result<(), Error> {
-            self.shared.with_conn(|conn| conn.pong(data))?;
-            poll_fn(|cx| self.shared.poll_flush(cx)).await
+        pub fn pong(&self, data: &[u8]) -> Sending<'_, S> {
+            let queued = self.shared.with_conn(|conn| conn.pong(data));
+            Sending::new(&self.shared, queued)
         }
 
         /// Starts the close handshake with a code and reason (`None`: a close frame with
@@ -397,11 +466,12 @@ macro_rules! sender_methods {
         /// # Errors
         /// `ApiMisuse::InvalidCloseCode` for a code that may not be sent (1005, 1006,
         /// 1015, < 1000 ...) and `ApiMisuse::CloseReasonTooLong` over 123 bytes.
-        pub async fn close(&self, frame: Option<CloseFrame>) -> Result<(), Error> {
-            self.shared
-                .with_conn(|conn| conn.close(frame.as_ref(), Instant::now()))?;
+        pub fn close(&self, frame: Option<CloseFrame>) -> Sending<'_, S> {
+            let queued = self
+                .shared
+                .with_conn(|conn| conn.close(frame.as_ref(), Instant::now()));
             self.shared.wake_writers();
-            poll_fn(|cx| self.shared.poll_flush(cx)).await
+            Sending::new(&self.shared, queued)
         }
 
         /// Closes the transport at once, without a close handshake (`ws`'s `terminate()`).
@@ -416,18 +486,22 @@ macro_rules! sender_methods {
 
         /// The subprotocol agreed in the handshake.
         pub fn protocol(&self) -> Option<&str> {
-            self.shared.info.protocol.as_deref()
+            self.shared.info.agreed.as_ref()?.protocol.as_deref()
         }
 
         /// The extensions agreed in the handshake (`Sec-WebSocket-Extensions`), empty when
         /// none.
         pub fn extensions(&self) -> &str {
-            &self.shared.info.extensions
+            self.shared
+                .info
+                .agreed
+                .as_ref()
+                .map_or("", |agreed| &agreed.extensions)
         }
 
         /// The URL a client connected to.
         pub fn url(&self) -> Option<&str> {
-            self.shared.info.url.as_deref()
+            self.shared.info.agreed.as_ref()?.url.as_deref()
         }
 
         /// This end's role.
@@ -464,17 +538,22 @@ macro_rules! sender_methods {
         /// previous one (S12: per-connection user data, visible from every handle,
         /// e.g. the writers that `WebSocketServer::clients()` returns).
         pub fn insert_data<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
-            self.shared.lock().data.insert(value)
+            self.shared.lock().rare().data.insert(value)
         }
 
         /// A clone of the value of type `T` attached with [`Self::insert_data`].
         pub fn data<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-            self.shared.lock().data.get::<T>().cloned()
+            let inner = self.shared.lock();
+            inner.rare.as_ref()?.data.get::<T>().cloned()
         }
 
         /// Messages `try_send` dropped under `WhenFull::Drop`.
         pub fn dropped_messages(&self) -> u64 {
-            self.shared.lock().dropped
+            self.shared
+                .lock()
+                .rare
+                .as_ref()
+                .map_or(0, |rare| rare.dropped)
         }
 
         /// Stops reading from the transport (`ws`'s `pause()`): no message is delivered
@@ -488,7 +567,7 @@ macro_rules! sender_methods {
         pub fn resume(&self) {
             let mut inner = self.shared.lock();
             inner.paused = false;
-            if let Some(waker) = inner.resume_waker.take() {
+            if let Some(waker) = inner.rare.as_mut().and_then(|r| r.resume_waker.take()) {
                 waker.wake();
             }
         }
@@ -593,7 +672,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
             match queue.when_full {
                 WhenFull::Wait => return Err(Error::QueueFull),
                 WhenFull::Drop => {
-                    inner.dropped += 1;
+                    inner.rare().dropped += 1;
                     return Ok(TrySend::Dropped);
                 }
                 WhenFull::Close => {
@@ -640,7 +719,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     fn close_info(&self) -> CloseInfo {
         CloseInfo {
-            received: self.received.clone(),
+            received: self.rare.as_ref().and_then(|r| r.received.clone()),
             sent: self.conn.close_sent(),
         }
     }
@@ -670,6 +749,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 conn.send_bytes(fragment.kind, fragment.data, fragment.fin, true)
             }
         })
+    }
+
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
     }
 
     fn wake_reader(&mut self) {
@@ -751,7 +834,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 return Poll::Ready(None);
             }
             if self.paused {
-                self.resume_waker = Some(cx.waker().clone());
+                self.rare().resume_waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
             let _ = self.poll_deadline(cx);
@@ -771,7 +854,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 match self.conn.read(&mut self.read_buf, Instant::now()) {
                     Ok(Some(message)) => {
                         if let Message::Close(frame) = &message {
-                            self.received = frame.clone();
+                            if frame.is_some() {
+                                self.rare().received = frame.clone();
+                            }
                         }
                         // Answer at once (pong, close reply) and, on a server whose close
                         // handshake just ended, close TCP now (RFC 6455 §7.1.1).
@@ -790,7 +875,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        self.failure = Some(Error::Protocol(e));
+                        self.rare().failure = Some(Error::Protocol(e));
                         continue;
                     }
                 }
@@ -846,8 +931,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             fired = true;
             self.timer = None;
             self.conn.handle_timeout(Instant::now());
-            if self.conn.heartbeat_expired() && self.failure.is_none() {
-                self.failure = Some(Error::HeartbeatTimeout);
+            if self.conn.heartbeat_expired() {
+                self.rare().failure.get_or_insert(Error::HeartbeatTimeout);
             }
         }
     }
@@ -862,24 +947,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             .conn
             .read_hint(&self.read_buf)
             .clamp(READ_CHUNK, MAX_READ_RESERVE);
+        if self.read_buf.is_empty() {
+            // Borrow the thread's spare buffer rather than allocating one.
+            let spare = SPARE_READ_BUF.take();
+            if spare.capacity() > self.read_buf.capacity() {
+                self.read_buf = spare;
+                self.read_buf_big = false;
+            }
+        }
         self.read_buf.reserve(want);
+        if self.read_buf.capacity() > SPARE_MAX {
+            self.read_buf_big = true;
+        }
         let n = match tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.read_buf) {
             Poll::Ready(Ok(n)) => n,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {
                 if self.read_buf.is_empty() {
-                    // Idle: hold no read buffer while waiting.
-                    self.read_buf = BytesMut::new();
+                    // Idle: hold no read buffer while waiting. The buffer goes back to
+                    // the thread's spare slot when it is ours alone (no message still
+                    // refers to it) and not grown for a large frame.
+                    let mut buf = std::mem::take(&mut self.read_buf);
+                    if !self.read_buf_big && buf.try_reclaim(READ_CHUNK) {
+                        SPARE_READ_BUF.set(buf);
+                    }
                 }
                 return Poll::Pending;
             }
         };
         if n == 0 {
             if let Some(abnormal) = self.conn.handle_eof() {
-                self.received = Some(abnormal);
-                self.failure.get_or_insert(Error::Closed(CloseInfo {
-                    received: self.received.clone(),
-                    sent: self.conn.close_sent(),
+                let sent = self.conn.close_sent();
+                let rare = self.rare();
+                rare.received = Some(abnormal.clone());
+                rare.failure.get_or_insert(Error::Closed(CloseInfo {
+                    received: Some(abnormal),
+                    sent,
                 }));
             }
             return Poll::Ready(Ok(()));
@@ -931,7 +1034,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.read_buf = BytesMut::new();
         self.conn.transmit().shrink();
         self.wake_all_writers();
-        Poll::Ready(self.failure.take().map(Err))
+        Poll::Ready(self.rare.as_mut().and_then(|r| r.failure.take()).map(Err))
     }
 
     fn end_with_io_error(&mut self, e: io::Error) -> Error {
@@ -1033,5 +1136,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
 
     pub(crate) fn is_open_or_closing(&self) -> bool {
         self.shared.is_open_or_closing()
+    }
+}
+#[cfg(test)]
+mod tests {
+    /// The idle-memory budget (BENCHMARKS.md: at most 1 KiB per idle connection, with
+    /// tokio's task and I/O registration): the shared state of a TCP connection, with
+    /// the `Arc` counts, fits the allocator's 384-byte size class.
+    #[test]
+    fn shared_state_fits_its_size_class() {
+        let size = std::mem::size_of::<super::Shared<tokio::net::TcpStream>>();
+        assert!(size + 16 <= 384, "Shared<TcpStream> is {size} bytes");
     }
 }

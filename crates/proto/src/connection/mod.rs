@@ -18,6 +18,7 @@
 //! 4. Once [`Connection::should_close_transport`] is true and the transmit buffer is
 //!    empty, close the transport.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -65,10 +66,13 @@ pub enum DataKind {
 /// A sans-I/O WebSocket connection after the opening handshake.
 pub struct Connection {
     role: Role,
-    config: Config,
+    /// Shared by every connection of a server (one allocation, not one per connection).
+    config: Arc<Config>,
     state: State,
     /// The header of the frame being read and its encoded length.
-    header: Option<(FrameHeader, usize)>,
+    header: Option<FrameHeader>,
+    /// The encoded length of `header` (at most 14; kept apart so that the pair packs).
+    header_len: u8,
     /// Payload bytes of the current frame already unmasked (and checked, for text).
     progress: usize,
     /// Whether the current frame's payload goes through the UTF-8 validator.
@@ -93,11 +97,19 @@ pub struct Connection {
     close_received: bool,
     deadline: Option<Instant>,
     close_transport: bool,
-    /// When a frame last arrived (or the first read, before any): the heartbeat's clock.
+    /// The heartbeat's clock, only when `Config::heartbeat` is set (boxed: most
+    /// connections have no heartbeat, and every idle one would carry it).
+    heartbeat: Option<Box<HeartbeatClock>>,
+    heartbeat_expired: bool,
+}
+
+/// The heartbeat's clock (B1).
+#[derive(Default)]
+struct HeartbeatClock {
+    /// When a frame last arrived (or the first read, before any).
     last_activity: Option<Instant>,
     /// When the heartbeat's ping went out, while no frame has arrived since.
     ping_sent: Option<Instant>,
-    heartbeat_expired: bool,
 }
 
 struct Incoming {
@@ -106,17 +118,22 @@ struct Incoming {
     data: BytesMut,
     /// Payload bytes of the message received so far (inflated), for `max_payload`.
     received: usize,
-    fragments: usize,
+    /// Frames of the message so far (saturating; u32 keeps `Incoming` small).
+    fragments: u32,
 }
 
 impl Connection {
-    /// A connection in the open state.
-    pub fn new(role: Role, config: Config) -> Connection {
+    /// A connection in the open state. Pass an `Arc<Config>` to share one configuration
+    /// between many connections.
+    pub fn new(role: Role, config: impl Into<Arc<Config>>) -> Connection {
+        let config = config.into();
         Connection {
             role,
+            heartbeat: config.heartbeat.map(|_| Box::default()),
             config,
             state: State::Open,
             header: None,
+            header_len: 0,
             progress: 0,
             check_utf8: false,
             incoming: None,
@@ -131,8 +148,6 @@ impl Connection {
             close_received: false,
             deadline: None,
             close_transport: false,
-            last_activity: None,
-            ping_sent: None,
             heartbeat_expired: false,
         }
     }
@@ -197,7 +212,9 @@ impl Connection {
     /// flushes the transmit buffer and closes the transport. The error is returned once;
     /// later calls return `Ok(None)`.
     pub fn read(&mut self, input: &mut BytesMut, now: Instant) -> Result<Option<Message>, Error> {
-        self.last_activity.get_or_insert(now);
+        if let Some(clock) = self.heartbeat.as_mut() {
+            clock.last_activity.get_or_insert(now);
+        }
         loop {
             if self.read_closed {
                 input.clear();
@@ -206,8 +223,10 @@ impl Connection {
             let result = match self.read_frame(input) {
                 Ok(Some((header, payload))) => {
                     // Any frame proves the peer alive (B1).
-                    self.last_activity = Some(now);
-                    self.ping_sent = None;
+                    if let Some(clock) = self.heartbeat.as_mut() {
+                        clock.last_activity = Some(now);
+                        clock.ping_sent = None;
+                    }
                     self.on_frame(header, payload, now)
                 }
                 Ok(None) => return Ok(None),
@@ -229,7 +248,7 @@ impl Connection {
     /// (a header not yet complete asks for the rest of the largest header).
     pub fn read_hint(&self, input: &BytesMut) -> usize {
         match self.header {
-            Some((h, hlen)) => (hlen + h.payload_len as usize)
+            Some(h) => (usize::from(self.header_len) + h.payload_len as usize)
                 .saturating_sub(input.len())
                 .max(1),
             None => MAX_HEADER_LEN.saturating_sub(input.len()).max(1),
@@ -241,13 +260,15 @@ impl Connection {
         input: &mut BytesMut,
     ) -> Result<Option<(FrameHeader, BytesMut)>, Error> {
         let (header, hlen) = match self.header {
-            Some(h) => h,
+            Some(h) => (h, usize::from(self.header_len)),
             None => {
                 let Some((header, hlen)) = FrameHeader::decode(input)? else {
                     return Ok(None);
                 };
                 self.check_header(&header)?;
-                self.header = Some((header, hlen));
+                self.header = Some(header);
+                // A header is at most MAX_HEADER_LEN (14) bytes.
+                self.header_len = hlen as u8;
                 self.progress = 0;
                 (header, hlen)
             }
@@ -314,7 +335,7 @@ impl Connection {
         if h.payload_len > usize::MAX as u64 {
             return Err(LimitError::FrameLengthUnsupported.into());
         }
-        if self.config.max_fragments > 0 && fragments + 1 > self.config.max_fragments {
+        if self.config.max_fragments > 0 && fragments as usize + 1 > self.config.max_fragments {
             return Err(LimitError::TooManyParts.into());
         }
         if h.opcode != OpCode::Continuation {
@@ -367,7 +388,7 @@ impl Connection {
             received: 0,
             fragments: 0,
         });
-        incoming.fragments += 1;
+        incoming.fragments = incoming.fragments.saturating_add(1);
         let max = self.config.max_payload;
         if self.reading_compressed {
             let deflate = self
@@ -513,9 +534,10 @@ impl Connection {
         if self.state != State::Open {
             return None;
         }
-        match self.ping_sent {
+        let clock = self.heartbeat.as_ref()?;
+        match clock.ping_sent {
             Some(sent) => Some(sent + heartbeat.timeout),
-            None => Some(self.last_activity? + heartbeat.interval),
+            None => Some(clock.last_activity? + heartbeat.interval),
         }
     }
 
@@ -531,13 +553,14 @@ impl Connection {
             self.close_transport = true;
         }
         if self.heartbeat_deadline().is_some_and(|d| now >= d) {
-            if self.ping_sent.is_some() {
+            let clock = self.heartbeat.as_mut().expect("a heartbeat deadline");
+            if clock.ping_sent.is_some() {
                 // Nothing arrived since the ping: the peer is gone.
                 self.heartbeat_expired = true;
                 self.terminate();
             } else {
+                clock.ping_sent = Some(now);
                 self.write_frame(OpCode::Ping, true, b"");
-                self.ping_sent = Some(now);
             }
         }
     }

@@ -1229,22 +1229,20 @@ mod heartbeat {
         assert_eq!(conn.read(&mut BytesMut::new(), t0).unwrap(), None);
         assert_eq!(conn.poll_timeout(), Some(t0 + Duration::from_secs(10)));
         conn.handle_timeout(t0 + Duration::from_secs(9));
-        assert!(
-            conn.transmit().is_empty(),
-            "no ping before the interval"
-        );
+        assert!(conn.transmit().is_empty(), "no ping before the interval");
         conn.handle_timeout(t0 + Duration::from_secs(10));
-        assert_eq!(&conn.transmit().to_vec()[..], &[0x89, 0x00], "an empty ping");
+        assert_eq!(
+            &conn.transmit().to_vec()[..],
+            &[0x89, 0x00],
+            "an empty ping"
+        );
         conn.transmit().clear();
         assert_eq!(conn.poll_timeout(), Some(t0 + Duration::from_secs(15)));
         conn.handle_timeout(t0 + Duration::from_secs(15));
         assert!(conn.heartbeat_expired());
         assert_eq!(conn.state(), State::Closed);
         assert!(conn.should_close_transport() && conn.is_read_closed());
-        assert!(
-            conn.transmit().is_empty(),
-            "no close frame to a dead peer"
-        );
+        assert!(conn.transmit().is_empty(), "no close frame to a dead peer");
     }
 
     #[test]
@@ -1486,7 +1484,10 @@ fn server_references_large_payloads_and_keeps_frame_order() {
         .send_bytes(DataKind::Binary, big.clone(), true, true)
         .unwrap();
     server.pong(b"after").unwrap();
-    assert!(server.transmit().is_segmented(), "the payload is referenced");
+    assert!(
+        server.transmit().is_segmented(),
+        "the payload is referenced"
+    );
     assert_eq!(server.transmit_len(), 2 + 6 + 10 + big.len() + 2 + 5);
     assert_eq!(
         sent(&mut server),
@@ -1513,7 +1514,10 @@ fn small_or_masked_payloads_are_copied() {
         .send_bytes(DataKind::Binary, big.clone(), true, true)
         .unwrap();
     assert!(!client.transmit().is_segmented(), "a client masks a copy");
-    assert_eq!(sent(&mut client), vec![(OpCode::Binary, true, big.to_vec())]);
+    assert_eq!(
+        sent(&mut client),
+        vec![(OpCode::Binary, true, big.to_vec())]
+    );
 }
 
 #[test]
@@ -1530,4 +1534,11 @@ fn handed_over_fragments_arrive_as_one_message() {
     let expected = format!("{}-{}", "x".repeat(3000), "x".repeat(3000));
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].as_text(), Some(expected.as_str()));
+}
+/// Every idle connection carries a `Connection`: keep it small (see the idle-memory
+/// budget in the tokio crate).
+#[test]
+fn connection_stays_small() {
+    let size = std::mem::size_of::<Connection>();
+    assert!(size <= 176, "Connection is {size} bytes");
 }
