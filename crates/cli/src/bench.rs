@@ -170,40 +170,48 @@ async fn connection(
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
     });
-    loop {
-        if let Some(pace) = pace.as_mut() {
-            pace.tick().await;
-        }
-        let sent = Instant::now();
-        if sent >= end {
-            break;
-        }
-        if ws.send_binary(&payload).await.is_err() {
-            outcome.errors += 1;
-            break;
-        }
-        let echo = loop {
-            let limit = tokio::time::Instant::from_std(end.max(sent) + Duration::from_secs(5));
-            match tokio::time::timeout_at(limit, ws.next()).await {
-                Ok(Some(Ok(Message::Binary(data)))) => break Some(data),
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                _ => break None,
+    // One deadline for the whole loop (a server that stops echoing ends it), rather than
+    // a timer per message: registering and cancelling one per round trip cost more
+    // client CPU than the WebSocket work.
+    let give_up = tokio::time::Instant::from_std(end + Duration::from_secs(5));
+    let run = async {
+        loop {
+            if let Some(pace) = pace.as_mut() {
+                pace.tick().await;
             }
-        };
-        match echo {
-            Some(data) if data.len() == payload.len() => {
-                live.fetch_add(1, Ordering::Relaxed);
-                if sent >= measure_from {
-                    outcome.messages += 1;
-                    let micros = sent.elapsed().as_micros().max(1) as u64;
-                    let _ = outcome.latency_us.record(micros.min(60_000_000));
+            let sent = Instant::now();
+            if sent >= end {
+                return;
+            }
+            if ws.send_binary(&payload).await.is_err() {
+                outcome.errors += 1;
+                return;
+            }
+            let echo = loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(data))) => break Some(data),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    _ => break None,
+                }
+            };
+            match echo {
+                Some(data) if data.len() == payload.len() => {
+                    live.fetch_add(1, Ordering::Relaxed);
+                    if sent >= measure_from {
+                        outcome.messages += 1;
+                        let micros = sent.elapsed().as_micros().max(1) as u64;
+                        let _ = outcome.latency_us.record(micros.min(60_000_000));
+                    }
+                }
+                _ => {
+                    outcome.errors += 1;
+                    return;
                 }
             }
-            _ => {
-                outcome.errors += 1;
-                break;
-            }
         }
+    };
+    if tokio::time::timeout_at(give_up, run).await.is_err() {
+        outcome.errors += 1;
     }
     let _ = ws.close(None).await;
     outcome
