@@ -27,6 +27,9 @@ use crate::error::{CloseInfo, Error};
 
 /// The smallest read: enough for many small frames per system call.
 const READ_CHUNK: usize = 64 * 1024;
+/// Any fixed instant, for reads that do not look at the time.
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 /// The largest read buffer kept as a thread's spare.
 const SPARE_MAX: usize = 256 * 1024;
 
@@ -851,7 +854,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 return Poll::Pending;
             }
             if !self.conn.is_read_closed() {
-                match self.conn.read(&mut self.read_buf, Instant::now()) {
+                let now = if self.conn.read_needs_clock() {
+                    Instant::now()
+                } else {
+                    // A server without a heartbeat ignores the time while reading.
+                    *EPOCH.get_or_init(Instant::now)
+                };
+                match self.conn.read(&mut self.read_buf, now) {
                     Ok(Some(message)) => {
                         if let Message::Close(frame) = &message {
                             if frame.is_some() {

@@ -189,6 +189,14 @@ impl Connection {
         self.close_sent
     }
 
+    /// Whether [`Connection::read`] looks at its `now` argument: only to keep the
+    /// heartbeat's clock and, on a client, to start the close timeout when the server's
+    /// close frame arrives. When `false` any instant will do, which spares the caller a
+    /// clock read per call.
+    pub fn read_needs_clock(&self) -> bool {
+        self.heartbeat.is_some() || self.role == Role::Client
+    }
+
     /// The bytes of the fragmented message being received that are buffered so far (0
     /// between messages). For tests and memory accounting.
     #[doc(hidden)]

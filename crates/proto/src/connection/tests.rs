@@ -1542,3 +1542,40 @@ fn connection_stays_small() {
     let size = std::mem::size_of::<Connection>();
     assert!(size <= 176, "Connection is {size} bytes");
 }
+
+/// `read_needs_clock() == false` promises that `read` ignores `now`: a server without a
+/// heartbeat behaves the same with any instant, the close handshake included.
+#[test]
+fn server_without_heartbeat_ignores_the_time_while_reading() {
+    let long_ago = Instant::now();
+    let later = long_ago + Duration::from_secs(3600);
+    let mut results = Vec::new();
+    for now in [long_ago, later] {
+        let mut server = Connection::new(Role::Server, Config::default());
+        assert!(!server.read_needs_clock());
+        let mut client = Connection::new(Role::Client, Config::default());
+        client.send_text("hi").unwrap();
+        client.ping(b"p").unwrap();
+        client
+            .close(
+                Some(&CloseFrame::new(CloseCode::NORMAL_CLOSURE, "bye")),
+                now,
+            )
+            .unwrap();
+        let wire = client.transmit().take_all();
+        let (messages, error) = feed(&mut server, &mut BytesMut::new(), &wire, now);
+        assert_eq!(error, None);
+        results.push((messages, sent(&mut server), server.poll_timeout()));
+    }
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[0].2, None, "no deadline after the close handshake");
+    let with_heartbeat = Config {
+        heartbeat: Some(crate::Heartbeat {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        }),
+        ..Config::default()
+    };
+    assert!(Connection::new(Role::Server, with_heartbeat).read_needs_clock());
+    assert!(Connection::new(Role::Client, Config::default()).read_needs_clock());
+}
