@@ -68,6 +68,8 @@ fn connection_with(role: Role, data: &[u8], deflate: bool) {
         heartbeat: None,
         send_queue: Default::default(),
         deliver_fragments: flags & 0x80 != 0,
+        // Split frames into pieces as they arrive (seed bit 0, with deliver_fragments).
+        stream_frames: seed & 1 != 0,
     };
     let max_chunk = [1, 7, 64, 1024][usize::from((flags >> 3) & 3)];
     let mut rng = u32::from(*seed) | 0x100;

@@ -1,9 +1,14 @@
 //! `sockeye echo`: a bare echo server for conformance runs and benchmarks.
+//!
+//! Binary messages are forwarded piece by piece as they arrive (`deliver_fragments` +
+//! `stream_frames`): a large message goes back out while it is still coming in, and is
+//! never held whole. Text is echoed once the whole message has proven to be UTF-8.
 
 use std::process::ExitCode;
 
 use futures_util::StreamExt;
-use sockeye::{ServerConfig, WebSocketServer};
+use sockeye::proto::bytes::BytesMut;
+use sockeye::{DataKind, Message, ServerConfig, WebSocket, WebSocketServer};
 
 use crate::ServerArgs;
 
@@ -38,6 +43,8 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::default();
     config.websocket.max_payload = args.server.max_payload;
     config.client_tracking = false;
+    config.websocket.deliver_fragments = true;
+    config.websocket.stream_frames = true;
     if args.deflate {
         config.per_message_deflate = Some(sockeye::DeflateConfig::default());
     }
@@ -49,17 +56,39 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         server.local_addr()
     );
     while let Some(accepted) = server.accept().await {
-        let Ok((mut ws, _request)) = accepted else {
+        let Ok((ws, _request)) = accepted else {
             continue;
         };
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = ws.next().await {
-                let data = message.is_text() || message.is_binary();
-                if data && ws.send(message).await.is_err() {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(echo(ws));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn echo<S>(mut ws: WebSocket<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut text = BytesMut::new();
+    while let Some(Ok(message)) = ws.next().await {
+        let reply = match message {
+            // Binary: each piece goes straight back (its buffer handed over, no copy).
+            Message::Fragment(piece) if piece.kind == DataKind::Binary => Message::Fragment(piece),
+            // Text: collected until the message is complete (and so checked).
+            Message::Fragment(piece) if piece.fin && text.is_empty() => {
+                Message::UncheckedText(piece.data)
+            }
+            Message::Fragment(piece) => {
+                text.extend_from_slice(&piece.data);
+                if !piece.fin {
+                    continue;
+                }
+                Message::UncheckedText(text.split().freeze())
+            }
+            message if message.is_text() || message.is_binary() => message,
+            _ => continue,
+        };
+        if ws.send(reply).await.is_err() {
+            break;
+        }
+    }
 }

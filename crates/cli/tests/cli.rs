@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use sockeye::{CloseCode, Message, WebSocket};
+use sockeye::{CloseCode, DataKind, Message, WebSocket};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout, Command};
@@ -255,6 +255,30 @@ async fn echo_echoes_text_and_binary_on_any_path() {
     let server = echo_server(&[]).await;
     echo_round_trips(&format!("ws://{}/", server.addr)).await;
     echo_round_trips(&format!("ws://{}/any/path?x=1", server.addr)).await;
+}
+
+/// `sockeye echo` forwards binary messages piece by piece as they arrive and text once
+/// whole: a 4 MiB message and a fragmented text message come back equal.
+#[tokio::test]
+async fn echo_streams_large_and_fragmented_messages() {
+    let server = echo_server(&[]).await;
+    let mut ws = connect(&format!("ws://{}/", server.addr)).await;
+    let large: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    ws.send_binary(&large).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::binary(large));
+    ws.send_frame(DataKind::Text, "frag".as_bytes(), false)
+        .await
+        .unwrap();
+    ws.send_frame(DataKind::Text, "mented ✓".as_bytes(), true)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws).await.as_text(), Some("fragmented ✓"));
+    ws.send_frame(DataKind::Binary, &[1, 2], false)
+        .await
+        .unwrap();
+    ws.send_frame(DataKind::Binary, &[3], true).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::binary(vec![1u8, 2, 3]));
+    close(ws).await;
 }
 
 #[tokio::test]

@@ -98,6 +98,11 @@ pub struct Config {
     /// messages (`ws`'s `binaryType: 'fragments'`; default off). UTF-8, `max_payload`
     /// and inflation still apply to the whole message.
     pub deliver_fragments: bool,
+    /// With `deliver_fragments`, also hand out an uncompressed data frame in pieces as
+    /// its bytes arrive (each at least 4 KiB, the reads at most 256 KiB), as if the peer
+    /// had fragmented it: a relay or an upload handler then holds no whole frame, and
+    /// forwards a large message while it is still arriving (default off).
+    pub stream_frames: bool,
 }
 
 impl Default for Config {
@@ -112,6 +117,7 @@ impl Default for Config {
             heartbeat: None,
             send_queue: SendQueue::default(),
             deliver_fragments: false,
+            stream_frames: false,
         }
     }
 }
@@ -124,6 +130,7 @@ impl fmt::Debug for Config {
             .field("skip_utf8_validation", &self.skip_utf8_validation)
             .field("auto_pong", &self.auto_pong)
             .field("deliver_fragments", &self.deliver_fragments)
+            .field("stream_frames", &self.stream_frames)
             .field("close_timeout", &self.close_timeout)
             .field(
                 "generate_mask",

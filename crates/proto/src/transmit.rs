@@ -14,9 +14,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::frame::MAX_HEADER_LEN;
 
 /// Payloads from this size on are referenced instead of copied (when they come as
-/// [`Bytes`] and need no masking). Below it a copy is cheaper than the bookkeeping
-/// (`cargo bench -p sockeye-proto -- encode`).
-pub const ZERO_COPY_MIN: usize = 1024;
+/// [`Bytes`] and need no masking). Below it a copy is cheaper than what a vectored write
+/// adds in the kernel: at 1 KiB echoes, `writev` cost more server CPU than `write` of a
+/// copy (perf, BENCHMARKS.md).
+pub const ZERO_COPY_MIN: usize = 4096;
 
 /// Bytes queued for the transport, in order. See the [module](self) docs.
 #[derive(Default)]

@@ -385,7 +385,7 @@ macro_rules! sender_methods {
     () => {
         /// Sends a message (text, binary, ping, pong or close): queues it at once and
         /// returns a future that completes when it is written to the transport. A
-        /// `Bytes` payload of 1 KiB or more is written from without a copy.
+        /// `Bytes` payload of 4 KiB or more is written from without a copy.
         ///
         /// # Errors
         /// [`Error::Protocol`] with an `ApiMisuse` for invalid arguments or a send after

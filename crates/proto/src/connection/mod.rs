@@ -28,7 +28,7 @@ use crate::deflate::Deflate;
 use crate::error::{ApiMisuse, Error, LimitError, ProtocolError};
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::limits::Config;
-use crate::mask::apply_mask;
+use crate::mask::{apply_mask, rotate_key};
 use crate::message::{Fragment, Message, Utf8Bytes};
 use crate::transmit::{Transmit, ZERO_COPY_MIN};
 use crate::utf8::{self, Utf8Validator};
@@ -54,6 +54,11 @@ pub enum State {
     Closed,
 }
 
+/// With `stream_frames`: the smallest piece of a frame handed out before the frame ends.
+const STREAM_PIECE_MIN: usize = 4096;
+/// With `stream_frames`: the most bytes of a frame in progress worth reading at once.
+const STREAM_WINDOW: usize = 256 * 1024;
+
 /// The kind of a data message to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataKind {
@@ -71,8 +76,12 @@ pub struct Connection {
     state: State,
     /// The header of the frame being read and its encoded length.
     header: Option<FrameHeader>,
-    /// The encoded length of `header` (at most 14; kept apart so that the pair packs).
+    /// The encoded length of `header` (at most 14; kept apart so that the pair packs);
+    /// 0 for the rest of a frame split by `stream_frames`, whose header is consumed.
     header_len: u8,
+    /// The frame being delivered is the rest of a split frame (not counted again
+    /// against `max_fragments`).
+    delivering_rest: bool,
     /// Payload bytes of the current frame already unmasked (and checked, for text).
     progress: usize,
     /// Whether the current frame's payload goes through the UTF-8 validator.
@@ -134,6 +143,7 @@ impl Connection {
             state: State::Open,
             header: None,
             header_len: 0,
+            delivering_rest: false,
             progress: 0,
             check_utf8: false,
             incoming: None,
@@ -256,9 +266,18 @@ impl Connection {
     /// (a header not yet complete asks for the rest of the largest header).
     pub fn read_hint(&self, input: &BytesMut) -> usize {
         match self.header {
-            Some(h) => (usize::from(self.header_len) + h.payload_len as usize)
-                .saturating_sub(input.len())
-                .max(1),
+            Some(h) => {
+                let need = (usize::from(self.header_len) + h.payload_len as usize)
+                    .saturating_sub(input.len())
+                    .max(1);
+                if self.streams(&h) {
+                    // A piece is delivered as soon as it arrives: no need to wait
+                    // for, or to hold room for, the whole frame.
+                    need.min(STREAM_WINDOW)
+                } else {
+                    need
+                }
+            }
             None => MAX_HEADER_LEN.saturating_sub(input.len()).max(1),
         }
     }
@@ -296,12 +315,57 @@ impl Connection {
             self.progress = available;
         }
         if available < len {
+            if available >= STREAM_PIECE_MIN && self.streams(&header) {
+                return Ok(Some(self.split_frame(input, header, hlen, available)));
+            }
             return Ok(None);
         }
+        self.delivering_rest = hlen == 0;
         input.advance(hlen);
         let payload = input.split_to(len);
         self.header = None;
         Ok(Some((header, payload)))
+    }
+
+    /// Whether the frame in progress is handed out in pieces (`stream_frames`).
+    fn streams(&self, header: &FrameHeader) -> bool {
+        self.config.stream_frames
+            && self.config.deliver_fragments
+            && !self.reading_compressed
+            && matches!(
+                header.opcode,
+                OpCode::Text | OpCode::Binary | OpCode::Continuation
+            )
+    }
+
+    /// Hands out the `available` unmasked payload bytes of a frame as a piece (FIN
+    /// clear) and keeps the rest as a continuation frame, as if the peer had sent the
+    /// frame in two: the rest's masking key is rotated to where the piece ended.
+    fn split_frame(
+        &mut self,
+        input: &mut BytesMut,
+        header: FrameHeader,
+        hlen: usize,
+        available: usize,
+    ) -> (FrameHeader, BytesMut) {
+        self.delivering_rest = hlen == 0;
+        input.advance(hlen);
+        let payload = input.split_to(available);
+        let piece = FrameHeader {
+            fin: false,
+            payload_len: available as u64,
+            ..header
+        };
+        self.header = Some(FrameHeader {
+            fin: header.fin,
+            rsv1: false,
+            opcode: OpCode::Continuation,
+            mask: header.mask.map(|key| rotate_key(key, available)),
+            payload_len: header.payload_len - available as u64,
+        });
+        self.header_len = 0;
+        self.progress = 0;
+        (piece, payload)
     }
 
     /// The checks that need the connection's state (RFC 6455 §5.1, §5.2, §5.4).
@@ -396,7 +460,9 @@ impl Connection {
             received: 0,
             fragments: 0,
         });
-        incoming.fragments = incoming.fragments.saturating_add(1);
+        if !self.delivering_rest {
+            incoming.fragments = incoming.fragments.saturating_add(1);
+        }
         let max = self.config.max_payload;
         if self.reading_compressed {
             let deflate = self

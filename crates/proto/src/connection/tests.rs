@@ -1579,3 +1579,123 @@ fn server_without_heartbeat_ignores_the_time_while_reading() {
     assert!(Connection::new(Role::Server, with_heartbeat).read_needs_clock());
     assert!(Connection::new(Role::Client, Config::default()).read_needs_clock());
 }
+
+// ---------------------------------------------------------------- stream_frames
+
+fn streaming_server(max_fragments: usize) -> Connection {
+    let config = Config {
+        deliver_fragments: true,
+        stream_frames: true,
+        max_fragments,
+        ..Config::default()
+    };
+    Connection::new(Role::Server, config)
+}
+
+/// Feeds `wire` in `chunk`-byte reads; returns the fragments and any error.
+fn feed_in_chunks(c: &mut Connection, wire: &[u8], chunk: usize) -> (Vec<Fragment>, Option<Error>) {
+    let mut input = BytesMut::new();
+    let mut fragments = Vec::new();
+    for piece in wire.chunks(chunk) {
+        let (messages, error) = feed(c, &mut input, piece, Instant::now());
+        for message in messages {
+            match message {
+                Message::Fragment(f) => fragments.push(f),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if error.is_some() {
+            return (fragments, error);
+        }
+    }
+    (fragments, None)
+}
+
+#[test]
+fn stream_frames_hands_out_a_large_frame_in_pieces_as_it_arrives() {
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut client = Connection::new(Role::Client, Config::default());
+    client.send_binary(&payload).unwrap();
+    client.send_binary(b"after").unwrap();
+    let wire = client.transmit().take_all();
+    // max_fragments 2: the pieces of one frame are not counted as fragments.
+    let mut server = streaming_server(2);
+    let mut input = BytesMut::new();
+    let (first, error) = feed(&mut server, &mut input, &wire[..30_000], Instant::now());
+    assert_eq!(error, None);
+    assert_eq!(
+        first.len(),
+        1,
+        "what arrived is handed out before the frame ends"
+    );
+    assert!(server.read_hint(&input) <= 64 * 1024, "reads are windowed");
+    let (fragments, error) = feed_in_chunks(&mut server, &wire[30_000..], 7_000);
+    assert_eq!(error, None);
+    let mut all: Vec<Fragment> = first
+        .into_iter()
+        .map(|m| match m {
+            Message::Fragment(f) => f,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    all.extend(fragments);
+    let (last, pieces) = all.split_last().unwrap();
+    assert_eq!(last.data, &b"after"[..]);
+    assert!(last.fin);
+    assert!(pieces.len() > 5, "{} pieces", pieces.len());
+    assert!(pieces[..pieces.len() - 1]
+        .iter()
+        .all(|f| !f.fin && f.data.len() >= 4096));
+    assert!(pieces.last().unwrap().fin);
+    let joined: Vec<u8> = pieces.iter().flat_map(|f| f.data.to_vec()).collect();
+    assert_eq!(joined, payload, "unmasked across the splits");
+}
+
+#[test]
+fn stream_frames_checks_utf8_across_pieces() {
+    let text = "é".repeat(20_000); // 40,000 bytes of 2-byte characters
+    let mut client = Connection::new(Role::Client, Config::default());
+    client.send_text(&text).unwrap();
+    let wire = client.transmit().take_all();
+    let mut server = streaming_server(0);
+    // Odd read sizes split characters between pieces.
+    let (fragments, error) = feed_in_chunks(&mut server, &wire, 4_999);
+    assert_eq!(error, None);
+    assert!(fragments.len() > 1);
+    assert!(fragments.iter().all(|f| f.kind == DataKind::Text));
+    let joined: Vec<u8> = fragments.iter().flat_map(|f| f.data.to_vec()).collect();
+    assert_eq!(joined, text.as_bytes());
+
+    // An invalid byte late in the frame fails it once it arrives (1007).
+    let mut bad = text.into_bytes();
+    bad[30_001] = 0xff;
+    let mut client = Connection::new(Role::Client, Config::default());
+    client.send(DataKind::Text, &bad, true).unwrap();
+    let wire = client.transmit().take_all();
+    let mut server = streaming_server(0);
+    let (fragments, error) = feed_in_chunks(&mut server, &wire, 5_000);
+    assert!(!fragments.is_empty(), "the valid start was handed out");
+    assert_eq!(
+        error.and_then(|e| e.close_code()),
+        Some(CloseCode::INVALID_PAYLOAD)
+    );
+}
+
+#[test]
+fn without_stream_frames_a_frame_is_one_fragment() {
+    let payload = vec![3u8; 50_000];
+    let mut client = Connection::new(Role::Client, Config::default());
+    client.send_binary(&payload).unwrap();
+    let wire = client.transmit().take_all();
+    let mut server = Connection::new(
+        Role::Server,
+        Config {
+            deliver_fragments: true,
+            ..Config::default()
+        },
+    );
+    let (fragments, error) = feed_in_chunks(&mut server, &wire, 5_000);
+    assert_eq!(error, None);
+    assert_eq!(fragments.len(), 1);
+    assert_eq!(fragments[0].data.len(), 50_000);
+}

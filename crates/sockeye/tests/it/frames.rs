@@ -259,3 +259,72 @@ async fn on_client_error_none_keeps_the_default() {
         assert_eq!(server.failed_handshakes(), 1);
     }
 }
+
+/// `stream_frames`: one 1 MiB frame, written slowly in pieces by a raw client, arrives as
+/// pieces before it ends; echoing each piece back as it comes gives the peer the message
+/// whole, and the server never held the whole frame.
+#[tokio::test]
+async fn stream_frames_relays_a_large_frame_while_it_arrives() {
+    let mut config = fragments_config();
+    config.websocket.stream_frames = true;
+    let server = server(config).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut ws = accept_one(&server).await;
+    let payload: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let wire = client_frame(true, 0x2, &payload);
+    // The first 100 KiB only: pieces must come out before the frame is complete.
+    raw.write_all(&wire[..100 * 1024]).await.unwrap();
+    let mut received = Vec::new();
+    let mut pieces = 0;
+    while received.len() < 90 * 1024 {
+        let Message::Fragment(piece) = next(&mut ws).await else {
+            panic!("fragments only");
+        };
+        assert!(!piece.fin, "the frame is not complete yet");
+        assert!(piece.data.len() <= 256 * 1024, "{} bytes", piece.data.len());
+        received.extend_from_slice(&piece.data);
+        pieces += 1;
+        ws.send(Message::Fragment(piece)).await.unwrap();
+    }
+    let (writer, mut reader) = ws.split();
+    let relay = tokio::spawn(async move {
+        loop {
+            let item = tokio::time::timeout(STEP, reader.next())
+                .await
+                .expect("in time");
+            let Some(Ok(Message::Fragment(piece))) = item else {
+                panic!("fragments only, got {item:?}");
+            };
+            let fin = piece.fin;
+            let len = piece.data.len();
+            writer.send(Message::Fragment(piece)).await.unwrap();
+            if fin {
+                return len;
+            }
+        }
+    });
+    // Write the rest while reading the echo (the relay forwards as it reads).
+    let (mut raw_read, mut raw_write) = raw.into_split();
+    let rest = wire[100 * 1024..].to_vec();
+    let writer_task = tokio::spawn(async move { raw_write.write_all(&rest).await.unwrap() });
+    let mut echoed = Vec::new();
+    let mut fin = false;
+    while !fin {
+        let mut h = [0u8; 2];
+        raw_read.read_exact(&mut h).await.unwrap();
+        fin = h[0] & 0x80 != 0;
+        let len = match h[1] & 0x7f {
+            126 => u64::from(raw_read.read_u16().await.unwrap()),
+            127 => raw_read.read_u64().await.unwrap(),
+            n => u64::from(n),
+        };
+        let mut body = vec![0u8; len as usize];
+        raw_read.read_exact(&mut body).await.unwrap();
+        echoed.extend_from_slice(&body);
+    }
+    writer_task.await.unwrap();
+    relay.await.unwrap();
+    assert!(pieces >= 1);
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "the relayed message equals the original");
+}
