@@ -68,21 +68,25 @@ async fn echo<S>(mut ws: WebSocket<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut text = BytesMut::new();
+    // Boxed and made on first use: this task's state is part of every idle connection.
+    let mut text: Option<Box<BytesMut>> = None;
     while let Some(Ok(message)) = ws.next().await {
         let reply = match message {
             // Binary: each piece goes straight back (its buffer handed over, no copy).
             Message::Fragment(piece) if piece.kind == DataKind::Binary => Message::Fragment(piece),
             // Text: collected until the message is complete (and so checked).
-            Message::Fragment(piece) if piece.fin && text.is_empty() => {
+            Message::Fragment(piece) if piece.fin && text.is_none() => {
                 Message::UncheckedText(piece.data)
             }
             Message::Fragment(piece) => {
-                text.extend_from_slice(&piece.data);
+                let buffer = text.get_or_insert_default();
+                buffer.extend_from_slice(&piece.data);
                 if !piece.fin {
                     continue;
                 }
-                Message::UncheckedText(text.split().freeze())
+                let whole = buffer.split().freeze();
+                text = None;
+                Message::UncheckedText(whole)
             }
             message if message.is_text() || message.is_binary() => message,
             _ => continue,
