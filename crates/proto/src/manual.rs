@@ -11,28 +11,58 @@
 //! | `auto_pong` | on | As `ws`. Pongs are queued only while the connection is open. |
 //! | handshake head | 64 headers, 16 KiB | [`crate::handshake::HeadLimits`]; beyond either the server answers 431, also while the head is still incomplete, so an endless head is cut off without waiting for the timeout. |
 //!
+//! # Memory per idle connection
+//!
+//! `sockeye echo` (one thread) with 10,000 idle upgraded connections, server RSS growth
+//! per connection (`../shared/bench` scenario `mem10000`; BENCHMARKS.md): **865 bytes**.
+//! That is tokio's I/O registration (256 bytes) and task (256 bytes, the echo loop's
+//! state included) and one allocation of Sockeye's shared connection state (`Arc`
+//! counts, the [`crate::Connection`] of at most 176 bytes, the transport and wakers: at
+//! most 384 bytes; tests hold both budgets). Nothing else stays allocated while a
+//! connection idles:
+//!
+//! - the configuration is one `Arc<Config>` per server, not a copy per connection;
+//! - what the handshake agreed, the heartbeat clock, the segment queue of
+//!   [`crate::Transmit`] and the state of a failing or closing connection are boxed and
+//!   allocated only when used;
+//! - the read buffer: a connection that finds no bytes to read gives its buffer back to
+//!   a per-thread spare (64 KiB), which the next connection to read borrows, so a busy
+//!   thread reads without allocating and an idle connection holds none;
+//! - the transmit buffer is freed once written out.
+//!
+//! The allocator matters: the `sockeye` binary uses mimalloc. With glibc's malloc the
+//! same run measures about 1,390 bytes: tokio's 128-byte-aligned allocations go through
+//! `memalign`, which leaves free fragments around each (in use 1,020 bytes against
+//! 1,425 bytes of heap per connection, `malloc_stats`).
+//!
 //! # Memory per connection with permessage-deflate
 //!
 //! Server RSS growth per idle connection after one 2 KiB compressible message was echoed
 //! on each (`bench/deflate_memory.sh 1000`: `sockeye echo --deflate`, one thread,
-//! 1,000 connections; 2026-11-22):
+//! 1,000 connections opened one after the other; 2026-11-22):
 //!
-//! | negotiated | bytes per idle connection |
-//! |---|---|
-//! | no compression | 4,145 |
-//! | `permessage-deflate; server_no_context_takeover; client_no_context_takeover` | 2,662 |
-//! | `permessage-deflate` (context takeover, 15-bit windows) | 348,094 |
-//! | `permessage-deflate; server_max_window_bits=10; client_max_window_bits=10` | 221,225 |
+//! | negotiated | mimalloc (the CLI) | glibc malloc |
+//! |---|---|---|
+//! | no compression | 2,294 | 3,551 |
+//! | `permessage-deflate; server_no_context_takeover; client_no_context_takeover` | 4,391 | 313,324 (fragmentation, below) |
+//! | `permessage-deflate` (context takeover, 15-bit windows) | 474,280 | 348,004 |
+//! | `permessage-deflate; server_max_window_bits=10; client_max_window_bits=10` | 319,074 | 220,938 |
 //!
 //! With no context takeover in a direction, no zlib state outlives a message: the
 //! compressor, the decompressor and the compression buffer are freed when the message
-//! ends, so an idle connection costs what an uncompressed one does (the two figures
-//! differ by allocator noise). With context takeover the zlib state must survive between
-//! messages; most of it is the compressor's hash tables (zlib's `memLevel` 8, which flate2
-//! does not expose), the rest its window: smaller windows
-//! ([`crate::DeflateConfig::server_max_window_bits`]) save about a third. A server with
-//! many mostly idle connections should set `server_no_context_takeover` (and usually
-//! `client_no_context_takeover`).
+//! ends, so an idle connection costs about what an uncompressed one does. With glibc's
+//! malloc, though, the long-lived allocations of the next connection can land in the
+//! hole the freed zlib state left, so that the next state (about 300 KB) no longer fits
+//! and every connection pins a mostly free hole: in this run of connections opened one
+//! after the other, 313 KB each (at the start of the session the same code paths
+//! measured 3 KB; the outcome depends on allocation order). A size-class allocator such
+//! as mimalloc does not mix the two and shows 4.4 KB; servers that compress should use
+//! one. With context takeover the zlib state must survive between messages; most of it
+//! is the compressor's hash tables (zlib's `memLevel` 8, which flate2 does not expose),
+//! the rest its window: smaller windows ([`crate::DeflateConfig::server_max_window_bits`])
+//! save about a third. mimalloc rounds these large blocks up more than glibc does (474 KB
+//! against 348 KB). A server with many mostly idle connections should set
+//! `server_no_context_takeover` (and usually `client_no_context_takeover`).
 //!
 //! # Security notes
 //!
@@ -44,6 +74,10 @@
 //! - **Invalid UTF-8** fails on the first impossible byte, even in the middle of a frame
 //!   still arriving (Autobahn 6.4.x strict), so a peer cannot make the endpoint buffer a
 //!   long invalid text message.
+//! - **Large messages**: a message is buffered whole up to `max_payload`; with
+//!   `deliver_fragments` and `stream_frames` an uncompressed frame is handed out in
+//!   pieces as it arrives (reads windowed at 256 KiB), so a relay or an upload handler
+//!   holds no whole frame (`sockeye echo` relays binary messages this way).
 //! - **Decompression bombs**: inflation writes at most 16 KiB at a time and stops with
 //!   1009 as soon as the message passes `max_payload`, counted in inflated bytes; a
 //!   tiny frame that would inflate to gigabytes costs at most `max_payload` plus one chunk.

@@ -966,6 +966,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             if spare.capacity() > self.read_buf.capacity() {
                 self.read_buf = spare;
                 self.read_buf_big = false;
+            } else {
+                // Ours is as large: leave the spare for the next connection.
+                SPARE_READ_BUF.set(spare);
             }
         }
         self.read_buf.reserve(want);
