@@ -88,7 +88,7 @@ where
                 text = None;
                 Message::UncheckedText(whole)
             }
-            message if message.is_text() || message.is_binary() => message,
+            // Data always comes as fragments here; pings and pongs are answered already.
             _ => continue,
         };
         if ws.send(reply).await.is_err() {

@@ -85,14 +85,7 @@ impl Transmit {
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.segments().is_empty() && self.tail.is_empty()
-    }
-
-    fn segments(&self) -> &[Segment] {
-        match &self.segments {
-            Some(segments) => segments.as_slices().0,
-            None => &[],
-        }
+        !self.is_segmented() && self.tail.is_empty()
     }
 
     /// All segments in order (a VecDeque's two slices).
@@ -182,7 +175,7 @@ impl Buf for Transmit {
     }
 
     fn chunk(&self) -> &[u8] {
-        match self.segments().first() {
+        match self.segments.as_ref().and_then(|segments| segments.front()) {
             Some(segment) => segment.chunk(),
             None => &self.tail,
         }

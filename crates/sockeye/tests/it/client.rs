@@ -17,13 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::support::{read_head, server, STEP};
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} in time"))
-}
+use crate::support::{read_head, server, within, STEP};
 
 fn config() -> ClientConfig {
     let mut config = ClientConfig::default();

@@ -6,7 +6,6 @@
 //! Compressed payloads are the examples of RFC 7692 §7.2.3, so the raw peers need no
 //! zlib of their own.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use sockeye::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{accept_one, frame, read_head, server, STEP};
+use crate::support::{accept_one, frame, read_head, read_wire_frame, server, within, STEP};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
@@ -36,12 +35,6 @@ const HELLO_AGAIN: [u8; 5] = [0xf2, 0x00, 0x11, 0x00, 0x00];
 /// Not deflate data: block type 11 is reserved.
 const CORRUPT: [u8; 3] = [0xff, 0xff, 0xff];
 
-async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
 fn deflate_server_config() -> ServerConfig {
     ServerConfig {
         per_message_deflate: Some(DeflateConfig::default()),
@@ -52,47 +45,6 @@ fn deflate_server_config() -> ServerConfig {
 /// Multi-byte UTF-8 text that compresses well, `repeat` lines long.
 fn prose(repeat: usize) -> String {
     "permessage-deflate ✓ héllo wörld — こんにちは 🦀 ".repeat(repeat)
-}
-
-/// One frame as it is on the wire.
-#[derive(Debug)]
-struct WireFrame {
-    fin: bool,
-    rsv: u8,
-    opcode: u8,
-    payload: Vec<u8>,
-}
-
-async fn read_wire_frame(stream: &mut TcpStream) -> WireFrame {
-    within("a frame from the Sockeye side", async {
-        let mut h = [0u8; 2];
-        stream.read_exact(&mut h).await.expect("frame header");
-        let len = match h[1] & 0x7f {
-            126 => usize::from(stream.read_u16().await.expect("16-bit length")),
-            127 => usize::try_from(stream.read_u64().await.expect("64-bit length")).unwrap(),
-            n => usize::from(n),
-        };
-        let mut key = [0u8; 4];
-        let masked = h[1] & 0x80 != 0;
-        if masked {
-            stream.read_exact(&mut key).await.expect("mask key");
-        }
-        let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload).await.expect("payload");
-        if masked {
-            payload
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b ^= key[i % 4]);
-        }
-        WireFrame {
-            fin: h[0] & 0x80 != 0,
-            rsv: (h[0] >> 4) & 0x07,
-            opcode: h[0] & 0x0f,
-            payload,
-        }
-    })
-    .await
 }
 
 /// The raw peer receives a close frame with `code`.

@@ -310,16 +310,8 @@ async fn stream_frames_relays_a_large_frame_while_it_arrives() {
     let mut echoed = Vec::new();
     let mut fin = false;
     while !fin {
-        let mut h = [0u8; 2];
-        raw_read.read_exact(&mut h).await.unwrap();
-        fin = h[0] & 0x80 != 0;
-        let len = match h[1] & 0x7f {
-            126 => u64::from(raw_read.read_u16().await.unwrap()),
-            127 => raw_read.read_u64().await.unwrap(),
-            n => u64::from(n),
-        };
-        let mut body = vec![0u8; len as usize];
-        raw_read.read_exact(&mut body).await.unwrap();
+        let (last, _, body) = read_frame(&mut raw_read).await;
+        fin = last;
         echoed.extend_from_slice(&body);
     }
     writer_task.await.unwrap();

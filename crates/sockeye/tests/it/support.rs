@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use sockeye::{ServerConfig, WebSocket, WebSocketServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Any test step longer than this is a hang.
@@ -77,41 +77,63 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8(head).unwrap()
 }
 
-/// Reads one unmasked frame from a raw stream: (fin, opcode, payload).
-pub async fn read_frame(stream: &mut TcpStream) -> (bool, u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    tokio::time::timeout(STEP, stream.read_exact(&mut h))
+/// Awaits `fut`, failing the test if it takes longer than [`STEP`].
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(STEP, fut)
         .await
-        .expect("frame in time")
-        .unwrap();
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut b = [0u8; 2];
-            stream.read_exact(&mut b).await.unwrap();
-            u16::from_be_bytes(b) as usize
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// One frame as it is on the wire, its payload unmasked.
+#[derive(Debug)]
+pub struct WireFrame {
+    pub fin: bool,
+    pub rsv: u8,
+    pub opcode: u8,
+    pub masked: bool,
+    pub payload: Vec<u8>,
+}
+
+/// Reads one frame, masked or not, from a raw stream (within [`STEP`]).
+pub async fn read_wire_frame(stream: &mut (impl AsyncRead + Unpin)) -> WireFrame {
+    tokio::time::timeout(STEP, async {
+        let mut h = [0u8; 2];
+        stream.read_exact(&mut h).await.expect("frame header");
+        let len = match h[1] & 0x7f {
+            126 => usize::from(stream.read_u16().await.expect("16-bit length")),
+            127 => usize::try_from(stream.read_u64().await.expect("64-bit length")).unwrap(),
+            n => usize::from(n),
+        };
+        let mut key = None;
+        if h[1] & 0x80 != 0 {
+            let mut k = [0u8; 4];
+            stream.read_exact(&mut k).await.expect("mask key");
+            key = Some(k);
         }
-        127 => {
-            let mut b = [0u8; 8];
-            stream.read_exact(&mut b).await.unwrap();
-            u64::from_be_bytes(b) as usize
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.expect("payload");
+        if let Some(k) = key {
+            payload
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b ^= k[i % 4]);
         }
-        n => n as usize,
-    };
-    let mask = if h[1] & 0x80 != 0 {
-        let mut k = [0u8; 4];
-        stream.read_exact(&mut k).await.unwrap();
-        Some(k)
-    } else {
-        None
-    };
-    let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload).await.unwrap();
-    if let Some(k) = mask {
-        for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= k[i % 4];
+        WireFrame {
+            fin: h[0] & 0x80 != 0,
+            rsv: (h[0] >> 4) & 0x07,
+            opcode: h[0] & 0x0f,
+            masked: key.is_some(),
+            payload,
         }
-    }
-    (h[0] & 0x80 != 0, h[0] & 0x0f, payload)
+    })
+    .await
+    .expect("a frame in time")
+}
+
+/// Reads one frame from a raw stream: (fin, opcode, unmasked payload).
+pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> (bool, u8, Vec<u8>) {
+    let frame = read_wire_frame(stream).await;
+    (frame.fin, frame.opcode, frame.payload)
 }
 
 /// Accepts one connection from `server`.

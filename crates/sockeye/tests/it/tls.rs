@@ -16,7 +16,7 @@ use sockeye::{ClientConfig, Error, Message, ServerConfig, ServerStream, WebSocke
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::support::STEP;
+use crate::support::{within, STEP};
 
 /// A test PKI: one CA, a server certificate and a client certificate it signed.
 struct Pki {
@@ -55,12 +55,6 @@ fn pki() -> Pki {
         client_cert_pem: client.pem(),
         client_key_pem: client_key.serialize_pem(),
     }
-}
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} in time"))
 }
 
 /// A TLS echo server on an ephemeral loopback port; each accepted connection's path is

@@ -3,7 +3,6 @@
 //! exact core error), (b) the close frame that reaches the wire (opcode 8, the 2-byte
 //! code, masked only from a client), (c) the Sockeye side then closes TCP (clean EOF).
 
-use std::future::Future;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -13,19 +12,15 @@ use sockeye::{ClientConfig, CloseCode, Config, Message, ReadyState, ServerConfig
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{accept_one, client_frame, frame, raw_client, read_head, server, STEP};
+use crate::support::{
+    accept_one, client_frame, frame, raw_client, read_head, read_wire_frame, server, within, STEP,
+};
 
 /// How long the Sockeye side may take to close TCP after its close frame.
 const EOF_WAIT: Duration = Duration::from_secs(3);
 
 /// 2^53 - 1: the largest 64-bit payload length `ws` accepts.
 const MAX_SAFE_LEN: u64 = (1 << 53) - 1;
-
-async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
 
 /// A masked frame with any RSV bits.
 fn masked(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -95,49 +90,6 @@ impl Case {
         configure(&mut self.config);
         self
     }
-}
-
-/// One frame as it is on the wire.
-struct WireFrame {
-    fin: bool,
-    rsv: u8,
-    opcode: u8,
-    masked: bool,
-    payload: Vec<u8>,
-}
-
-async fn read_wire_frame(stream: &mut TcpStream) -> WireFrame {
-    within("a frame from the Sockeye side", async {
-        let mut h = [0u8; 2];
-        stream.read_exact(&mut h).await.expect("frame header");
-        let len = match h[1] & 0x7f {
-            126 => usize::from(stream.read_u16().await.expect("16-bit length")),
-            127 => usize::try_from(stream.read_u64().await.expect("64-bit length")).unwrap(),
-            n => usize::from(n),
-        };
-        let mut key = None;
-        if h[1] & 0x80 != 0 {
-            let mut k = [0u8; 4];
-            stream.read_exact(&mut k).await.expect("mask key");
-            key = Some(k);
-        }
-        let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload).await.expect("payload");
-        if let Some(k) = key {
-            payload
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b ^= k[i % 4]);
-        }
-        WireFrame {
-            fin: h[0] & 0x80 != 0,
-            rsv: (h[0] >> 4) & 0x07,
-            opcode: h[0] & 0x0f,
-            masked: key.is_some(),
-            payload,
-        }
-    })
-    .await
 }
 
 /// (b) and (c): the raw peer receives exactly one close frame with `code` and no reason,
