@@ -175,11 +175,15 @@ async fn connection(
     // client CPU than the WebSocket work.
     let give_up = tokio::time::Instant::from_std(end + Duration::from_secs(5));
     let run = async {
+        // Unpaced, the next message goes out right after an echo arrives: the clock read
+        // that ends one round trip starts the next (one read per message, as `wsload`).
+        let mut now = Instant::now();
         loop {
             if let Some(pace) = pace.as_mut() {
                 pace.tick().await;
+                now = Instant::now();
             }
-            let sent = Instant::now();
+            let sent = now;
             if sent >= end {
                 return;
             }
@@ -197,9 +201,10 @@ async fn connection(
             match echo {
                 Some(data) if data.len() == payload.len() => {
                     live.fetch_add(1, Ordering::Relaxed);
+                    now = Instant::now();
                     if sent >= measure_from {
                         outcome.messages += 1;
-                        let micros = sent.elapsed().as_micros().max(1) as u64;
+                        let micros = (now - sent).as_micros().max(1) as u64;
                         let _ = outcome.latency_us.record(micros.min(60_000_000));
                     }
                 }

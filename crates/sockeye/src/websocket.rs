@@ -762,6 +762,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.rare.get_or_insert_default()
     }
 
+    /// Remembers the reading task's waker, without a clone when it is the same task
+    /// as last time.
+    fn park_reader(&mut self, cx: &Context<'_>) {
+        match &self.reader_waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => self.reader_waker = Some(cx.waker().clone()),
+        }
+    }
+
     fn wake_reader(&mut self) {
         if let Some(waker) = self.reader_waker.take() {
             waker.wake();
@@ -854,14 +863,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             // flush above registered for the wakeup.
             let high_water = self.conn.config().send_queue.high_water;
             if self.conn.transmit_len() >= high_water && !self.conn.is_read_closed() {
-                self.reader_waker = Some(cx.waker().clone());
+                self.park_reader(cx);
                 return Poll::Pending;
             }
             if !self.conn.is_read_closed() {
-                let now = if self.conn.read_needs_clock() {
+                let now = if self.conn.read_needs_clock(&self.read_buf) {
                     Instant::now()
                 } else {
-                    // A server without a heartbeat ignores the time while reading.
+                    // A server without a heartbeat ignores the time while reading, and
+                    // so does any connection once its input is empty.
                     *EPOCH.get_or_init(Instant::now)
                 };
                 match self.conn.read(&mut self.read_buf, now) {
@@ -905,7 +915,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     if self.poll_deadline(cx) {
                         continue;
                     }
-                    self.reader_waker = Some(cx.waker().clone());
+                    self.park_reader(cx);
                     return Poll::Pending;
                 }
             }

@@ -199,12 +199,17 @@ impl Connection {
         self.close_sent
     }
 
-    /// Whether [`Connection::read`] looks at its `now` argument: only to keep the
-    /// heartbeat's clock and, on a client, to start the close timeout when the server's
-    /// close frame arrives. When `false` any instant will do, which spares the caller a
-    /// clock read per call.
-    pub fn read_needs_clock(&self) -> bool {
-        self.heartbeat.is_some() || self.role == Role::Client
+    /// Whether [`Connection::read`] looks at its `now` argument for this `input`: only to
+    /// keep the heartbeat's clock (which the first call starts) and, on a client, to
+    /// start the close timeout when the server's close frame arrives. An empty `input`
+    /// holds no frame, so only the first call needs the time then. When `false` any
+    /// instant will do, which spares the caller a clock read per call.
+    pub fn read_needs_clock(&self, input: &[u8]) -> bool {
+        match &self.heartbeat {
+            Some(clock) if clock.last_activity.is_none() => true,
+            Some(_) => !input.is_empty(),
+            None => self.role == Role::Client && !input.is_empty(),
+        }
     }
 
     /// The bytes of the fragmented message being received that are buffered so far (0

@@ -1552,7 +1552,8 @@ fn server_without_heartbeat_ignores_the_time_while_reading() {
     let mut results = Vec::new();
     for now in [long_ago, later] {
         let mut server = Connection::new(Role::Server, Config::default());
-        assert!(!server.read_needs_clock());
+        assert!(!server.read_needs_clock(b""));
+        assert!(!server.read_needs_clock(b"\x81\x82"));
         let mut client = Connection::new(Role::Client, Config::default());
         client.send_text("hi").unwrap();
         client.ping(b"p").unwrap();
@@ -1576,8 +1577,59 @@ fn server_without_heartbeat_ignores_the_time_while_reading() {
         }),
         ..Config::default()
     };
-    assert!(Connection::new(Role::Server, with_heartbeat).read_needs_clock());
-    assert!(Connection::new(Role::Client, Config::default()).read_needs_clock());
+    let mut server = Connection::new(Role::Server, with_heartbeat);
+    assert!(
+        server.read_needs_clock(b""),
+        "the first read starts the heartbeat"
+    );
+    assert!(server.read_needs_clock(b"\x81\x82"));
+    let client = Connection::new(Role::Client, Config::default());
+    assert!(client.read_needs_clock(b"\x88\x00"));
+    assert!(!client.read_needs_clock(b""));
+    // Started, the heartbeat's clock ignores reads of empty input: a wrong instant
+    // there does not move its deadline.
+    let start = Instant::now();
+    assert_eq!(server.read(&mut BytesMut::new(), start).unwrap(), None);
+    let deadline = server.poll_timeout();
+    assert!(deadline.is_some());
+    assert!(!server.read_needs_clock(b""));
+    for wrong in [
+        start - Duration::from_secs(60),
+        start + Duration::from_secs(3600),
+    ] {
+        assert_eq!(server.read(&mut BytesMut::new(), wrong).unwrap(), None);
+        assert_eq!(server.poll_timeout(), deadline);
+    }
+}
+
+/// A client's empty reads ignore the time: the close timeout starts from the `now` of
+/// the read that holds the server's close frame.
+#[test]
+fn client_close_timeout_starts_at_the_read_with_the_close_frame() {
+    let mut client = Connection::new(Role::Client, Config::default());
+    let mut server = Connection::new(Role::Server, Config::default());
+    let now = Instant::now();
+    server.close(None, now).unwrap();
+    let wire = server.transmit().take_all();
+    let mut input = BytesMut::new();
+    assert!(!client.read_needs_clock(&input));
+    assert_eq!(
+        client
+            .read(&mut input, now - Duration::from_secs(600))
+            .unwrap(),
+        None
+    );
+    assert_eq!(client.poll_timeout(), None);
+    input.extend_from_slice(&wire);
+    assert!(client.read_needs_clock(&input));
+    assert!(matches!(
+        client.read(&mut input, now).unwrap(),
+        Some(Message::Close(_))
+    ));
+    assert_eq!(
+        client.poll_timeout(),
+        Some(now + Config::default().close_timeout)
+    );
 }
 
 // ---------------------------------------------------------------- stream_frames
