@@ -195,3 +195,38 @@ fn deflate_roundtrip_16k(bencher: Bencher) {
             receiver.decompress(&compressed, &mut out, 0, true).unwrap();
         });
 }
+
+/// Compress and inflate a 1 KiB message with no context takeover either way: every
+/// message starts a fresh deflate stream, so the codec's setup is part of the cost.
+#[divan::bench]
+fn deflate_roundtrip_1k_no_takeover(bencher: Bencher) {
+    let config = DeflateConfig {
+        server_no_context_takeover: true,
+        client_no_context_takeover: true,
+        ..DeflateConfig::default()
+    };
+    let offer = sockeye_proto::deflate::client_offer(&config);
+    let params = sockeye_proto::deflate::server_accept(&config, [offer.as_str()])
+        .unwrap()
+        .unwrap();
+    assert!(params.server_no_context_takeover && params.client_no_context_takeover);
+    let mut sender = Deflate::new(Role::Client, params, &config);
+    let mut receiver = Deflate::new(Role::Server, params, &config);
+    let message: Vec<u8> = (0..1024 / 32)
+        .flat_map(|i| {
+            format!("{{\"id\":{i:08},\"name\":\"sockeye\"}}\n")
+                .into_bytes()
+                .into_iter()
+                .take(32)
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    bencher
+        .counter(BytesCount::new(message.len()))
+        .bench_local(|| {
+            let compressed = sender.compress(black_box(&message), true).to_vec();
+            out.clear();
+            receiver.decompress(&compressed, &mut out, 0, true).unwrap();
+            assert_eq!(out.len(), message.len());
+        });
+}

@@ -7,8 +7,12 @@
 //!
 //! Memory: a compressor or decompressor exists only while a message is being processed,
 //! unless context takeover keeps it for the next message. With `no_context_takeover` in
-//! force for a direction, that direction holds no zlib state between messages. See the
-//! crate's manual for the figures.
+//! force for a direction, that direction holds no zlib state between messages: the
+//! stream goes back, reset, to a small per-thread pool that the next message of any
+//! connection on the thread takes it from (`pool` below). See the crate's manual for the
+//! figures.
+
+use std::cell::RefCell;
 
 use bytes::BytesMut;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
@@ -340,10 +344,11 @@ impl Deflate {
     /// tail removed (RFC 7692 §7.2.1).
     pub fn compress(&mut self, input: &[u8], fin: bool) -> &[u8] {
         let (bits, reset) = self.own_window_and_reset();
-        let level = Compression::new(self.level);
+        let bits = bits.clamp(9, 15);
+        let level = self.level;
         let compressor = self
             .compressor
-            .get_or_insert_with(|| Compress::new_with_window_bits(level, false, bits.clamp(9, 15)));
+            .get_or_insert_with(|| pool::take_compressor(bits, level));
         self.scratch.clear();
         let mut rest = input;
         loop {
@@ -371,7 +376,9 @@ impl Deflate {
             }
             if reset {
                 // No context takeover: hold no compressor between messages.
-                self.compressor = None;
+                if let Some(compressor) = self.compressor.take() {
+                    pool::give_compressor(bits, level, compressor);
+                }
             }
         }
         &self.scratch
@@ -393,7 +400,7 @@ impl Deflate {
         let bits = self.peer_window();
         let decompressor = self
             .decompressor
-            .get_or_insert_with(|| Decompress::new_with_window_bits(false, bits));
+            .get_or_insert_with(|| pool::take_decompressor(bits));
         // After a block with BFINAL set, the rest of the message is padding (RFC 7692
         // §7.2.3.4: the sender may end with BFINAL and append 0x00).
         if !self.stream_ended {
@@ -405,7 +412,9 @@ impl Deflate {
             }
             // A finished deflate stream cannot continue: the next message starts afresh.
             if self.peer_resets() || self.stream_ended {
-                self.decompressor = None;
+                if let Some(decompressor) = self.decompressor.take() {
+                    pool::give_decompressor(bits, decompressor);
+                }
             }
             self.stream_ended = false;
         }
@@ -420,6 +429,101 @@ impl Deflate {
     /// Bytes of zlib state currently held, roughly (for tests and figures).
     pub fn holds_state(&self) -> (bool, bool) {
         (self.compressor.is_some(), self.decompressor.is_some())
+    }
+}
+
+/// Idle zlib streams of this thread, reset, for the next message of any connection
+/// whose direction has no context takeover.
+///
+/// Such a message starts a fresh stream anyway, so the state need not stay with the
+/// connection, nor be allocated anew: a compressor is about 300 KB (zlib's hash tables
+/// and window), which costs a fresh allocation, and clearing, per message otherwise, and
+/// with glibc's malloc left holes that other allocations split (`sockeye_proto::manual`).
+/// At most [`POOL_MAX`] streams of each kind wait here per thread; a stream given back
+/// to a full pool is freed. A reset stream keeps nothing of the message it compressed or
+/// inflated: its output for the next message is that of a new stream.
+pub(crate) mod pool {
+    use super::*;
+
+    /// Idle streams kept per kind and thread.
+    pub(crate) const POOL_MAX: usize = 2;
+
+    #[derive(Default)]
+    struct Pool {
+        /// With their window bits and level.
+        compressors: Vec<(u8, u32, Compress)>,
+        /// Raw 15-bit decompressors only: flate2 resets other windows by building a new
+        /// state, which leaves nothing to save.
+        decompressors: Vec<Decompress>,
+    }
+
+    thread_local! {
+        static POOL: RefCell<Pool> = RefCell::default();
+    }
+
+    /// A compressor for a fresh stream with `bits` and `level`, from the pool if one waits.
+    pub(crate) fn take_compressor(bits: u8, level: u32) -> Compress {
+        let pooled = POOL
+            .try_with(|pool| {
+                let mut pool = pool.borrow_mut();
+                let at = pool
+                    .compressors
+                    .iter()
+                    .position(|(b, l, _)| (*b, *l) == (bits, level))?;
+                Some(pool.compressors.swap_remove(at).2)
+            })
+            .ok()
+            .flatten();
+        pooled
+            .unwrap_or_else(|| Compress::new_with_window_bits(Compression::new(level), false, bits))
+    }
+
+    /// Resets `compressor` (made with `bits` and `level`) and keeps it for the next
+    /// message, unless the pool is full.
+    pub(crate) fn give_compressor(bits: u8, level: u32, mut compressor: Compress) {
+        let _ = POOL.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.compressors.len() < POOL_MAX {
+                compressor.reset();
+                pool.compressors.push((bits, level, compressor));
+            }
+        });
+    }
+
+    /// A decompressor for a fresh raw stream with a `bits` window.
+    pub(crate) fn take_decompressor(bits: u8) -> Decompress {
+        let pooled = (bits == 15)
+            .then(|| {
+                POOL.try_with(|pool| pool.borrow_mut().decompressors.pop())
+                    .ok()
+                    .flatten()
+            })
+            .flatten();
+        pooled.unwrap_or_else(|| Decompress::new_with_window_bits(false, bits))
+    }
+
+    /// Resets `decompressor` (made with a `bits` window) and keeps it for the next
+    /// message, unless the pool is full or the window is not 15 bits.
+    pub(crate) fn give_decompressor(bits: u8, mut decompressor: Decompress) {
+        if bits != 15 {
+            return;
+        }
+        let _ = POOL.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.decompressors.len() < POOL_MAX {
+                decompressor.reset(false);
+                pool.decompressors.push(decompressor);
+            }
+        });
+    }
+
+    /// Streams waiting in this thread's pool: (compressors, decompressors).
+    #[cfg(test)]
+    pub(crate) fn idle() -> (usize, usize) {
+        POOL.with(|pool| {
+            let pool = pool.borrow();
+            (pool.compressors.len(), pool.decompressors.len())
+        })
     }
 }
 
@@ -732,6 +836,100 @@ mod tests {
                 "pings are never compressed"
             );
         }
+    }
+
+    /// What a brand-new codec (on a thread of its own: an empty pool) makes of `message`.
+    fn fresh_compress(params: DeflateParams, config: &DeflateConfig, message: &[u8]) -> Vec<u8> {
+        let config = config.clone();
+        let message = message.to_vec();
+        std::thread::spawn(move || {
+            assert_eq!(pool::idle(), (0, 0));
+            Deflate::new(Role::Server, params, &config)
+                .compress(&message, true)
+                .to_vec()
+        })
+        .join()
+        .unwrap()
+    }
+
+    // No context takeover: the streams go back to the thread's pool reset, the next
+    // message of another connection takes them, and its output is a new stream's.
+    #[test]
+    fn no_takeover_streams_are_pooled_reset_and_shared() {
+        let config = DeflateConfig {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            threshold: 0,
+            ..DeflateConfig::default()
+        };
+        let params = server_accept(&config, [client_offer(&config).as_str()])
+            .unwrap()
+            .unwrap();
+        let first = "abcabcabc hello hello hello ".repeat(40);
+        let second = "hello abc hello xyz ".repeat(50);
+        let mut a = Deflate::new(Role::Server, params, &config);
+        let mut b = Deflate::new(Role::Server, params, &config);
+        assert_eq!(pool::idle(), (0, 0));
+        let from_a = a.compress(first.as_bytes(), true).to_vec();
+        assert_eq!(a.holds_state(), (false, false));
+        assert_eq!(pool::idle(), (1, 0), "the compressor waits in the pool");
+        // Connection b's message reuses a's compressor, and comes out as from a new one.
+        let from_b = b.compress(second.as_bytes(), true).to_vec();
+        assert_eq!(pool::idle(), (1, 0));
+        assert_eq!(from_b, fresh_compress(params, &config, second.as_bytes()));
+        assert_ne!(from_a, from_b);
+        // Inflating: the decompressor is pooled too, and a pooled one inflates the next
+        // message of another connection correctly.
+        let mut out = BytesMut::new();
+        let mut c = Deflate::new(Role::Client, params, &config);
+        c.decompress(&from_a, &mut out, 0, true).unwrap();
+        assert_eq!(out, first.as_bytes());
+        assert_eq!(pool::idle(), (1, 1));
+        let mut d = Deflate::new(Role::Client, params, &config);
+        out.clear();
+        d.decompress(&from_b, &mut out, 0, true).unwrap();
+        assert_eq!(out, second.as_bytes());
+        assert_eq!(pool::idle(), (1, 1));
+        assert_eq!(
+            (c.holds_state(), d.holds_state()),
+            ((false, false), (false, false))
+        );
+    }
+
+    // The pool holds at most POOL_MAX streams of each kind, and a compressor of other
+    // window bits or level is not handed out for this one.
+    #[test]
+    fn pool_is_bounded_and_keyed() {
+        let config = DeflateConfig {
+            server_no_context_takeover: true,
+            threshold: 0,
+            ..DeflateConfig::default()
+        };
+        let params = server_accept(&config, [client_offer(&config).as_str()])
+            .unwrap()
+            .unwrap();
+        for _ in 0..pool::POOL_MAX + 2 {
+            pool::give_compressor(15, 6, Compress::new(Compression::new(6), false));
+            pool::give_decompressor(15, Decompress::new(false));
+        }
+        assert_eq!(pool::idle(), (pool::POOL_MAX, pool::POOL_MAX));
+        pool::give_decompressor(10, Decompress::new_with_window_bits(false, 10));
+        assert_eq!(pool::idle().1, pool::POOL_MAX);
+        // Another level: a new compressor, the pool untouched.
+        let level1 = DeflateConfig {
+            level: 1,
+            ..config.clone()
+        };
+        let message = "sockeye sockeye sockeye ".repeat(30);
+        let out = Deflate::new(Role::Server, params, &level1)
+            .compress(message.as_bytes(), true)
+            .to_vec();
+        assert_eq!(out, fresh_compress(params, &level1, message.as_bytes()));
+        assert_eq!(
+            pool::idle().0,
+            pool::POOL_MAX,
+            "full: the level-1 one is freed"
+        );
     }
 
     // ws's `compress: false` and the threshold.

@@ -39,28 +39,33 @@
 //!
 //! Server RSS growth per idle connection after one 2 KiB compressible message was echoed
 //! on each (`bench/deflate_memory.sh 1000`: `sockeye echo --deflate`, one thread,
-//! 1,000 connections opened one after the other; 2026-11-22):
+//! 1,000 connections opened one after the other; 2026-11-22; the glibc column is the
+//! same binary built without mimalloc):
 //!
 //! | negotiated | mimalloc (the CLI) | glibc malloc |
 //! |---|---|---|
-//! | no compression | 2,294 | 3,551 |
-//! | `permessage-deflate; server_no_context_takeover; client_no_context_takeover` | 4,391 | 313,324 (fragmentation, below) |
-//! | `permessage-deflate` (context takeover, 15-bit windows) | 474,280 | 348,004 |
-//! | `permessage-deflate; server_max_window_bits=10; client_max_window_bits=10` | 319,074 | 220,938 |
+//! | no compression | 2,294 | 3,547 |
+//! | `permessage-deflate; server_no_context_takeover; client_no_context_takeover` | 4,456 | 2,388 |
+//! | `permessage-deflate` (context takeover, 15-bit windows) | 474,345 | 347,853 |
+//! | `permessage-deflate; server_max_window_bits=10; client_max_window_bits=10` | 316,973 | 220,979 |
 //!
-//! With no context takeover in a direction, no zlib state outlives a message: the
-//! compressor, the decompressor and the compression buffer are freed when the message
-//! ends, so an idle connection costs about what an uncompressed one does. With glibc's
-//! malloc, though, the long-lived allocations of the next connection can land in the
-//! hole the freed zlib state left, so that the next state (about 300 KB) no longer fits
-//! and every connection pins a mostly free hole: in this run of connections opened one
-//! after the other, 313 KB each (at the start of the session the same code paths
-//! measured 3 KB; the outcome depends on allocation order). A size-class allocator such
-//! as mimalloc does not mix the two and shows 4.4 KB; servers that compress should use
-//! one. With context takeover the zlib state must survive between messages; most of it
-//! is the compressor's hash tables (zlib's `memLevel` 8, which flate2 does not expose),
-//! the rest its window: smaller windows ([`crate::DeflateConfig::server_max_window_bits`])
-//! save about a third. mimalloc rounds these large blocks up more than glibc does (474 KB
+//! With no context takeover in a direction, no zlib state stays with a connection
+//! between messages: each message starts a fresh deflate stream, so when it ends the
+//! compressor (about 300 KB, mostly zlib's hash tables) or decompressor goes back,
+//! reset, to a pool of its thread (at most two of each kind), and the next message of
+//! any connection on that thread takes it from there. An idle connection then costs
+//! about what an uncompressed one does, and a message does not allocate and free a
+//! compressor. (Before the pool, glibc's malloc placed the next connection's long-lived
+//! allocations in the hole each freed compressor left, so every connection pinned a
+//! mostly free hole: 313 KB each in the same run.) A reset stream keeps nothing of the
+//! message it processed; the `deflate` socket tests check that a back-reference into
+//! another connection's message is corrupt data (1007) and that a message compresses to
+//! the same bytes on every connection.
+//!
+//! With context takeover the zlib state must survive between messages; most of it is the
+//! compressor's hash tables (zlib's `memLevel` 8, which flate2 does not expose), the rest
+//! its window: smaller windows ([`crate::DeflateConfig::server_max_window_bits`]) save
+//! about a third. mimalloc rounds these large blocks up more than glibc does (474 KB
 //! against 348 KB). A server with many mostly idle connections should set
 //! `server_no_context_takeover` (and usually `client_no_context_takeover`).
 //!

@@ -424,6 +424,81 @@ async fn server_keeps_or_drops_the_context_as_agreed() {
     expect_close(&mut raw, 1007).await;
 }
 
+// No context takeover on a server with several connections on one thread: between
+// messages the zlib streams wait, reset, in the thread's pool, and the next message of
+// any connection takes them. Nothing of one connection's message may reach another's:
+// the same message compresses to the same bytes on every connection and every time, and
+// a back-reference to another connection's message is corrupt data (1007).
+#[tokio::test]
+async fn no_takeover_connections_share_no_context() {
+    let server = server(ServerConfig {
+        per_message_deflate: Some(DeflateConfig {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            ..DeflateConfig::default()
+        }),
+        ..ServerConfig::default()
+    });
+    let server = server.await;
+    let offer = ["permessage-deflate"];
+    let (mut raw1, head1) = raw_upgrade(server.local_addr(), &offer).await;
+    let ws1 = accept_one(&server).await;
+    let (mut raw2, head2) = raw_upgrade(server.local_addr(), &offer).await;
+    let mut ws2 = accept_one(&server).await;
+    for head in [&head1, &head2] {
+        assert!(head.contains("server_no_context_takeover"), "{head}");
+    }
+
+    // Server to client, interleaved: a, a, b, a.
+    let (a, b) = (prose(40), "sockeye ".repeat(300));
+    let mut sent = Vec::new();
+    for (first, text) in [(true, &a), (false, &a), (true, &b), (false, &a)] {
+        let (ws, raw) = if first {
+            (&ws1, &mut raw1)
+        } else {
+            (&ws2, &mut raw2)
+        };
+        within("send", ws.send_text(text)).await.unwrap();
+        let f = read_wire_frame(raw).await;
+        assert_eq!((f.fin, f.rsv, f.opcode), (true, RSV1, 1), "compressed");
+        assert!(f.payload.len() < text.len() / 4, "{} B", f.payload.len());
+        sent.push(f.payload);
+    }
+    assert_eq!(sent[0], sent[1], "the same bytes on both connections");
+    assert_eq!(
+        sent[0], sent[3],
+        "and after the stream served another message"
+    );
+    assert_ne!(sent[0], sent[2]);
+
+    // Client to server: "Hello" on connection 1, then a back-reference to it on
+    // connection 2, whose stream may be the one that inflated connection 1's message.
+    within(
+        "write",
+        raw1.write_all(&frame(true, RSV1, 1, Some(MASK), &HELLO)),
+    )
+    .await
+    .unwrap();
+    let mut ws1 = ws1;
+    expect_text(&mut ws1, "Hello").await;
+    within(
+        "write",
+        raw2.write_all(&frame(true, RSV1, 1, Some(MASK), &HELLO_AGAIN)),
+    )
+    .await
+    .unwrap();
+    expect_failure(&mut ws2, "Z_DATA_ERROR", 1007).await;
+    expect_close(&mut raw2, 1007).await;
+    // Connection 1 is unaffected: a fresh "Hello" still inflates.
+    within(
+        "write",
+        raw1.write_all(&frame(true, RSV1, 1, Some(MASK), &HELLO)),
+    )
+    .await
+    .unwrap();
+    expect_text(&mut ws1, "Hello").await;
+}
+
 // ------------------------------------------------------------------ client negotiation
 
 /// A Sockeye client (default settings: it offers compression) against a raw server that
