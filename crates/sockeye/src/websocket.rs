@@ -10,7 +10,7 @@ use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -167,9 +167,9 @@ struct Inner<S> {
     /// `read_buf` was grown past [`SPARE_MAX`] (a large frame): free it when idle
     /// rather than keep it as the thread's spare.
     read_buf_big: bool,
-    /// Tasks waiting for the transmit buffer to drain. The transport keeps one write
-    /// waker, so whoever makes progress wakes the others.
-    write_wakers: Vec<Waker>,
+    /// Tasks waiting for the transmit buffer to drain, allocated when a write first
+    /// has to wait.
+    writers: Option<Arc<Writers>>,
     timer: Option<Pin<Box<Sleep>>>,
     ended: bool,
     /// `pause()`d: the transport is not read until `resume()`.
@@ -180,6 +180,42 @@ struct Inner<S> {
     /// State most connections never use, allocated on first use: every idle
     /// connection would carry it otherwise.
     rare: Option<Box<Rare>>,
+}
+
+/// Writes from the front of `transmit`: a referenced payload goes out with its header in
+/// one vectored write.
+fn poll_write_some<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    transmit: &sockeye_proto::Transmit,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if transmit.is_segmented() && io.is_write_vectored() {
+        let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+        let n = transmit.chunks_vectored(&mut slices);
+        Pin::new(io).poll_write_vectored(cx, &slices[..n])
+    } else {
+        Pin::new(io).poll_write(cx, transmit.chunk())
+    }
+}
+
+/// The tasks waiting to write, behind one waker. A transport remembers only the waker of
+/// the task that polled it last; given that task's, a task that stops waiting (its send
+/// future dropped, say by a timeout) would take the wakeup with it and strand the
+/// others. The transport gets this one instead, which wakes them all.
+#[derive(Default)]
+struct Writers(Mutex<Vec<Waker>>);
+
+impl std::task::Wake for Writers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let wakers = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        for waker in wakers {
+            waker.wake();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -291,7 +327,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             conn,
             read_buf,
             read_buf_big: false,
-            write_wakers: Vec::new(),
+            writers: None,
             timer: None,
             ended: false,
             paused: false,
@@ -778,14 +814,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     }
 
     fn wake_all_writers(&mut self) {
-        for waker in self.write_wakers.drain(..) {
-            waker.wake();
+        if let Some(writers) = &self.writers {
+            std::task::Wake::wake_by_ref(writers);
         }
+    }
+
+    /// Adds the task to those waiting to write; returns the waker to give the transport
+    /// instead of the task's own (see [`Writers`]).
+    fn park_writer(&mut self, cx: &Context<'_>) -> Waker {
+        let writers = self.writers.get_or_insert_with(Default::default);
+        {
+            let mut wakers = writers.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+        }
+        Waker::from(Arc::clone(writers))
     }
 
     /// Writes the transmit buffer out. Ready once it is empty and the transport flushed.
     fn poll_flush_transmit(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(io) = self.io.as_mut() else {
+        let Some(mut io) = self.io.as_mut() else {
             let empty = self.conn.transmit().is_empty();
             return Poll::Ready(if empty {
                 Ok(())
@@ -797,18 +846,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             });
         };
         let mut progress = false;
+        // Once the task is parked: the waker of every waiting task, for the transport.
+        let mut fanout: Option<Waker> = None;
         loop {
             let transmit = self.conn.transmit();
             if transmit.is_empty() {
                 break;
             }
-            // A referenced payload goes out with its header in one vectored write.
-            let written = if transmit.is_segmented() && io.is_write_vectored() {
-                let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
-                let n = transmit.chunks_vectored(&mut slices);
-                Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n])
-            } else {
-                Pin::new(&mut *io).poll_write(cx, transmit.chunk())
+            let written = match &fanout {
+                Some(waker) => poll_write_some(io, transmit, &mut Context::from_waker(waker)),
+                None => poll_write_some(io, transmit, cx),
             };
             match written {
                 Poll::Ready(Ok(0)) => {
@@ -822,18 +869,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     self.wake_all_writers();
                     return Poll::Ready(Err(e));
                 }
+                Poll::Pending if fanout.is_some() => return Poll::Pending,
                 Poll::Pending => {
                     if progress {
                         self.wake_all_writers();
                     }
-                    if !self.write_wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                        self.write_wakers.push(cx.waker().clone());
-                    }
-                    return Poll::Pending;
+                    // Poll again with the waker of all writers, so that the transport
+                    // remembers that one rather than this task's.
+                    fanout = Some(self.park_writer(cx));
+                    let Some(again) = self.io.as_mut() else {
+                        return Poll::Pending;
+                    };
+                    io = again;
                 }
             }
         }
-        match Pin::new(&mut *io).poll_flush(cx) {
+        let flushed = match Pin::new(&mut *io).poll_flush(cx) {
+            Poll::Pending => {
+                // Wait for the flush the same way (a TLS stream may have to).
+                let fanout = self.park_writer(cx);
+                let io = self.io.as_mut().expect("the transport polled above");
+                Pin::new(io).poll_flush(&mut Context::from_waker(&fanout))
+            }
+            ready => ready,
+        };
+        match flushed {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,

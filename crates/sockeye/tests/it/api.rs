@@ -938,3 +938,56 @@ async fn address_family() {
         .unwrap_err();
     assert!(err.to_string().contains("family"), "{err}");
 }
+
+// A send future dropped while it waits for the transport (a timeout around a send to a
+// slow peer) must not strand the other writers. The transport remembers only the task
+// that polled it last, so a writer that gives up passes the wakeup on.
+#[tokio::test]
+async fn dropped_send_does_not_strand_other_writers() {
+    let server = server(ServerConfig::default()).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let peer = accept_one(&server).await;
+    // More than loopback's socket buffers hold: both sends wait for the peer to read.
+    const SIZE: usize = 24 << 20;
+    let first = peer.writer();
+    let done = tokio::spawn(async move {
+        first.send_binary(&vec![1u8; SIZE]).await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!done.is_finished(), "the peer reads nothing yet");
+    let second = peer.writer();
+    let (give_up, gave_up) = tokio::sync::oneshot::channel::<()>();
+    let (dropped, was_dropped) = tokio::sync::oneshot::channel::<()>();
+    let quitter = tokio::spawn(async move {
+        tokio::select! {
+            _ = second.send_binary(&vec![2u8; SIZE]) => panic!("sent to a peer that reads nothing"),
+            _ = gave_up => {}
+        }
+        // The send future is gone; this task now waits on something else entirely.
+        dropped.send(()).unwrap();
+        std::future::pending::<()>().await;
+    });
+    // The second writer polled the transport last.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    give_up.send(()).unwrap();
+    within("the drop", was_dropped).await.unwrap();
+    // The peer reads both frames (a dropped send's frame is still written whole); the
+    // first writer must learn that its frame went out.
+    let reader = tokio::spawn(async move {
+        let mut total = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        while total < 2 * (SIZE + 10) {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        total
+    });
+    within("the first writer", done).await.unwrap();
+    assert_eq!(
+        within("the peer's reads", reader).await.unwrap(),
+        2 * (SIZE + 10)
+    );
+    quitter.abort();
+}
