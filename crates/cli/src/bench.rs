@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use sockeye::{ClientConfig, Message};
+use sockeye::{ClientConfig, DataKind, Message};
 
 /// `sockeye bench` options.
 #[derive(Debug, clap::Args)]
@@ -64,6 +64,9 @@ async fn bench(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = ClientConfig::default();
     config.handshake_timeout = Some(Duration::from_secs(10));
     config.websocket.max_payload = args.size.max(1024) * 2;
+    // Echoes are counted, not kept: take them in pieces as they arrive.
+    config.websocket.deliver_fragments = true;
+    config.websocket.stream_frames = true;
     if !args.deflate {
         config.per_message_deflate = None;
     }
@@ -191,15 +194,24 @@ async fn connection(
                 outcome.errors += 1;
                 return;
             }
+            // The echo is counted as it arrives, piece by piece: a large one is never
+            // assembled in memory.
+            let mut received = 0;
             let echo = loop {
                 match ws.next().await {
-                    Some(Ok(Message::Binary(data))) => break Some(data),
+                    Some(Ok(Message::Fragment(piece))) if piece.kind == DataKind::Binary => {
+                        received += piece.data.len();
+                        if piece.fin {
+                            break Some(received);
+                        }
+                    }
+                    Some(Ok(Message::Binary(data))) => break Some(received + data.len()),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     _ => break None,
                 }
             };
             match echo {
-                Some(data) if data.len() == payload.len() => {
+                Some(len) if len == payload.len() => {
                     live.fetch_add(1, Ordering::Relaxed);
                     now = Instant::now();
                     if sent >= measure_from {

@@ -658,6 +658,24 @@ async fn bench_reports_rate_and_latency() {
     let p50 = summary["latency_us"]["p50"].as_u64().unwrap();
     let p99 = summary["latency_us"]["p99"].as_u64().unwrap();
     assert!(p50 > 0 && p50 <= p99, "{summary}");
+    // Large echoes are counted piece by piece as they arrive, whole messages all the same.
+    let output = sockeye()
+        .args(["bench", &format!("ws://{}/", server.addr)])
+        .args([
+            "-c", "2", "-s", "700000", "-d", "1", "--warmup", "0", "--json",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(summary["errors"], 0, "{summary}");
+    assert!(summary["messages"].as_u64().unwrap() >= 10, "{summary}");
     // A server that is not there: a clear error, non-zero exit.
     let failed = sockeye()
         .args(["bench", "ws://127.0.0.1:1/", "--duration", "1"])
