@@ -293,6 +293,37 @@ fn client_masks_with_generate_mask_server_does_not() {
     assert_eq!(&wire[..], b"\x8a\x01p\x81\x02Hi");
 }
 
+/// A long client payload of a length that is not a multiple of 4 (nor of any kernel's
+/// step): the wire is the payload masked with one key from the start.
+#[test]
+fn long_client_payload_is_masked_with_one_key_throughout() {
+    let key = [0x9a, 0x3c, 0x51, 0xe7];
+    let mut client = conn_with(Role::Client, |c| {
+        c.generate_mask = Some(Arc::new(move || key))
+    });
+    let payload: Vec<u8> = (0..3 * 4096 + 4097 + 3)
+        .map(|i| (i * 31 + 7) as u8)
+        .collect();
+    client.send_binary(&payload).unwrap();
+    let wire = client.transmit().to_vec();
+    let mut expected = payload.clone();
+    crate::mask::apply_mask_naive(&mut expected, key, 0);
+    assert_eq!(
+        wire[..4],
+        [0x82, 0xfe, (payload.len() >> 8) as u8, payload.len() as u8]
+    );
+    assert_eq!(wire[4..8], key);
+    assert!(
+        wire[8..] == expected[..],
+        "masked with the key's phase kept throughout"
+    );
+    let mut server = conn(Role::Server);
+    assert_eq!(
+        deliver(&mut client, &mut server, Instant::now()),
+        [Message::binary(payload)]
+    );
+}
+
 // ---------------------------------------------- RFC 6455 §5.2: base framing
 
 #[test]
