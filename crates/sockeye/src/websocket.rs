@@ -240,8 +240,8 @@ struct Rare {
 ///
 /// # Cancel safety
 /// A `send*` future dropped before completion leaves its frame queued whole: it is written
-/// by the next operation, never torn or duplicated, and tasks still waiting to send are
-/// woken as the transport drains as if it had never waited. `recv` is cancel safe.
+/// by the next operation, never torn or duplicated, and the other tasks waiting to send
+/// still wake up as the transport drains. `recv` is cancel safe.
 pub struct WebSocket<S> {
     shared: Arc<Shared<S>>,
 }
