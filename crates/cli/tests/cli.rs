@@ -624,13 +624,32 @@ async fn connect_no_deflate_flag() {
     }
 }
 
+/// Runs `sockeye bench URL ARGS --json`, which must succeed; its summary.
+async fn bench_json(url: &str, args: &[&str]) -> Value {
+    let output = sockeye()
+        .args(["bench", url])
+        .args(args)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
 /// `sockeye bench` loads `sockeye echo` and reports rate and latency as JSON.
 #[tokio::test]
 async fn bench_reports_rate_and_latency() {
     let server = echo_server(&[]).await;
-    let output = sockeye()
-        .args(["bench", &format!("ws://{}/", server.addr)])
-        .args([
+    let url = format!("ws://{}/", server.addr);
+    let summary = bench_json(
+        &url,
+        &[
             "--connections",
             "4",
             "--size",
@@ -639,18 +658,9 @@ async fn bench_reports_rate_and_latency() {
             "1",
             "--warmup",
             "0.2",
-            "--json",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+        ],
+    )
+    .await;
     assert_eq!(summary["errors"], 0);
     assert_eq!(summary["connections"], 4);
     assert!(summary["messages"].as_u64().unwrap() > 100, "{summary}");
@@ -659,21 +669,11 @@ async fn bench_reports_rate_and_latency() {
     let p99 = summary["latency_us"]["p99"].as_u64().unwrap();
     assert!(p50 > 0 && p50 <= p99, "{summary}");
     // Large echoes are counted piece by piece as they arrive, whole messages all the same.
-    let output = sockeye()
-        .args(["bench", &format!("ws://{}/", server.addr)])
-        .args([
-            "-c", "2", "-s", "700000", "-d", "1", "--warmup", "0", "--json",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let summary = bench_json(
+        &url,
+        &["-c", "2", "-s", "700000", "-d", "1", "--warmup", "0"],
+    )
+    .await;
     assert_eq!(summary["errors"], 0, "{summary}");
     assert!(summary["messages"].as_u64().unwrap() >= 10, "{summary}");
     // A server that is not there: a clear error, non-zero exit.

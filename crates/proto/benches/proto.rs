@@ -169,6 +169,38 @@ fn handshake_server() -> Vec<u8> {
     upgrade.accept(Some("chat"), &sockeye_proto::http::HeaderMap::new())
 }
 
+/// JSON-like lines, `len` bytes (a multiple of 32).
+fn json_lines(len: usize) -> Vec<u8> {
+    (0..len / 32)
+        .flat_map(|i| {
+            format!("{{\"id\":{i:08},\"name\":\"sockeye\"}}\n")
+                .into_bytes()
+                .into_iter()
+                .take(32)
+        })
+        .collect()
+}
+
+/// Compresses `message` as a client and inflates it as the server, per iteration.
+fn deflate_roundtrip(
+    bencher: Bencher,
+    config: &DeflateConfig,
+    params: sockeye_proto::DeflateParams,
+    message: &[u8],
+) {
+    let mut sender = Deflate::new(Role::Client, params, config);
+    let mut receiver = Deflate::new(Role::Server, params, config);
+    let mut out = BytesMut::new();
+    bencher
+        .counter(BytesCount::new(message.len()))
+        .bench_local(|| {
+            let compressed = sender.compress(black_box(message), true).to_vec();
+            out.clear();
+            receiver.decompress(&compressed, &mut out, 0, true).unwrap();
+            assert_eq!(out.len(), message.len());
+        });
+}
+
 /// Compress and inflate a 16 KiB JSON-like message with context takeover.
 #[divan::bench]
 fn deflate_roundtrip_16k(bencher: Bencher) {
@@ -176,24 +208,7 @@ fn deflate_roundtrip_16k(bencher: Bencher) {
     let params = sockeye_proto::deflate::client_accept(&config, ["permessage-deflate"])
         .unwrap()
         .unwrap();
-    let mut sender = Deflate::new(Role::Client, params, &config);
-    let mut receiver = Deflate::new(Role::Server, params, &config);
-    let message: Vec<u8> = (0..16 * 1024 / 32)
-        .flat_map(|i| {
-            format!("{{\"id\":{i:08},\"name\":\"sockeye\"}}\n")
-                .into_bytes()
-                .into_iter()
-                .take(32)
-        })
-        .collect();
-    let mut out = BytesMut::new();
-    bencher
-        .counter(BytesCount::new(message.len()))
-        .bench_local(|| {
-            let compressed = sender.compress(black_box(&message), true).to_vec();
-            out.clear();
-            receiver.decompress(&compressed, &mut out, 0, true).unwrap();
-        });
+    deflate_roundtrip(bencher, &config, params, &json_lines(16 * 1024));
 }
 
 /// Compress and inflate a 1 KiB message with no context takeover either way: every
@@ -210,23 +225,5 @@ fn deflate_roundtrip_1k_no_takeover(bencher: Bencher) {
         .unwrap()
         .unwrap();
     assert!(params.server_no_context_takeover && params.client_no_context_takeover);
-    let mut sender = Deflate::new(Role::Client, params, &config);
-    let mut receiver = Deflate::new(Role::Server, params, &config);
-    let message: Vec<u8> = (0..1024 / 32)
-        .flat_map(|i| {
-            format!("{{\"id\":{i:08},\"name\":\"sockeye\"}}\n")
-                .into_bytes()
-                .into_iter()
-                .take(32)
-        })
-        .collect();
-    let mut out = BytesMut::new();
-    bencher
-        .counter(BytesCount::new(message.len()))
-        .bench_local(|| {
-            let compressed = sender.compress(black_box(&message), true).to_vec();
-            out.clear();
-            receiver.decompress(&compressed, &mut out, 0, true).unwrap();
-            assert_eq!(out.len(), message.len());
-        });
+    deflate_roundtrip(bencher, &config, params, &json_lines(1024));
 }

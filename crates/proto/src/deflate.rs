@@ -492,13 +492,13 @@ pub(crate) mod pool {
 
     /// A decompressor for a fresh raw stream with a `bits` window.
     pub(crate) fn take_decompressor(bits: u8) -> Decompress {
-        let pooled = (bits == 15)
-            .then(|| {
-                POOL.try_with(|pool| pool.borrow_mut().decompressors.pop())
-                    .ok()
-                    .flatten()
-            })
-            .flatten();
+        let pooled = if bits == 15 {
+            POOL.try_with(|pool| pool.borrow_mut().decompressors.pop())
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
         pooled.unwrap_or_else(|| Decompress::new_with_window_bits(false, bits))
     }
 
@@ -852,19 +852,27 @@ mod tests {
         .unwrap()
     }
 
-    // No context takeover: the streams go back to the thread's pool reset, the next
-    // message of another connection takes them, and its output is a new stream's.
-    #[test]
-    fn no_takeover_streams_are_pooled_reset_and_shared() {
+    /// A server's codec settings and the parameters it agrees to a client of the same
+    /// configuration, with no context takeover from the server (and from the client when
+    /// `client_too`), compressing every message.
+    fn no_takeover(client_too: bool) -> (DeflateConfig, DeflateParams) {
         let config = DeflateConfig {
             server_no_context_takeover: true,
-            client_no_context_takeover: true,
+            client_no_context_takeover: client_too,
             threshold: 0,
             ..DeflateConfig::default()
         };
         let params = server_accept(&config, [client_offer(&config).as_str()])
             .unwrap()
             .unwrap();
+        (config, params)
+    }
+
+    // No context takeover: the streams go back to the thread's pool reset, the next
+    // message of another connection takes them, and its output is a new stream's.
+    #[test]
+    fn no_takeover_streams_are_pooled_reset_and_shared() {
+        let (config, params) = no_takeover(true);
         let first = "abcabcabc hello hello hello ".repeat(40);
         let second = "hello abc hello xyz ".repeat(50);
         let mut a = Deflate::new(Role::Server, params, &config);
@@ -900,14 +908,7 @@ mod tests {
     // window bits or level is not handed out for this one.
     #[test]
     fn pool_is_bounded_and_keyed() {
-        let config = DeflateConfig {
-            server_no_context_takeover: true,
-            threshold: 0,
-            ..DeflateConfig::default()
-        };
-        let params = server_accept(&config, [client_offer(&config).as_str()])
-            .unwrap()
-            .unwrap();
+        let (config, params) = no_takeover(false);
         for _ in 0..pool::POOL_MAX + 2 {
             pool::give_compressor(15, 6, Compress::new(Compression::new(6), false));
             pool::give_decompressor(15, Decompress::new(false));

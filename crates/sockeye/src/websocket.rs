@@ -205,6 +205,28 @@ fn poll_write_some<S: AsyncWrite + Unpin>(
 #[derive(Default)]
 struct Writers(Mutex<Vec<Waker>>);
 
+impl Writers {
+    /// Adds the task to those waiting to write (allocating the list in `slot` on first
+    /// use); returns the waker to give the transport instead of the task's own.
+    fn park(slot: &mut Option<Arc<Writers>>, cx: &Context<'_>) -> Waker {
+        let writers = slot.get_or_insert_with(Default::default);
+        {
+            let mut wakers = writers.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+        }
+        Waker::from(Arc::clone(writers))
+    }
+
+    /// Wakes every waiting task, if any ever waited.
+    fn wake_all(slot: &Option<Arc<Writers>>) {
+        if let Some(writers) = slot {
+            std::task::Wake::wake_by_ref(writers);
+        }
+    }
+}
+
 impl std::task::Wake for Writers {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
@@ -815,27 +837,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     }
 
     fn wake_all_writers(&mut self) {
-        if let Some(writers) = &self.writers {
-            std::task::Wake::wake_by_ref(writers);
-        }
-    }
-
-    /// Adds the task to those waiting to write; returns the waker to give the transport
-    /// instead of the task's own (see [`Writers`]).
-    fn park_writer(&mut self, cx: &Context<'_>) -> Waker {
-        let writers = self.writers.get_or_insert_with(Default::default);
-        {
-            let mut wakers = writers.0.lock().unwrap_or_else(PoisonError::into_inner);
-            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                wakers.push(cx.waker().clone());
-            }
-        }
-        Waker::from(Arc::clone(writers))
+        Writers::wake_all(&self.writers);
     }
 
     /// Writes the transmit buffer out. Ready once it is empty and the transport flushed.
     fn poll_flush_transmit(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(mut io) = self.io.as_mut() else {
+        let Some(io) = self.io.as_mut() else {
             let empty = self.conn.transmit().is_empty();
             return Poll::Ready(if empty {
                 Ok(())
@@ -867,30 +874,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     progress = true;
                 }
                 Poll::Ready(Err(e)) => {
-                    self.wake_all_writers();
+                    Writers::wake_all(&self.writers);
                     return Poll::Ready(Err(e));
                 }
                 Poll::Pending if fanout.is_some() => return Poll::Pending,
                 Poll::Pending => {
                     if progress {
-                        self.wake_all_writers();
+                        Writers::wake_all(&self.writers);
                     }
                     // Poll again with the waker of all writers, so that the transport
                     // remembers that one rather than this task's.
-                    fanout = Some(self.park_writer(cx));
-                    let Some(again) = self.io.as_mut() else {
-                        return Poll::Pending;
-                    };
-                    io = again;
+                    fanout = Some(Writers::park(&mut self.writers, cx));
                 }
             }
         }
         let flushed = match Pin::new(&mut *io).poll_flush(cx) {
             Poll::Pending => {
                 // Wait for the flush the same way (a TLS stream may have to).
-                let fanout = self.park_writer(cx);
-                let io = self.io.as_mut().expect("the transport polled above");
-                Pin::new(io).poll_flush(&mut Context::from_waker(&fanout))
+                let fanout = Writers::park(&mut self.writers, cx);
+                Pin::new(&mut *io).poll_flush(&mut Context::from_waker(&fanout))
             }
             ready => ready,
         };
