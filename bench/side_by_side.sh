@@ -3,7 +3,7 @@
 # with one command from this repository.
 #
 # usage: bench/side_by_side.sh [--rounds N] [--secs S] [--scenarios "LIST"] [--mem]
-#                              [--only NAME,NAME,...] [--out DIR] [--build-only]
+#                              [--only NAME,NAME,...] [--out DIR] [--build-only] [--cc NAME]
 #   --rounds N     alternating rounds (default 3)
 #   --secs S       measured window per throughput scenario, seconds (default 10)
 #   --scenarios L  throughput scenarios, CONNSxBYTES (default "100x20 10x1024 10x16384 1x1048576";
@@ -13,6 +13,9 @@
 #   --out DIR      results directory (default ${TMPDIR:-/tmp}/sockeye-bench/results-DATE); it gets
 #                  tput.txt, mem.txt (--mem), servers.conf, build.txt and summary.md
 #   --build-only   build (harness and Sockeye) and stop
+#   --cc NAME      run under TCP congestion control NAME (e.g. cubic): sets the machine-wide
+#                  net.ipv4.tcp_congestion_control for the runs and restores it on exit (root).
+#                  Loopback with bbr paces large messages: see BENCHMARKS.md, "1 MiB and bbr"
 # env: HARNESS_SRC  the harness (default ../shared/bench from the repository root; read-only is fine)
 #      BENCH_WORK   writable copy of it (default ${TMPDIR:-/tmp}/sockeye-bench/harness); refreshed
 #                   on every run except its bin/, so the harness build is cached
@@ -28,8 +31,8 @@
 # tables. The machine should have 2+ cores and be otherwise idle (server on core 0, load on core 1).
 set -euo pipefail
 
-ROUNDS=3 SECS=10 SCEN="100x20 10x1024 10x16384 1x1048576" MEM=0 ONLY="" OUT=""
-usage() { sed -n '2,28p' "$0"; exit "${1:-2}"; }
+ROUNDS=3 SECS=10 SCEN="100x20 10x1024 10x16384 1x1048576" MEM=0 ONLY="" OUT="" CC=""
+usage() { sed -n '2,31p' "$0"; exit "${1:-2}"; }
 BUILD_ONLY=0
 while [ $# -gt 0 ]; do
   case $1 in
@@ -40,6 +43,7 @@ while [ $# -gt 0 ]; do
     --only) ONLY=${2:?}; shift 2 ;;
     --out) OUT=${2:?}; shift 2 ;;
     --build-only) BUILD_ONLY=1; shift ;;
+    --cc) CC=${2:?}; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage ;;
   esac
@@ -133,6 +137,17 @@ rm -f "$SERVERS.all"
 echo "side_by_side: servers:"; grep -v '^#' "$SERVERS" | sed 's/^/  /'
 
 # 5. Runs (from the work dir: the peers' paths are relative to it).
+CC_KNOB=/proc/sys/net/ipv4/tcp_congestion_control
+CC_WAS=$(cat "$CC_KNOB")
+if [ -n "$CC" ] && [ "$CC" != "$CC_WAS" ]; then
+  grep -qw "$CC" /proc/sys/net/ipv4/tcp_available_congestion_control || modprobe "tcp_$CC" 2>/dev/null || true
+  grep -qw "$CC" /proc/sys/net/ipv4/tcp_available_congestion_control ||
+    { echo "--cc: '$CC' not available (have: $(cat /proc/sys/net/ipv4/tcp_available_congestion_control))" >&2; exit 2; }
+  echo "$CC" >"$CC_KNOB" || { echo "--cc: cannot set $CC_KNOB (root needed)" >&2; exit 2; }
+  trap 'echo "$CC_WAS" >"$CC_KNOB"; echo "side_by_side: congestion control back to $CC_WAS"' EXIT
+fi
+echo "congestion control: $(cat "$CC_KNOB")" >>"$OUT/build.txt"
+echo "side_by_side: TCP congestion control $(cat "$CC_KNOB")"
 cd "$WORK"
 files=()
 if [ -n "$SCEN" ]; then

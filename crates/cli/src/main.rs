@@ -1,7 +1,8 @@
 //! `sockeye`: serve a demo page with echo and chat, run a bare echo server, or connect
 //! to a WebSocket server interactively.
 
-#![forbid(unsafe_code)]
+// One reviewed exception: `bench::event_loop::recv` (reads into a buffer's spare capacity).
+#![deny(unsafe_code)]
 
 /// mimalloc: size classes with no per-block header and naturally aligned blocks, so
 /// tokio's 128-byte-aligned task and I/O allocations leave no holes (glibc's memalign

@@ -1,6 +1,12 @@
 //! `sockeye bench`: a closed-loop WebSocket load generator (the client side of an echo
 //! benchmark): each connection sends a binary message, waits for its echo, and repeats,
 //! optionally paced to a total rate.
+//!
+//! Two engines drive the connections: the event loop ([`event_loop`], the default for
+//! plain `ws://`), `mio` straight over the protocol core, and the library's async client
+//! on tokio (`--engine tokio`, and for `wss://`, `ws+unix:` and `--deflate`).
+
+mod event_loop;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use sockeye::{ClientConfig, DataKind, Message};
+use sockeye::{ClientConfig, DataKind, Message, Target};
 
 /// `sockeye bench` options.
 #[derive(Debug, clap::Args)]
@@ -36,16 +42,125 @@ pub struct Args {
     /// Offer permessage-deflate (off: benchmark the framing, not zlib).
     #[arg(long)]
     deflate: bool,
+    /// What drives the connections: `loop` (one thread, mio over the protocol core; plain
+    /// ws:// without --deflate), `tokio` (the library's async client), or `auto` (loop
+    /// where it can).
+    #[arg(long, value_enum, default_value_t = Engine::Auto)]
+    engine: Engine,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
 }
 
-/// What one connection measured.
+/// `--engine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    Auto,
+    Loop,
+    Tokio,
+}
+
+/// What one connection measured, or all together.
 struct Outcome {
     messages: u64,
     errors: u64,
     latency_us: Histogram<u64>,
+}
+
+/// What every engine runs: the load and its clock.
+struct Plan {
+    url: String,
+    connections: usize,
+    payload: Arc<[u8]>,
+    /// Paced: the time between two messages of one connection.
+    interval: Option<Duration>,
+    warmup: Duration,
+    duration: Duration,
+    /// Set by [`Plan::start_clock`] once the connections are up.
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+}
+
+impl Plan {
+    fn new(args: &Args) -> Plan {
+        let now = Instant::now();
+        Plan {
+            url: args.url.clone(),
+            connections: args.connections,
+            payload: (0..args.size)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>()
+                .into(),
+            interval: (args.rate > 0.0)
+                .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate)),
+            warmup: Duration::from_secs_f64(args.warmup),
+            duration: Duration::from_secs_f64(args.duration),
+            start: now,
+            measure_from: now,
+            end: now,
+        }
+    }
+
+    /// Starts the warm-up now (after connecting): messages sent from `measure_from` on
+    /// are counted, none is sent from `end` on.
+    fn start_clock(&mut self) {
+        self.start = Instant::now();
+        self.measure_from = self.start + self.warmup;
+        self.end = self.measure_from + self.duration;
+    }
+}
+
+/// The spinner with the live rate, refreshed every 250 ms.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    measure_from: Instant,
+    next: Instant,
+    last: (Instant, u64),
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_millis(250);
+
+    fn new(plan: &Plan) -> Progress {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("template"),
+        );
+        let now = Instant::now();
+        Progress {
+            bar,
+            measure_from: plan.measure_from,
+            next: now + Self::EVERY,
+            last: (now, 0),
+        }
+    }
+
+    fn next_tick(&self) -> Instant {
+        self.next
+    }
+
+    /// Shows the rate since the last refresh, if one is due; `count`: echoes so far.
+    fn tick(&mut self, now: Instant, count: u64) {
+        if now < self.next {
+            return;
+        }
+        let rate = (count - self.last.1) as f64 / now.duration_since(self.last.0).as_secs_f64();
+        let phase = if now < self.measure_from {
+            "warming up"
+        } else {
+            "measuring"
+        };
+        self.bar
+            .set_message(format!("{phase}: {rate:>10.0} msgs/s"));
+        self.bar.tick();
+        self.last = (now, count);
+        self.next = now + Self::EVERY;
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -54,13 +169,41 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.duration > 0.0 && args.warmup >= 0.0,
         "--duration must be positive"
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(bench(args))
+    let target = Target::parse(&args.url)?;
+    let looped = event_loop::supports(&target, args.deflate);
+    let use_loop = match args.engine {
+        Engine::Auto => looped,
+        Engine::Loop if looped => true,
+        Engine::Loop => {
+            anyhow::bail!("--engine loop drives plain ws:// without --deflate; use --engine tokio")
+        }
+        Engine::Tokio => false,
+    };
+    let mut plan = Plan::new(&args);
+    let cpu_start = cpu_seconds();
+    let total = if use_loop {
+        event_loop::run(&mut plan, &target)?
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(bench(&args, &mut plan))?
+    };
+    let cpu = cpu_seconds().zip(cpu_start).map(|(end, start)| end - start);
+    report(
+        &args,
+        &total,
+        cpu.map(|c| c / (args.duration + args.warmup)),
+    );
+    Ok(if total.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-async fn bench(args: Args) -> anyhow::Result<ExitCode> {
+/// The tokio engine: a task per connection over the library's client.
+async fn bench(args: &Args, plan: &mut Plan) -> anyhow::Result<Outcome> {
     let mut config = ClientConfig::default();
     config.handshake_timeout = Some(Duration::from_secs(10));
     config.websocket.max_payload = args.size.max(1024) * 2;
@@ -77,51 +220,28 @@ async fn bench(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot connect to {}", args.url))?;
         sockets.push(ws);
     }
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs_f64(args.warmup);
-    let end = measure_from + Duration::from_secs_f64(args.duration);
-    let interval =
-        (args.rate > 0.0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate));
+    plan.start_clock();
     let live = Arc::new(AtomicU64::new(0));
-    let payload: Arc<[u8]> = (0..args.size)
-        .map(|i| (i % 251) as u8)
-        .collect::<Vec<u8>>()
-        .into();
-    let cpu_start = cpu_seconds();
     let tasks: Vec<_> = sockets
         .into_iter()
         .map(|ws| {
             tokio::spawn(connection(
                 ws,
-                payload.clone(),
-                measure_from,
-                end,
-                interval,
+                plan.payload.clone(),
+                plan.measure_from,
+                plan.end,
+                plan.interval,
                 live.clone(),
             ))
         })
         .collect();
 
-    let progress = indicatif::ProgressBar::new_spinner();
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("template"),
-    );
-    let mut last = (Instant::now(), 0u64);
-    while Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let now = Instant::now();
-        let count = live.load(Ordering::Relaxed);
-        let rate = (count - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
-        let phase = if now < measure_from {
-            "warming up"
-        } else {
-            "measuring"
-        };
-        progress.set_message(format!("{phase}: {rate:>10.0} msgs/s"));
-        progress.tick();
-        last = (now, count);
+    let mut progress = Progress::new(plan);
+    while Instant::now() < plan.end {
+        tokio::time::sleep_until(progress.next_tick().into()).await;
+        progress.tick(Instant::now(), live.load(Ordering::Relaxed));
     }
-    progress.finish_and_clear();
+    progress.finish();
 
     let mut total = Outcome {
         messages: 0,
@@ -137,17 +257,7 @@ async fn bench(args: Args) -> anyhow::Result<ExitCode> {
             .add(&outcome.latency_us)
             .expect("same bounds");
     }
-    let cpu = cpu_seconds().zip(cpu_start).map(|(end, start)| end - start);
-    report(
-        &args,
-        &total,
-        cpu.map(|c| c / (args.duration + args.warmup)),
-    );
-    Ok(if total.errors == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(total)
 }
 
 fn new_histogram() -> Histogram<u64> {

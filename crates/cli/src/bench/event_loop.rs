@@ -1,0 +1,441 @@
+//! `sockeye bench`'s default engine: every connection on one thread, driven with `mio`
+//! straight over the sans-I/O protocol core ([`sockeye::proto::Connection`]), the way
+//! the harness's C load generator drives its sockets with epoll. The load generator's CPU
+//! then goes to the WebSocket work and the system calls, not to an async runtime's
+//! scheduler and wakers (`--engine tokio` measures the library's async client instead).
+//!
+//! Plain `ws://` without compression; `wss://`, `ws+unix:` and `--deflate` use the tokio
+//! engine.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use mio::{Events, Interest, Poll, Token};
+use sockeye::proto::bytes::{Buf, BytesMut};
+use sockeye::proto::handshake::client::ClientRequest;
+use sockeye::proto::{Config, Connection, DataKind, Message, Role};
+use sockeye::{HeadLimits, Target};
+
+use super::{new_histogram, Outcome, Plan, Progress};
+
+/// Time allowed for connecting and for the opening handshake, per connection.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Least room offered to one read, and most.
+const READ_MIN: usize = 64 * 1024;
+const READ_MAX: usize = 256 * 1024;
+
+/// Whether this engine can drive `url` with these options.
+pub fn supports(target: &Target, deflate: bool) -> bool {
+    !target.tls && target.unix_socket.is_none() && !deflate
+}
+
+/// One connection's state in the loop.
+struct Conn {
+    io: mio::net::TcpStream,
+    token: Token,
+    proto: Connection,
+    input: BytesMut,
+    /// When the message in flight went out (`None`: none in flight).
+    sent: Option<Instant>,
+    /// Echo bytes received for the message in flight.
+    received: usize,
+    /// Paced: when the next message is due.
+    due: Option<Instant>,
+    /// Paced: when the message in flight was due (the schedule the next one follows,
+    /// so that timer lateness does not add up).
+    slot: Instant,
+    /// The close frame is queued: waiting for the server's.
+    closing: bool,
+    /// Registered for writable events (a write is waiting for room).
+    write_wait: bool,
+    done: bool,
+    /// Still registered with the poll (until the loop retires it, once done).
+    registered: bool,
+}
+
+/// Connects every connection, then runs the closed loop until `plan.end` (and the
+/// echoes in flight then) or until `plan.end` + 5 s.
+pub fn run(plan: &mut Plan, target: &Target) -> anyhow::Result<Outcome> {
+    let mut config = Config::default();
+    config.max_payload = plan.payload.len().max(1024) * 2;
+    // Echoes are counted, not kept: take them in pieces as they arrive.
+    config.deliver_fragments = true;
+    config.stream_frames = true;
+    let config = std::sync::Arc::new(config);
+
+    let poll = Poll::new()?;
+    let mut conns = Vec::with_capacity(plan.connections);
+    for i in 0..plan.connections {
+        let (stream, leftover) =
+            handshake(target).with_context(|| format!("cannot connect to {}", plan.url))?;
+        stream.set_nonblocking(true)?;
+        let mut io = mio::net::TcpStream::from_std(stream);
+        // Writable events only while a write waits (`flush`): registered always, every
+        // ACK that frees send buffer would raise one, and the loop would wake for nothing.
+        poll.registry()
+            .register(&mut io, Token(i), Interest::READABLE)?;
+        conns.push(Conn {
+            io,
+            token: Token(i),
+            proto: Connection::new(Role::Client, config.clone()),
+            input: leftover,
+            sent: None,
+            received: 0,
+            due: None,
+            slot: Instant::now(),
+            closing: false,
+            write_wait: false,
+            done: false,
+            registered: true,
+        });
+    }
+    plan.start_clock();
+    let plan: &Plan = plan;
+    let mut run = Loop {
+        plan,
+        poll,
+        outcome: Outcome {
+            messages: 0,
+            errors: 0,
+            latency_us: new_histogram(),
+        },
+        progress: Progress::new(plan),
+        sent_total: 0,
+        open: conns.len(),
+    };
+    let start = plan.start;
+    for conn in &mut conns {
+        conn.due = plan.interval.map(|_| start);
+        if conn.due.is_none() {
+            run.send(conn, start);
+        }
+        run.after_io(conn);
+    }
+    run.run(&mut conns)?;
+    run.progress.finish();
+    Ok(run.outcome)
+}
+
+struct Loop<'a> {
+    plan: &'a Plan,
+    poll: Poll,
+    outcome: Outcome,
+    progress: Progress,
+    sent_total: u64,
+    /// Connections not done yet.
+    open: usize,
+}
+
+impl Loop<'_> {
+    fn run(&mut self, conns: &mut [Conn]) -> anyhow::Result<()> {
+        let give_up = self.plan.end + Duration::from_secs(5);
+        let mut events = Events::with_capacity(1024);
+        while self.open > 0 {
+            let now = Instant::now();
+            if now >= give_up {
+                // A server that stopped echoing: count what is still in flight as failed.
+                self.outcome.errors +=
+                    conns.iter().filter(|c| !c.done && !c.closing).count() as u64;
+                break;
+            }
+            let mut wake = self.progress.next_tick().min(give_up);
+            if self.plan.interval.is_some() {
+                for conn in conns.iter_mut() {
+                    match conn.due {
+                        Some(due) if due <= now && !conn.done => {
+                            conn.slot = due;
+                            self.send(conn, now);
+                            self.after_io(conn);
+                        }
+                        Some(due) => wake = wake.min(due),
+                        None => {}
+                    }
+                }
+            }
+            self.progress.tick(now, self.sent_total);
+            let timeout = wake.saturating_duration_since(Instant::now());
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            for event in &events {
+                let conn = &mut conns[event.token().0];
+                if conn.done {
+                    continue;
+                }
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    self.on_readable(conn);
+                }
+                self.after_io(conn);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the next message (or, at the end, the close frame) and writes.
+    fn send(&mut self, conn: &mut Conn, now: Instant) {
+        conn.due = None;
+        if now >= self.plan.end {
+            self.start_close(conn, now);
+            return;
+        }
+        if conn.proto.send_binary(&self.plan.payload).is_err() {
+            self.fail(conn);
+            return;
+        }
+        conn.sent = Some(now);
+        conn.received = 0;
+        self.flush(conn);
+    }
+
+    fn start_close(&mut self, conn: &mut Conn, now: Instant) {
+        conn.closing = true;
+        if conn.proto.close(None, now).is_err() {
+            conn.done = true;
+            return;
+        }
+        self.flush(conn);
+    }
+
+    /// Reads what is there and handles every message in it.
+    fn on_readable(&mut self, conn: &mut Conn) {
+        loop {
+            let want = conn.proto.read_hint(&conn.input).clamp(READ_MIN, READ_MAX);
+            conn.input.reserve(want);
+            let room = conn.input.capacity() - conn.input.len();
+            let drained = match recv(&conn.io, &mut conn.input) {
+                Ok(0) => {
+                    // End of stream: fine after our close frame, a failure before it.
+                    if !conn.closing {
+                        self.fail(conn);
+                    }
+                    conn.done = true;
+                    return;
+                }
+                // Less than there was room for: the socket is empty for now, and the
+                // next arrival raises a new event, so no second read that would only
+                // say so (one `recv` per echo, as `wsload`).
+                Ok(n) => n < room,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    if !conn.closing {
+                        self.fail(conn);
+                    }
+                    conn.done = true;
+                    return;
+                }
+            };
+            self.on_input(conn);
+            if conn.done || drained {
+                return;
+            }
+        }
+    }
+
+    fn on_input(&mut self, conn: &mut Conn) {
+        let mut now = None;
+        loop {
+            let clock = if conn.proto.read_needs_clock(&conn.input) {
+                *now.get_or_insert_with(Instant::now)
+            } else {
+                self.plan.start
+            };
+            let message = match conn.proto.read(&mut conn.input, clock) {
+                Ok(Some(message)) => message,
+                Ok(None) => return,
+                Err(_) => {
+                    if !conn.closing {
+                        self.fail(conn);
+                    }
+                    conn.done = true;
+                    return;
+                }
+            };
+            let (len, fin) = match message {
+                Message::Fragment(piece) if piece.kind == DataKind::Binary => {
+                    (piece.data.len(), piece.fin)
+                }
+                Message::Binary(data) => (data.len(), true),
+                // Pings are answered by the protocol core (the pong is queued).
+                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Close(_) if conn.closing => {
+                    conn.done = true;
+                    return;
+                }
+                _ => {
+                    self.fail(conn);
+                    return;
+                }
+            };
+            let Some(sent) = conn.sent else {
+                // Data with no message in flight: after our close frame, the tail of an
+                // echo; before it, a server that sends what it was not sent.
+                if conn.closing {
+                    continue;
+                }
+                self.fail(conn);
+                return;
+            };
+            conn.received += len;
+            if !fin {
+                continue;
+            }
+            if conn.received != self.plan.payload.len() {
+                self.fail(conn);
+                return;
+            }
+            // The clock read that ends one round trip starts the next (one per message).
+            let arrived = Instant::now();
+            now = Some(arrived);
+            conn.sent = None;
+            self.sent_total += 1;
+            if sent >= self.plan.measure_from {
+                self.outcome.messages += 1;
+                let micros = (arrived - sent).as_micros().max(1) as u64;
+                let _ = self.outcome.latency_us.record(micros.min(60_000_000));
+            }
+            match self.plan.interval {
+                // Paced: a late echo delays the messages after it (no bursts).
+                Some(interval) => conn.due = Some((conn.slot + interval).max(arrived)),
+                None => self.send(conn, arrived),
+            }
+        }
+    }
+
+    /// Writes what the connection has queued, until done or the socket is full (then
+    /// the connection waits for a writable event).
+    fn flush(&mut self, conn: &mut Conn) {
+        let full = loop {
+            let transmit = conn.proto.transmit();
+            if !transmit.has_remaining() {
+                break false;
+            }
+            let mut slices = [IoSlice::new(&[]); 8];
+            let n = transmit.chunks_vectored(&mut slices);
+            let written = if n == 1 {
+                conn.io.write(&slices[0])
+            } else {
+                conn.io.write_vectored(&slices[..n])
+            };
+            match written {
+                Ok(0) => break true,
+                Ok(k) => transmit.advance(k),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    if !conn.closing {
+                        self.fail(conn);
+                    }
+                    conn.done = true;
+                    return;
+                }
+            }
+        };
+        if full != conn.write_wait {
+            conn.write_wait = full;
+            let interest = if full {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if self
+                .poll
+                .registry()
+                .reregister(&mut conn.io, conn.token, interest)
+                .is_err()
+            {
+                self.fail(conn);
+            }
+        }
+    }
+
+    /// After an event: write what is queued (pongs, a message, the rest of one).
+    fn after_io(&mut self, conn: &mut Conn) {
+        if !conn.done && !conn.proto.transmit().is_empty() {
+            self.flush(conn);
+        }
+        if conn.done && conn.registered {
+            let _ = self.poll.registry().deregister(&mut conn.io);
+            conn.registered = false;
+            self.open -= 1;
+        }
+    }
+
+    fn fail(&mut self, conn: &mut Conn) {
+        self.outcome.errors += 1;
+        conn.done = true;
+    }
+}
+
+/// Reads into the spare capacity of `input`; the number of bytes read. (Reading into a
+/// zeroed slice instead would write every byte of the read window once more per read.)
+#[allow(unsafe_code)]
+fn recv(io: &mio::net::TcpStream, input: &mut BytesMut) -> io::Result<usize> {
+    let spare: &mut [MaybeUninit<u8>] = input.spare_capacity_mut();
+    let n = socket2::SockRef::from(io).recv(spare)?;
+    // SAFETY: `recv` wrote `n` bytes to the start of the spare capacity (it returns how
+    // many it wrote, at most the slice's length), so the first `len + n` bytes of the
+    // buffer are initialized.
+    unsafe { input.set_len(input.len() + n) };
+    Ok(n)
+}
+
+/// Connects and does the opening handshake (blocking, bounded by [`HANDSHAKE_TIMEOUT`]);
+/// the stream and the bytes that came after the response head.
+fn handshake(target: &Target) -> anyhow::Result<(TcpStream, BytesMut)> {
+    let mut last = None;
+    let mut stream = None;
+    for addr in (target.host.as_str(), target.port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let mut stream = match (stream, last) {
+        (Some(s), _) => s,
+        (None, Some(e)) => return Err(e.into()),
+        (None, None) => anyhow::bail!("{}: no address", target.host),
+    };
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut request = ClientRequest {
+        host: target.host_header.clone(),
+        path: target.path.clone(),
+        ..ClientRequest::default()
+    };
+    if let Some(auth) = &target.authorization {
+        request
+            .headers
+            .insert(http::header::AUTHORIZATION, auth.parse()?);
+    }
+    let (bytes, expect) = request.encode();
+    stream.write_all(&bytes)?;
+    let limits = HeadLimits::default();
+    let mut head = BytesMut::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let len = loop {
+        if let Some((response, len)) = expect.parse(&head, &limits)? {
+            expect.validate(response)?;
+            break len;
+        }
+        let n = stream.read(&mut chunk)?;
+        anyhow::ensure!(
+            n > 0,
+            "the server closed the connection during the handshake"
+        );
+        head.extend_from_slice(&chunk[..n]);
+    };
+    stream.set_read_timeout(None)?;
+    stream.set_write_timeout(None)?;
+    let _ = head.split_to(len);
+    Ok((stream, head))
+}
