@@ -686,6 +686,105 @@ async fn bench_reports_rate_and_latency() {
     assert!(String::from_utf8_lossy(&failed.stderr).contains("cannot connect"));
 }
 
+/// Both engines pace to `--rate` (messages per second over all connections).
+#[tokio::test]
+async fn bench_engines_pace_to_the_rate() {
+    let server = echo_server(&[]).await;
+    let url = format!("ws://{}/", server.addr);
+    for engine in ["loop", "tokio"] {
+        let summary = bench_json(
+            &url,
+            &[
+                "-c", "2", "-s", "2000", "-r", "1500", "-d", "1", "--warmup", "0", "--engine",
+                engine,
+            ],
+        )
+        .await;
+        assert_eq!(summary["errors"], 0, "{engine}: {summary}");
+        let rate = summary["msgs_per_s"].as_f64().unwrap();
+        // A message every 1.33 ms per connection: timer lateness must not add up.
+        assert!((1400.0..=1505.0).contains(&rate), "{engine}: {summary}");
+    }
+    // The event loop drives plain ws:// only: asked for anything else, it says so.
+    let refused = sockeye()
+        .args(["bench", "wss://127.0.0.1:1/", "--engine", "loop", "-d", "1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--engine tokio"));
+}
+
+/// An echo server for the bench tests, in this process: pings before every echo, counts
+/// the pongs, and after `echoes` echoes drops the connection without a close frame.
+async fn pinging_server_that_quits(
+    echoes: usize,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (pongs_tx, pongs_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let pongs_tx = pongs_tx.clone();
+            tokio::spawn(async move {
+                let config = sockeye::ServerConfig::default();
+                let Ok((mut ws, _)) = sockeye::accept(stream, &config).await else {
+                    return;
+                };
+                let (mut echoed, mut pongs) = (0, 0);
+                let deadline = tokio::time::Instant::now() + STEP;
+                while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, ws.next()).await
+                {
+                    match message {
+                        Message::Binary(data) if echoed < echoes => {
+                            ws.ping(b"are you there").await.unwrap();
+                            ws.send(Message::Binary(data)).await.unwrap();
+                            echoed += 1;
+                        }
+                        Message::Pong(_) => pongs += 1,
+                        _ => {}
+                    }
+                    if echoed == echoes && pongs == echoes {
+                        break;
+                    }
+                }
+                let _ = pongs_tx.send(pongs);
+                // Dropped here: end of stream, no close frame.
+            });
+        }
+    });
+    (addr, pongs_rx)
+}
+
+/// `sockeye bench` answers pings, and a server that stops echoing shows as errors and a
+/// failed run, whichever engine drives the connections.
+#[tokio::test]
+async fn bench_answers_pings_and_reports_a_server_that_quits() {
+    for engine in ["loop", "tokio"] {
+        let (addr, mut pongs) = pinging_server_that_quits(5).await;
+        let output = sockeye()
+            .args([
+                "bench",
+                &format!("ws://{addr}/"),
+                "--json",
+                "--engine",
+                engine,
+            ])
+            .args(["-c", "2", "-s", "64", "-d", "2", "--warmup", "0"])
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success(), "{engine}");
+        let summary: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+        assert_eq!(summary["errors"], 2, "{engine}: {summary}");
+        assert!(summary["messages"].as_u64().unwrap() <= 10, "{summary}");
+        for _ in 0..2 {
+            let answered = tokio::time::timeout(STEP, pongs.recv()).await.unwrap();
+            assert_eq!(answered, Some(5), "{engine}: every ping answered");
+        }
+    }
+}
+
 // ---- TLS, ws+unix, proxy ---------------------------------------------------------------------
 
 /// A directory under the system temp dir, removed when dropped.
