@@ -289,9 +289,10 @@ impl Loop<'_> {
                 self.fail(conn);
                 return;
             }
-            // The clock read that ends one round trip starts the next (one per message).
-            let arrived = Instant::now();
-            now = Some(arrived);
+            // One clock read per message: the one the protocol core took for this input
+            // (a client's reads of data need the time), which ends this round trip and
+            // starts the next.
+            let arrived = *now.get_or_insert_with(Instant::now);
             conn.sent = None;
             self.sent_total += 1;
             if sent >= self.plan.measure_from {
