@@ -80,6 +80,8 @@ struct Plan {
     start: Instant,
     measure_from: Instant,
     end: Instant,
+    /// This process's CPU seconds at `start` (connecting is not counted).
+    cpu_start: Option<f64>,
 }
 
 impl Plan {
@@ -99,12 +101,14 @@ impl Plan {
             start: now,
             measure_from: now,
             end: now,
+            cpu_start: None,
         }
     }
 
     /// Starts the warm-up now (after connecting): messages sent from `measure_from` on
     /// are counted, none is sent from `end` on.
     fn start_clock(&mut self) {
+        self.cpu_start = cpu_seconds();
         self.start = Instant::now();
         self.measure_from = self.start + self.warmup;
         self.end = self.measure_from + self.duration;
@@ -180,7 +184,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Engine::Tokio => false,
     };
     let mut plan = Plan::new(&args);
-    let cpu_start = cpu_seconds();
     let total = if use_loop {
         event_loop::run(&mut plan, &target)?
     } else {
@@ -189,7 +192,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .build()?
             .block_on(bench(&args, &mut plan))?
     };
-    let cpu = cpu_seconds().zip(cpu_start).map(|(end, start)| end - start);
+    let cpu = cpu_seconds()
+        .zip(plan.cpu_start)
+        .map(|(end, start)| end - start);
     report(
         &args,
         &total,
