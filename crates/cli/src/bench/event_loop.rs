@@ -21,7 +21,7 @@ use sockeye::{HeadLimits, Target};
 
 use super::{new_histogram, Outcome, Plan, Progress};
 
-/// Time allowed for connecting and for the opening handshake, per connection.
+/// Time allowed for connecting, and for each read and write of the opening handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Least room offered to one read, and most.
 const READ_MIN: usize = 64 * 1024;
@@ -383,8 +383,9 @@ fn recv(io: &mio::net::TcpStream, input: &mut BytesMut) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Connects and does the opening handshake (blocking, bounded by [`HANDSHAKE_TIMEOUT`]);
-/// the stream and the bytes that came after the response head.
+/// Connects and does the opening handshake, blocking, with [`HANDSHAKE_TIMEOUT`] on the
+/// connect and on each read and write; the stream and the bytes that came after the
+/// response head.
 fn handshake(target: &Target) -> anyhow::Result<(TcpStream, BytesMut)> {
     let mut last = None;
     let mut stream = None;
