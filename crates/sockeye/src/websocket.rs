@@ -711,11 +711,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
         let mut inner = self.lock();
         inner.conn.terminate();
         inner.io = None;
-        inner.wake_all_writers();
+        Writers::wake_all(&inner.writers);
     }
 
     fn wake_writers(&self) {
-        self.lock().wake_all_writers();
+        Writers::wake_all(&self.lock().writers);
     }
 
     fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -836,10 +836,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
     }
 
-    fn wake_all_writers(&mut self) {
-        Writers::wake_all(&self.writers);
-    }
-
     /// Writes the transmit buffer out. Ready once it is empty and the transport flushed.
     fn poll_flush_transmit(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(io) = self.io.as_mut() else {
@@ -903,7 +899,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
         // Written out: an idle connection holds no write buffer.
         self.conn.transmit().shrink();
-        self.wake_all_writers();
+        Writers::wake_all(&self.writers);
         Poll::Ready(Ok(()))
     }
 
@@ -1131,7 +1127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.timer = None;
         self.read_buf = BytesMut::new();
         self.conn.transmit().shrink();
-        self.wake_all_writers();
+        Writers::wake_all(&self.writers);
         Poll::Ready(self.rare.as_mut().and_then(|r| r.failure.take()).map(Err))
     }
 
@@ -1139,7 +1135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.conn.terminate();
         self.io = None;
         self.ended = true;
-        self.wake_all_writers();
+        Writers::wake_all(&self.writers);
         Error::Io(e)
     }
 }

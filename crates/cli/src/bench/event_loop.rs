@@ -16,10 +16,10 @@ use anyhow::Context as _;
 use mio::{Events, Interest, Poll, Token};
 use sockeye::proto::bytes::{Buf, BytesMut};
 use sockeye::proto::handshake::client::ClientRequest;
-use sockeye::proto::{Config, Connection, DataKind, Message, Role};
+use sockeye::proto::{Connection, Message, Role};
 use sockeye::{HeadLimits, Target};
 
-use super::{new_histogram, Outcome, Plan, Progress};
+use super::{echo_config, Outcome, Plan, Progress, Received};
 
 /// Time allowed for connecting, and for each read and write of the opening handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,12 +59,7 @@ struct Conn {
 /// Connects every connection, then runs the closed loop until `plan.end` (and the
 /// echoes in flight then) or until `plan.end` + 5 s.
 pub fn run(plan: &mut Plan, target: &Target) -> anyhow::Result<Outcome> {
-    let mut config = Config::default();
-    config.max_payload = plan.payload.len().max(1024) * 2;
-    // Echoes are counted, not kept: take them in pieces as they arrive.
-    config.deliver_fragments = true;
-    config.stream_frames = true;
-    let config = std::sync::Arc::new(config);
+    let config = std::sync::Arc::new(echo_config(plan.payload.len()));
 
     let poll = Poll::new()?;
     let mut conns = Vec::with_capacity(plan.connections);
@@ -98,11 +93,7 @@ pub fn run(plan: &mut Plan, target: &Target) -> anyhow::Result<Outcome> {
     let mut run = Loop {
         plan,
         poll,
-        outcome: Outcome {
-            messages: 0,
-            errors: 0,
-            latency_us: new_histogram(),
-        },
+        outcome: Outcome::new(),
         progress: Progress::new(plan),
         sent_total: 0,
         open: conns.len(),
@@ -157,7 +148,7 @@ impl Loop<'_> {
                 }
             }
             self.progress.tick(now, self.sent_total);
-            let timeout = wake.saturating_duration_since(Instant::now());
+            let timeout = wake.saturating_duration_since(now);
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -247,18 +238,15 @@ impl Loop<'_> {
                     return;
                 }
             };
-            let (len, fin) = match message {
-                Message::Fragment(piece) if piece.kind == DataKind::Binary => {
-                    (piece.data.len(), piece.fin)
-                }
-                Message::Binary(data) => (data.len(), true),
-                // Pings are answered by the protocol core (the pong is queued).
-                Message::Ping(_) | Message::Pong(_) => continue,
-                Message::Close(_) if conn.closing => {
+            let (len, fin) = match Received::of(&message) {
+                Received::Echo { len, fin } => (len, fin),
+                // A ping's pong is queued by the protocol core (`after_io` writes it).
+                Received::Control => continue,
+                Received::Other if conn.closing && matches!(message, Message::Close(_)) => {
                     conn.done = true;
                     return;
                 }
-                _ => {
+                Received::Other => {
                     self.fail(conn);
                     return;
                 }
@@ -286,11 +274,7 @@ impl Loop<'_> {
             let arrived = *now.get_or_insert_with(Instant::now);
             conn.sent = None;
             self.sent_total += 1;
-            if sent >= self.plan.measure_from {
-                self.outcome.messages += 1;
-                let micros = (arrived - sent).as_micros().max(1) as u64;
-                let _ = self.outcome.latency_us.record(micros.min(60_000_000));
-            }
+            self.outcome.echoed(self.plan, sent, arrived);
             match self.plan.interval {
                 // Paced: a late echo delays the messages after it (no bursts).
                 Some(interval) => conn.due = Some((conn.slot + interval).max(arrived)),

@@ -67,7 +67,64 @@ struct Outcome {
     latency_us: Histogram<u64>,
 }
 
+impl Outcome {
+    fn new() -> Outcome {
+        Outcome {
+            messages: 0,
+            errors: 0,
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        }
+    }
+
+    /// Counts an echo that arrived whole, if its message went out in the measured window.
+    fn echoed(&mut self, plan: &Plan, sent: Instant, arrived: Instant) {
+        if sent >= plan.measure_from {
+            self.messages += 1;
+            let micros = (arrived - sent).as_micros().max(1) as u64;
+            let _ = self.latency_us.record(micros.min(60_000_000));
+        }
+    }
+}
+
+/// What a received message is to the closed loop.
+enum Received {
+    /// Echo bytes; `fin` on the last of the echo.
+    Echo { len: usize, fin: bool },
+    /// A ping or pong (the protocol core answers pings).
+    Control,
+    /// Anything else: a close, text, or no echo of ours.
+    Other,
+}
+
+impl Received {
+    fn of(message: &Message) -> Received {
+        match message {
+            // Echoes are taken piece by piece as they arrive: never assembled in memory.
+            Message::Fragment(piece) if piece.kind == DataKind::Binary => Received::Echo {
+                len: piece.data.len(),
+                fin: piece.fin,
+            },
+            Message::Binary(data) => Received::Echo {
+                len: data.len(),
+                fin: true,
+            },
+            Message::Ping(_) | Message::Pong(_) => Received::Control,
+            _ => Received::Other,
+        }
+    }
+}
+
+/// The protocol settings of both engines: echoes counted as they arrive, not kept.
+fn echo_config(size: usize) -> sockeye::proto::Config {
+    let mut config = sockeye::proto::Config::default();
+    config.max_payload = size.max(1024) * 2;
+    config.deliver_fragments = true;
+    config.stream_frames = true;
+    config
+}
+
 /// What every engine runs: the load and its clock.
+#[derive(Clone)]
 struct Plan {
     url: String,
     connections: usize,
@@ -211,10 +268,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 async fn bench(args: &Args, plan: &mut Plan) -> anyhow::Result<Outcome> {
     let mut config = ClientConfig::default();
     config.handshake_timeout = Some(Duration::from_secs(10));
-    config.websocket.max_payload = args.size.max(1024) * 2;
-    // Echoes are counted, not kept: take them in pieces as they arrive.
-    config.websocket.deliver_fragments = true;
-    config.websocket.stream_frames = true;
+    config.websocket = echo_config(args.size);
     if !args.deflate {
         config.per_message_deflate = None;
     }
@@ -229,16 +283,7 @@ async fn bench(args: &Args, plan: &mut Plan) -> anyhow::Result<Outcome> {
     let live = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = sockets
         .into_iter()
-        .map(|ws| {
-            tokio::spawn(connection(
-                ws,
-                plan.payload.clone(),
-                plan.measure_from,
-                plan.end,
-                plan.interval,
-                live.clone(),
-            ))
-        })
+        .map(|ws| tokio::spawn(connection(ws, plan.clone(), live.clone())))
         .collect();
 
     let mut progress = Progress::new(plan);
@@ -248,11 +293,7 @@ async fn bench(args: &Args, plan: &mut Plan) -> anyhow::Result<Outcome> {
     }
     progress.finish();
 
-    let mut total = Outcome {
-        messages: 0,
-        errors: 0,
-        latency_us: new_histogram(),
-    };
+    let mut total = Outcome::new();
     for task in tasks {
         let outcome = task.await?;
         total.messages += outcome.messages;
@@ -265,25 +306,14 @@ async fn bench(args: &Args, plan: &mut Plan) -> anyhow::Result<Outcome> {
     Ok(total)
 }
 
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
-}
-
 /// One connection's closed loop: send, wait for the echo, record the round trip.
 async fn connection(
     mut ws: sockeye::WebSocket<sockeye::MaybeTlsStream>,
-    payload: Arc<[u8]>,
-    measure_from: Instant,
-    end: Instant,
-    interval: Option<Duration>,
+    plan: Plan,
     live: Arc<AtomicU64>,
 ) -> Outcome {
-    let mut outcome = Outcome {
-        messages: 0,
-        errors: 0,
-        latency_us: new_histogram(),
-    };
-    let mut pace = interval.map(|i| {
+    let mut outcome = Outcome::new();
+    let mut pace = plan.interval.map(|i| {
         let mut timer = tokio::time::interval(i);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
@@ -291,7 +321,7 @@ async fn connection(
     // One deadline for the whole loop (a server that stops echoing ends it), rather than
     // a timer per message: registering and cancelling one per round trip cost more
     // client CPU than the WebSocket work.
-    let give_up = tokio::time::Instant::from_std(end + Duration::from_secs(5));
+    let give_up = tokio::time::Instant::from_std(plan.end + Duration::from_secs(5));
     let run = async {
         // Unpaced, the next message goes out right after an echo arrives: the clock read
         // that ends one round trip starts the next (one read per message, as `wsload`).
@@ -302,38 +332,34 @@ async fn connection(
                 now = Instant::now();
             }
             let sent = now;
-            if sent >= end {
+            if sent >= plan.end {
                 return;
             }
-            if ws.send_binary(&payload).await.is_err() {
+            if ws.send_binary(&plan.payload).await.is_err() {
                 outcome.errors += 1;
                 return;
             }
-            // The echo is counted as it arrives, piece by piece: a large one is never
-            // assembled in memory.
             let mut received = 0;
             let echo = loop {
-                match ws.next().await {
-                    Some(Ok(Message::Fragment(piece))) if piece.kind == DataKind::Binary => {
-                        received += piece.data.len();
-                        if piece.fin {
+                let Some(Ok(message)) = ws.next().await else {
+                    break None;
+                };
+                match Received::of(&message) {
+                    Received::Echo { len, fin } => {
+                        received += len;
+                        if fin {
                             break Some(received);
                         }
                     }
-                    Some(Ok(Message::Binary(data))) => break Some(received + data.len()),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    _ => break None,
+                    Received::Control => {}
+                    Received::Other => break None,
                 }
             };
             match echo {
-                Some(len) if len == payload.len() => {
+                Some(len) if len == plan.payload.len() => {
                     live.fetch_add(1, Ordering::Relaxed);
                     now = Instant::now();
-                    if sent >= measure_from {
-                        outcome.messages += 1;
-                        let micros = (now - sent).as_micros().max(1) as u64;
-                        let _ = outcome.latency_us.record(micros.min(60_000_000));
-                    }
+                    outcome.echoed(&plan, sent, now);
                 }
                 _ => {
                     outcome.errors += 1;
