@@ -624,8 +624,8 @@ async fn connect_no_deflate_flag() {
     }
 }
 
-/// Runs `sockeye bench URL ARGS --json`, which must succeed; its summary.
-async fn bench_json(url: &str, args: &[&str]) -> Value {
+/// Runs `sockeye bench URL ARGS --json`: whether it succeeded, and its summary.
+async fn bench_run(url: &str, args: &[&str]) -> (bool, Value, String) {
     let output = sockeye()
         .args(["bench", url])
         .args(args)
@@ -634,12 +634,17 @@ async fn bench_json(url: &str, args: &[&str]) -> Value {
         .output()
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("one JSON object")
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let summary = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("one JSON object ({e}): {stderr}"));
+    (output.status.success(), summary, stderr)
+}
+
+/// Runs `sockeye bench URL ARGS --json`, which must succeed; its summary.
+async fn bench_json(url: &str, args: &[&str]) -> Value {
+    let (ok, summary, stderr) = bench_run(url, args).await;
+    assert!(ok, "{stderr}");
+    summary
 }
 
 /// `sockeye bench` loads `sockeye echo` and reports rate and latency as JSON.
@@ -762,20 +767,14 @@ async fn pinging_server_that_quits(
 async fn bench_answers_pings_and_reports_a_server_that_quits() {
     for engine in ["loop", "tokio"] {
         let (addr, mut pongs) = pinging_server_that_quits(5).await;
-        let output = sockeye()
-            .args([
-                "bench",
-                &format!("ws://{addr}/"),
-                "--json",
-                "--engine",
-                engine,
-            ])
-            .args(["-c", "2", "-s", "64", "-d", "2", "--warmup", "0"])
-            .output()
-            .await
-            .unwrap();
-        assert!(!output.status.success(), "{engine}");
-        let summary: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+        let (ok, summary, _) = bench_run(
+            &format!("ws://{addr}/"),
+            &[
+                "--engine", engine, "-c", "2", "-s", "64", "-d", "2", "--warmup", "0",
+            ],
+        )
+        .await;
+        assert!(!ok, "{engine}");
         assert_eq!(summary["errors"], 2, "{engine}: {summary}");
         assert!(summary["messages"].as_u64().unwrap() <= 10, "{summary}");
         for _ in 0..2 {
