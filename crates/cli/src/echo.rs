@@ -2,7 +2,9 @@
 //!
 //! Binary messages are forwarded piece by piece as they arrive (`deliver_fragments` +
 //! `stream_frames`): a large message goes back out while it is still coming in, and is
-//! never held whole. Text is echoed once the whole message has proven to be UTF-8.
+//! never held whole. Each frame goes back as one frame of the same length: the pieces
+//! carry what is left of their frame (`Fragment::rest`), so the header with the whole
+//! length goes first. Text is echoed once the whole message has proven to be UTF-8.
 
 use std::process::ExitCode;
 
@@ -72,16 +74,17 @@ where
     let mut text: Option<Box<BytesMut>> = None;
     while let Some(Ok(message)) = ws.next().await {
         let reply = match message {
-            // Binary: each piece goes straight back (its buffer handed over, no copy).
+            // Binary: each piece goes straight back (its buffer handed over, no copy),
+            // into the frame it came in.
             Message::Fragment(piece) if piece.kind == DataKind::Binary => Message::Fragment(piece),
             // Text: collected until the message is complete (and so checked).
-            Message::Fragment(piece) if piece.fin && text.is_none() => {
+            Message::Fragment(piece) if piece.ends_message() && text.is_none() => {
                 Message::UncheckedText(piece.data)
             }
             Message::Fragment(piece) => {
                 let buffer = text.get_or_insert_default();
                 buffer.extend_from_slice(&piece.data);
-                if !piece.fin {
+                if !piece.ends_message() {
                     continue;
                 }
                 let whole = buffer.split().freeze();

@@ -112,6 +112,10 @@ pub enum ApiMisuse {
     SendAfterClose,
     /// A message of another type sent while a fragmented message is in progress.
     FragmentTypeMismatch,
+    /// A piece that does not fit the frame being sent in pieces ([`crate::Fragment::rest`]):
+    /// its length and `rest` must add up to what the frame still lacks, with the frame's
+    /// `fin`.
+    FramePieceMismatch,
 }
 
 impl Error {
@@ -292,6 +296,9 @@ impl fmt::Display for ApiMisuse {
             ApiMisuse::SendAfterClose => f.write_str("the WebSocket is not open"),
             ApiMisuse::FragmentTypeMismatch => {
                 f.write_str("a fragmented message of another type is in progress")
+            }
+            ApiMisuse::FramePieceMismatch => {
+                f.write_str("the piece does not fit the frame being sent in pieces")
             }
         }
     }

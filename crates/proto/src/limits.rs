@@ -101,7 +101,9 @@ pub struct Config {
     /// With `deliver_fragments`, also hand out an uncompressed data frame in pieces as
     /// its bytes arrive (each at least 4 KiB, the reads at most 256 KiB), as if the peer
     /// had fragmented it: a relay or an upload handler then holds no whole frame, and
-    /// forwards a large message while it is still arriving (default off).
+    /// forwards a large message while it is still arriving (default off). Each piece
+    /// carries its frame's FIN and the bytes still to come ([`crate::Fragment::rest`]);
+    /// sent back as they are, the pieces go out as one frame.
     pub stream_frames: bool,
 }
 

@@ -82,7 +82,9 @@
 //! - **Large messages**: a message is buffered whole up to `max_payload`; with
 //!   `deliver_fragments` and `stream_frames` an uncompressed frame is handed out in
 //!   pieces as it arrives (reads windowed at 256 KiB), so a relay or an upload handler
-//!   holds no whole frame (`sockeye echo` relays binary messages this way).
+//!   holds no whole frame (`sockeye echo` relays binary messages this way, each frame
+//!   as one frame: `Connection::send_fragment` writes the header with the whole length,
+//!   then the pieces, and holds control frames back until the frame ends).
 //! - **Decompression bombs**: inflation writes at most 16 KiB at a time and stops with
 //!   1009 as soon as the message passes `max_payload`, counted in inflated bytes; a
 //!   tiny frame that would inflate to gigabytes costs at most `max_payload` plus one chunk.

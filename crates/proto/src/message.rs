@@ -36,6 +36,13 @@ pub enum Message {
 /// One data frame of a message (`ws`'s `binaryType: 'fragments'`), received in order
 /// with `fin` on the last; control frames may come in between (RFC 6455 §5.4).
 ///
+/// With [`crate::Config::stream_frames`] a large frame comes in pieces as its bytes
+/// arrive: `rest` then counts the frame's payload bytes still to come, and every piece
+/// carries its frame's `fin`, so the message ends with the piece where both say so
+/// ([`Fragment::ends_message`]). Sent back as they are, the pieces go out as one frame
+/// of the same length: its header first, then each piece as it is sent; control frames
+/// queued meanwhile wait for the frame's end, as they may not go inside it.
+///
 /// The rules of whole messages still hold: text is checked to be UTF-8 across fragments
 /// as bytes arrive (an invalid byte fails the connection with 1007 before the fragment
 /// carrying it is delivered; a fragment may end inside a character, so `data` is bytes,
@@ -47,8 +54,28 @@ pub struct Fragment {
     pub kind: DataKind,
     /// The frame's payload, inflated if the message is compressed.
     pub data: Bytes,
-    /// Whether this is the message's last frame.
+    /// Whether this piece's frame is the message's last (its FIN bit).
     pub fin: bool,
+    /// Payload bytes of this frame still to come after this piece: 0 for a whole frame
+    /// and for a frame's last piece.
+    pub rest: u64,
+}
+
+impl Fragment {
+    /// A whole frame of a message: the last one with `fin`.
+    pub fn new(kind: DataKind, data: impl Into<Bytes>, fin: bool) -> Fragment {
+        Fragment {
+            kind,
+            data: data.into(),
+            fin,
+            rest: 0,
+        }
+    }
+
+    /// Whether the message ends with this piece: its frame is the last, and complete.
+    pub fn ends_message(&self) -> bool {
+        self.fin && self.rest == 0
+    }
 }
 
 impl Message {
@@ -116,10 +143,11 @@ impl fmt::Debug for Message {
             Message::Close(c) => f.debug_tuple("Close").field(c).finish(),
             Message::Fragment(fragment) => write!(
                 f,
-                "Fragment({:?}, {} bytes, fin: {})",
+                "Fragment({:?}, {} bytes, fin: {}, rest: {})",
                 fragment.kind,
                 fragment.data.len(),
-                fragment.fin
+                fragment.fin,
+                fragment.rest
             ),
         }
     }

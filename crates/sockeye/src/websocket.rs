@@ -798,7 +798,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         if (self.io.is_none() || self.ended) && self.conn.state() == State::Closed {
             return Err(Error::Closed(self.close_info()));
         }
-        f(&mut self.conn).map_err(Error::from)
+        let mid_frame = self.conn.is_mid_frame();
+        let result = f(&mut self.conn).map_err(Error::from);
+        if mid_frame && !self.conn.is_mid_frame() {
+            // A frame sent in pieces ended: the control frames held for it, and a close
+            // of the transport that waited for it, are the reader task's to carry out.
+            self.wake_reader();
+        }
+        result
     }
 
     /// Encodes a message into the transmit buffer.
@@ -811,9 +818,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             Message::Ping(data) => conn.ping(&data),
             Message::Pong(data) => conn.pong(&data),
             Message::Close(frame) => conn.close(frame.as_ref(), Instant::now()),
-            Message::Fragment(fragment) => {
-                conn.send_bytes(fragment.kind, fragment.data, fragment.fin, true)
-            }
+            Message::Fragment(fragment) => conn.send_fragment(fragment, true),
         })
     }
 

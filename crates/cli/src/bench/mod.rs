@@ -102,7 +102,7 @@ impl Received {
             // Echoes are taken piece by piece as they arrive: never assembled in memory.
             Message::Fragment(piece) if piece.kind == DataKind::Binary => Received::Echo {
                 len: piece.data.len(),
-                fin: piece.fin,
+                fin: piece.ends_message(),
             },
             Message::Binary(data) => Received::Echo {
                 len: data.len(),

@@ -97,6 +97,10 @@ pub struct Connection {
     outgoing: Option<DataKind>,
     /// Whether the message being sent is compressed.
     sending_compressed: bool,
+    /// The frame being sent in pieces ([`Fragment::rest`]), once its header is out.
+    /// Boxed: one allocation per such frame (a large one, as a rule) keeps every idle
+    /// connection a word larger instead of 80 bytes.
+    frame_out: Option<Box<FrameOut>>,
     /// permessage-deflate, when negotiated.
     /// Boxed: most connections never negotiate it, and inline it would double the size
     /// of every idle connection.
@@ -119,6 +123,36 @@ struct HeartbeatClock {
     last_activity: Option<Instant>,
     /// When the heartbeat's ping went out, while no frame has arrived since.
     ping_sent: Option<Instant>,
+}
+
+/// A frame being sent in pieces: its header, with the whole length, is queued.
+struct FrameOut {
+    /// Payload bytes still to come.
+    remaining: u64,
+    /// A client's masking key, rotated to where the next piece starts.
+    mask: Option<[u8; 4]>,
+    /// The frame's FIN bit (every piece must carry it).
+    fin: bool,
+    /// Control frames queued meanwhile, sent after its last piece.
+    held: Held,
+}
+
+/// Control frames queued while a frame goes out in pieces: they may not go inside it
+/// (RFC 6455 §5.4), so they follow its last piece.
+#[derive(Default)]
+struct Held {
+    /// The payload of the latest ping to answer: a pong answers only the most recent
+    /// of the pings that arrived meanwhile (RFC 6455 §5.5.3), which bounds what a ping
+    /// flood can queue.
+    pong: Option<Bytes>,
+    /// Other control frames, encoded, in order (the close frame last).
+    frames: BytesMut,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.frames.len() + self.pong.as_ref().map_or(0, |p| 2 + p.len())
+    }
 }
 
 struct Incoming {
@@ -152,6 +186,7 @@ impl Connection {
             reading_compressed: false,
             outgoing: None,
             sending_compressed: false,
+            frame_out: None,
             deflate: None,
             transmit: Transmit::new(),
             close_sent: false,
@@ -343,9 +378,10 @@ impl Connection {
             )
     }
 
-    /// Hands out the `available` unmasked payload bytes of a frame as a piece (FIN
-    /// clear) and keeps the rest as a continuation frame, as if the peer had sent the
-    /// frame in two: the rest's masking key is rotated to where the piece ended.
+    /// Hands out the `available` unmasked payload bytes of a frame as a piece and keeps
+    /// the rest as a continuation frame, as if the peer had sent the frame in two: the
+    /// rest's masking key is rotated to where the piece ended. The piece keeps the
+    /// frame's FIN bit; [`Connection::frame_rest`] tells that more of it follows.
     fn split_frame(
         &mut self,
         input: &mut BytesMut,
@@ -357,7 +393,6 @@ impl Connection {
         input.advance(hlen);
         let payload = input.split_to(available);
         let piece = FrameHeader {
-            fin: false,
             payload_len: available as u64,
             ..header
         };
@@ -371,6 +406,15 @@ impl Connection {
         self.header_len = 0;
         self.progress = 0;
         (piece, payload)
+    }
+
+    /// Payload bytes still to come of the frame whose piece was just read: the rest of a
+    /// frame split by `stream_frames`, 0 once a frame is read to its end.
+    fn frame_rest(&self) -> u64 {
+        match self.header {
+            Some(rest) if self.header_len == 0 => rest.payload_len,
+            _ => 0,
+        }
     }
 
     /// The checks that need the connection's state (RFC 6455 §5.1, §5.2, §5.4).
@@ -434,7 +478,11 @@ impl Connection {
         match header.opcode {
             OpCode::Ping => {
                 if self.config.auto_pong && self.state == State::Open {
-                    self.write_frame(OpCode::Pong, true, &payload);
+                    match self.frame_out.as_mut() {
+                        None => self.write_frame(OpCode::Pong, true, &payload),
+                        // Mid-frame: the latest ping gets the pong after the frame.
+                        Some(frame) => frame.held.pong = Some(Bytes::copy_from_slice(&payload)),
+                    }
                 }
                 Ok(Some(Message::Ping(payload.freeze())))
             }
@@ -504,16 +552,18 @@ impl Connection {
         }
         let text_checked = incoming.kind == DataKind::Text && !self.config.skip_utf8_validation;
         if self.config.deliver_fragments {
-            if header.fin && text_checked {
-                // The last frame must not end inside a character.
-                self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
-            }
             let fragment = Fragment {
                 kind: incoming.kind,
                 data: incoming.data.split().freeze(),
                 fin: header.fin,
+                rest: self.frame_rest(),
             };
-            if !header.fin {
+            if fragment.ends_message() {
+                if text_checked {
+                    // The last frame must not end inside a character.
+                    self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
+            } else {
                 self.incoming = Some(incoming);
             }
             return Ok(Some(Message::Fragment(fragment)));
@@ -563,8 +613,15 @@ impl Connection {
         }
         self.state = State::Closed;
         match self.role {
-            // The server closes TCP first (RFC 6455 §7.1.1).
-            Role::Server => self.close_transport = true,
+            // The server closes TCP first (RFC 6455 §7.1.1); once a frame being sent in
+            // pieces is done (RFC 6455 §5.5.1 lets the message finish), which it must be
+            // within close_timeout.
+            Role::Server => {
+                self.close_transport = true;
+                if self.frame_out.is_some() {
+                    self.deadline = Some(now + self.config.close_timeout);
+                }
+            }
             // The client waits for the server to close TCP, for a bounded time.
             Role::Client => self.deadline = Some(now + self.config.close_timeout),
         }
@@ -573,8 +630,12 @@ impl Connection {
 
     /// Fails the connection (RFC 6455 §7.1.7): a close frame with the error's code, then
     /// the transport is to be closed.
+    ///
+    /// A frame being sent in pieces is cut off: a close frame cannot follow half a frame,
+    /// so the transport is closed without one (the peer sees 1006).
     fn fail(&mut self, error: &Error, _now: Instant) {
-        if !self.close_sent {
+        let cut = self.cut_frame_out();
+        if !self.close_sent && !cut {
             let code = error.close_code().unwrap_or(CloseCode::INTERNAL_ERROR);
             self.write_close(Some(&CloseFrame {
                 code,
@@ -627,6 +688,7 @@ impl Connection {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| now >= d) {
             self.deadline = None;
+            self.cut_frame_out();
             self.read_closed = true;
             self.state = State::Closed;
             self.close_transport = true;
@@ -639,7 +701,7 @@ impl Connection {
                 self.terminate();
             } else {
                 clock.ping_sent = Some(now);
-                self.write_frame(OpCode::Ping, true, b"");
+                self.write_control(OpCode::Ping, b"");
             }
         }
     }
@@ -650,8 +712,9 @@ impl Connection {
     }
 
     /// Whether the caller should close the transport once the transmit buffer is written.
+    /// A frame being sent in pieces is finished first (or cut off by `close_timeout`).
     pub fn should_close_transport(&self) -> bool {
-        self.close_transport
+        self.close_transport && self.frame_out.is_none()
     }
 
     /// Whether reading is over (close handshake finished, failure, or end of stream).
@@ -704,6 +767,30 @@ impl Connection {
         self.send_payload(kind, Payload::Shared(payload), fin, compress)
     }
 
+    /// Sends a [`Fragment`] as it was read: a whole frame, or with `rest > 0` a piece of
+    /// a frame whose length is `data.len() + rest` (the header goes out with the first
+    /// piece, and the next pieces must add up to it, with the same `fin`). A message
+    /// that is compressed (permessage-deflate, `compress`) sends each piece as a frame
+    /// of its own instead, as a compressed frame's length is not known ahead.
+    ///
+    /// Control frames queued while a frame is incomplete (pongs, pings, the close frame)
+    /// follow its last piece. Its pieces may still be sent after a close frame was queued
+    /// or received; if it is not finished within `close_timeout`, or the connection
+    /// fails, it is cut off and the transport closed.
+    ///
+    /// # Errors
+    /// As [`Connection::send`], and [`ApiMisuse::FramePieceMismatch`] for a piece that
+    /// does not fit the frame in progress.
+    pub fn send_fragment(&mut self, fragment: Fragment, compress: bool) -> Result<(), Error> {
+        self.send_piece(
+            fragment.kind,
+            Payload::Shared(fragment.data),
+            fragment.fin,
+            fragment.rest,
+            compress,
+        )
+    }
+
     fn send_payload(
         &mut self,
         kind: DataKind,
@@ -711,6 +798,20 @@ impl Connection {
         fin: bool,
         compress: bool,
     ) -> Result<(), Error> {
+        self.send_piece(kind, payload, fin, 0, compress)
+    }
+
+    fn send_piece(
+        &mut self,
+        kind: DataKind,
+        payload: Payload<'_>,
+        fin: bool,
+        rest: u64,
+        compress: bool,
+    ) -> Result<(), Error> {
+        if let Some(frame) = self.frame_out.take() {
+            return self.continue_frame(frame, kind, payload, fin, rest);
+        }
         self.check_open()?;
         let opcode = match self.outgoing {
             Some(current) if current != kind => return Err(ApiMisuse::FragmentTypeMismatch.into()),
@@ -725,25 +826,27 @@ impl Connection {
                     .as_ref()
                     .is_some_and(|d| d.should_compress(payload.as_slice().len()));
         }
-        self.outgoing = if fin { None } else { Some(kind) };
+        let ends_message = fin && rest == 0;
+        self.outgoing = if ends_message { None } else { Some(kind) };
         match (self.sending_compressed, self.deflate.as_deref_mut()) {
             (true, Some(deflate)) => {
-                let compressed = deflate.compress(payload.as_slice(), fin);
+                let compressed = deflate.compress(payload.as_slice(), ends_message);
                 let rsv1 = opcode != OpCode::Continuation;
                 write_frame(
                     self.transmit.tail(),
                     self.role,
                     &self.config,
                     opcode,
-                    fin,
+                    ends_message,
                     rsv1,
                     compressed,
                 );
-                if fin {
+                if ends_message {
                     // Between messages hold no compression buffer.
                     deflate.shrink();
                 }
             }
+            _ if rest > 0 => self.start_frame(opcode, payload, fin, rest),
             _ => match payload {
                 Payload::Shared(bytes)
                     if self.role == Role::Server && bytes.len() >= ZERO_COPY_MIN =>
@@ -763,6 +866,95 @@ impl Connection {
             },
         }
         Ok(())
+    }
+
+    /// Queues the header of a frame of `payload` and `rest` more bytes, then `payload`.
+    fn start_frame(&mut self, opcode: OpCode, payload: Payload<'_>, fin: bool, rest: u64) {
+        let mask = self.new_mask();
+        let header = FrameHeader {
+            fin,
+            rsv1: false,
+            opcode,
+            mask,
+            payload_len: payload.as_slice().len() as u64 + rest,
+        };
+        let mut encoded = [0u8; MAX_HEADER_LEN];
+        let hlen = header.encode(&mut encoded);
+        self.transmit.tail().put_slice(&encoded[..hlen]);
+        let mut frame = Box::new(FrameOut {
+            remaining: header.payload_len,
+            mask,
+            fin,
+            held: Held::default(),
+        });
+        self.write_piece(&mut frame, payload);
+        self.frame_out = Some(frame);
+    }
+
+    /// The next piece of the frame in progress.
+    fn continue_frame(
+        &mut self,
+        mut frame: Box<FrameOut>,
+        kind: DataKind,
+        payload: Payload<'_>,
+        fin: bool,
+        rest: u64,
+    ) -> Result<(), Error> {
+        let misfit = if self.outgoing != Some(kind) {
+            Some(ApiMisuse::FragmentTypeMismatch)
+        } else if fin != frame.fin || payload.as_slice().len() as u64 + rest != frame.remaining {
+            Some(ApiMisuse::FramePieceMismatch)
+        } else {
+            None
+        };
+        if let Some(misuse) = misfit {
+            self.frame_out = Some(frame);
+            return Err(misuse.into());
+        }
+        self.write_piece(&mut frame, payload);
+        if frame.remaining > 0 {
+            self.frame_out = Some(frame);
+            return Ok(());
+        }
+        if fin {
+            self.outgoing = None;
+        }
+        if self.close_transport && self.role == Role::Server {
+            // The close handshake waited only for this frame.
+            self.deadline = None;
+        }
+        if let Some(ping) = frame.held.pong {
+            self.write_frame(OpCode::Pong, true, &ping);
+        }
+        self.transmit.tail().extend_from_slice(&frame.held.frames);
+        Ok(())
+    }
+
+    /// Queues a piece of the frame in progress (masked on a client, referenced when large
+    /// on a server) and counts it off.
+    fn write_piece(&mut self, frame: &mut FrameOut, payload: Payload<'_>) {
+        let len = payload.as_slice().len();
+        match (payload, frame.mask) {
+            (Payload::Shared(bytes), None) if len >= ZERO_COPY_MIN => {
+                self.transmit.push_shared(&[], bytes);
+            }
+            (payload, mask) => {
+                let out = self.transmit.tail();
+                let start = out.len();
+                out.put_slice(payload.as_slice());
+                if let Some(key) = mask {
+                    apply_mask(&mut out[start..], key, 0);
+                    frame.mask = Some(rotate_key(key, len));
+                }
+            }
+        }
+        frame.remaining -= len as u64;
+    }
+
+    /// Drops the frame being sent in pieces and the control frames held for its end;
+    /// returns whether there was one (the transmit queue then ends inside a frame).
+    fn cut_frame_out(&mut self) -> bool {
+        self.frame_out.take().is_some()
     }
 
     /// Sends a whole text message.
@@ -802,7 +994,7 @@ impl Connection {
             return Err(ApiMisuse::ControlPayloadTooLong.into());
         }
         self.check_open()?;
-        self.write_frame(opcode, true, payload);
+        self.write_control(opcode, payload);
         Ok(())
     }
 
@@ -833,6 +1025,7 @@ impl Connection {
 
     /// Ends the connection at once without a close handshake (`ws`'s `terminate()`).
     pub fn terminate(&mut self) {
+        self.cut_frame_out();
         self.read_closed = true;
         self.state = State::Closed;
         self.close_transport = true;
@@ -846,9 +1039,16 @@ impl Connection {
         &mut self.transmit
     }
 
-    /// Bytes waiting to be written to the transport (`ws`'s `bufferedAmount`).
+    /// Bytes waiting to be written to the transport (`ws`'s `bufferedAmount`), control
+    /// frames held for the end of a frame sent in pieces included.
     pub fn transmit_len(&self) -> usize {
-        self.transmit.len()
+        let held = self.frame_out.as_ref().map_or(0, |frame| frame.held.len());
+        self.transmit.len() + held
+    }
+
+    /// Whether a frame is being sent in pieces (its header is out, pieces are to come).
+    pub fn is_mid_frame(&self) -> bool {
+        self.frame_out.is_some()
     }
 
     fn check_open(&self) -> Result<(), Error> {
@@ -875,8 +1075,29 @@ impl Connection {
             }
             None => 0,
         };
-        self.write_frame(OpCode::Close, true, &payload[..len]);
+        self.write_control(OpCode::Close, &payload[..len]);
         self.close_sent = true;
+    }
+
+    /// Queues a control frame, or holds it while a frame goes out in pieces.
+    fn write_control(&mut self, opcode: OpCode, payload: &[u8]) {
+        let Some(frame) = self.frame_out.as_mut() else {
+            return self.write_frame(opcode, true, payload);
+        };
+        write_frame(
+            &mut frame.held.frames,
+            self.role,
+            &self.config,
+            opcode,
+            true,
+            false,
+            payload,
+        );
+    }
+
+    /// A fresh masking key on a client (RFC 6455 §5.3), none on a server.
+    fn new_mask(&self) -> Option<[u8; 4]> {
+        new_mask(self.role, &self.config)
     }
 
     fn write_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) {
@@ -902,13 +1123,7 @@ fn write_frame(
     rsv1: bool,
     payload: &[u8],
 ) {
-    let mask = match role {
-        Role::Client => Some(match &config.generate_mask {
-            Some(generate) => generate(),
-            None => rand::random(),
-        }),
-        Role::Server => None,
-    };
+    let mask = new_mask(role, config);
     let header = FrameHeader {
         fin,
         rsv1,
@@ -924,6 +1139,17 @@ fn write_frame(
     out.put_slice(payload);
     if let Some(key) = mask {
         apply_mask(&mut out[start..], key, 0);
+    }
+}
+
+/// A fresh masking key on a client (RFC 6455 §5.3), none on a server.
+fn new_mask(role: Role, config: &Config) -> Option<[u8; 4]> {
+    match role {
+        Role::Client => Some(match &config.generate_mask {
+            Some(generate) => generate(),
+            None => rand::random(),
+        }),
+        Role::Server => None,
     }
 }
 

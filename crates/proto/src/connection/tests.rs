@@ -1305,11 +1305,7 @@ mod fragments {
     use crate::message::Fragment;
 
     fn fragment(kind: DataKind, data: &[u8], fin: bool) -> Message {
-        Message::Fragment(Fragment {
-            kind,
-            data: Bytes::copy_from_slice(data),
-            fin,
-        })
+        Message::Fragment(Fragment::new(kind, Bytes::copy_from_slice(data), fin))
     }
 
     fn streaming(role: Role) -> Connection {
@@ -1419,7 +1415,7 @@ mod fragments {
         assert_eq!(read_all(&mut c, &two).unwrap().len(), 4);
     }
 
-    fn deflate_pair(max_payload: usize) -> (Connection, Connection) {
+    pub(super) fn deflate_pair(max_payload: usize) -> (Connection, Connection) {
         let config = DeflateConfig {
             threshold: 0,
             ..Default::default()
@@ -1571,7 +1567,8 @@ fn handed_over_fragments_arrive_as_one_message() {
 #[test]
 fn connection_stays_small() {
     let size = std::mem::size_of::<Connection>();
-    assert!(size <= 176, "Connection is {size} bytes");
+    // 176 bytes, and one word for a frame being sent in pieces.
+    assert!(size <= 184, "Connection is {size} bytes");
 }
 
 /// `read_needs_clock() == false` promises that `read` ignores `now`: a server without a
@@ -1728,8 +1725,14 @@ fn stream_frames_hands_out_a_large_frame_in_pieces_as_it_arrives() {
     assert!(pieces.len() > 5, "{} pieces", pieces.len());
     assert!(pieces[..pieces.len() - 1]
         .iter()
-        .all(|f| !f.fin && f.data.len() >= 4096));
-    assert!(pieces.last().unwrap().fin);
+        .all(|f| !f.ends_message() && f.data.len() >= 4096));
+    // Each piece carries its frame's FIN and what is left of the frame after it.
+    let mut left = payload.len() as u64;
+    for piece in pieces {
+        left -= piece.data.len() as u64;
+        assert_eq!((piece.fin, piece.rest), (true, left));
+    }
+    assert!(pieces.last().unwrap().ends_message());
     let joined: Vec<u8> = pieces.iter().flat_map(|f| f.data.to_vec()).collect();
     assert_eq!(joined, payload, "unmasked across the splits");
 }
@@ -1781,4 +1784,245 @@ fn without_stream_frames_a_frame_is_one_fragment() {
     assert_eq!(error, None);
     assert_eq!(fragments.len(), 1);
     assert_eq!(fragments[0].data.len(), 50_000);
+}
+
+// ------------------------------------------------ sending a frame in pieces (Fragment::rest)
+
+mod frames_in_pieces {
+    use super::*;
+    use crate::message::Fragment;
+
+    fn piece(kind: DataKind, data: &[u8], fin: bool, rest: u64) -> Fragment {
+        Fragment {
+            rest,
+            ..Fragment::new(kind, Bytes::copy_from_slice(data), fin)
+        }
+    }
+
+    /// A streamed frame read in pieces goes back out as one frame of the same length, in
+    /// both roles (a client's mask runs on across the pieces).
+    #[test]
+    fn pieces_read_from_a_frame_go_back_as_one_frame() {
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for role in [Role::Server, Role::Client] {
+            let peer_role = match role {
+                Role::Server => Role::Client,
+                Role::Client => Role::Server,
+            };
+            let mut peer = conn(peer_role);
+            peer.send(DataKind::Binary, &payload[..60_000], false)
+                .unwrap();
+            peer.send(DataKind::Binary, &payload[60_000..], true)
+                .unwrap();
+            let wire = peer.transmit().take_all();
+            let mut echo = conn_with(role, |c| {
+                c.deliver_fragments = true;
+                c.stream_frames = true;
+            });
+            let (fragments, error) = feed_in_chunks(&mut echo, &wire, 9_000);
+            assert_eq!(error, None);
+            assert!(fragments.len() > 4, "{} pieces", fragments.len());
+            for fragment in fragments {
+                let rest = fragment.rest;
+                echo.send_fragment(fragment, true).unwrap();
+                assert_eq!(echo.is_mid_frame(), rest > 0);
+            }
+            let frames = sent(&mut echo);
+            let shapes: Vec<_> = frames
+                .iter()
+                .map(|(op, fin, p)| (*op, *fin, p.len()))
+                .collect();
+            assert_eq!(
+                shapes,
+                [
+                    (OpCode::Binary, false, 60_000),
+                    (OpCode::Continuation, true, 40_000)
+                ],
+                "{role:?}: one frame out per frame in"
+            );
+            let joined: Vec<u8> = frames.into_iter().flat_map(|(_, _, p)| p).collect();
+            assert_eq!(joined, payload, "{role:?}");
+        }
+    }
+
+    /// Control frames may not go inside a frame (RFC 6455 §5.4): queued mid-frame, they
+    /// follow its last piece; of the pings that arrive meanwhile only the latest is
+    /// answered (§5.5.3), so a ping flood queues one pong.
+    #[test]
+    fn control_frames_wait_for_the_frame_to_end() {
+        let mut server = conn(Role::Server);
+        let mut client = conn(Role::Client);
+        server
+            .send_fragment(piece(DataKind::Binary, b"abc", true, 5), true)
+            .unwrap();
+        for i in 0..1000u32 {
+            client.ping(format!("ping {i}").as_bytes()).unwrap();
+        }
+        let pings = deliver(&mut client, &mut server, Instant::now());
+        assert_eq!(pings.len(), 1000);
+        server.ping(b"mine").unwrap();
+        server
+            .close(
+                Some(&CloseFrame::new(CloseCode::NORMAL_CLOSURE, "bye")),
+                Instant::now(),
+            )
+            .unwrap();
+        let queued = server.transmit().len();
+        assert_eq!(queued, 2 + 3, "only the header and the first piece");
+        assert_eq!(
+            server.transmit_len(),
+            queued + (2 + 8) + (2 + 4) + (2 + 5),
+            "held frames count as buffered"
+        );
+        // After close(), the frame's pieces may still go, new frames may not.
+        assert_eq!(
+            server.send(DataKind::Binary, b"new", true),
+            Err(ApiMisuse::FramePieceMismatch.into())
+        );
+        server
+            .send_fragment(piece(DataKind::Binary, b"de", true, 3), true)
+            .unwrap();
+        server
+            .send_fragment(piece(DataKind::Binary, b"fgh", true, 0), true)
+            .unwrap();
+        assert!(!server.is_mid_frame());
+        assert_eq!(
+            server.send(DataKind::Binary, b"new", true),
+            Err(ApiMisuse::SendAfterClose.into())
+        );
+        assert_eq!(
+            sent(&mut server),
+            [
+                (OpCode::Binary, true, b"abcdefgh".to_vec()),
+                (OpCode::Pong, true, b"ping 999".to_vec()),
+                (OpCode::Ping, true, b"mine".to_vec()),
+                (OpCode::Close, true, close_body(1000, b"bye")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_piece_must_fit_the_frame_in_progress() {
+        let mut client = conn(Role::Client);
+        client
+            .send_fragment(piece(DataKind::Text, b"ab", false, 4), true)
+            .unwrap();
+        let misfits = [
+            (
+                piece(DataKind::Text, b"cd", false, 1),
+                ApiMisuse::FramePieceMismatch,
+            ),
+            (
+                piece(DataKind::Text, b"cdefg", false, 0),
+                ApiMisuse::FramePieceMismatch,
+            ),
+            (
+                piece(DataKind::Text, b"cd", true, 2),
+                ApiMisuse::FramePieceMismatch,
+            ),
+            (
+                piece(DataKind::Binary, b"cd", false, 2),
+                ApiMisuse::FragmentTypeMismatch,
+            ),
+        ];
+        for (misfit, expected) in misfits {
+            assert_eq!(client.send_fragment(misfit, true), Err(expected.into()));
+            assert!(
+                client.is_mid_frame(),
+                "a refused piece leaves the frame as it was"
+            );
+        }
+        client
+            .send_fragment(piece(DataKind::Text, b"cd", false, 2), true)
+            .unwrap();
+        // A plain send mid-frame is its last piece.
+        client.send(DataKind::Text, b"ef", false).unwrap();
+        assert!(!client.is_mid_frame());
+        client.send(DataKind::Text, b"!", true).unwrap();
+        let mut server = conn(Role::Server);
+        assert_eq!(
+            deliver(&mut client, &mut server, Instant::now()),
+            [text("abcdef!")]
+        );
+    }
+
+    /// A connection that fails mid-frame cannot send a close frame after half a frame:
+    /// it drops what was held and closes the transport.
+    #[test]
+    fn failing_mid_frame_cuts_the_frame_without_a_close_frame() {
+        let mut server = conn(Role::Server);
+        server
+            .send_fragment(piece(DataKind::Binary, b"abc", true, 5), true)
+            .unwrap();
+        server.ping(b"held").unwrap();
+        let error = read_all(&mut server, &raw(0x3, b"").to(Role::Server).bytes());
+        assert_eq!(error, Err(ProtocolError::InvalidOpcode(3).into()));
+        assert!(!server.is_mid_frame());
+        assert!(server.should_close_transport());
+        assert_eq!(server.transmit().to_vec(), [0x82, 8, b'a', b'b', b'c']);
+        assert_eq!(
+            server.send_fragment(piece(DataKind::Binary, b"defgh", true, 0), true),
+            Err(ApiMisuse::SendAfterClose.into())
+        );
+    }
+
+    /// The peer's close frame arrives mid-frame: the frame may finish (RFC 6455 §5.5.1),
+    /// then the close reply follows and the server closes the transport; a frame that
+    /// does not finish within close_timeout is cut off.
+    #[test]
+    fn a_close_received_mid_frame_waits_for_the_frame_within_close_timeout() {
+        for finish in [true, false] {
+            let mut clock = Clock::new();
+            let mut server = conn(Role::Server);
+            let mut client = conn(Role::Client);
+            server
+                .send_fragment(piece(DataKind::Binary, b"abc", true, 2), true)
+                .unwrap();
+            client.close(None, clock.now()).unwrap();
+            let got = deliver(&mut client, &mut server, clock.now());
+            assert_eq!(got, [Message::Close(None)]);
+            assert!(!server.should_close_transport(), "the frame comes first");
+            assert!(server.poll_timeout().is_some(), "for close_timeout at most");
+            if finish {
+                server
+                    .send_fragment(piece(DataKind::Binary, b"de", true, 0), true)
+                    .unwrap();
+                assert!(server.should_close_transport());
+                assert_eq!(server.poll_timeout(), None);
+                assert_eq!(
+                    sent(&mut server),
+                    [
+                        (OpCode::Binary, true, b"abcde".to_vec()),
+                        (OpCode::Close, true, Vec::new()),
+                    ]
+                );
+            } else {
+                clock.advance(Config::default().close_timeout);
+                server.handle_timeout(clock.now());
+                assert!(server.should_close_transport());
+                assert!(!server.is_mid_frame());
+                assert_eq!(server.transmit().to_vec(), [0x82, 5, b'a', b'b', b'c']);
+            }
+        }
+    }
+
+    /// A compressed message cannot announce a frame's length ahead: its pieces go out
+    /// as frames of their own, and the message arrives whole.
+    #[test]
+    fn compressed_pieces_go_as_frames_of_their_own() {
+        let (mut client, mut server) = fragments::deflate_pair(0);
+        let text = "wörld ".repeat(2_000);
+        let (a, b) = text.as_bytes().split_at(5_000);
+        client
+            .send_fragment(piece(DataKind::Text, a, true, b.len() as u64), true)
+            .unwrap();
+        assert!(!client.is_mid_frame());
+        client
+            .send_fragment(piece(DataKind::Text, b, true, 0), true)
+            .unwrap();
+        let got = deliver(&mut client, &mut server, Instant::now());
+        let joined: Vec<u8> = got.iter().flat_map(|m| m.as_bytes().to_vec()).collect();
+        assert_eq!(got.len(), 2, "two frames");
+        assert_eq!(joined, text.as_bytes());
+    }
 }

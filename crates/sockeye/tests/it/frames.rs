@@ -41,11 +41,7 @@ async fn next(ws: &mut WebSocket<TcpStream>) -> Message {
 }
 
 fn fragment(kind: DataKind, data: &[u8], fin: bool) -> Message {
-    Message::Fragment(Fragment {
-        kind,
-        data: data.to_vec().into(),
-        fin,
-    })
+    Message::Fragment(Fragment::new(kind, data.to_vec(), fin))
 }
 
 /// The frames of "Hello wörld" in 3 pieces (the "ö" cut in two) with a ping between.
@@ -262,7 +258,7 @@ async fn on_client_error_none_keeps_the_default() {
 
 /// `stream_frames`: one 1 MiB frame, written slowly in pieces by a raw client, arrives as
 /// pieces before it ends; echoing each piece back as it comes gives the peer the message
-/// whole, and the server never held the whole frame.
+/// whole, as one frame of the same length, and the server never held the whole frame.
 #[tokio::test]
 async fn stream_frames_relays_a_large_frame_while_it_arrives() {
     let mut config = fragments_config();
@@ -280,7 +276,8 @@ async fn stream_frames_relays_a_large_frame_while_it_arrives() {
         let Message::Fragment(piece) = next(&mut ws).await else {
             panic!("fragments only");
         };
-        assert!(!piece.fin, "the frame is not complete yet");
+        assert!(piece.rest > 0, "the frame is not complete yet");
+        assert!(piece.fin, "each piece carries its frame's FIN");
         assert!(piece.data.len() <= 256 * 1024, "{} bytes", piece.data.len());
         received.extend_from_slice(&piece.data);
         pieces += 1;
@@ -295,10 +292,10 @@ async fn stream_frames_relays_a_large_frame_while_it_arrives() {
             let Some(Ok(Message::Fragment(piece))) = item else {
                 panic!("fragments only, got {item:?}");
             };
-            let fin = piece.fin;
+            let end = piece.ends_message();
             let len = piece.data.len();
             writer.send(Message::Fragment(piece)).await.unwrap();
-            if fin {
+            if end {
                 return len;
             }
         }
@@ -307,16 +304,75 @@ async fn stream_frames_relays_a_large_frame_while_it_arrives() {
     let (mut raw_read, mut raw_write) = raw.into_split();
     let rest = wire[100 * 1024..].to_vec();
     let writer_task = tokio::spawn(async move { raw_write.write_all(&rest).await.unwrap() });
-    let mut echoed = Vec::new();
-    let mut fin = false;
-    while !fin {
-        let (last, _, body) = read_frame(&mut raw_read).await;
-        fin = last;
-        echoed.extend_from_slice(&body);
-    }
+    let (fin, opcode, echoed) = read_frame(&mut raw_read).await;
+    assert!(fin && opcode == 0x2, "one binary frame, as it came");
     writer_task.await.unwrap();
     relay.await.unwrap();
     assert!(pieces >= 1);
     assert_eq!(echoed.len(), payload.len());
     assert!(echoed == payload, "the relayed message equals the original");
+}
+
+/// A frame sent in pieces (`Fragment::rest`) over a real socket: the peer's ping and
+/// close arrive mid-frame; the pong and the close reply wait for the frame's last piece,
+/// and the server then closes TCP at once (not after close_timeout, 30 s).
+#[tokio::test]
+async fn control_frames_and_the_close_wait_for_a_frame_sent_in_pieces() {
+    let server = server(fragments_config()).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let ws = accept_one(&server).await;
+    let first = Fragment {
+        rest: 3,
+        ..Fragment::new(DataKind::Binary, &b"abc"[..], true)
+    };
+    ws.send(Message::Fragment(first)).await.unwrap();
+    // The header announces the whole frame: 6 bytes, FIN set.
+    let mut head = [0u8; 5];
+    raw.read_exact(&mut head).await.unwrap();
+    assert_eq!(head, [0x82, 6, b'a', b'b', b'c']);
+    raw.write_all(
+        &[
+            client_frame(true, PING, b"p1"),
+            client_frame(true, CLOSE, b""),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let (writer, mut reader) = ws.split();
+    let drain = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(item) = reader.next().await {
+            seen.push(item.expect("no error"));
+        }
+        seen
+    });
+    // Nothing may come while the frame is incomplete.
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(200), raw.read(&mut byte)).await;
+    assert!(early.is_err(), "nothing inside the frame, got {early:?}");
+    let started = std::time::Instant::now();
+    let last = Fragment::new(DataKind::Binary, &b"def"[..], true);
+    writer.send(Message::Fragment(last)).await.unwrap();
+    let mut rest = [0u8; 3];
+    raw.read_exact(&mut rest).await.unwrap();
+    assert_eq!(&rest, b"def");
+    assert_eq!(read_frame(&mut raw).await, (true, PONG, b"p1".to_vec()));
+    assert_eq!(read_frame(&mut raw).await, (true, CLOSE, Vec::new()));
+    let mut after = Vec::new();
+    let eof = tokio::time::timeout(STEP, raw.read_to_end(&mut after)).await;
+    assert!(
+        matches!(eof, Ok(Ok(0))),
+        "TCP closed, nothing more: {eof:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let seen = tokio::time::timeout(STEP, drain).await.unwrap().unwrap();
+    assert_eq!(
+        seen,
+        [Message::Ping(b"p1".to_vec().into()), Message::Close(None)]
+    );
 }
