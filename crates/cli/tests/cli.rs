@@ -257,15 +257,16 @@ async fn echo_echoes_text_and_binary_on_any_path() {
     echo_round_trips(&format!("ws://{}/any/path?x=1", server.addr)).await;
 }
 
-/// `sockeye echo` forwards binary messages piece by piece as they arrive and text once
-/// whole: a 4 MiB message and a fragmented text message come back equal.
+/// `sockeye echo` forwards binary messages piece by piece as they arrive, each frame as
+/// one frame, and text once whole: a 4 MiB message and a fragmented text message come
+/// back equal, and the 4 MiB frame as one frame.
 #[tokio::test]
 async fn echo_streams_large_and_fragmented_messages() {
     let server = echo_server(&[]).await;
     let mut ws = connect(&format!("ws://{}/", server.addr)).await;
     let large: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     ws.send_binary(&large).await.unwrap();
-    assert_eq!(next(&mut ws).await, Message::binary(large));
+    assert_eq!(next(&mut ws).await, Message::binary(large.clone()));
     ws.send_frame(DataKind::Text, "frag".as_bytes(), false)
         .await
         .unwrap();
@@ -278,6 +279,36 @@ async fn echo_streams_large_and_fragmented_messages() {
         .unwrap();
     ws.send_frame(DataKind::Binary, &[3], true).await.unwrap();
     assert_eq!(next(&mut ws).await, Message::binary(vec![1u8, 2, 3]));
+    close(ws).await;
+
+    // Frame by frame: the 4 MiB frame, relayed in pieces, comes back as one frame, and
+    // the two-frame message as two.
+    let mut config = sockeye::ClientConfig::default();
+    config.websocket.deliver_fragments = true;
+    let url = format!("ws://{}/", server.addr);
+    let (mut ws, _) = tokio::time::timeout(STEP, sockeye::connect_with(&url, config))
+        .await
+        .expect("connect in time")
+        .unwrap();
+    ws.send_binary(&large).await.unwrap();
+    let Message::Fragment(frame) = next(&mut ws).await else {
+        panic!("a fragment");
+    };
+    assert_eq!(
+        (frame.fin, frame.rest, frame.data.len()),
+        (true, 0, large.len())
+    );
+    assert!(frame.data == large, "the relayed frame equals the original");
+    ws.send_frame(DataKind::Binary, &[1, 2], false)
+        .await
+        .unwrap();
+    ws.send_frame(DataKind::Binary, &[3], true).await.unwrap();
+    for expected in [&[1u8, 2][..], &[3]] {
+        let Message::Fragment(frame) = next(&mut ws).await else {
+            panic!("a fragment");
+        };
+        assert_eq!(frame.data, expected);
+    }
     close(ws).await;
 }
 
