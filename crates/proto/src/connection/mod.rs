@@ -651,9 +651,11 @@ impl Connection {
     /// The transport reported end of stream.
     ///
     /// Returns the close frame to report if this ends the connection abnormally (no close
-    /// frame was received: 1006).
+    /// frame was received: 1006). A frame being sent in pieces is cut off: the peer is
+    /// gone, and the transport is to be closed now.
     pub fn handle_eof(&mut self) -> Option<CloseFrame> {
         let abnormal = !self.close_received && !self.read_closed;
+        self.cut_frame_out();
         self.read_closed = true;
         self.state = State::Closed;
         self.close_transport = true;

@@ -2006,6 +2006,26 @@ mod frames_in_pieces {
         }
     }
 
+    /// The peer's end of stream mid-frame (or terminate()) ends the frame at once: the
+    /// transport is to be closed, not kept open for pieces nobody will read.
+    #[test]
+    fn end_of_stream_or_terminate_mid_frame_closes_at_once() {
+        for terminate in [false, true] {
+            let mut server = conn(Role::Server);
+            server
+                .send_fragment(piece(DataKind::Binary, b"abc", true, 5), true)
+                .unwrap();
+            if terminate {
+                server.terminate();
+            } else {
+                assert!(server.handle_eof().is_some(), "1006");
+            }
+            assert!(!server.is_mid_frame());
+            assert!(server.should_close_transport());
+            assert_eq!(server.poll_timeout(), None);
+        }
+    }
+
     /// A compressed message cannot announce a frame's length ahead: its pieces go out
     /// as frames of their own, and the message arrives whole.
     #[test]

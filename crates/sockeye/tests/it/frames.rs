@@ -376,3 +376,33 @@ async fn control_frames_and_the_close_wait_for_a_frame_sent_in_pieces() {
         [Message::Ping(b"p1".to_vec().into()), Message::Close(None)]
     );
 }
+
+/// The peer goes away while a frame is sent in pieces: the connection ends (1006) at
+/// once, and the rest of the frame is refused.
+#[tokio::test]
+async fn the_peer_leaving_mid_frame_ends_the_connection() {
+    let server = server(fragments_config()).await;
+    let raw = raw_client(server.local_addr(), "/").await;
+    let mut ws = accept_one(&server).await;
+    let first = Fragment {
+        rest: 1000,
+        ..Fragment::new(DataKind::Binary, &b"abc"[..], true)
+    };
+    ws.send(Message::Fragment(first)).await.unwrap();
+    drop(raw);
+    let items = tokio::time::timeout(STEP, async {
+        let mut items = Vec::new();
+        while let Some(item) = ws.next().await {
+            items.push(item);
+        }
+        items
+    })
+    .await
+    .expect("the end in time");
+    assert!(
+        items.iter().all(Result::is_err),
+        "no message after the peer left: {items:?}"
+    );
+    let rest = Fragment::new(DataKind::Binary, vec![0u8; 1000], true);
+    assert!(ws.send(Message::Fragment(rest)).await.is_err());
+}
