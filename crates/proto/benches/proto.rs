@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use divan::counter::BytesCount;
 use divan::Bencher;
-use sockeye_proto::bytes::BytesMut;
+use sockeye_proto::bytes::{Bytes, BytesMut};
 use sockeye_proto::handshake::server::{parse_request, Upgrade};
 use sockeye_proto::handshake::HeadLimits;
 use sockeye_proto::mask::{apply_mask, apply_mask_naive, mask_kernel, Kernel};
 use sockeye_proto::utf8::Utf8Validator;
-use sockeye_proto::{Config, Connection, Deflate, DeflateConfig, Role};
+use sockeye_proto::{Config, Connection, DataKind, Deflate, DeflateConfig, Role};
 
 fn main() {
     divan::main();
@@ -140,7 +140,7 @@ fn encode_frame_server(bencher: Bencher, len: usize) {
     });
 }
 
-#[divan::bench(args = [20, 1024, 16 * 1024])]
+#[divan::bench(args = [20, 1024, 16 * 1024, 1024 * 1024])]
 fn encode_frame_client(bencher: Bencher, len: usize) {
     let config = Config {
         generate_mask: Some(std::sync::Arc::new(|| [1, 2, 3, 4])),
@@ -152,6 +152,26 @@ fn encode_frame_client(bencher: Bencher, len: usize) {
         client.send_binary(black_box(&payload)).unwrap();
         client.transmit().clear();
     });
+}
+
+/// Encoding one client frame of a handed-over payload nothing else refers to: masked in
+/// place and referenced, not copied (compare `encode_frame_client`).
+#[divan::bench(args = [16 * 1024, 1024 * 1024])]
+fn encode_frame_client_unshared(bencher: Bencher, len: usize) {
+    let config = Config {
+        generate_mask: Some(std::sync::Arc::new(|| [1, 2, 3, 4])),
+        ..Config::default()
+    };
+    let mut client = Connection::new(Role::Client, config);
+    bencher
+        .counter(BytesCount::new(len))
+        .with_inputs(|| Bytes::from(vec![7u8; len]))
+        .bench_local_values(|payload| {
+            client
+                .send_bytes(DataKind::Binary, payload, true, true)
+                .unwrap();
+            client.transmit().clear();
+        });
 }
 
 const REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://example.com\r\nSec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";

@@ -753,9 +753,10 @@ impl Connection {
         self.send_payload(kind, Payload::Slice(payload), fin, compress)
     }
 
-    /// [`Connection::send_with`] for a payload the caller hands over: on the server side
-    /// a payload of [`ZERO_COPY_MIN`] bytes or more is not copied but referenced from the
-    /// transmit queue (clients copy, as they mask).
+    /// [`Connection::send_with`] for a payload the caller hands over: a payload of
+    /// [`ZERO_COPY_MIN`] bytes or more is not copied but referenced from the transmit
+    /// queue. A client masks it in place when nothing else refers to it (a `Bytes` made
+    /// from a `Vec` or `BytesMut` and not cloned), and copies it otherwise.
     ///
     /// # Errors
     /// As [`Connection::send`].
@@ -849,23 +850,31 @@ impl Connection {
                 }
             }
             _ if rest > 0 => self.start_frame(opcode, payload, fin, rest),
-            _ => match payload {
-                Payload::Shared(bytes)
-                    if self.role == Role::Server && bytes.len() >= ZERO_COPY_MIN =>
-                {
-                    let header = FrameHeader {
-                        fin,
-                        rsv1: false,
+            _ => {
+                let mask = self.new_mask();
+                match payload.into_referenced(mask) {
+                    Ok(bytes) => {
+                        let header = FrameHeader {
+                            fin,
+                            rsv1: false,
+                            opcode,
+                            mask,
+                            payload_len: bytes.len() as u64,
+                        };
+                        let mut encoded = [0u8; MAX_HEADER_LEN];
+                        let hlen = header.encode(&mut encoded);
+                        self.transmit.push_shared(&encoded[..hlen], bytes);
+                    }
+                    Err(payload) => write_frame_masked(
+                        self.transmit.tail(),
+                        mask,
                         opcode,
-                        mask: None,
-                        payload_len: bytes.len() as u64,
-                    };
-                    let mut encoded = [0u8; MAX_HEADER_LEN];
-                    let hlen = header.encode(&mut encoded);
-                    self.transmit.push_shared(&encoded[..hlen], bytes);
+                        fin,
+                        false,
+                        payload.as_slice(),
+                    ),
                 }
-                payload => self.write_frame(opcode, fin, payload.as_slice()),
-            },
+            }
         }
         Ok(())
     }
@@ -936,20 +945,18 @@ impl Connection {
     /// on a server) and counts it off.
     fn write_piece(&mut self, frame: &mut FrameOut, payload: Payload<'_>) {
         let len = payload.as_slice().len();
-        match (payload, frame.mask) {
-            (Payload::Shared(bytes), None) if len >= ZERO_COPY_MIN => {
-                self.transmit.push_shared(&[], bytes);
-            }
-            (payload, mask) => {
+        match payload.into_referenced(frame.mask) {
+            Ok(bytes) => self.transmit.push_shared(&[], bytes),
+            Err(payload) => {
                 let out = self.transmit.tail();
                 let start = out.len();
                 out.put_slice(payload.as_slice());
-                if let Some(key) = mask {
+                if let Some(key) = frame.mask {
                     apply_mask(&mut out[start..], key, 0);
-                    frame.mask = Some(rotate_key(key, len));
                 }
             }
         }
+        frame.mask = frame.mask.map(|key| rotate_key(key, len));
         frame.remaining -= len as u64;
     }
 
@@ -1125,7 +1132,18 @@ fn write_frame(
     rsv1: bool,
     payload: &[u8],
 ) {
-    let mask = new_mask(role, config);
+    write_frame_masked(out, new_mask(role, config), opcode, fin, rsv1, payload);
+}
+
+/// Appends a frame to `out`, masked with `mask` if any.
+fn write_frame_masked(
+    out: &mut BytesMut,
+    mask: Option<[u8; 4]>,
+    opcode: OpCode,
+    fin: bool,
+    rsv1: bool,
+    payload: &[u8],
+) {
     let header = FrameHeader {
         fin,
         rsv1,
@@ -1161,7 +1179,28 @@ enum Payload<'a> {
     Shared(Bytes),
 }
 
-impl Payload<'_> {
+impl<'a> Payload<'a> {
+    /// The payload to queue by reference instead of copying, masked in place with `mask`
+    /// (from its first byte): a handed-over payload of [`ZERO_COPY_MIN`] bytes or more
+    /// that needs no mask, or that nothing else refers to. Otherwise the payload back,
+    /// to be copied (and masked in the copy).
+    fn into_referenced(self, mask: Option<[u8; 4]>) -> Result<Bytes, Payload<'a>> {
+        let bytes = match self {
+            Payload::Shared(bytes) if bytes.len() >= ZERO_COPY_MIN => bytes,
+            payload => return Err(payload),
+        };
+        let Some(key) = mask else {
+            return Ok(bytes);
+        };
+        match bytes.try_into_mut() {
+            Ok(mut owned) => {
+                apply_mask(&mut owned, key, 0);
+                Ok(owned.freeze())
+            }
+            Err(bytes) => Err(Payload::Shared(bytes)),
+        }
+    }
+
     fn as_slice(&self) -> &[u8] {
         match self {
             Payload::Slice(slice) => slice,

@@ -1540,11 +1540,59 @@ fn small_or_masked_payloads_are_copied() {
     client
         .send_bytes(DataKind::Binary, big.clone(), true, true)
         .unwrap();
-    assert!(!client.transmit().is_segmented(), "a client masks a copy");
+    assert!(
+        !client.transmit().is_segmented(),
+        "a client masks a copy of a payload also held elsewhere"
+    );
     assert_eq!(
         sent(&mut client),
         vec![(OpCode::Binary, true, big.to_vec())]
     );
+    assert!(
+        big.iter().all(|&b| b == 9),
+        "the caller's bytes are untouched"
+    );
+}
+
+/// A client masks a payload nothing else refers to in place and references it: one
+/// pass over the bytes, no copy. Also for a frame sent in pieces (the key runs on).
+#[test]
+fn client_masks_an_unshared_payload_in_place() {
+    let original: Vec<u8> = (0..3 * ZERO_COPY_MIN).map(|i| (i % 251) as u8).collect();
+    let mut client = Connection::new(Role::Client, Config::default());
+    let unique = Bytes::from(original.clone());
+    let address = unique.as_ptr();
+    client
+        .send_bytes(DataKind::Binary, unique, true, true)
+        .unwrap();
+    assert!(client.transmit().is_segmented(), "referenced, not copied");
+    let transmit = client.transmit();
+    let mut slices = [std::io::IoSlice::new(&[]); 4];
+    let n = transmit.chunks_vectored(&mut slices);
+    assert!(
+        slices[..n].iter().any(|s| s.as_ptr() == address),
+        "the caller's buffer itself goes out"
+    );
+    assert_eq!(
+        sent(&mut client),
+        vec![(OpCode::Binary, true, original.clone())]
+    );
+
+    let (a, b) = original.split_at(ZERO_COPY_MIN + 1);
+    client
+        .send_fragment(
+            Fragment {
+                rest: b.len() as u64,
+                ..Fragment::new(DataKind::Binary, a.to_vec(), true)
+            },
+            true,
+        )
+        .unwrap();
+    client
+        .send_fragment(Fragment::new(DataKind::Binary, b.to_vec(), true), true)
+        .unwrap();
+    assert!(client.transmit().is_segmented());
+    assert_eq!(sent(&mut client), vec![(OpCode::Binary, true, original)]);
 }
 
 #[test]
