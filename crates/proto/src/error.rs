@@ -114,7 +114,8 @@ pub enum ApiMisuse {
     FragmentTypeMismatch,
     /// A piece that does not fit the frame being sent in pieces ([`crate::Fragment::rest`]):
     /// its length and `rest` must add up to what the frame still lacks, with the frame's
-    /// `fin`.
+    /// `fin`; and a first piece may not announce a frame over 2^53 - 1 bytes (the most a
+    /// peer accepts, as `ws`).
     FramePieceMismatch,
 }
 

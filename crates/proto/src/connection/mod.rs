@@ -26,7 +26,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
 use crate::deflate::Deflate;
 use crate::error::{ApiMisuse, Error, LimitError, ProtocolError};
-use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use crate::frame::{FrameHeader, OpCode, MAX_FRAME_LEN, MAX_HEADER_LEN};
 use crate::limits::Config;
 use crate::mask::{apply_mask, rotate_key};
 use crate::message::{Fragment, Message, Utf8Bytes};
@@ -816,6 +816,11 @@ impl Connection {
             return self.continue_frame(frame, kind, payload, fin, rest);
         }
         self.check_open()?;
+        let frame_len = (payload.as_slice().len() as u64).checked_add(rest);
+        if frame_len.is_none_or(|len| len > MAX_FRAME_LEN) {
+            // Longer than a peer accepts (2^53 - 1, as ws).
+            return Err(ApiMisuse::FramePieceMismatch.into());
+        }
         let opcode = match self.outgoing {
             Some(current) if current != kind => return Err(ApiMisuse::FragmentTypeMismatch.into()),
             Some(_) => OpCode::Continuation,
@@ -913,7 +918,9 @@ impl Connection {
     ) -> Result<(), Error> {
         let misfit = if self.outgoing != Some(kind) {
             Some(ApiMisuse::FragmentTypeMismatch)
-        } else if fin != frame.fin || payload.as_slice().len() as u64 + rest != frame.remaining {
+        } else if fin != frame.fin
+            || (payload.as_slice().len() as u64).checked_add(rest) != Some(frame.remaining)
+        {
             Some(ApiMisuse::FramePieceMismatch)
         } else {
             None

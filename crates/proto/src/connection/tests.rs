@@ -1969,10 +1969,23 @@ mod frames_in_pieces {
                 ApiMisuse::FramePieceMismatch,
             ),
             (
+                piece(DataKind::Text, b"cd", false, u64::MAX),
+                ApiMisuse::FramePieceMismatch,
+            ),
+            (
                 piece(DataKind::Binary, b"cd", false, 2),
                 ApiMisuse::FragmentTypeMismatch,
             ),
         ];
+        let mut other = conn(Role::Server);
+        for rest in [u64::MAX, MAX_FRAME_LEN] {
+            assert_eq!(
+                other.send_fragment(piece(DataKind::Binary, b"a", true, rest), true),
+                Err(ApiMisuse::FramePieceMismatch.into()),
+                "a frame longer than a peer accepts"
+            );
+            assert!(!other.is_mid_frame() && other.transmit().is_empty());
+        }
         for (misfit, expected) in misfits {
             assert_eq!(client.send_fragment(misfit, true), Err(expected.into()));
             assert!(
