@@ -140,7 +140,7 @@ fn encode_frame_server(bencher: Bencher, len: usize) {
     });
 }
 
-#[divan::bench(args = [20, 1024, 16 * 1024, 1024 * 1024])]
+#[divan::bench(args = [20, 1024, 16 * 1024, 64 * 1024, 1024 * 1024])]
 fn encode_frame_client(bencher: Bencher, len: usize) {
     let config = Config {
         generate_mask: Some(std::sync::Arc::new(|| [1, 2, 3, 4])),
@@ -156,7 +156,7 @@ fn encode_frame_client(bencher: Bencher, len: usize) {
 
 /// Encoding one client frame of a handed-over payload nothing else refers to: masked in
 /// place and referenced, not copied (compare `encode_frame_client`).
-#[divan::bench(args = [16 * 1024, 1024 * 1024])]
+#[divan::bench(args = [64 * 1024, 1024 * 1024])]
 fn encode_frame_client_unshared(bencher: Bencher, len: usize) {
     let config = Config {
         generate_mask: Some(std::sync::Arc::new(|| [1, 2, 3, 4])),

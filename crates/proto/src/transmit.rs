@@ -14,10 +14,12 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::frame::MAX_HEADER_LEN;
 
 /// Payloads from this size on are referenced instead of copied (when they come as
-/// [`Bytes`] and need no masking). Below it a copy is cheaper than what a vectored write
-/// adds in the kernel: at 1 KiB echoes, `writev` cost more server CPU than `write` of a
-/// copy (perf, BENCHMARKS.md).
-pub const ZERO_COPY_MIN: usize = 4096;
+/// [`Bytes`] and need no masking, or a client may mask them in place). Below it a copy
+/// and a plain write cost less than the vectored write: at 1 KiB echoes `writev` cost
+/// more server CPU than `write` of a copy, and at 16 KiB the copy still came out 2.5-4%
+/// ahead in two alternating A/Bs (14 rounds; a copied echo frees its read buffer at once
+/// for the next read, which may be why; not traced). BENCHMARKS.md has the figures.
+pub const ZERO_COPY_MIN: usize = 64 * 1024;
 
 /// Bytes queued for the transport, in order. See the [module](self) docs.
 #[derive(Default)]
