@@ -448,7 +448,8 @@ macro_rules! sender_methods {
     () => {
         /// Sends a message (text, binary, ping, pong or close): queues it at once and
         /// returns a future that completes when it is written to the transport. A
-        /// `Bytes` payload of 4 KiB or more is written from without a copy.
+        /// `Bytes` payload of 64 KiB or more is written from without a copy (a client
+        /// masks it in place when nothing else refers to it).
         ///
         /// # Errors
         /// [`Error::Protocol`] with an `ApiMisuse` for invalid arguments or a send after
