@@ -2107,3 +2107,92 @@ mod frames_in_pieces {
         assert_eq!(joined, text.as_bytes());
     }
 }
+
+/// Randomized relays (fixed seeds): a client's message of 1-3 frames with pings between,
+/// read by a streaming server in reads of random sizes, every piece sent back at once,
+/// with the server's own pings now and then. The echo must decode cleanly (no control
+/// frame inside a data frame), come back as many frames as went in, equal the original,
+/// and each pong must answer a ping that was sent.
+#[test]
+fn randomized_relays_send_one_frame_per_frame_and_hold_control_frames() {
+    let mut rng = 0x9e37_79b9_u32;
+    let mut next = move |n: u32| {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        rng % n
+    };
+    let mut split_pieces = 0;
+    for _ in 0..60 {
+        let frames = 1 + next(3) as usize;
+        let mut client = conn(Role::Client);
+        let mut original = Vec::new();
+        let mut pings = Vec::new();
+        for i in 0..frames {
+            let len = 1 + next(60_000) as usize;
+            let part: Vec<u8> = (0..len).map(|_| next(256) as u8).collect();
+            client
+                .send(DataKind::Binary, &part, i == frames - 1)
+                .unwrap();
+            original.extend_from_slice(&part);
+            if next(2) == 0 {
+                let ping = format!("p{i}");
+                client.ping(ping.as_bytes()).unwrap();
+                pings.push(ping.into_bytes());
+            }
+        }
+        let wire = client.transmit().take_all();
+        let mut server = conn_with(Role::Server, |c| {
+            c.deliver_fragments = true;
+            c.stream_frames = true;
+        });
+        let mut input = BytesMut::new();
+        let mut at = 0;
+        let mut own_pings = 0;
+        while at < wire.len() {
+            let n = (1 + next(20_000) as usize).min(wire.len() - at);
+            let (messages, error) =
+                feed(&mut server, &mut input, &wire[at..at + n], Instant::now());
+            assert_eq!(error, None);
+            at += n;
+            for message in messages {
+                if let Message::Fragment(piece) = message {
+                    split_pieces += usize::from(piece.rest > 0);
+                    server.send_fragment(piece, true).unwrap();
+                    if next(4) == 0 {
+                        server.ping(b"own").unwrap();
+                        own_pings += 1;
+                    }
+                }
+            }
+        }
+        assert!(!server.is_mid_frame());
+        let echoed = sent(&mut server);
+        let data: Vec<_> = echoed
+            .iter()
+            .filter(|(op, _, _)| matches!(op, OpCode::Binary | OpCode::Continuation))
+            .collect();
+        assert_eq!(data.len(), frames, "one frame out per frame in");
+        assert!(data.last().unwrap().1, "the last frame ends the message");
+        let joined: Vec<u8> = data.iter().flat_map(|(_, _, p)| p.clone()).collect();
+        assert!(joined == original, "the echo equals the original");
+        let pongs: Vec<_> = echoed
+            .iter()
+            .filter(|(op, _, _)| *op == OpCode::Pong)
+            .collect();
+        assert!(pongs.len() <= pings.len());
+        assert!(pongs.iter().all(|(_, _, p)| pings.contains(p)));
+        if !pings.is_empty() {
+            assert!(!pongs.is_empty(), "the latest ping is answered");
+        }
+        let own = echoed
+            .iter()
+            .filter(|(op, _, _)| *op == OpCode::Ping)
+            .count();
+        assert_eq!(own, own_pings);
+    }
+    assert!(
+        split_pieces > 50,
+        "frames were split: {split_pieces} pieces"
+    );
+}
