@@ -477,14 +477,15 @@ impl Connection {
     ) -> Result<Option<Message>, Error> {
         match header.opcode {
             OpCode::Ping => {
+                let payload = payload.freeze();
                 if self.config.auto_pong && self.state == State::Open {
                     match self.frame_out.as_mut() {
                         None => self.write_frame(OpCode::Pong, true, &payload),
                         // Mid-frame: the latest ping gets the pong after the frame.
-                        Some(frame) => frame.held.pong = Some(Bytes::copy_from_slice(&payload)),
+                        Some(frame) => frame.held.pong = Some(payload.clone()),
                     }
                 }
-                Ok(Some(Message::Ping(payload.freeze())))
+                Ok(Some(Message::Ping(payload)))
             }
             OpCode::Pong => Ok(Some(Message::Pong(payload.freeze()))),
             OpCode::Close => self
@@ -854,57 +855,44 @@ impl Connection {
                     deflate.shrink();
                 }
             }
-            _ if rest > 0 => self.start_frame(opcode, payload, fin, rest),
             _ => {
-                let mask = self.new_mask();
-                match payload.into_referenced(mask) {
-                    Ok(bytes) => {
-                        let header = FrameHeader {
-                            fin,
-                            rsv1: false,
-                            opcode,
-                            mask,
-                            payload_len: bytes.len() as u64,
-                        };
-                        let mut encoded = [0u8; MAX_HEADER_LEN];
-                        let hlen = header.encode(&mut encoded);
-                        self.transmit.push_shared(&encoded[..hlen], bytes);
-                    }
-                    Err(payload) => write_frame_masked(
-                        self.transmit.tail(),
+                let mask = self.queue_data_frame(opcode, fin, payload, rest);
+                if rest > 0 {
+                    self.frame_out = Some(Box::new(FrameOut {
+                        remaining: rest,
                         mask,
-                        opcode,
                         fin,
-                        false,
-                        payload.as_slice(),
-                    ),
+                        held: Held::default(),
+                    }));
                 }
             }
         }
         Ok(())
     }
 
-    /// Queues the header of a frame of `payload` and `rest` more bytes, then `payload`.
-    fn start_frame(&mut self, opcode: OpCode, payload: Payload<'_>, fin: bool, rest: u64) {
+    /// Queues the header of an uncompressed data frame of `payload` and `rest` more
+    /// bytes, then `payload`; returns a client's masking key rotated to where the next
+    /// piece starts.
+    fn queue_data_frame(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        payload: Payload<'_>,
+        rest: u64,
+    ) -> Option<[u8; 4]> {
         let mask = self.new_mask();
+        let len = payload.as_slice().len();
         let header = FrameHeader {
             fin,
             rsv1: false,
             opcode,
             mask,
-            payload_len: payload.as_slice().len() as u64 + rest,
+            payload_len: len as u64 + rest,
         };
         let mut encoded = [0u8; MAX_HEADER_LEN];
         let hlen = header.encode(&mut encoded);
-        self.transmit.tail().put_slice(&encoded[..hlen]);
-        let mut frame = Box::new(FrameOut {
-            remaining: header.payload_len,
-            mask,
-            fin,
-            held: Held::default(),
-        });
-        self.write_piece(&mut frame, payload);
-        self.frame_out = Some(frame);
+        self.queue_payload(&encoded[..hlen], payload, mask);
+        mask.map(|key| rotate_key(key, len))
     }
 
     /// The next piece of the frame in progress.
@@ -948,23 +936,21 @@ impl Connection {
         Ok(())
     }
 
-    /// Queues a piece of the frame in progress (masked on a client, referenced when large
-    /// on a server) and counts it off.
+    /// Queues a piece of the frame in progress and counts it off.
     fn write_piece(&mut self, frame: &mut FrameOut, payload: Payload<'_>) {
         let len = payload.as_slice().len();
-        match payload.into_referenced(frame.mask) {
-            Ok(bytes) => self.transmit.push_shared(&[], bytes),
-            Err(payload) => {
-                let out = self.transmit.tail();
-                let start = out.len();
-                out.put_slice(payload.as_slice());
-                if let Some(key) = frame.mask {
-                    apply_mask(&mut out[start..], key, 0);
-                }
-            }
-        }
+        self.queue_payload(&[], payload, frame.mask);
         frame.mask = frame.mask.map(|key| rotate_key(key, len));
         frame.remaining -= len as u64;
+    }
+
+    /// Queues `header` (empty for a later piece) and `payload` masked with `mask`:
+    /// referenced where [`Payload::into_referenced`] allows, copied otherwise.
+    fn queue_payload(&mut self, header: &[u8], payload: Payload<'_>, mask: Option<[u8; 4]>) {
+        match payload.into_referenced(mask) {
+            Ok(bytes) => self.transmit.push_shared(header, bytes),
+            Err(payload) => put_masked(self.transmit.tail(), header, payload.as_slice(), mask),
+        }
     }
 
     /// Drops the frame being sent in pieces and the control frames held for its end;
@@ -1139,18 +1125,7 @@ fn write_frame(
     rsv1: bool,
     payload: &[u8],
 ) {
-    write_frame_masked(out, new_mask(role, config), opcode, fin, rsv1, payload);
-}
-
-/// Appends a frame to `out`, masked with `mask` if any.
-fn write_frame_masked(
-    out: &mut BytesMut,
-    mask: Option<[u8; 4]>,
-    opcode: OpCode,
-    fin: bool,
-    rsv1: bool,
-    payload: &[u8],
-) {
+    let mask = new_mask(role, config);
     let header = FrameHeader {
         fin,
         rsv1,
@@ -1160,8 +1135,13 @@ fn write_frame_masked(
     };
     let mut encoded = [0u8; MAX_HEADER_LEN];
     let hlen = header.encode(&mut encoded);
-    out.reserve(hlen + payload.len());
-    out.put_slice(&encoded[..hlen]);
+    put_masked(out, &encoded[..hlen], payload, mask);
+}
+
+/// Appends `header` and a copy of `payload`, masked with `mask` if any.
+fn put_masked(out: &mut BytesMut, header: &[u8], payload: &[u8], mask: Option<[u8; 4]>) {
+    out.reserve(header.len() + payload.len());
+    out.put_slice(header);
     let start = out.len();
     out.put_slice(payload);
     if let Some(key) = mask {

@@ -1847,6 +1847,15 @@ mod frames_in_pieces {
         }
     }
 
+    /// A server that has sent "abc" of a final binary frame with `rest` bytes to come.
+    fn server_mid_frame(rest: u64) -> Connection {
+        let mut server = conn(Role::Server);
+        server
+            .send_fragment(piece(DataKind::Binary, b"abc", true, rest), true)
+            .unwrap();
+        server
+    }
+
     /// A streamed frame read in pieces goes back out as one frame of the same length, in
     /// both roles (a client's mask runs on across the pieces).
     #[test]
@@ -1898,11 +1907,8 @@ mod frames_in_pieces {
     /// answered (§5.5.3), so a ping flood queues one pong.
     #[test]
     fn control_frames_wait_for_the_frame_to_end() {
-        let mut server = conn(Role::Server);
+        let mut server = server_mid_frame(5);
         let mut client = conn(Role::Client);
-        server
-            .send_fragment(piece(DataKind::Binary, b"abc", true, 5), true)
-            .unwrap();
         for i in 0..1000u32 {
             client.ping(format!("ping {i}").as_bytes()).unwrap();
         }
@@ -2011,10 +2017,7 @@ mod frames_in_pieces {
     /// it drops what was held and closes the transport.
     #[test]
     fn failing_mid_frame_cuts_the_frame_without_a_close_frame() {
-        let mut server = conn(Role::Server);
-        server
-            .send_fragment(piece(DataKind::Binary, b"abc", true, 5), true)
-            .unwrap();
+        let mut server = server_mid_frame(5);
         server.ping(b"held").unwrap();
         let error = read_all(&mut server, &raw(0x3, b"").to(Role::Server).bytes());
         assert_eq!(error, Err(ProtocolError::InvalidOpcode(3).into()));
@@ -2034,11 +2037,8 @@ mod frames_in_pieces {
     fn a_close_received_mid_frame_waits_for_the_frame_within_close_timeout() {
         for finish in [true, false] {
             let mut clock = Clock::new();
-            let mut server = conn(Role::Server);
+            let mut server = server_mid_frame(2);
             let mut client = conn(Role::Client);
-            server
-                .send_fragment(piece(DataKind::Binary, b"abc", true, 2), true)
-                .unwrap();
             client.close(None, clock.now()).unwrap();
             let got = deliver(&mut client, &mut server, clock.now());
             assert_eq!(got, [Message::Close(None)]);
@@ -2072,10 +2072,7 @@ mod frames_in_pieces {
     #[test]
     fn end_of_stream_or_terminate_mid_frame_closes_at_once() {
         for terminate in [false, true] {
-            let mut server = conn(Role::Server);
-            server
-                .send_fragment(piece(DataKind::Binary, b"abc", true, 5), true)
-                .unwrap();
+            let mut server = server_mid_frame(5);
             if terminate {
                 server.terminate();
             } else {
