@@ -1,5 +1,6 @@
-//! Every masking kernel available on this CPU (portable, SSE2, AVX2) and `apply_mask`
-//! against the byte-at-a-time reference, at any offset, alignment and split.
+//! Every masking kernel available on this CPU (portable, SSE2, AVX2), `apply_mask` and the
+//! one-pass copy and mask (`Kernel::copy`, `copy_masked`) against the byte-at-a-time
+//! reference, at any offset, alignment and split.
 //!
 //! Input: key (4 bytes), offset (u16 LE; only its value modulo 4 matters to the mask, so
 //! bits 2..7 also choose the slice's start, 0..32 bytes into its buffer), split point,
@@ -7,7 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockeye_proto::mask::{apply_mask, apply_mask_naive, apply_mask_portable, mask_kernel, Kernel};
+use sockeye_proto::mask::{
+    apply_mask, apply_mask_naive, apply_mask_portable, copy_masked, mask_kernel, Kernel,
+};
 
 /// Fills the buffer around the payload, to catch writes outside the slice.
 const GUARD: u8 = 0xa5;
@@ -58,6 +61,15 @@ fuzz_target!(
         apply_mask(a, key, offset);
         apply_mask(b, key, offset + cut);
         assert_eq!(parts, naive, "apply_mask split at {cut}");
+
+        // The one-pass copy and mask, with each kernel and through `copy_masked`.
+        for kernel in Kernel::available() {
+            let mut dst = vec![std::mem::MaybeUninit::new(GUARD); payload.len() + 2];
+            let out = kernel.copy(&mut dst[1..=payload.len()], payload, key, offset);
+            assert_eq!(out, &naive[range.clone()], "{kernel:?} copy");
+        }
+        let mut dst = vec![std::mem::MaybeUninit::uninit(); payload.len()];
+        assert_eq!(copy_masked(&mut dst, payload, key, offset), &naive[range.clone()], "copy_masked");
 
         // Masking is its own inverse.
         apply_mask(&mut fast[range], key, offset);

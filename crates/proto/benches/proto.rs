@@ -1,7 +1,7 @@
 //! Micro benchmarks of the hot paths: `cargo bench -p sockeye-proto`.
 //!
-//! Masking (the selected kernel through `apply_mask`, each kernel on its own, and the
-//! byte-at-a-time reference), UTF-8 validation (incremental vs std), frame decode and
+//! Masking (the selected kernel through `apply_mask`, each kernel on its own, the
+//! byte-at-a-time reference, and the one-pass copy and mask `copy_masked`), UTF-8 validation (incremental vs std), frame decode and
 //! encode through the connection, the opening handshake, and permessage-deflate.
 
 use std::hint::black_box;
@@ -12,7 +12,7 @@ use divan::Bencher;
 use sockeye_proto::bytes::{Bytes, BytesMut};
 use sockeye_proto::handshake::server::{parse_request, Upgrade};
 use sockeye_proto::handshake::HeadLimits;
-use sockeye_proto::mask::{apply_mask, apply_mask_naive, mask_kernel, Kernel};
+use sockeye_proto::mask::{apply_mask, apply_mask_naive, copy_masked, mask_kernel, Kernel};
 use sockeye_proto::utf8::Utf8Validator;
 use sockeye_proto::{Config, Connection, DataKind, Deflate, DeflateConfig, Role};
 
@@ -71,6 +71,28 @@ fn mask_naive(bencher: Bencher, len: usize) {
     bencher
         .counter(BytesCount::new(len))
         .bench_local(|| apply_mask_naive(black_box(&mut data), [1, 2, 3, 4], 1));
+}
+
+/// `copy_masked`, the one-pass copy and mask a client uses for a payload it cannot mask
+/// in place, against copying and then masking the copy (what it did before).
+#[divan::bench(args = SIZES)]
+fn mask_copy_selected(bencher: Bencher, len: usize) {
+    let src = vec![0x5au8; len];
+    let mut dst = vec![std::mem::MaybeUninit::new(0u8); len];
+    bencher.counter(BytesCount::new(len)).bench_local(|| {
+        copy_masked(black_box(&mut dst), black_box(&src), [1, 2, 3, 4], 1);
+    });
+}
+
+/// A copy, then `apply_mask` over it: the two passes `mask_copy_selected` replaces.
+#[divan::bench(args = SIZES)]
+fn mask_copy_then_mask(bencher: Bencher, len: usize) {
+    let src = vec![0x5au8; len];
+    let mut dst = vec![0u8; len];
+    bencher.counter(BytesCount::new(len)).bench_local(|| {
+        black_box(&mut dst).copy_from_slice(black_box(&src));
+        apply_mask(&mut dst, [1, 2, 3, 4], 1);
+    });
 }
 
 fn text(len: usize, multibyte: bool) -> Vec<u8> {

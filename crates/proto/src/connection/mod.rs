@@ -28,7 +28,7 @@ use crate::deflate::Deflate;
 use crate::error::{ApiMisuse, Error, LimitError, ProtocolError};
 use crate::frame::{FrameHeader, OpCode, MAX_FRAME_LEN, MAX_HEADER_LEN};
 use crate::limits::Config;
-use crate::mask::{apply_mask, rotate_key};
+use crate::mask::{apply_mask, extend_masked, rotate_key};
 use crate::message::{Fragment, Message, Utf8Bytes};
 use crate::transmit::{Transmit, ZERO_COPY_MIN};
 use crate::utf8::{self, Utf8Validator};
@@ -1142,10 +1142,9 @@ fn write_frame(
 fn put_masked(out: &mut BytesMut, header: &[u8], payload: &[u8], mask: Option<[u8; 4]>) {
     out.reserve(header.len() + payload.len());
     out.put_slice(header);
-    let start = out.len();
-    out.put_slice(payload);
-    if let Some(key) = mask {
-        apply_mask(&mut out[start..], key, 0);
+    match mask {
+        Some(key) => extend_masked(out, payload, key, 0),
+        None => out.put_slice(payload),
     }
 }
 
