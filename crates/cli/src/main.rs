@@ -14,11 +14,13 @@ mod bench;
 mod connect;
 mod echo;
 mod serve;
+mod socket;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -59,6 +61,19 @@ struct ServerArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Time a client gets to send its upgrade request, in seconds (answered 408 after).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    handshake_timeout: Duration,
+}
+
+/// A positive number of seconds.
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 => {
+            Duration::try_from_secs_f64(secs).map_err(|e| format!("{text}: {e}"))
+        }
+        _ => Err(format!("{text}: a positive number of seconds expected")),
+    }
 }
 
 impl ServerArgs {

@@ -37,6 +37,7 @@ impl Default for Args {
                 max_payload: sockeye::proto::limits::DEFAULT_MAX_PAYLOAD,
                 tls_cert: None,
                 tls_key: None,
+                handshake_timeout: sockeye::ServerConfig::default().handshake_timeout,
             },
         }
     }
@@ -59,6 +60,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     );
     let mut config = ServerConfig::default();
     config.websocket.max_payload = args.server.max_payload;
+    config.handshake_timeout = args.server.handshake_timeout;
     // Browsers offer permessage-deflate; the demo accepts it.
     config.per_message_deflate = Some(sockeye::DeflateConfig::default());
     let config = Arc::new(config);

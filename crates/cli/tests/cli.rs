@@ -250,11 +250,16 @@ async fn bad_arguments_fail_with_an_error() {
 
 // ---- sockeye echo ----------------------------------------------------------------------------
 
+/// `sockeye echo`'s two engines: the event loop (the default here) and tokio.
+const ENGINES: [&str; 2] = ["loop", "tokio"];
+
 #[tokio::test]
 async fn echo_echoes_text_and_binary_on_any_path() {
-    let server = echo_server(&[]).await;
-    echo_round_trips(&format!("ws://{}/", server.addr)).await;
-    echo_round_trips(&format!("ws://{}/any/path?x=1", server.addr)).await;
+    for engine in ENGINES {
+        let server = echo_server(&["--engine", engine]).await;
+        echo_round_trips(&format!("ws://{}/", server.addr)).await;
+        echo_round_trips(&format!("ws://{}/any/path?x=1", server.addr)).await;
+    }
 }
 
 /// `sockeye echo` forwards binary messages piece by piece as they arrive, each frame as
@@ -262,7 +267,13 @@ async fn echo_echoes_text_and_binary_on_any_path() {
 /// back equal, and the 4 MiB frame as one frame.
 #[tokio::test]
 async fn echo_streams_large_and_fragmented_messages() {
-    let server = echo_server(&[]).await;
+    for engine in ENGINES {
+        echo_streams_large_and_fragmented_messages_with(engine).await;
+    }
+}
+
+async fn echo_streams_large_and_fragmented_messages_with(engine: &str) {
+    let server = echo_server(&["--engine", engine]).await;
     let mut ws = connect(&format!("ws://{}/", server.addr)).await;
     let large: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     ws.send_binary(&large).await.unwrap();
@@ -322,13 +333,132 @@ async fn echo_multi_threaded() {
 
 #[tokio::test]
 async fn echo_max_payload_closes_with_1009() {
-    let server = echo_server(&["--max-payload", "100"]).await;
-    over_max_payload_is_1009(&format!("ws://{}/", server.addr), 100).await;
-    // The server itself is still up.
-    let mut ws = connect(&format!("ws://{}/", server.addr)).await;
-    ws.send_text("still here").await.unwrap();
-    assert_eq!(next(&mut ws).await.as_text(), Some("still here"));
-    close(ws).await;
+    for engine in ENGINES {
+        let server = echo_server(&["--max-payload", "100", "--engine", engine]).await;
+        over_max_payload_is_1009(&format!("ws://{}/", server.addr), 100).await;
+        // The server itself is still up.
+        let mut ws = connect(&format!("ws://{}/", server.addr)).await;
+        ws.send_text("still here").await.unwrap();
+        assert_eq!(next(&mut ws).await.as_text(), Some("still here"));
+        close(ws).await;
+    }
+}
+
+/// The event loop serves plain ws:// on one thread only, and says so.
+#[tokio::test]
+async fn echo_engine_loop_refuses_what_it_cannot_serve() {
+    let output = tokio::time::timeout(
+        STEP,
+        sockeye()
+            .args(["echo", "--engine", "loop", "--threads", "2"])
+            .args(["--listen", "127.0.0.1:0"])
+            .output(),
+    )
+    .await
+    .expect("exits in time")
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--engine tokio"), "{stderr}");
+}
+
+/// Both engines answer a request that is not an upgrade with the error status and
+/// close, and a request head that does not arrive within --handshake-timeout with 408.
+#[tokio::test]
+async fn echo_refuses_bad_requests_and_slow_handshakes() {
+    let mut statuses = Vec::new();
+    for engine in ENGINES {
+        let server = echo_server(&["--engine", engine, "--handshake-timeout", "0.5"]).await;
+        let (status, head, _body) = http_get(server.addr, "/").await;
+        assert!(head.contains("connection: close"), "{engine}: {head}");
+        statuses.push(status);
+
+        // Half a request head, then nothing: 408 after the timeout, then the close.
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut data = Vec::new();
+        tokio::time::timeout(STEP, stream.read_to_end(&mut data))
+            .await
+            .expect("the server answers and closes in time")
+            .unwrap();
+        let waited = started.elapsed();
+        let text = String::from_utf8_lossy(&data);
+        assert!(text.starts_with("HTTP/1.1 408"), "{engine}: {text}");
+        assert!(waited >= Duration::from_millis(400), "{engine}: {waited:?}");
+
+        // The server is still up.
+        echo_round_trips(&format!("ws://{}/", server.addr)).await;
+    }
+    assert_eq!(
+        statuses[0], statuses[1],
+        "both engines answer the same status"
+    );
+    assert!((400..500).contains(&statuses[0]), "{statuses:?}");
+}
+
+/// The resident set of process `pid`, in bytes (Linux).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+/// A client that sends without reading: the server stops reading once its send queue
+/// reaches the high-water mark (so its memory stays bounded instead of buffering 64 MiB
+/// of echoes), and reads on once the client drains its echoes: every message comes back.
+#[tokio::test]
+async fn echo_pauses_reading_for_a_client_that_does_not_read() {
+    const MESSAGES: usize = 64;
+    const SIZE: usize = 1024 * 1024;
+    for engine in ENGINES {
+        let server = echo_server(&["--engine", engine]).await;
+        let pid = server._child.id().expect("running");
+        let before = rss(pid);
+        let ws = connect(&format!("ws://{}/", server.addr)).await;
+        let (writer, mut reader) = ws.split();
+        let sender = tokio::spawn(async move {
+            for i in 0..MESSAGES {
+                writer.send_binary(&vec![i as u8; SIZE]).await.unwrap();
+            }
+            writer
+        });
+        // Long enough for the sender to fill every buffer on the way and stall.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !sender.is_finished(),
+            "{engine}: 64 MiB went through unread"
+        );
+        let grown = rss(pid).saturating_sub(before);
+        assert!(
+            grown < 32 * 1024 * 1024,
+            "{engine}: the server grew by {grown} bytes for a client that does not read"
+        );
+        for i in 0..MESSAGES {
+            let message = tokio::time::timeout(STEP, reader.next())
+                .await
+                .expect("an echo in time")
+                .expect("open")
+                .expect("no error");
+            assert_eq!(
+                message,
+                Message::binary(vec![i as u8; SIZE]),
+                "{engine}: #{i}"
+            );
+        }
+        let writer = tokio::time::timeout(STEP, sender)
+            .await
+            .expect("the sender finishes once echoes are read")
+            .unwrap();
+        close(WebSocket::reunite(writer, reader)).await;
+    }
 }
 
 // ---- sockeye serve ---------------------------------------------------------------------------
@@ -587,7 +717,12 @@ async fn serve_chat_keeps_each_senders_order() {
 #[tokio::test]
 async fn echo_deflate_flag_negotiates_compression() {
     let big = "compress me ".repeat(1000);
-    for (extra, expect_deflate) in [(&["--deflate"][..], true), (&[][..], false)] {
+    for (extra, expect_deflate) in [
+        (&["--deflate"][..], true),
+        (&["--deflate", "--engine", "tokio"][..], true),
+        (&[][..], false),
+        (&["--engine", "tokio"][..], false),
+    ] {
         let server = echo_server(extra).await;
         let mut ws = connect(&format!("ws://{}/", server.addr)).await;
         assert_eq!(

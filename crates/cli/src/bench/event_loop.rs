@@ -8,7 +8,6 @@
 //! engine.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::mem::MaybeUninit;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,7 @@ use sockeye::proto::{Connection, Message, Role};
 use sockeye::{HeadLimits, Target};
 
 use super::{echo_config, Outcome, Plan, Progress, Received};
+use crate::socket::recv;
 
 /// Time allowed for connecting, and for each read and write of the opening handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -352,19 +352,6 @@ impl Loop<'_> {
         self.outcome.errors += 1;
         conn.done = true;
     }
-}
-
-/// Reads into the spare capacity of `input`; the number of bytes read. (Reading into a
-/// zeroed slice instead would write every byte of the read window once more per read.)
-#[allow(unsafe_code)]
-fn recv(io: &mio::net::TcpStream, input: &mut BytesMut) -> io::Result<usize> {
-    let spare: &mut [MaybeUninit<u8>] = input.spare_capacity_mut();
-    let n = socket2::SockRef::from(io).recv(spare)?;
-    // SAFETY: `recv` wrote `n` bytes to the start of the spare capacity (it returns how
-    // many it wrote, at most the slice's length), so the first `len + n` bytes of the
-    // buffer are initialized.
-    unsafe { input.set_len(input.len() + n) };
-    Ok(n)
 }
 
 /// Connects and does the opening handshake, blocking, with [`HANDSHAKE_TIMEOUT`] on the

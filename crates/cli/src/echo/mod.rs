@@ -1,5 +1,9 @@
 //! `sockeye echo`: a bare echo server for conformance runs and benchmarks.
 //!
+//! Two engines serve it: the event loop ([`event_loop`], the default for plain `ws://` on
+//! one thread: `mio` straight over the protocol core) and the library's tokio server
+//! (`--engine tokio`, and always for TLS or `--threads` above 1). Both echo the same way:
+//!
 //! Binary messages are forwarded piece by piece as they arrive (`deliver_fragments` +
 //! `stream_frames`): a large message goes back out while it is still coming in, and is
 //! never held whole. Each frame goes back as one frame of the same length: the pieces
@@ -7,6 +11,8 @@
 //! length goes first. Text is echoed once the whole message has proven to be UTF-8.
 
 use std::process::ExitCode;
+
+use anyhow::Context as _;
 
 use futures_util::StreamExt;
 use sockeye::proto::bytes::BytesMut;
@@ -25,9 +31,64 @@ pub struct Args {
     /// Accept permessage-deflate (RFC 7692) offers; off by default, as in ws.
     #[arg(long)]
     deflate: bool,
+    /// What serves the connections: `loop` (one thread, mio over the protocol core; plain
+    /// ws:// with one thread), `tokio` (the library's server), or `auto` (loop where it
+    /// can).
+    #[arg(long, value_enum, default_value_t = Engine::Auto)]
+    engine: Engine,
+}
+
+/// `--engine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    Auto,
+    Loop,
+    Tokio,
+}
+
+mod event_loop;
+
+/// The server configuration both engines use.
+fn config(args: &Args) -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.websocket.max_payload = args.server.max_payload;
+    config.handshake_timeout = args.server.handshake_timeout;
+    config.client_tracking = false;
+    config.websocket.deliver_fragments = true;
+    config.websocket.stream_frames = true;
+    if args.deflate {
+        config.per_message_deflate = Some(sockeye::DeflateConfig::default());
+    }
+    config
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let tls = args.server.tls_cert.is_some();
+    let looped = !tls && args.threads <= 1;
+    let use_loop = match args.engine {
+        Engine::Auto => looped,
+        Engine::Loop if looped => true,
+        Engine::Loop => {
+            anyhow::bail!("--engine loop serves plain ws:// on one thread; use --engine tokio")
+        }
+        Engine::Tokio => false,
+    };
+    if use_loop {
+        let config = config(&args);
+        let listener = event_loop::bind(args.server.listen, config.backlog)
+            .with_context(|| format!("cannot listen on {}", args.server.listen))?;
+        println!("sockeye echo listening on ws://{}", listener.local_addr()?);
+        event_loop::serve(
+            listener,
+            event_loop::Settings {
+                websocket: std::sync::Arc::new(config.websocket),
+                deflate: config.per_message_deflate,
+                handshake_timeout: config.handshake_timeout,
+                head_limits: config.head_limits,
+            },
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -42,14 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<ExitCode> {
-    let mut config = ServerConfig::default();
-    config.websocket.max_payload = args.server.max_payload;
-    config.client_tracking = false;
-    config.websocket.deliver_fragments = true;
-    config.websocket.stream_frames = true;
-    if args.deflate {
-        config.per_message_deflate = Some(sockeye::DeflateConfig::default());
-    }
+    let config = config(&args);
     let tls = args.server.tls()?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let server = WebSocketServer::bind_tls(args.server.listen, config, tls).await?;

@@ -1,0 +1,547 @@
+//! `sockeye echo`'s default engine for plain `ws://` on one thread: every connection on
+//! one `mio` poll, driven straight over the sans-I/O protocol core
+//! ([`sockeye::proto::Connection`]) and its handshake functions, the way an epoll server
+//! in C is written. The per-message cost is then the WebSocket work and the system calls,
+//! without an async runtime's task polls and wakers or the tokio layer's locking
+//! (`--engine tokio` serves with the library's [`sockeye::WebSocketServer`] instead;
+//! BENCHMARKS.md compares the two).
+//!
+//! It keeps what the tokio server does for `sockeye echo`: the request head read within
+//! `handshake_timeout` and `head_limits` (answered 408 or the error's status otherwise),
+//! the first offered subprotocol, permessage-deflate when enabled, frames relayed piece
+//! by piece, reading paused while the peer does not take what is queued for it (the
+//! send queue's high-water mark), the close handshake and its timeout, and no read
+//! buffer held by an idle connection (one spare buffer for the loop).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, IoSlice, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use sockeye::proto::bytes::{Buf, BytesMut};
+use sockeye::proto::handshake::server::{parse_request, reject_error, Upgrade};
+use sockeye::proto::http::{HeaderMap, HeaderValue};
+use sockeye::proto::{Config, Connection, DataKind, Deflate, HandshakeError, Message, Role};
+use sockeye::{DeflateConfig, HeadLimits};
+
+use crate::socket::recv;
+
+/// The smallest room offered to a read, and the largest.
+const READ_MIN: usize = 64 * 1024;
+const READ_MAX: usize = 4 * 1024 * 1024;
+/// A read buffer grown past this (a large frame) is freed when idle, not kept as spare.
+const SPARE_MAX: usize = 256 * 1024;
+/// Time a refusal gets to be written before the connection is dropped.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// The listener's token; connections use their slot index.
+const LISTENER: Token = Token(usize::MAX);
+
+/// What the loop serves with.
+pub struct Settings {
+    pub websocket: Arc<Config>,
+    pub deflate: Option<DeflateConfig>,
+    pub handshake_timeout: Duration,
+    pub head_limits: HeadLimits,
+}
+
+/// Binds `addr`; the listener, to [`serve`] after announcing its address.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Echoes on every connection `listener` accepts, until an I/O error of the poll itself.
+pub fn serve(listener: std::net::TcpListener, settings: Settings) -> io::Result<()> {
+    let mut listener = mio::net::TcpListener::from_std(listener);
+    let poll = Poll::new()?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut server = Server {
+        poll,
+        settings,
+        clients: Vec::new(),
+        free: Vec::new(),
+        timers: BinaryHeap::new(),
+        spare: BytesMut::new(),
+    };
+    let mut events = Events::with_capacity(1024);
+    loop {
+        let timeout = server
+            .timers
+            .peek()
+            .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
+        if let Err(e) = server.poll.poll(&mut events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => server.accept(&listener),
+                Token(slot) => server.drive(slot, event.is_writable()),
+            }
+        }
+        server.fire_timers();
+    }
+}
+
+/// One connection.
+struct Client {
+    io: mio::net::TcpStream,
+    phase: Phase,
+    /// Bytes read and not yet consumed; empty (and freed) between reads when idle.
+    input: BytesMut,
+    /// Bytes to write before anything the protocol queues: the 101 or a refusal.
+    out: BytesMut,
+    /// Registered for writable events too (a write is waiting for room).
+    write_wait: bool,
+    /// Reading stopped at the send queue's high-water mark; resumes once it drains.
+    backpressured: bool,
+    /// The deadline this connection has in the timer heap, if any.
+    scheduled: Option<Instant>,
+}
+
+enum Phase {
+    /// Reading the request head, until the deadline.
+    Handshake { deadline: Instant },
+    /// Writing a refusal, then closing (dropped at the deadline if the peer does not read).
+    Refusing { deadline: Instant },
+    /// Upgraded.
+    Open {
+        conn: Box<Connection>,
+        /// A text message arriving in several pieces, until it is complete.
+        text: Option<Box<BytesMut>>,
+    },
+}
+
+struct Server {
+    poll: Poll,
+    settings: Settings,
+    clients: Vec<Option<Client>>,
+    /// Free slots in `clients`.
+    free: Vec<usize>,
+    /// Deadlines: (when, slot); stale entries are skipped when they come up.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// The read buffer lent to whichever connection reads.
+    spare: BytesMut,
+}
+
+/// What to do with a connection after driving it.
+enum Verdict {
+    Keep,
+    Close,
+}
+
+impl Server {
+    fn accept(&mut self, listener: &mio::net::TcpListener) {
+        loop {
+            let (mut io, _) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Out of descriptors, a connection reset before accept...: try later.
+                Err(_) => return,
+            };
+            let _ = io.set_nodelay(true);
+            let slot = self.free.pop().unwrap_or_else(|| {
+                self.clients.push(None);
+                self.clients.len() - 1
+            });
+            if self
+                .poll
+                .registry()
+                .register(&mut io, Token(slot), Interest::READABLE)
+                .is_err()
+            {
+                self.free.push(slot);
+                continue;
+            }
+            let deadline = Instant::now() + self.settings.handshake_timeout;
+            self.clients[slot] = Some(Client {
+                io,
+                phase: Phase::Handshake { deadline },
+                input: BytesMut::new(),
+                out: BytesMut::new(),
+                write_wait: false,
+                backpressured: false,
+                scheduled: None,
+            });
+            // The request may already be there.
+            self.drive(slot, false);
+        }
+    }
+
+    /// Reads, echoes and writes what the connection in `slot` has ready.
+    fn drive(&mut self, slot: usize, writable: bool) {
+        let Some(mut client) = self.clients.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let verdict = self.step(&mut client, writable);
+        self.settle(slot, client, verdict);
+    }
+
+    fn step(&mut self, client: &mut Client, writable: bool) -> Verdict {
+        if writable || client.write_wait {
+            if let Err(()) = flush(client) {
+                return Verdict::Close;
+            }
+        }
+        let verdict = match client.phase {
+            Phase::Handshake { .. } => self.read_request(client),
+            Phase::Refusing { .. } => Verdict::Keep,
+            Phase::Open { .. } => self.read_frames(client),
+        };
+        if let Verdict::Close = verdict {
+            return verdict;
+        }
+        if let Err(()) = flush(client) {
+            return Verdict::Close;
+        }
+        // A backpressured reader whose queue drained reads what it left.
+        if client.backpressured && !over_high_water(client) {
+            client.backpressured = false;
+            if let Verdict::Close = self.read_frames(client) {
+                return Verdict::Close;
+            }
+            if let Err(()) = flush(client) {
+                return Verdict::Close;
+            }
+        }
+        if done(client) {
+            Verdict::Close
+        } else {
+            Verdict::Keep
+        }
+    }
+
+    /// Puts the connection back (registering its interest and deadline) or closes it.
+    fn settle(&mut self, slot: usize, mut client: Client, verdict: Verdict) {
+        if let Verdict::Close = verdict {
+            let _ = client.io.shutdown(std::net::Shutdown::Write);
+            let _ = self.poll.registry().deregister(&mut client.io);
+            self.free.push(slot);
+            return;
+        }
+        let wants_write = !client.out.is_empty()
+            || match &mut client.phase {
+                Phase::Open { conn, .. } => !conn.transmit().is_empty(),
+                _ => false,
+            };
+        if wants_write != client.write_wait {
+            client.write_wait = wants_write;
+            let interest = if wants_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if self
+                .poll
+                .registry()
+                .reregister(&mut client.io, Token(slot), interest)
+                .is_err()
+            {
+                self.free.push(slot);
+                return;
+            }
+        }
+        let deadline = match &client.phase {
+            Phase::Handshake { deadline } | Phase::Refusing { deadline } => Some(*deadline),
+            Phase::Open { conn, .. } => conn.poll_timeout(),
+        };
+        if deadline != client.scheduled {
+            client.scheduled = deadline;
+            if let Some(at) = deadline {
+                self.timers.push(Reverse((at, slot)));
+            }
+        }
+        self.clients[slot] = Some(client);
+    }
+
+    /// Acts on the deadlines that have passed.
+    fn fire_timers(&mut self) {
+        if self.timers.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        while let Some(&Reverse((at, slot))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(mut client) = self.clients.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            if client.scheduled != Some(at) {
+                // Stale: the connection's deadline moved since.
+                self.clients[slot] = Some(client);
+                continue;
+            }
+            client.scheduled = None;
+            let verdict = match &mut client.phase {
+                Phase::Handshake { .. } => {
+                    refuse(&mut client, &HandshakeError::Timeout);
+                    self.step(&mut client, false)
+                }
+                Phase::Refusing { .. } => Verdict::Close,
+                Phase::Open { conn, .. } => {
+                    conn.handle_timeout(now);
+                    self.step(&mut client, false)
+                }
+            };
+            self.settle(slot, client, verdict);
+        }
+    }
+
+    /// Reads the request head; answers 101 (and goes on to frames) or refuses.
+    fn read_request(&mut self, client: &mut Client) -> Verdict {
+        loop {
+            match parse_request(&client.input, &self.settings.head_limits) {
+                Ok(Some((request, len))) => {
+                    client.input.advance(len);
+                    match self.upgrade(client, &request) {
+                        Ok(()) => return self.read_frames(client),
+                        Err(e) => {
+                            refuse(client, &e);
+                            return Verdict::Keep;
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    refuse(client, &e);
+                    return Verdict::Keep;
+                }
+            }
+            client.input.reserve(1024);
+            match recv(&client.io, &mut client.input) {
+                Ok(0) => return Verdict::Close,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Verdict::Keep,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Verdict::Close,
+            }
+        }
+    }
+
+    /// Checks the request as the tokio server does for `sockeye echo` and queues the 101.
+    fn upgrade(
+        &self,
+        client: &mut Client,
+        request: &sockeye::proto::http::Request<()>,
+    ) -> Result<(), HandshakeError> {
+        let upgrade = Upgrade::validate(request)?;
+        let deflate = match &self.settings.deflate {
+            Some(config) => upgrade
+                .negotiate_deflate(config)?
+                .map(|params| (params, config)),
+            None => None,
+        };
+        let mut headers = HeaderMap::new();
+        if let Some((params, _)) = &deflate {
+            let value = HeaderValue::from_str(&params.header_value()).expect("tokens only");
+            headers.insert(
+                sockeye::proto::http::header::SEC_WEBSOCKET_EXTENSIONS,
+                value,
+            );
+        }
+        // As `ws` by default: the first subprotocol the client offers.
+        let protocol = upgrade.protocols.first().map(String::as_str);
+        client
+            .out
+            .extend_from_slice(&upgrade.accept(protocol, &headers));
+        let mut conn = Connection::new(Role::Server, self.settings.websocket.clone());
+        if let Some((params, config)) = deflate {
+            conn = conn.with_deflate(Deflate::new(Role::Server, params, config));
+        }
+        client.phase = Phase::Open {
+            conn: Box::new(conn),
+            text: None,
+        };
+        Ok(())
+    }
+
+    /// Reads and echoes frames until the socket has no more, the send queue is full, or
+    /// the connection is done reading.
+    fn read_frames(&mut self, client: &mut Client) -> Verdict {
+        let Phase::Open { conn, text } = &mut client.phase else {
+            return Verdict::Keep;
+        };
+        let mut verdict = Verdict::Keep;
+        loop {
+            // What is buffered first (leftovers after the head, or after backpressure).
+            if let Err(()) = echo_buffered(conn, text, &mut client.input) {
+                break;
+            }
+            if conn.is_read_closed() {
+                break;
+            }
+            if conn.transmit_len() >= conn.config().send_queue.high_water {
+                client.backpressured = true;
+                break;
+            }
+            if client.input.is_empty() && self.spare.capacity() > client.input.capacity() {
+                std::mem::swap(&mut client.input, &mut self.spare);
+            }
+            let want = conn.read_hint(&client.input).clamp(READ_MIN, READ_MAX);
+            client.input.reserve(want);
+            let room = client.input.capacity() - client.input.len();
+            match recv(&client.io, &mut client.input) {
+                Ok(0) => {
+                    conn.handle_eof();
+                    break;
+                }
+                // A short read took all there was: the next arrival raises a new edge.
+                Ok(n) if n < room => {
+                    let _ = echo_buffered(conn, text, &mut client.input);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    verdict = Verdict::Close;
+                    break;
+                }
+            }
+        }
+        self.idle_input(client);
+        verdict
+    }
+
+    /// An emptied read buffer goes back to the loop's spare (when nothing refers to it
+    /// and it was not grown for a large frame), so an idle connection holds none.
+    fn idle_input(&mut self, client: &mut Client) {
+        if !client.input.is_empty() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut client.input);
+        if buf.capacity() <= SPARE_MAX
+            && buf.capacity() > self.spare.capacity()
+            && buf.try_reclaim(READ_MIN)
+        {
+            self.spare = buf;
+        }
+    }
+}
+
+/// Decodes the frames in `input` and queues their echo; `Err` once the connection has
+/// failed (its close frame is queued).
+fn echo_buffered(
+    conn: &mut Connection,
+    text: &mut Option<Box<BytesMut>>,
+    input: &mut BytesMut,
+) -> Result<(), ()> {
+    loop {
+        let now = if conn.read_needs_clock(input) {
+            Instant::now()
+        } else {
+            // A server without a heartbeat ignores the time while reading.
+            *EPOCH.get_or_init(Instant::now)
+        };
+        let message = match conn.read(input, now) {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ok(()),
+            Err(_) => return Err(()),
+        };
+        // Pings, pongs and the close handshake are answered by the connection.
+        let Message::Fragment(piece) = message else {
+            continue;
+        };
+        // Sends fail only once the connection is closing; the echo then just stops.
+        let _ = if piece.kind == DataKind::Binary {
+            // Each piece straight back, into the frame it came in.
+            conn.send_fragment(piece, true)
+        } else if piece.ends_message() && text.is_none() {
+            conn.send_bytes(DataKind::Text, piece.data, true, true)
+        } else {
+            // Text in several pieces: collected until the message is complete (checked).
+            let buffer = text.get_or_insert_default();
+            buffer.extend_from_slice(&piece.data);
+            if !piece.ends_message() {
+                continue;
+            }
+            let whole = buffer.split().freeze();
+            *text = None;
+            conn.send_bytes(DataKind::Text, whole, true, true)
+        };
+    }
+}
+
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn over_high_water(client: &mut Client) -> bool {
+    match &mut client.phase {
+        Phase::Open { conn, .. } => conn.transmit_len() >= conn.config().send_queue.high_water,
+        _ => false,
+    }
+}
+
+/// Whether the connection is finished: a refusal written, or the protocol done with
+/// the transport and everything written.
+fn done(client: &mut Client) -> bool {
+    if !client.out.is_empty() {
+        return false;
+    }
+    match &mut client.phase {
+        Phase::Handshake { .. } => false,
+        Phase::Refusing { .. } => true,
+        Phase::Open { conn, .. } => conn.should_close_transport() && conn.transmit().is_empty(),
+    }
+}
+
+/// Queues the refusal of a bad request and switches to writing it.
+fn refuse(client: &mut Client, error: &HandshakeError) {
+    client.out.extend_from_slice(&reject_error(error));
+    client.input = BytesMut::new();
+    client.phase = Phase::Refusing {
+        deadline: Instant::now() + REFUSAL_TIMEOUT,
+    };
+}
+
+/// Writes what is queued, the 101 or refusal first; `Err` when the socket failed.
+fn flush(client: &mut Client) -> Result<(), ()> {
+    while !client.out.is_empty() {
+        match client.io.write(&client.out) {
+            Ok(0) => return Err(()),
+            Ok(n) => client.out.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(()),
+        }
+    }
+    if client.out.capacity() > 0 {
+        client.out = BytesMut::new();
+    }
+    let Phase::Open { conn, .. } = &mut client.phase else {
+        return Ok(());
+    };
+    let transmit = conn.transmit();
+    while !transmit.is_empty() {
+        let written = if transmit.is_segmented() {
+            let mut slices = [IoSlice::new(&[]); 32];
+            let n = transmit.chunks_vectored(&mut slices);
+            client.io.write_vectored(&slices[..n])
+        } else {
+            client.io.write(transmit.chunk())
+        };
+        match written {
+            Ok(0) => return Err(()),
+            Ok(n) => transmit.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(()),
+        }
+    }
+    // Written out: an idle connection holds no write buffer.
+    transmit.shrink();
+    Ok(())
+}
