@@ -115,12 +115,14 @@ SOCKEYE=$REPO/target/release/sockeye
   echo "cores: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/build.txt"
 
-# 4. Servers file: bench/servers.conf (paths relative to the harness), Sockeye by absolute path.
+# 4. Servers file: bench/servers.conf (paths relative to the harness), Sockeye (both of its
+# echo engines) by absolute path.
 SERVERS=$OUT/servers.conf
 {
   echo "# written by bench/side_by_side.sh; paths relative to $WORK"
-  grep -v -e '^\s*#' -e '^\s*$' -e '^sockeye|' "$REPO/bench/servers.conf"
+  grep -v -e '^\s*#' -e '^\s*$' -e '^sockeye|' -e '^sockeye-tokio|' "$REPO/bench/servers.conf"
   echo "sockeye|ws|$SOCKEYE echo --listen 127.0.0.1:{port}"
+  echo "sockeye-tokio|ws|$SOCKEYE echo --engine tokio --listen 127.0.0.1:{port}"
 } >"$SERVERS.all"
 if [ -n "$ONLY" ]; then
   { echo "# --only $ONLY"; grep '^#' "$SERVERS.all"; } >"$SERVERS"

@@ -2,8 +2,10 @@
 # Runs the Autobahn|Testsuite against Sockeye in both roles, strict.
 #   conformance/autobahn.sh [server|client|both] [extra autobahn.sh options]
 #   AUTOBAHN_CASES='*' conformance/autobahn.sh both      # everything (about 30 min a role)
-# The server is `sockeye echo --deflate`; the client is the autobahn_client example, which
-# offers permessage-deflate like ws. By default: every case of sections 1-10, plus a fixed
+# The server is `sockeye echo --deflate`, once with each engine: the event loop (agent
+# `sockeye`, the default) and the library's tokio server (`--engine tokio`, agent
+# `sockeye-tokio`); the client is the autobahn_client example, which offers
+# permessage-deflate like ws. By default: every case of sections 1-10, plus a fixed
 # subset of the compression sections that covers every parameter combination (see CASES).
 # Needs ../shared/autobahn/autobahn.sh beside the repository (it sets up wstest on first use).
 set -euo pipefail
@@ -25,6 +27,8 @@ status=0
 if [ "$MODE" = server ] || [ "$MODE" = both ]; then
   bash "$HARNESS" server ws://127.0.0.1:9002 --agent sockeye --cases "$CASES" --strict --timeout 2400 "$@" \
     -- target/release/sockeye echo --deflate --listen 127.0.0.1:{port} || status=1
+  bash "$HARNESS" server ws://127.0.0.1:9002 --agent sockeye-tokio --cases "$CASES" --strict --timeout 2400 "$@" \
+    -- target/release/sockeye echo --engine tokio --deflate --listen 127.0.0.1:{port} || status=1
 fi
 if [ "$MODE" = client ] || [ "$MODE" = both ]; then
   bash "$HARNESS" client --agent sockeye --cases "$CASES" --strict --timeout 2400 "$@" \

@@ -272,11 +272,16 @@ impl Server {
             return;
         }
         let now = Instant::now();
+        // The deadlines due now; any that acting on them sets come up in the next round.
+        let mut due = Vec::new();
         while let Some(&Reverse((at, slot))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
+            due.push((at, slot));
+        }
+        for (at, slot) in due {
             let Some(mut client) = self.clients.get_mut(slot).and_then(Option::take) else {
                 continue;
             };
