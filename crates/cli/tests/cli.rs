@@ -444,7 +444,7 @@ async fn echo_pauses_reading_for_a_client_that_does_not_read() {
         for i in 0..MESSAGES {
             let message = tokio::time::timeout(STEP, reader.next())
                 .await
-                .expect("an echo in time")
+                .unwrap_or_else(|_| panic!("{engine}: echo #{i} in time"))
                 .expect("open")
                 .expect("no error");
             assert_eq!(

@@ -195,25 +195,23 @@ impl Server {
                 return Verdict::Close;
             }
         }
-        let verdict = match client.phase {
-            Phase::Handshake { .. } => self.read_request(client),
-            Phase::Refusing { .. } => Verdict::Keep,
-            Phase::Open { .. } => self.read_frames(client),
-        };
-        if let Verdict::Close = verdict {
-            return verdict;
-        }
-        if let Err(()) = flush(client) {
-            return Verdict::Close;
-        }
-        // A backpressured reader whose queue drained reads what it left.
-        if client.backpressured && !over_high_water(client) {
-            client.backpressured = false;
-            if let Verdict::Close = self.read_frames(client) {
-                return Verdict::Close;
+        loop {
+            let verdict = match client.phase {
+                Phase::Handshake { .. } => self.read_request(client),
+                Phase::Refusing { .. } => Verdict::Keep,
+                Phase::Open { .. } => self.read_frames(client),
+            };
+            if let Verdict::Close = verdict {
+                return verdict;
             }
             if let Err(()) = flush(client) {
                 return Verdict::Close;
+            }
+            // Reading stopped at the send queue's high-water mark and the queue drained at
+            // once: no event will come for the bytes still unread (edge-triggered), so
+            // read on now. A queue that did not drain waits for the writable event.
+            if !(client.backpressured && !over_high_water(client)) {
+                break;
             }
         }
         if done(client) {
@@ -377,6 +375,7 @@ impl Server {
     /// Reads and echoes frames until the socket has no more, the send queue is full, or
     /// the connection is done reading.
     fn read_frames(&mut self, client: &mut Client) -> Verdict {
+        client.backpressured = false;
         let Phase::Open { conn, text } = &mut client.phase else {
             return Verdict::Keep;
         };
