@@ -210,7 +210,7 @@ impl Server {
             // Reading stopped at the send queue's high-water mark and the queue drained at
             // once: no event will come for the bytes still unread (edge-triggered), so
             // read on now. A queue that did not drain waits for the writable event.
-            if !(client.backpressured && !over_high_water(client)) {
+            if !client.backpressured || over_high_water(client) {
                 break;
             }
         }
