@@ -400,6 +400,53 @@ async fn echo_refuses_bad_requests_and_slow_handshakes() {
     assert!((400..500).contains(&statuses[0]), "{statuses:?}");
 }
 
+/// The event loop keeps accepting after it ran out of descriptors: a connection that
+/// waited in the listen backlog meanwhile (and so raises no new event) is served once
+/// descriptors are free again.
+#[tokio::test]
+async fn echo_loop_accepts_again_after_running_out_of_descriptors() {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 32 && exec \"$0\" echo --listen 127.0.0.1:0")
+        .arg(env!("CARGO_BIN_EXE_sockeye"))
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sh");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(STEP, stdout.next_line())
+        .await
+        .expect("the server announces itself in time")
+        .unwrap()
+        .expect("a first line");
+    let addr: SocketAddr = line
+        .strip_prefix("sockeye echo listening on ws://")
+        .and_then(|rest| rest.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    // More connections than descriptors: the first ones are accepted, the rest wait.
+    let mut held = Vec::new();
+    for _ in 0..48 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = held.pop().unwrap();
+    // The accepted ones leave; the server closes them and has descriptors again.
+    drop(held);
+    let url = format!("ws://{addr}/");
+    let target = sockeye::Target::parse(&url).unwrap();
+    let (mut ws, _) = tokio::time::timeout(
+        STEP,
+        sockeye::client_handshake(waiting, &target, &url, &sockeye::ClientConfig::default()),
+    )
+    .await
+    .expect("the waiting connection is accepted and upgraded in time")
+    .unwrap();
+    ws.send_text("after the backlog").await.unwrap();
+    assert_eq!(next(&mut ws).await.as_text(), Some("after the backlog"));
+}
+
 /// The resident set of process `pid`, in bytes (Linux).
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -14,12 +14,19 @@
 //! # Memory per idle connection
 //!
 //! `sockeye echo` (one thread) with 10,000 idle upgraded connections, server RSS growth
-//! per connection (`../shared/bench` scenario `mem10000`; BENCHMARKS.md): **865 bytes**.
-//! That is tokio's I/O registration (256 bytes) and task (256 bytes, the echo loop's
-//! state included) and one allocation of Sockeye's shared connection state (`Arc`
-//! counts, the [`crate::Connection`] of at most 176 bytes, the transport and wakers: at
-//! most 384 bytes; tests hold both budgets). Nothing else stays allocated while a
-//! connection idles:
+//! per connection (`../shared/bench` scenario `mem10000`; BENCHMARKS.md):
+//!
+//! - **550 bytes** on its default engine, the event loop straight over this crate: one
+//!   allocation per connection (the loop's record with the [`crate::Connection`] inline,
+//!   at most 320 bytes) and a pointer in its table;
+//! - **1,002 bytes** on the library's tokio server (`--engine tokio`): tokio's I/O
+//!   registration (256 bytes) and task (256 bytes, the echo loop's state included) and
+//!   one allocation of Sockeye's shared connection state (`Arc` counts, the
+//!   [`crate::Connection`] of at most 184 bytes, the transport and wakers: at most 384
+//!   bytes; tests hold both budgets). That is 858 bytes in use; the rest is the
+//!   allocator's slack.
+//!
+//! Nothing else stays allocated while a connection idles:
 //!
 //! - the configuration is one `Arc<Config>` per server, not a copy per connection;
 //! - what the handshake agreed, the heartbeat clock, the segment queue of
@@ -33,7 +40,11 @@
 //! The allocator matters: the `sockeye` binary uses mimalloc. With glibc's malloc the
 //! same run measures about 1,390 bytes: tokio's 128-byte-aligned allocations go through
 //! `memalign`, which leaves free fragments around each (in use 1,020 bytes against
-//! 1,425 bytes of heap per connection, `malloc_stats`).
+//! 1,425 bytes of heap per connection, `malloc_stats`). The binary builds mimalloc
+//! without transparent huge pages (`no_thp`): with them its heap became resident in 2 MB
+//! steps, so RSS per connection measured what the last huge page happened to hold (the
+//! tokio engine's earlier 865 bytes, and 1,074-1,291 bytes for the event loop's 450 bytes
+//! in use).
 //!
 //! # Memory per connection with permessage-deflate
 //!

@@ -36,6 +36,8 @@ const READ_MAX: usize = 4 * 1024 * 1024;
 const SPARE_MAX: usize = 256 * 1024;
 /// Time a refusal gets to be written before the connection is dropped.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long to wait before accepting again after an error such as EMFILE.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// The listener's token; connections use their slot index.
 const LISTENER: Token = Token(usize::MAX);
 
@@ -71,13 +73,16 @@ pub fn serve(listener: std::net::TcpListener, settings: Settings) -> io::Result<
         free: Vec::new(),
         timers: BinaryHeap::new(),
         spare: BytesMut::new(),
+        accept_retry: None,
     };
     let mut events = Events::with_capacity(1024);
     loop {
-        let timeout = server
-            .timers
-            .peek()
-            .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
+        let next = server.timers.peek().map(|Reverse((at, _))| *at);
+        let next = match (next, server.accept_retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = next.map(|at| at.saturating_duration_since(Instant::now()));
         if let Err(e) = server.poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -91,6 +96,10 @@ pub fn serve(listener: std::net::TcpListener, settings: Settings) -> io::Result<
             }
         }
         server.fire_timers();
+        if server.accept_retry.is_some_and(|at| at <= Instant::now()) {
+            server.accept_retry = None;
+            server.accept(&listener);
+        }
     }
 }
 
@@ -135,6 +144,9 @@ struct Server {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// The read buffer lent to whichever connection reads.
     spare: BytesMut,
+    /// When to try accepting again after an error (out of descriptors, say): the
+    /// listener raises no new edge for connections already waiting.
+    accept_retry: Option<Instant>,
 }
 
 /// What to do with a connection after driving it.
@@ -150,8 +162,13 @@ impl Server {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // Out of descriptors, a connection reset before accept...: try later.
-                Err(_) => return,
+                // A connection reset before it was accepted: the next one.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                // Out of descriptors or memory: try again shortly.
+                Err(_) => {
+                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+                    return;
+                }
             };
             let _ = io.set_nodelay(true);
             let slot = self.free.pop().unwrap_or_else(|| {
@@ -383,13 +400,26 @@ impl Server {
     /// the connection is done reading.
     fn read_frames(&mut self, client: &mut Client) -> Verdict {
         client.backpressured = false;
-        let Phase::Open { conn, text } = &mut client.phase else {
+        let Client {
+            io,
+            phase,
+            input,
+            out,
+            ..
+        } = client;
+        let Phase::Open { conn, text } = phase else {
             return Verdict::Keep;
         };
         let mut verdict = Verdict::Keep;
         loop {
             // What is buffered first (leftovers after the head, or after backpressure).
-            if let Err(()) = echo_buffered(conn, text, &mut client.input) {
+            if let Err(()) = echo_buffered(conn, text, input) {
+                break;
+            }
+            // Each read's echo goes out before the next read, as a stream: a large frame
+            // relayed in pieces is not held back, and its pieces' buffers free up.
+            if out.is_empty() && write_transmit(io, conn).is_err() {
+                verdict = Verdict::Close;
                 break;
             }
             if conn.is_read_closed() {
@@ -399,20 +429,20 @@ impl Server {
                 client.backpressured = true;
                 break;
             }
-            if client.input.is_empty() && self.spare.capacity() > client.input.capacity() {
-                std::mem::swap(&mut client.input, &mut self.spare);
+            if input.is_empty() && self.spare.capacity() > input.capacity() {
+                std::mem::swap(input, &mut self.spare);
             }
-            let want = conn.read_hint(&client.input).clamp(READ_MIN, READ_MAX);
-            client.input.reserve(want);
-            let room = client.input.capacity() - client.input.len();
-            match recv(&client.io, &mut client.input) {
+            let want = conn.read_hint(input).clamp(READ_MIN, READ_MAX);
+            input.reserve(want);
+            let room = input.capacity() - input.len();
+            match recv(io, input) {
                 Ok(0) => {
                     conn.handle_eof();
                     break;
                 }
                 // A short read took all there was: the next arrival raises a new edge.
                 Ok(n) if n < room => {
-                    let _ = echo_buffered(conn, text, &mut client.input);
+                    let _ = echo_buffered(conn, text, input);
                     break;
                 }
                 Ok(_) => {}
@@ -532,17 +562,26 @@ fn flush(client: &mut Client) -> Result<(), ()> {
     if client.out.capacity() > 0 {
         client.out = BytesMut::new();
     }
-    let Phase::Open { conn, .. } = &mut client.phase else {
-        return Ok(());
-    };
+    match &mut client.phase {
+        Phase::Open { conn, .. } => write_transmit(&mut client.io, conn),
+        _ => Ok(()),
+    }
+}
+
+/// Writes what the connection has queued (until the socket is full); `Err` when the
+/// socket failed.
+fn write_transmit(io: &mut mio::net::TcpStream, conn: &mut Connection) -> Result<(), ()> {
     let transmit = conn.transmit();
+    if transmit.is_empty() {
+        return Ok(());
+    }
     while !transmit.is_empty() {
         let written = if transmit.is_segmented() {
             let mut slices = [IoSlice::new(&[]); 32];
             let n = transmit.chunks_vectored(&mut slices);
-            client.io.write_vectored(&slices[..n])
+            io.write_vectored(&slices[..n])
         } else {
-            client.io.write(transmit.chunk())
+            io.write(transmit.chunk())
         };
         match written {
             Ok(0) => return Err(()),
