@@ -11,7 +11,10 @@
 //! the first offered subprotocol, permessage-deflate when enabled, frames relayed piece
 //! by piece, reading paused while the peer does not take what is queued for it (the
 //! send queue's high-water mark), the close handshake and its timeout, and no read
-//! buffer held by an idle connection (one spare buffer for the loop).
+//! buffer held by an idle connection (one spare buffer for the loop). Beyond it: each
+//! read's echo is written before the next read, and accepting resumes shortly after an
+//! error such as running out of descriptors (the listener raises no new event for
+//! connections already waiting).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
