@@ -403,6 +403,7 @@ async fn echo_refuses_bad_requests_and_slow_handshakes() {
 /// The event loop keeps accepting after it ran out of descriptors: a connection that
 /// waited in the listen backlog meanwhile (and so raises no new event) is served once
 /// descriptors are free again.
+#[cfg(unix)]
 #[tokio::test]
 async fn echo_loop_accepts_again_after_running_out_of_descriptors() {
     let mut child = Command::new("sh")
@@ -448,6 +449,7 @@ async fn echo_loop_accepts_again_after_running_out_of_descriptors() {
 }
 
 /// The resident set of process `pid`, in bytes (Linux).
+#[cfg(target_os = "linux")]
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
@@ -461,6 +463,7 @@ fn rss(pid: u32) -> u64 {
 /// A client that sends without reading: the server stops reading once its send queue
 /// reaches the high-water mark (so its memory stays bounded instead of buffering 64 MiB
 /// of echoes), and reads on once the client drains its echoes: every message comes back.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn echo_pauses_reading_for_a_client_that_does_not_read() {
     const MESSAGES: usize = 64;

@@ -30,6 +30,7 @@ use sockeye::proto::http::{HeaderMap, HeaderValue};
 use sockeye::proto::{Config, Connection, DataKind, Deflate, HandshakeError, Message, Role};
 use sockeye::{DeflateConfig, HeadLimits};
 
+use super::Echo;
 use crate::socket::recv;
 
 /// The smallest room offered to a read, and the largest.
@@ -128,11 +129,7 @@ enum Phase {
     /// Writing a refusal, then closing (dropped at the deadline if the peer does not read).
     Refusing { deadline: Instant },
     /// Upgraded.
-    Open {
-        conn: Connection,
-        /// A text message arriving in several pieces, until it is complete.
-        text: Option<Box<BytesMut>>,
-    },
+    Open { conn: Connection, echo: Echo },
 }
 
 struct Server {
@@ -395,7 +392,10 @@ impl Server {
         if let Some((params, config)) = deflate {
             conn = conn.with_deflate(Deflate::new(Role::Server, params, config));
         }
-        client.phase = Phase::Open { conn, text: None };
+        client.phase = Phase::Open {
+            conn,
+            echo: Echo::default(),
+        };
         Ok(())
     }
 
@@ -410,13 +410,13 @@ impl Server {
             out,
             ..
         } = client;
-        let Phase::Open { conn, text } = phase else {
+        let Phase::Open { conn, echo } = phase else {
             return Verdict::Keep;
         };
         let mut verdict = Verdict::Keep;
         loop {
             // What is buffered first (leftovers after the head, or after backpressure).
-            if let Err(()) = echo_buffered(conn, text, input) {
+            if let Err(()) = echo_buffered(conn, echo, input) {
                 break;
             }
             // Each read's echo goes out before the next read, as a stream: a large frame
@@ -445,7 +445,7 @@ impl Server {
                 }
                 // A short read took all there was: the next arrival raises a new edge.
                 Ok(n) if n < room => {
-                    let _ = echo_buffered(conn, text, input);
+                    let _ = echo_buffered(conn, echo, input);
                     break;
                 }
                 Ok(_) => {}
@@ -479,11 +479,7 @@ impl Server {
 
 /// Decodes the frames in `input` and queues their echo; `Err` once the connection has
 /// failed (its close frame is queued).
-fn echo_buffered(
-    conn: &mut Connection,
-    text: &mut Option<Box<BytesMut>>,
-    input: &mut BytesMut,
-) -> Result<(), ()> {
+fn echo_buffered(conn: &mut Connection, echo: &mut Echo, input: &mut BytesMut) -> Result<(), ()> {
     loop {
         let now = if conn.read_needs_clock(input) {
             Instant::now()
@@ -501,21 +497,10 @@ fn echo_buffered(
             continue;
         };
         // Sends fail only once the connection is closing; the echo then just stops.
-        let _ = if piece.kind == DataKind::Binary {
-            // Each piece straight back, into the frame it came in.
-            conn.send_fragment(piece, true)
-        } else if piece.ends_message() && text.is_none() {
-            conn.send_bytes(DataKind::Text, piece.data, true, true)
-        } else {
-            // Text in several pieces: collected until the message is complete (checked).
-            let buffer = text.get_or_insert_default();
-            buffer.extend_from_slice(&piece.data);
-            if !piece.ends_message() {
-                continue;
-            }
-            let whole = buffer.split().freeze();
-            *text = None;
-            conn.send_bytes(DataKind::Text, whole, true, true)
+        let _ = match echo.reply(piece) {
+            Some(Message::Fragment(piece)) => conn.send_fragment(piece, true),
+            Some(Message::UncheckedText(data)) => conn.send_bytes(DataKind::Text, data, true, true),
+            _ => Ok(()),
         };
     }
 }

@@ -13,9 +13,9 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-
 use futures_util::StreamExt;
 use sockeye::proto::bytes::BytesMut;
+use sockeye::proto::Fragment;
 use sockeye::{DataKind, Message, ServerConfig, WebSocket, WebSocketServer};
 
 use crate::ServerArgs;
@@ -124,32 +124,47 @@ async fn echo<S>(mut ws: WebSocket<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    // Boxed and made on first use: this task's state is part of every idle connection.
-    let mut text: Option<Box<BytesMut>> = None;
+    let mut echo = Echo::default();
     while let Some(Ok(message)) = ws.next().await {
-        let reply = match message {
-            // Binary: each piece goes straight back (its buffer handed over, no copy),
-            // into the frame it came in.
-            Message::Fragment(piece) if piece.kind == DataKind::Binary => Message::Fragment(piece),
-            // Text: collected until the message is complete (and so checked).
-            Message::Fragment(piece) if piece.ends_message() && text.is_none() => {
-                Message::UncheckedText(piece.data)
-            }
-            Message::Fragment(piece) => {
-                let buffer = text.get_or_insert_default();
-                buffer.extend_from_slice(&piece.data);
-                if !piece.ends_message() {
-                    continue;
-                }
-                let whole = buffer.split().freeze();
-                text = None;
-                Message::UncheckedText(whole)
-            }
-            // Data always comes as fragments here; pings and pongs are answered already.
-            _ => continue,
+        // Data always comes as fragments here; pings and pongs are answered already.
+        let Message::Fragment(piece) = message else {
+            continue;
+        };
+        let Some(reply) = echo.reply(piece) else {
+            continue;
         };
         if ws.send(reply).await.is_err() {
             break;
         }
+    }
+}
+
+/// What both engines send back for each piece of a data frame.
+#[derive(Default)]
+struct Echo {
+    /// A text message arriving in several pieces, until it is complete. Boxed and made
+    /// on first use: this is part of every idle connection.
+    text: Option<Box<BytesMut>>,
+}
+
+impl Echo {
+    /// The reply to `piece`: binary goes straight back (its buffer handed over, no copy)
+    /// into the frame it came in; text once the whole message has arrived (and so was
+    /// checked).
+    fn reply(&mut self, piece: Fragment) -> Option<Message> {
+        if piece.kind == DataKind::Binary {
+            return Some(Message::Fragment(piece));
+        }
+        if piece.ends_message() && self.text.is_none() {
+            return Some(Message::UncheckedText(piece.data));
+        }
+        let buffer = self.text.get_or_insert_default();
+        buffer.extend_from_slice(&piece.data);
+        if !piece.ends_message() {
+            return None;
+        }
+        let whole = buffer.split().freeze();
+        self.text = None;
+        Some(Message::UncheckedText(whole))
     }
 }
