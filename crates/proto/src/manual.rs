@@ -50,15 +50,16 @@
 //!
 //! Server RSS growth per idle connection after one 2 KiB compressible message was echoed
 //! on each (`bench/deflate_memory.sh 1000`: `sockeye echo --deflate`, one thread,
-//! 1,000 connections opened one after the other; 2026-11-22; the glibc column is the
-//! same binary built without mimalloc):
+//! 1,000 connections opened one after the other; 2026-11-22; the mimalloc column is the
+//! CLI as built now, on its event-loop engine; the glibc column is the earlier tokio-engine
+//! binary built without mimalloc):
 //!
 //! | negotiated | mimalloc (the CLI) | glibc malloc |
 //! |---|---|---|
-//! | no compression | 2,294 | 3,547 |
-//! | `permessage-deflate; server_no_context_takeover; client_no_context_takeover` | 4,456 | 2,388 |
-//! | `permessage-deflate` (context takeover, 15-bit windows) | 474,345 | 347,853 |
-//! | `permessage-deflate; server_max_window_bits=10; client_max_window_bits=10` | 316,973 | 220,979 |
+//! | no compression | 3,297 | 3,547 |
+//! | `permessage-deflate; server_no_context_takeover; client_no_context_takeover` | 1,729 | 2,388 |
+//! | `permessage-deflate` (context takeover, 15-bit windows) | 341,815 | 347,853 |
+//! | `permessage-deflate; server_max_window_bits=10; client_max_window_bits=10` | 214,761 | 220,979 |
 //!
 //! With no context takeover in a direction, no zlib state stays with a connection
 //! between messages: each message starts a fresh deflate stream, so when it ends the
@@ -76,8 +77,8 @@
 //! With context takeover the zlib state must survive between messages; most of it is the
 //! compressor's hash tables (zlib's `memLevel` 8, which flate2 does not expose), the rest
 //! its window: smaller windows ([`crate::DeflateConfig::server_max_window_bits`]) save
-//! about a third. mimalloc rounds these large blocks up more than glibc does (474 KB
-//! against 348 KB). A server with many mostly idle connections should set
+//! about a third. (With transparent huge pages mimalloc measured 474 KB here; the CLI
+//! builds it without them.) A server with many mostly idle connections should set
 //! `server_no_context_takeover` (and usually `client_no_context_takeover`).
 //!
 //! # Security notes
