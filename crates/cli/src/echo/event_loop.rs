@@ -16,8 +16,7 @@
 //! error such as running out of descriptors (the listener raises no new event for
 //! connections already waiting).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeSet;
 use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,13 +74,13 @@ pub fn serve(listener: std::net::TcpListener, settings: Settings) -> io::Result<
         settings,
         clients: Vec::new(),
         free: Vec::new(),
-        timers: BinaryHeap::new(),
+        timers: BTreeSet::new(),
         spare: BytesMut::new(),
         accept_retry: None,
     };
     let mut events = Events::with_capacity(1024);
     loop {
-        let next = server.timers.peek().map(|Reverse((at, _))| *at);
+        let next = server.timers.first().map(|&(at, _)| at);
         let next = match (next, server.accept_retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -140,8 +139,9 @@ struct Server {
     clients: Vec<Option<Box<Client>>>,
     /// Free slots in `clients`.
     free: Vec<usize>,
-    /// Deadlines: (when, slot); stale entries are skipped when they come up.
-    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Deadlines: (when, slot), one per connection that has one (`Client::scheduled`),
+    /// taken out when it moves or the connection ends: no stale entries pile up.
+    timers: BTreeSet<(Instant, usize)>,
     /// The read buffer lent to whichever connection reads.
     spare: BytesMut,
     /// When to try accepting again after an error (out of descriptors, say): the
@@ -243,6 +243,9 @@ impl Server {
     /// Puts the connection back (registering its interest and deadline) or closes it.
     fn settle(&mut self, slot: usize, mut client: Box<Client>, verdict: Verdict) {
         if let Verdict::Close = verdict {
+            if let Some(at) = client.scheduled {
+                self.timers.remove(&(at, slot));
+            }
             let _ = client.io.shutdown(std::net::Shutdown::Write);
             let _ = self.poll.registry().deregister(&mut client.io);
             self.free.push(slot);
@@ -266,6 +269,9 @@ impl Server {
                 .reregister(&mut client.io, Token(slot), interest)
                 .is_err()
             {
+                if let Some(at) = client.scheduled {
+                    self.timers.remove(&(at, slot));
+                }
                 self.free.push(slot);
                 return;
             }
@@ -275,9 +281,12 @@ impl Server {
             Phase::Open { conn, .. } => conn.poll_timeout(),
         };
         if deadline != client.scheduled {
+            if let Some(old) = client.scheduled {
+                self.timers.remove(&(old, slot));
+            }
             client.scheduled = deadline;
             if let Some(at) = deadline {
-                self.timers.push(Reverse((at, slot)));
+                self.timers.insert((at, slot));
             }
         }
         self.clients[slot] = Some(client);
@@ -291,11 +300,11 @@ impl Server {
         let now = Instant::now();
         // The deadlines due now; any that acting on them sets come up in the next round.
         let mut due = Vec::new();
-        while let Some(&Reverse((at, slot))) = self.timers.peek() {
+        while let Some(&(at, slot)) = self.timers.first() {
             if at > now {
                 break;
             }
-            self.timers.pop();
+            self.timers.pop_first();
             due.push((at, slot));
         }
         for (at, slot) in due {
@@ -303,7 +312,7 @@ impl Server {
                 continue;
             };
             if client.scheduled != Some(at) {
-                // Stale: the connection's deadline moved since.
+                // Not this connection's deadline (it would have been taken out): leave it.
                 self.clients[slot] = Some(client);
                 continue;
             }
