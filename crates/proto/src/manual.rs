@@ -16,7 +16,7 @@
 //! `sockeye echo` (one thread) with 10,000 idle upgraded connections, server RSS growth
 //! per connection (`../shared/bench` scenario `mem10000`; BENCHMARKS.md):
 //!
-//! - **550 bytes** on its default engine, the event loop straight over this crate: one
+//! - **504 bytes** on its default engine, the event loop straight over this crate: one
 //!   allocation per connection (the loop's record with the [`crate::Connection`] inline,
 //!   at most 320 bytes) and a pointer in its table;
 //! - **1,002 bytes** on the library's tokio server (`--engine tokio`): tokio's I/O

@@ -599,7 +599,7 @@ mod tests {
 
     /// An idle connection costs its `Client` (one allocation, with the protocol state
     /// inline) and a pointer in the table: keep it in mimalloc's 320-byte class
-    /// (`bench/side_by_side.sh --mem`: 550 bytes per idle connection in all).
+    /// (`bench/side_by_side.sh --mem`: 504 bytes per idle connection in all).
     #[test]
     fn an_idle_connection_stays_small() {
         assert!(
