@@ -66,6 +66,28 @@ struct ServerArgs {
     handshake_timeout: Duration,
 }
 
+/// `--engine` of `bench` and `echo`: the event loop over the protocol core (`loop`), the
+/// library's tokio side (`tokio`), or the loop where it applies (`auto`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    Auto,
+    Loop,
+    Tokio,
+}
+
+impl Engine {
+    /// Whether to run the event loop, given whether it can serve this run; `--engine
+    /// loop` where it cannot is an error saying `why_not`.
+    fn use_loop(self, can: bool, why_not: &str) -> anyhow::Result<bool> {
+        match self {
+            Engine::Auto => Ok(can),
+            Engine::Loop if can => Ok(true),
+            Engine::Loop => anyhow::bail!("{why_not}; use --engine tokio"),
+            Engine::Tokio => Ok(false),
+        }
+    }
+}
+
 /// A positive number of seconds.
 fn parse_secs(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {

@@ -31,9 +31,15 @@ struct Server {
 /// Starts `sockeye <args> --listen 127.0.0.1:0` and reads the address from the first
 /// stdout line, which must start with `prefix` followed by the address.
 async fn start(args: &[&str], prefix: &str) -> Server {
-    let mut child = sockeye()
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
+    let mut command = sockeye();
+    command.args(args).args(["--listen", "127.0.0.1:0"]);
+    start_command(command, prefix).await
+}
+
+/// Runs `command` (a server listening on an ephemeral port) and reads the address from
+/// the first stdout line, which must start with `prefix` followed by the address.
+async fn start_command(mut command: Command, prefix: &str) -> Server {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -406,26 +412,14 @@ async fn echo_refuses_bad_requests_and_slow_handshakes() {
 #[cfg(unix)]
 #[tokio::test]
 async fn echo_loop_accepts_again_after_running_out_of_descriptors() {
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg("ulimit -n 32 && exec \"$0\" echo --listen 127.0.0.1:0")
         .arg(env!("CARGO_BIN_EXE_sockeye"))
-        .kill_on_drop(true)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sh");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(STEP, stdout.next_line())
-        .await
-        .expect("the server announces itself in time")
-        .unwrap()
-        .expect("a first line");
-    let addr: SocketAddr = line
-        .strip_prefix("sockeye echo listening on ws://")
-        .and_then(|rest| rest.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+        .kill_on_drop(true);
+    let server = start_command(command, "sockeye echo listening on ws://").await;
+    let addr = server.addr;
     // More connections than descriptors: the first ones are accepted, the rest wait.
     let mut held = Vec::new();
     for _ in 0..48 {

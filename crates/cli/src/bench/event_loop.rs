@@ -19,7 +19,7 @@ use sockeye::proto::{Connection, Message, Role};
 use sockeye::{HeadLimits, Target};
 
 use super::{echo_config, Outcome, Plan, Progress, Received};
-use crate::socket::recv;
+use crate::socket::{recv, want_writable};
 
 /// Time allowed for connecting, and for each read and write of the opening handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -309,21 +309,17 @@ impl Loop<'_> {
                 }
             }
         };
-        if full != conn.write_wait {
-            conn.write_wait = full;
-            let interest = if full {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if self
-                .poll
-                .registry()
-                .reregister(&mut conn.io, conn.token, interest)
-                .is_err()
-            {
-                self.fail(conn);
-            }
+        let registry = self.poll.registry();
+        if want_writable(
+            registry,
+            &mut conn.io,
+            conn.token,
+            full,
+            &mut conn.write_wait,
+        )
+        .is_err()
+        {
+            self.fail(conn);
         }
     }
 

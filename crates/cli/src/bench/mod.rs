@@ -18,6 +18,8 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use sockeye::{ClientConfig, DataKind, Message, Target};
 
+use crate::Engine;
+
 /// `sockeye bench` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -50,14 +52,6 @@ pub struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
-}
-
-/// `--engine`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Engine {
-    Auto,
-    Loop,
-    Tokio,
 }
 
 /// What one connection measured, or all together.
@@ -232,14 +226,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let target = Target::parse(&args.url)?;
     let looped = event_loop::supports(&target, args.deflate);
-    let use_loop = match args.engine {
-        Engine::Auto => looped,
-        Engine::Loop if looped => true,
-        Engine::Loop => {
-            anyhow::bail!("--engine loop drives plain ws:// without --deflate; use --engine tokio")
-        }
-        Engine::Tokio => false,
-    };
+    let use_loop = args
+        .engine
+        .use_loop(looped, "--engine loop drives plain ws:// without --deflate")?;
     let mut plan = Plan::new(&args);
     let total = if use_loop {
         event_loop::run(&mut plan, &target)?

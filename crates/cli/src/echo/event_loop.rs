@@ -30,7 +30,7 @@ use sockeye::proto::{Config, Connection, DataKind, Deflate, HandshakeError, Mess
 use sockeye::{DeflateConfig, HeadLimits};
 
 use super::Echo;
-use crate::socket::recv;
+use crate::socket::{recv, want_writable};
 
 /// The smallest room offered to a read, and the largest.
 const READ_MIN: usize = 64 * 1024;
@@ -77,6 +77,7 @@ pub fn serve(listener: std::net::TcpListener, settings: Settings) -> io::Result<
         timers: BTreeSet::new(),
         spare: BytesMut::new(),
         accept_retry: None,
+        epoch: Instant::now(),
     };
     let mut events = Events::with_capacity(1024);
     loop {
@@ -147,6 +148,9 @@ struct Server {
     /// When to try accepting again after an error (out of descriptors, say): the
     /// listener raises no new edge for connections already waiting.
     accept_retry: Option<Instant>,
+    /// The time a read is given when the connection ignores it (no heartbeat): no clock
+    /// read per message.
+    epoch: Instant,
 }
 
 /// What to do with a connection after driving it.
@@ -242,39 +246,29 @@ impl Server {
 
     /// Puts the connection back (registering its interest and deadline) or closes it.
     fn settle(&mut self, slot: usize, mut client: Box<Client>, verdict: Verdict) {
-        if let Verdict::Close = verdict {
-            if let Some(at) = client.scheduled {
-                self.timers.remove(&(at, slot));
-            }
-            let _ = client.io.shutdown(std::net::Shutdown::Write);
-            let _ = self.poll.registry().deregister(&mut client.io);
-            self.free.push(slot);
-            return;
-        }
         let wants_write = !client.out.is_empty()
             || match &mut client.phase {
                 Phase::Open { conn, .. } => !conn.transmit().is_empty(),
                 _ => false,
             };
-        if wants_write != client.write_wait {
-            client.write_wait = wants_write;
-            let interest = if wants_write {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if self
-                .poll
-                .registry()
-                .reregister(&mut client.io, Token(slot), interest)
-                .is_err()
-            {
-                if let Some(at) = client.scheduled {
-                    self.timers.remove(&(at, slot));
-                }
-                self.free.push(slot);
-                return;
+        let registry = self.poll.registry();
+        let kept = matches!(verdict, Verdict::Keep)
+            && want_writable(
+                registry,
+                &mut client.io,
+                Token(slot),
+                wants_write,
+                &mut client.write_wait,
+            )
+            .is_ok();
+        if !kept {
+            if let Some(at) = client.scheduled {
+                self.timers.remove(&(at, slot));
             }
+            let _ = client.io.shutdown(std::net::Shutdown::Write);
+            let _ = registry.deregister(&mut client.io);
+            self.free.push(slot);
+            return;
         }
         let deadline = match &client.phase {
             Phase::Handshake { deadline } | Phase::Refusing { deadline } => Some(*deadline),
@@ -354,9 +348,7 @@ impl Server {
             }
             // Read into the loop's spare buffer: a connection whose request has not come
             // yet holds none.
-            if client.input.is_empty() && self.spare.capacity() > client.input.capacity() {
-                std::mem::swap(&mut client.input, &mut self.spare);
-            }
+            lend_spare(&mut client.input, &mut self.spare);
             client.input.reserve(1024);
             match recv(&client.io, &mut client.input) {
                 Ok(0) => return Verdict::Close,
@@ -425,7 +417,7 @@ impl Server {
         let mut verdict = Verdict::Keep;
         loop {
             // What is buffered first (leftovers after the head, or after backpressure).
-            if let Err(()) = echo_buffered(conn, echo, input) {
+            if let Err(()) = echo_buffered(conn, echo, input, self.epoch) {
                 break;
             }
             // Each read's echo goes out before the next read, as a stream: a large frame
@@ -437,13 +429,11 @@ impl Server {
             if conn.is_read_closed() {
                 break;
             }
-            if conn.transmit_len() >= conn.config().send_queue.high_water {
+            if at_high_water(conn) {
                 client.backpressured = true;
                 break;
             }
-            if input.is_empty() && self.spare.capacity() > input.capacity() {
-                std::mem::swap(input, &mut self.spare);
-            }
+            lend_spare(input, &mut self.spare);
             let want = conn.read_hint(input).clamp(READ_MIN, READ_MAX);
             input.reserve(want);
             let room = input.capacity() - input.len();
@@ -454,7 +444,7 @@ impl Server {
                 }
                 // A short read took all there was: the next arrival raises a new edge.
                 Ok(n) if n < room => {
-                    let _ = echo_buffered(conn, echo, input);
+                    let _ = echo_buffered(conn, echo, input, self.epoch);
                     break;
                 }
                 Ok(_) => {}
@@ -488,13 +478,18 @@ impl Server {
 
 /// Decodes the frames in `input` and queues their echo; `Err` once the connection has
 /// failed (its close frame is queued).
-fn echo_buffered(conn: &mut Connection, echo: &mut Echo, input: &mut BytesMut) -> Result<(), ()> {
+fn echo_buffered(
+    conn: &mut Connection,
+    echo: &mut Echo,
+    input: &mut BytesMut,
+    epoch: Instant,
+) -> Result<(), ()> {
     loop {
         let now = if conn.read_needs_clock(input) {
             Instant::now()
         } else {
             // A server without a heartbeat ignores the time while reading.
-            *EPOCH.get_or_init(Instant::now)
+            epoch
         };
         let message = match conn.read(input, now) {
             Ok(Some(message)) => message,
@@ -514,12 +509,23 @@ fn echo_buffered(conn: &mut Connection, echo: &mut Echo, input: &mut BytesMut) -
     }
 }
 
-static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
-fn over_high_water(client: &mut Client) -> bool {
-    match &mut client.phase {
-        Phase::Open { conn, .. } => conn.transmit_len() >= conn.config().send_queue.high_water,
+fn over_high_water(client: &Client) -> bool {
+    match &client.phase {
+        Phase::Open { conn, .. } => at_high_water(conn),
         _ => false,
+    }
+}
+
+/// Whether what is queued for the peer reached the send queue's high-water mark.
+fn at_high_water(conn: &Connection) -> bool {
+    conn.transmit_len() >= conn.config().send_queue.high_water
+}
+
+/// Reads into the loop's spare buffer when the connection has none of its own (or a
+/// smaller one, such as what is left of its request head).
+fn lend_spare(input: &mut BytesMut, spare: &mut BytesMut) {
+    if input.is_empty() && spare.capacity() > input.capacity() {
+        std::mem::swap(input, spare);
     }
 }
 

@@ -18,7 +18,7 @@ use sockeye::proto::bytes::BytesMut;
 use sockeye::proto::Fragment;
 use sockeye::{DataKind, Message, ServerConfig, WebSocket, WebSocketServer};
 
-use crate::ServerArgs;
+use crate::{Engine, ServerArgs};
 
 /// `sockeye echo` options.
 #[derive(Debug, clap::Args)]
@@ -36,14 +36,6 @@ pub struct Args {
     /// can).
     #[arg(long, value_enum, default_value_t = Engine::Auto)]
     engine: Engine,
-}
-
-/// `--engine`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Engine {
-    Auto,
-    Loop,
-    Tokio,
 }
 
 mod event_loop;
@@ -65,14 +57,9 @@ fn config(args: &Args) -> ServerConfig {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tls = args.server.tls_cert.is_some();
     let looped = !tls && args.threads <= 1;
-    let use_loop = match args.engine {
-        Engine::Auto => looped,
-        Engine::Loop if looped => true,
-        Engine::Loop => {
-            anyhow::bail!("--engine loop serves plain ws:// on one thread; use --engine tokio")
-        }
-        Engine::Tokio => false,
-    };
+    let use_loop = args
+        .engine
+        .use_loop(looped, "--engine loop serves plain ws:// on one thread")?;
     if use_loop {
         let config = config(&args);
         let listener = event_loop::bind(args.server.listen, config.backlog)
