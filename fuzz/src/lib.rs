@@ -149,7 +149,7 @@ fn run(
         }
     }
     check_wire(role, config, &events, &wire);
-    let eof = conn.handle_eof();
+    let eof = conn.handle_eof(now);
     assert_eq!(
         eof.is_some(),
         !ended,

@@ -140,7 +140,7 @@
 //!     let mut chunk = [0u8; 8192];
 //!     let n = socket.read(&mut chunk)?;
 //!     if n == 0 {
-//!         conn.handle_eof();
+//!         conn.handle_eof(Instant::now());
 //!         return Ok(());
 //!     }
 //!     input.extend_from_slice(&chunk[..n]);

@@ -721,7 +721,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
 
     fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut inner = self.lock();
-        inner.poll_flush_transmit(cx).map_err(Error::Io)
+        let flushed = inner.poll_flush_transmit(cx);
+        if flushed.is_pending() && inner.conn.state() != State::Open {
+            // Closing: close_timeout bounds this wait too, whether or not a task reads
+            // (`close().await` toward a peer that does not read).
+            let _ = inner.poll_deadline(cx);
+            if inner.conn.should_abort_transport() {
+                inner.io = None;
+                // The reader (if any) finishes the stream.
+                inner.wake_reader();
+                Writers::wake_all(&inner.writers);
+                return Poll::Ready(Err(Error::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer did not read what was left to send within close_timeout",
+                ))));
+            }
+        }
+        flushed.map_err(Error::Io)
     }
 
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -919,6 +935,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 return Poll::Pending;
             }
             let _ = self.poll_deadline(cx);
+            if self.conn.should_abort_transport() {
+                return self.poll_closing(cx);
+            }
             // Pending control frames (pongs, pings, close replies) go out first, best effort.
             if let Poll::Ready(Err(e)) = self.poll_flush_pending(cx) {
                 return Poll::Ready(Some(Err(self.end_with_io_error(e))));
@@ -1028,7 +1047,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// Reads more bytes; on end of stream tells the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(io) = self.io.as_mut() else {
-            self.conn.handle_eof();
+            self.conn.handle_eof(Instant::now());
             return Poll::Ready(Ok(()));
         };
         let want = self
@@ -1076,7 +1095,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             }
         };
         if n == 0 {
-            if let Some(abnormal) = self.conn.handle_eof() {
+            if let Some(abnormal) = self.conn.handle_eof(Instant::now()) {
                 let sent = self.conn.close_sent();
                 let rare = self.rare();
                 rare.received = Some(abnormal.clone());
@@ -1093,6 +1112,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// After the last frame: write what is queued, wait out the close handshake, close
     /// the transport, then report the end.
     fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        if self.conn.should_abort_transport() {
+            // Terminated (the heartbeat gave up), or what was left to write outlived
+            // close_timeout (a peer that does not read): close now, without it. Tasks
+            // still waiting for it to be written get an error.
+            self.io = None;
+            return self.finish();
+        }
         if let Poll::Ready(Err(e)) = self.poll_flush_transmit(cx) {
             return Poll::Ready(Some(Err(self.end_with_io_error(e))));
         }

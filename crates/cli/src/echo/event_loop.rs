@@ -439,7 +439,7 @@ impl Server {
             let room = input.capacity() - input.len();
             match recv(io, input) {
                 Ok(0) => {
-                    conn.handle_eof();
+                    conn.handle_eof(Instant::now());
                     break;
                 }
                 // A short read took all there was: the next arrival raises a new edge.
@@ -538,7 +538,10 @@ fn done(client: &mut Client) -> bool {
     match &mut client.phase {
         Phase::Handshake { .. } => false,
         Phase::Refusing { .. } => true,
-        Phase::Open { conn, .. } => conn.should_close_transport() && conn.transmit().is_empty(),
+        Phase::Open { conn, .. } => {
+            conn.should_abort_transport()
+                || (conn.should_close_transport() && conn.transmit().is_empty())
+        }
     }
 }
 

@@ -16,7 +16,8 @@
 //!    [`Connection::handle_timeout`] once it has passed; call [`Connection::handle_eof`]
 //!    when the transport reports end of stream.
 //! 4. Once [`Connection::should_close_transport`] is true and the transmit buffer is
-//!    empty, close the transport.
+//!    empty, close the transport; once [`Connection::should_abort_transport`] is true,
+//!    close it at once, without writing what is still queued.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -108,8 +109,13 @@ pub struct Connection {
     transmit: Transmit,
     close_sent: bool,
     close_received: bool,
+    /// The close timeout: for the peer's close frame (or its end of stream, on a
+    /// client), or for what is left to write once the transport is to be closed.
     deadline: Option<Instant>,
     close_transport: bool,
+    /// The transport is to be closed without writing what is queued (`terminate`, or
+    /// the close timeout passed).
+    abort_transport: bool,
     /// The heartbeat's clock, only when `Config::heartbeat` is set (boxed: most
     /// connections have no heartbeat, and every idle one would carry it).
     heartbeat: Option<Box<HeartbeatClock>>,
@@ -193,6 +199,7 @@ impl Connection {
             close_received: false,
             deadline: None,
             close_transport: false,
+            abort_transport: false,
             heartbeat_expired: false,
         }
     }
@@ -619,9 +626,7 @@ impl Connection {
             // within close_timeout.
             Role::Server => {
                 self.close_transport = true;
-                if self.frame_out.is_some() {
-                    self.deadline = Some(now + self.config.close_timeout);
-                }
+                self.bound_closing(now);
             }
             // The client waits for the server to close TCP, for a bounded time.
             Role::Client => self.deadline = Some(now + self.config.close_timeout),
@@ -634,7 +639,7 @@ impl Connection {
     ///
     /// A frame being sent in pieces is cut off: a close frame cannot follow half a frame,
     /// so the transport is closed without one (the peer sees 1006).
-    fn fail(&mut self, error: &Error, _now: Instant) {
+    fn fail(&mut self, error: &Error, now: Instant) {
         let cut = self.cut_frame_out();
         if !self.close_sent && !cut {
             let code = error.close_code().unwrap_or(CloseCode::INTERNAL_ERROR);
@@ -647,26 +652,44 @@ impl Connection {
         self.incoming = None;
         self.state = State::Closed;
         self.close_transport = true;
+        self.bound_closing(now);
     }
 
-    /// The transport reported end of stream.
+    /// The transport is to be closed once what is queued is written: within
+    /// `close_timeout` (kept if one runs already), as a peer that does not read would
+    /// otherwise hold the connection open for ever. Nothing queued, nothing to wait for.
+    fn bound_closing(&mut self, now: Instant) {
+        if self.frame_out.is_some() || !self.transmit.is_empty() {
+            self.deadline.get_or_insert(now + self.config.close_timeout);
+        }
+    }
+
+    /// The transport reported end of stream at `now`.
     ///
     /// Returns the close frame to report if this ends the connection abnormally (no close
     /// frame was received: 1006). A frame being sent in pieces is cut off: the peer is
-    /// gone, and the transport is to be closed now.
-    pub fn handle_eof(&mut self) -> Option<CloseFrame> {
+    /// gone, and the transport is to be closed once what is queued is written, within
+    /// `close_timeout` (a peer that half-closed may still read it; one that does not
+    /// read holds the connection no longer).
+    pub fn handle_eof(&mut self, now: Instant) -> Option<CloseFrame> {
         let abnormal = !self.close_received && !self.read_closed;
         self.cut_frame_out();
         self.read_closed = true;
         self.state = State::Closed;
         self.close_transport = true;
         self.deadline = None;
+        self.bound_closing(now);
         abnormal.then(|| CloseFrame::new(CloseCode::ABNORMAL_CLOSURE, ""))
     }
 
     /// When [`Connection::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.deadline, self.heartbeat_deadline()) {
+        // Once the transport is to be closed and all is written, the close timeout has
+        // nothing left to bound.
+        let close = self
+            .deadline
+            .filter(|_| !(self.should_close_transport() && self.transmit.is_empty()));
+        match (close, self.heartbeat_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -684,8 +707,10 @@ impl Connection {
         }
     }
 
-    /// Time passed: a close handshake that outlived `close_timeout` ends, and the
-    /// transport is to be closed; the heartbeat sends its ping after `interval` of
+    /// Time passed: a close handshake that outlived `close_timeout` ends, and so does
+    /// the writing of what was left to send when the transport was to be closed: the
+    /// transport is to be closed at once ([`Connection::should_abort_transport`]), as
+    /// `ws` destroys the socket then. The heartbeat sends its ping after `interval` of
     /// silence, and gives the peer up `timeout` after it
     /// ([`Connection::heartbeat_expired`]).
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -695,6 +720,7 @@ impl Connection {
             self.read_closed = true;
             self.state = State::Closed;
             self.close_transport = true;
+            self.abort_transport = true;
         }
         if self.heartbeat_deadline().is_some_and(|d| now >= d) {
             let clock = self.heartbeat.as_mut().expect("a heartbeat deadline");
@@ -718,6 +744,14 @@ impl Connection {
     /// A frame being sent in pieces is finished first (or cut off by `close_timeout`).
     pub fn should_close_transport(&self) -> bool {
         self.close_transport && self.frame_out.is_none()
+    }
+
+    /// Whether the caller should close the transport now, without writing what is still
+    /// queued: after [`Connection::terminate`], after the heartbeat gave the peer up, or
+    /// when the close handshake, or the writing of what was left to send, outlived
+    /// `close_timeout` (a peer that does not read).
+    pub fn should_abort_transport(&self) -> bool {
+        self.abort_transport
     }
 
     /// Whether reading is over (close handshake finished, failure, or end of stream).
@@ -925,10 +959,6 @@ impl Connection {
         if fin {
             self.outgoing = None;
         }
-        if self.close_transport && self.role == Role::Server {
-            // The close handshake waited only for this frame.
-            self.deadline = None;
-        }
         if let Some(ping) = frame.held.pong {
             self.write_frame(OpCode::Pong, true, &ping);
         }
@@ -1025,12 +1055,14 @@ impl Connection {
         Ok(())
     }
 
-    /// Ends the connection at once without a close handshake (`ws`'s `terminate()`).
+    /// Ends the connection at once without a close handshake (`ws`'s `terminate()`):
+    /// nothing more is written ([`Connection::should_abort_transport`]).
     pub fn terminate(&mut self) {
         self.cut_frame_out();
         self.read_closed = true;
         self.state = State::Closed;
         self.close_transport = true;
+        self.abort_transport = true;
         self.deadline = None;
     }
 

@@ -778,15 +778,21 @@ fn close_arguments_are_checked() {
 fn eof_without_close_is_abnormal() {
     let mut c = conn(Role::Client);
     assert_eq!(
-        c.handle_eof(),
+        c.handle_eof(Instant::now()),
         Some(CloseFrame::new(CloseCode::ABNORMAL_CLOSURE, ""))
     );
     assert_eq!(c.state(), State::Closed);
     assert!(c.should_close_transport());
     let mut c = conn(Role::Client);
     read_all(&mut c, &raw(CLOSE, b"").bytes()).unwrap();
-    assert_eq!(c.handle_eof(), None);
-    assert_eq!(c.poll_timeout(), None);
+    assert_eq!(c.handle_eof(Instant::now()), None);
+    assert!(
+        c.poll_timeout().is_some(),
+        "close_timeout to write the close reply"
+    );
+    assert_eq!(sent(&mut c), [(OpCode::Close, true, Vec::new())]);
+    assert_eq!(c.poll_timeout(), None, "written: nothing left to wait for");
+    assert!(!c.should_abort_transport());
 }
 
 // ---------------------------------------------- RFC 6455 §5.6: data frames
@@ -2049,7 +2055,7 @@ mod frames_in_pieces {
                     .send_fragment(piece(DataKind::Binary, b"de", true, 0), true)
                     .unwrap();
                 assert!(server.should_close_transport());
-                assert_eq!(server.poll_timeout(), None);
+                assert!(server.poll_timeout().is_some(), "until it is written");
                 assert_eq!(
                     sent(&mut server),
                     [
@@ -2057,10 +2063,13 @@ mod frames_in_pieces {
                         (OpCode::Close, true, Vec::new()),
                     ]
                 );
+                assert_eq!(server.poll_timeout(), None);
+                assert!(!server.should_abort_transport());
             } else {
                 clock.advance(Config::default().close_timeout);
                 server.handle_timeout(clock.now());
                 assert!(server.should_close_transport());
+                assert!(server.should_abort_transport(), "not written: dropped");
                 assert!(!server.is_mid_frame());
                 assert_eq!(server.transmit().to_vec(), [0x82, 5, b'a', b'b', b'c']);
             }
@@ -2068,20 +2077,56 @@ mod frames_in_pieces {
     }
 
     /// The peer's end of stream mid-frame (or terminate()) ends the frame at once: the
-    /// transport is to be closed, not kept open for pieces nobody will read.
+    /// transport is to be closed, not kept open for pieces nobody will read. After end
+    /// of stream what was queued may still be written, within close_timeout; after
+    /// terminate() nothing is.
     #[test]
     fn end_of_stream_or_terminate_mid_frame_closes_at_once() {
         for terminate in [false, true] {
+            let mut clock = Clock::new();
             let mut server = server_mid_frame(5);
             if terminate {
                 server.terminate();
             } else {
-                assert!(server.handle_eof().is_some(), "1006");
+                assert!(server.handle_eof(clock.now()).is_some(), "1006");
             }
             assert!(!server.is_mid_frame());
             assert!(server.should_close_transport());
+            assert_eq!(server.should_abort_transport(), terminate);
+            if terminate {
+                assert_eq!(server.poll_timeout(), None);
+                continue;
+            }
+            let close_timeout = Config::default().close_timeout;
+            assert_eq!(server.poll_timeout(), Some(clock.now() + close_timeout));
+            // The peer does not read it: dropped after close_timeout.
+            clock.advance(close_timeout);
+            server.handle_timeout(clock.now());
+            assert!(server.should_abort_transport());
             assert_eq!(server.poll_timeout(), None);
         }
+    }
+
+    /// A protocol error queues the close frame with its code; a peer that does not
+    /// read it holds the connection for close_timeout at most.
+    #[test]
+    fn a_failed_connection_writes_its_close_frame_within_close_timeout() {
+        let mut clock = Clock::new();
+        let mut server = conn(Role::Server);
+        let error = feed(
+            &mut server,
+            &mut BytesMut::new(),
+            &raw(0x3, b"").to(Role::Server).bytes(),
+            clock.now(),
+        )
+        .1;
+        assert_eq!(error, Some(ProtocolError::InvalidOpcode(3).into()));
+        assert!(server.should_close_transport() && !server.should_abort_transport());
+        let close_timeout = Config::default().close_timeout;
+        assert_eq!(server.poll_timeout(), Some(clock.now() + close_timeout));
+        clock.advance(close_timeout);
+        server.handle_timeout(clock.now());
+        assert!(server.should_abort_transport());
     }
 
     /// A compressed message cannot announce a frame's length ahead: its pieces go out

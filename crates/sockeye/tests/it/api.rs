@@ -991,3 +991,114 @@ async fn dropped_send_does_not_strand_other_writers() {
     );
     quitter.abort();
 }
+
+/// Sends 1 MiB messages to a peer that does not read until a send has waited 200 ms:
+/// the socket buffers are full and the send queue holds what is left.
+async fn fill_towards(peer: &sockeye::WebSocket<tokio::net::TcpStream>) -> usize {
+    let chunk = sockeye::proto::bytes::Bytes::from(vec![7u8; 1 << 20]);
+    for sent in 1..=64 {
+        let send = peer.send(Message::Binary(chunk.clone()));
+        if tokio::time::timeout(Duration::from_millis(200), send)
+            .await
+            .is_err()
+        {
+            return sent;
+        }
+    }
+    panic!("64 MiB went out to a peer that does not read");
+}
+
+/// What a raw client that stopped reading gets once it reads again: the server's
+/// bytes, then end of stream or a reset. Fewer than `at_least` bytes means the server
+/// dropped what it had queued.
+async fn drain(raw: &mut tokio::net::TcpStream) -> usize {
+    let mut total = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(STEP, raw.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return total,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("the server kept the connection open"),
+        }
+    }
+}
+
+// P4, N1: a peer that does not read cannot hold a closing connection: close().await
+// and the stream end within close_timeout, and what was left queued is dropped.
+#[tokio::test]
+async fn close_timeout_bounds_a_close_the_peer_does_not_read() {
+    let mut config = ServerConfig::default();
+    config.websocket.close_timeout = Duration::from_millis(300);
+    let server = server(config).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut peer = accept_one(&server).await;
+    let sent = fill_towards(&peer).await;
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), peer.close(None))
+        .await
+        .expect("close() waited beyond close_timeout");
+    assert!(closed.is_err(), "the close frame was not written");
+    let end = tokio::time::timeout(Duration::from_secs(5), peer.next())
+        .await
+        .expect("the stream did not end");
+    assert!(end.is_none(), "{end:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(peer.ready_state(), ReadyState::Closed);
+    assert!(drain(&mut raw).await < sent << 20, "the queue was dropped");
+}
+
+// B1: the heartbeat drops a peer that does not read, although its ping cannot be
+// written (before, the connection then waited for ever to write it).
+#[tokio::test]
+async fn heartbeat_drops_a_peer_that_does_not_read() {
+    let mut config = ServerConfig::default();
+    config.websocket.heartbeat = Some(sockeye::Heartbeat::new(
+        Duration::from_millis(150),
+        Duration::from_millis(150),
+    ));
+    let server = server(config).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut peer = accept_one(&server).await;
+    let sent = fill_towards(&peer).await;
+    let started = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), peer.next())
+        .await
+        .expect("the stream did not end");
+    assert!(matches!(end, Some(Err(Error::HeartbeatTimeout))), "{end:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(drain(&mut raw).await < sent << 20, "the queue was dropped");
+}
+
+// P4: a peer that half-closes (end of stream) and does not read gets close_timeout to
+// take what is queued for it, not for ever.
+#[tokio::test]
+async fn end_of_stream_bounds_the_last_writes_by_close_timeout() {
+    let mut config = ServerConfig::default();
+    config.websocket.close_timeout = Duration::from_millis(300);
+    let server = server(config).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let mut peer = accept_one(&server).await;
+    let sent = fill_towards(&peer).await;
+    raw.shutdown().await.unwrap();
+    let started = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), peer.next())
+        .await
+        .expect("the stream did not end");
+    match end {
+        Some(Err(Error::Closed(info))) => assert_eq!(
+            info.received.map(|f| f.code),
+            Some(CloseCode::ABNORMAL_CLOSURE)
+        ),
+        other => panic!("expected an abnormal close, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert!(drain(&mut raw).await < sent << 20, "the queue was dropped");
+}
