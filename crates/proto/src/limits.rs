@@ -84,7 +84,11 @@ pub struct Config {
     /// Answer pings with pongs automatically (`ws`'s `autoPong`, default on).
     pub auto_pong: bool,
     /// How long to wait for the peer's close frame (or, on a client, for the server to
-    /// close TCP) after sending a close frame (`ws`'s `closeTimeout`, default 30 s).
+    /// close TCP) after sending a close frame (`ws`'s `closeTimeout`, default 30 s); and
+    /// how long a connection that is to be closed (close handshake done, protocol error,
+    /// end of stream) may take to write what is left, so that a peer that does not read
+    /// cannot hold it open. When it passes the transport is closed at once, without what
+    /// is still queued, as `ws` destroys the socket.
     pub close_timeout: Duration,
     /// A custom source of masking keys for client frames (`ws`'s `generateMask`); `None`
     /// uses a fresh key from a cryptographically secure generator for every frame.

@@ -7,7 +7,7 @@
 //! | `max_payload` | 100 MiB | `ws`'s default. Counted over all fragments of a message, checked when a frame *header* arrives, so an oversized message fails (1009) before its payload is buffered. |
 //! | `max_fragments` | 0 (no limit) | Memory is bounded by bytes: an empty fragment costs nothing, so counting fragments adds no safety. `ws` >= 8.21 caps them at 16,384 and so fails Autobahn 9.3.x/9.4.x (4 MiB in 64-byte fragments); Sockeye accepts those and still lets you set a cap (1008). |
 //! | 64-bit frame length | at most 2^53 - 1 | As `ws`: beyond it the frame fails with 1009 from the header alone. |
-//! | `close_timeout` | 30 s | `ws`'s `closeTimeout`: how long to wait for the peer's close frame, and on a client for the server to close TCP. |
+//! | `close_timeout` | 30 s | `ws`'s `closeTimeout`: how long to wait for the peer's close frame, and on a client for the server to close TCP; also the most a closing connection waits for a peer that does not read what is left to write. |
 //! | `auto_pong` | on | As `ws`. Pongs are queued only while the connection is open. |
 //! | handshake head | 64 headers, 16 KiB | [`crate::handshake::HeadLimits`]; beyond either the server answers 431, also while the head is still incomplete, so an endless head is cut off without waiting for the timeout. |
 //!
