@@ -31,8 +31,6 @@ use crate::error::{CloseInfo, Error};
 const READ_CHUNK: usize = 8 * 1024;
 /// The thread's spare read buffer: a 16 KiB message and its header in one read.
 const SPARE_SIZE: usize = 64 * 1024;
-/// Any fixed instant, for reads that do not look at the time.
-static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 /// The largest read buffer kept as a thread's spare.
 const SPARE_MAX: usize = 256 * 1024;
@@ -951,14 +949,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 return Poll::Pending;
             }
             if !self.conn.is_read_closed() {
-                let now = if self.conn.read_needs_clock(&self.read_buf) {
-                    Instant::now()
-                } else {
-                    // A server without a heartbeat ignores the time while reading, and
-                    // so does any connection once its input is empty.
-                    *EPOCH.get_or_init(Instant::now)
-                };
-                match self.conn.read(&mut self.read_buf, now) {
+                // The clock is read only when the read needs the time (not for a
+                // server's data frames without a heartbeat).
+                match self.conn.read_with(&mut self.read_buf, Instant::now) {
                     Ok(Some(message)) => {
                         if let Message::Close(frame) = &message {
                             if frame.is_some() {

@@ -225,12 +225,8 @@ impl Loop<'_> {
     fn on_input(&mut self, conn: &mut Conn) {
         let mut now = None;
         loop {
-            let clock = if conn.proto.read_needs_clock(&conn.input) {
-                *now.get_or_insert_with(Instant::now)
-            } else {
-                self.plan.start
-            };
-            let message = match conn.proto.read(&mut conn.input, clock) {
+            let clock = || *now.get_or_insert_with(Instant::now);
+            let message = match conn.proto.read_with(&mut conn.input, clock) {
                 Ok(Some(message)) => message,
                 Ok(None) => return,
                 Err(_) => {
@@ -268,9 +264,8 @@ impl Loop<'_> {
                 self.fail(conn);
                 return;
             }
-            // One clock read per message: the one the protocol core took for this input
-            // (a client's reads of data need the time), which ends this round trip and
-            // starts the next.
+            // One clock read per message, shared with the protocol core (which reads it
+            // only for a close frame): it ends this round trip and starts the next.
             let arrived = *now.get_or_insert_with(Instant::now);
             conn.sent = None;
             self.sent_total += 1;

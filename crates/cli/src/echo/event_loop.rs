@@ -50,6 +50,8 @@ pub struct Settings {
     pub deflate: Option<DeflateConfig>,
     pub handshake_timeout: Duration,
     pub head_limits: HeadLimits,
+    /// The kernel's send buffer per connection (`SO_SNDBUF`); `None`: its own sizing.
+    pub send_buffer: Option<usize>,
 }
 
 /// Binds `addr`; the listener, to [`serve`] after announcing its address.
@@ -77,7 +79,6 @@ pub fn serve(listener: std::net::TcpListener, settings: Settings) -> io::Result<
         timers: BTreeSet::new(),
         spare: BytesMut::new(),
         accept_retry: None,
-        epoch: Instant::now(),
     };
     let mut events = Events::with_capacity(1024);
     loop {
@@ -148,9 +149,6 @@ struct Server {
     /// When to try accepting again after an error (out of descriptors, say): the
     /// listener raises no new edge for connections already waiting.
     accept_retry: Option<Instant>,
-    /// The time a read is given when the connection ignores it (no heartbeat): no clock
-    /// read per message.
-    epoch: Instant,
 }
 
 /// What to do with a connection after driving it.
@@ -175,6 +173,9 @@ impl Server {
                 }
             };
             let _ = io.set_nodelay(true);
+            if let Some(size) = self.settings.send_buffer {
+                let _ = socket2::SockRef::from(&io).set_send_buffer_size(size);
+            }
             let slot = self.free.pop().unwrap_or_else(|| {
                 self.clients.push(None);
                 self.clients.len() - 1
@@ -417,7 +418,7 @@ impl Server {
         let mut verdict = Verdict::Keep;
         loop {
             // What is buffered first (leftovers after the head, or after backpressure).
-            if let Err(()) = echo_buffered(conn, echo, input, self.epoch) {
+            if let Err(()) = echo_buffered(conn, echo, input) {
                 break;
             }
             // Each read's echo goes out before the next read, as a stream: a large frame
@@ -444,7 +445,7 @@ impl Server {
                 }
                 // A short read took all there was: the next arrival raises a new edge.
                 Ok(n) if n < room => {
-                    let _ = echo_buffered(conn, echo, input, self.epoch);
+                    let _ = echo_buffered(conn, echo, input);
                     break;
                 }
                 Ok(_) => {}
@@ -478,20 +479,10 @@ impl Server {
 
 /// Decodes the frames in `input` and queues their echo; `Err` once the connection has
 /// failed (its close frame is queued).
-fn echo_buffered(
-    conn: &mut Connection,
-    echo: &mut Echo,
-    input: &mut BytesMut,
-    epoch: Instant,
-) -> Result<(), ()> {
+fn echo_buffered(conn: &mut Connection, echo: &mut Echo, input: &mut BytesMut) -> Result<(), ()> {
     loop {
-        let now = if conn.read_needs_clock(input) {
-            Instant::now()
-        } else {
-            // A server without a heartbeat ignores the time while reading.
-            epoch
-        };
-        let message = match conn.read(input, now) {
+        // The clock is read only when the read needs the time (a close frame, a failure).
+        let message = match conn.read_with(input, Instant::now) {
             Ok(Some(message)) => message,
             Ok(None) => return Ok(()),
             Err(_) => return Err(()),
@@ -604,7 +595,79 @@ fn write_transmit(io: &mut mio::net::TcpStream, conn: &mut Connection) -> Result
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
+
+    /// Over loopback: a client sends a message and then a frame that fails the
+    /// connection, and does not read. The loop may write its close frame and the echo
+    /// still queued within close_timeout; after that it drops them and the connection
+    /// (the kernel's send buffer is made small so that the echo stays queued in the
+    /// loop; with the kernel's own sizing it takes megabytes).
+    #[test]
+    fn a_failed_client_that_does_not_read_is_dropped_after_close_timeout() {
+        const SIZE: usize = 512 * 1024;
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let websocket = Config {
+            close_timeout: Duration::from_millis(300),
+            deliver_fragments: true,
+            stream_frames: true,
+            ..Config::default()
+        };
+        let settings = Settings {
+            websocket: Arc::new(websocket),
+            deflate: None,
+            handshake_timeout: Duration::from_secs(5),
+            head_limits: HeadLimits::default(),
+            send_buffer: Some(16 * 1024),
+        };
+        // The loop runs until the test process ends.
+        std::thread::spawn(move || serve(listener, settings));
+
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let mut stream: std::net::TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            )
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        // A binary message (mask 0: the payload as is), then a reserved opcode (1002).
+        let mut frames = vec![0x82, 0xFF];
+        frames.extend_from_slice(&(SIZE as u64).to_be_bytes());
+        frames.extend_from_slice(&[0; 4]);
+        frames.extend_from_slice(&vec![b'x'; SIZE]);
+        frames.extend_from_slice(&[0x83, 0x80, 0, 0, 0, 0]);
+        stream.write_all(&frames).unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+
+        // What the kernel held, then the end: not the whole echo, nor the close frame.
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("the loop kept the connection open: {e}"),
+            }
+        }
+        assert!(got < SIZE, "{got} bytes: the queued echo was written");
+    }
 
     /// An idle connection costs its `Client` (one allocation, with the protocol state
     /// inline) and a pointer in the table: keep it in mimalloc's 320-byte class

@@ -72,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 deflate: config.per_message_deflate,
                 handshake_timeout: config.handshake_timeout,
                 head_limits: config.head_limits,
+                send_buffer: None,
             },
         )?;
         return Ok(ExitCode::SUCCESS);

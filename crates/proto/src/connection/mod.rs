@@ -34,6 +34,19 @@ use crate::message::{Fragment, Message, Utf8Bytes};
 use crate::transmit::{Transmit, ZERO_COPY_MIN};
 use crate::utf8::{self, Utf8Validator};
 
+/// The time for one call, read from the caller's clock the first time it is needed.
+struct Now<'a> {
+    clock: &'a mut dyn FnMut() -> Instant,
+    at: Option<Instant>,
+}
+
+impl Now<'_> {
+    fn get(&mut self) -> Instant {
+        let Now { clock, at } = self;
+        *at.get_or_insert_with(clock)
+    }
+}
+
 /// Which end of the connection this is. Clients mask what they send; servers require
 /// masked frames (RFC 6455 §5.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,19 +254,6 @@ impl Connection {
         self.close_sent
     }
 
-    /// Whether [`Connection::read`] looks at its `now` argument for this `input`: only to
-    /// keep the heartbeat's clock (which the first call starts) and, on a client, to
-    /// start the close timeout when the server's close frame arrives. An empty `input`
-    /// holds no frame, so only the first call needs the time then. When `false` any
-    /// instant will do, which spares the caller a clock read per call.
-    pub fn read_needs_clock(&self, input: &[u8]) -> bool {
-        match &self.heartbeat {
-            Some(clock) if clock.last_activity.is_none() => true,
-            Some(_) => !input.is_empty(),
-            None => self.role == Role::Client && !input.is_empty(),
-        }
-    }
-
     /// The bytes of the fragmented message being received that are buffered so far (0
     /// between messages). For tests and memory accounting.
     #[doc(hidden)]
@@ -277,8 +277,40 @@ impl Connection {
     /// flushes the transmit buffer and closes the transport. The error is returned once;
     /// later calls return `Ok(None)`.
     pub fn read(&mut self, input: &mut BytesMut, now: Instant) -> Result<Option<Message>, Error> {
-        if let Some(clock) = self.heartbeat.as_mut() {
-            clock.last_activity.get_or_insert(now);
+        self.read_with(input, || now)
+    }
+
+    /// [`Connection::read`] that reads the time from `clock` only when it needs it, at
+    /// most once per call: to keep the heartbeat's clock (started by the first call, and
+    /// then at each frame) and to start the close timeout (a close frame, a failure).
+    /// A server without a heartbeat reads no clock for data frames, which spares a clock
+    /// read per call on the hot path: pass `Instant::now`.
+    ///
+    /// # Errors
+    /// As [`Connection::read`].
+    pub fn read_with(
+        &mut self,
+        input: &mut BytesMut,
+        mut clock: impl FnMut() -> Instant,
+    ) -> Result<Option<Message>, Error> {
+        self.read_at(
+            input,
+            &mut Now {
+                clock: &mut clock,
+                at: None,
+            },
+        )
+    }
+
+    fn read_at(
+        &mut self,
+        input: &mut BytesMut,
+        now: &mut Now<'_>,
+    ) -> Result<Option<Message>, Error> {
+        if let Some(heartbeat) = self.heartbeat.as_mut() {
+            if heartbeat.last_activity.is_none() {
+                heartbeat.last_activity = Some(now.get());
+            }
         }
         loop {
             if self.read_closed {
@@ -288,9 +320,9 @@ impl Connection {
             let result = match self.read_frame(input) {
                 Ok(Some((header, payload))) => {
                     // Any frame proves the peer alive (B1).
-                    if let Some(clock) = self.heartbeat.as_mut() {
-                        clock.last_activity = Some(now);
-                        clock.ping_sent = None;
+                    if let Some(heartbeat) = self.heartbeat.as_mut() {
+                        heartbeat.last_activity = Some(now.get());
+                        heartbeat.ping_sent = None;
                     }
                     self.on_frame(header, payload, now)
                 }
@@ -480,7 +512,7 @@ impl Connection {
         &mut self,
         header: FrameHeader,
         payload: BytesMut,
-        now: Instant,
+        now: &mut Now<'_>,
     ) -> Result<Option<Message>, Error> {
         match header.opcode {
             OpCode::Ping => {
@@ -592,7 +624,7 @@ impl Connection {
     }
 
     /// A close frame arrived (RFC 6455 §5.5.1, §7.1.5).
-    fn on_close(&mut self, payload: &[u8], now: Instant) -> Result<Option<CloseFrame>, Error> {
+    fn on_close(&mut self, payload: &[u8], now: &mut Now<'_>) -> Result<Option<CloseFrame>, Error> {
         let frame = match payload {
             [] => None,
             [_] => return Err(ProtocolError::InvalidControlPayloadLength.into()),
@@ -626,10 +658,10 @@ impl Connection {
             // within close_timeout.
             Role::Server => {
                 self.close_transport = true;
-                self.bound_closing(now);
+                self.bound_closing(|| now.get());
             }
             // The client waits for the server to close TCP, for a bounded time.
-            Role::Client => self.deadline = Some(now + self.config.close_timeout),
+            Role::Client => self.deadline = Some(now.get() + self.config.close_timeout),
         }
         Ok(frame)
     }
@@ -639,7 +671,7 @@ impl Connection {
     ///
     /// A frame being sent in pieces is cut off: a close frame cannot follow half a frame,
     /// so the transport is closed without one (the peer sees 1006).
-    fn fail(&mut self, error: &Error, now: Instant) {
+    fn fail(&mut self, error: &Error, now: &mut Now<'_>) {
         let cut = self.cut_frame_out();
         if !self.close_sent && !cut {
             let code = error.close_code().unwrap_or(CloseCode::INTERNAL_ERROR);
@@ -652,15 +684,15 @@ impl Connection {
         self.incoming = None;
         self.state = State::Closed;
         self.close_transport = true;
-        self.bound_closing(now);
+        self.bound_closing(|| now.get());
     }
 
     /// The transport is to be closed once what is queued is written: within
     /// `close_timeout` (kept if one runs already), as a peer that does not read would
     /// otherwise hold the connection open for ever. Nothing queued, nothing to wait for.
-    fn bound_closing(&mut self, now: Instant) {
-        if self.frame_out.is_some() || !self.transmit.is_empty() {
-            self.deadline.get_or_insert(now + self.config.close_timeout);
+    fn bound_closing(&mut self, now: impl FnOnce() -> Instant) {
+        if self.deadline.is_none() && (self.frame_out.is_some() || !self.transmit.is_empty()) {
+            self.deadline = Some(now() + self.config.close_timeout);
         }
     }
 
@@ -678,7 +710,7 @@ impl Connection {
         self.state = State::Closed;
         self.close_transport = true;
         self.deadline = None;
-        self.bound_closing(now);
+        self.bound_closing(|| now);
         abnormal.then(|| CloseFrame::new(CloseCode::ABNORMAL_CLOSURE, ""))
     }
 

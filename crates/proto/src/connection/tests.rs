@@ -1625,33 +1625,59 @@ fn connection_stays_small() {
     assert!(size <= 184, "Connection is {size} bytes");
 }
 
-/// `read_needs_clock() == false` promises that `read` ignores `now`: a server without a
-/// heartbeat behaves the same with any instant, the close handshake included.
-#[test]
-fn server_without_heartbeat_ignores_the_time_while_reading() {
-    let long_ago = Instant::now();
-    let later = long_ago + Duration::from_secs(3600);
-    let mut results = Vec::new();
-    for now in [long_ago, later] {
-        let mut server = Connection::new(Role::Server, Config::default());
-        assert!(!server.read_needs_clock(b""));
-        assert!(!server.read_needs_clock(b"\x81\x82"));
-        let mut client = Connection::new(Role::Client, Config::default());
-        client.send_text("hi").unwrap();
-        client.ping(b"p").unwrap();
-        client
-            .close(
-                Some(&CloseFrame::new(CloseCode::NORMAL_CLOSURE, "bye")),
-                now,
-            )
-            .unwrap();
-        let wire = client.transmit().take_all();
-        let (messages, error) = feed(&mut server, &mut BytesMut::new(), &wire, now);
-        assert_eq!(error, None);
-        results.push((messages, sent(&mut server), server.poll_timeout()));
+/// Reads `wire` with `read_with`, the clock at `at`; returns the messages and how many
+/// times the clock was read.
+fn read_counting(
+    c: &mut Connection,
+    input: &mut BytesMut,
+    wire: &[u8],
+    at: Instant,
+) -> (Vec<Message>, usize) {
+    input.extend_from_slice(wire);
+    let mut reads = 0;
+    let mut messages = Vec::new();
+    while let Some(message) = c
+        .read_with(input, || {
+            reads += 1;
+            at
+        })
+        .unwrap()
+    {
+        messages.push(message);
     }
-    assert_eq!(results[0], results[1]);
-    assert_eq!(results[0].2, None, "no deadline after the close handshake");
+    (messages, reads)
+}
+
+/// `read_with` reads the clock only when the call needs the time: never for a server's
+/// data and pings without a heartbeat, once for a close frame whose reply is queued
+/// (close_timeout bounds writing it), and with a heartbeat once per call that holds
+/// frames (and at the first call, which starts it).
+#[test]
+fn read_with_reads_the_clock_only_when_it_needs_the_time() {
+    let now = Instant::now();
+    let close_timeout = Config::default().close_timeout;
+    let mut server = Connection::new(Role::Server, Config::default());
+    let mut client = Connection::new(Role::Client, Config::default());
+    client.send_text("hi").unwrap();
+    client.ping(b"p").unwrap();
+    client.send_binary(b"data").unwrap();
+    let mut input = BytesMut::new();
+    let wire = client.transmit().take_all();
+    let (messages, reads) = read_counting(&mut server, &mut input, &wire, now);
+    assert_eq!(messages.len(), 3);
+    assert_eq!(reads, 0, "no clock for data and pings");
+    let (_, reads) = read_counting(&mut server, &mut input, b"", now);
+    assert_eq!(reads, 0);
+    sent(&mut server);
+    client.close(None, now).unwrap();
+    let wire = client.transmit().take_all();
+    let (messages, reads) = read_counting(&mut server, &mut input, &wire, now);
+    assert_eq!(messages, [Message::Close(None)]);
+    assert_eq!(reads, 1, "the close reply's writing is bounded");
+    assert_eq!(server.poll_timeout(), Some(now + close_timeout));
+    assert_eq!(sent(&mut server), [(OpCode::Close, true, Vec::new())]);
+    assert_eq!(server.poll_timeout(), None, "written: nothing to wait for");
+
     let with_heartbeat = Config {
         heartbeat: Some(crate::Heartbeat {
             interval: Duration::from_secs(1),
@@ -1660,31 +1686,26 @@ fn server_without_heartbeat_ignores_the_time_while_reading() {
         ..Config::default()
     };
     let mut server = Connection::new(Role::Server, with_heartbeat);
-    assert!(
-        server.read_needs_clock(b""),
-        "the first read starts the heartbeat"
-    );
-    assert!(server.read_needs_clock(b"\x81\x82"));
-    let client = Connection::new(Role::Client, Config::default());
-    assert!(client.read_needs_clock(b"\x88\x00"));
-    assert!(!client.read_needs_clock(b""));
-    // Started, the heartbeat's clock ignores reads of empty input: a wrong instant
-    // there does not move its deadline.
-    let start = Instant::now();
-    assert_eq!(server.read(&mut BytesMut::new(), start).unwrap(), None);
+    let mut input = BytesMut::new();
+    let (_, reads) = read_counting(&mut server, &mut input, b"", now);
+    assert_eq!(reads, 1, "the first read starts the heartbeat");
     let deadline = server.poll_timeout();
-    assert!(deadline.is_some());
-    assert!(!server.read_needs_clock(b""));
-    for wrong in [
-        start - Duration::from_secs(60),
-        start + Duration::from_secs(3600),
-    ] {
-        assert_eq!(server.read(&mut BytesMut::new(), wrong).unwrap(), None);
-        assert_eq!(server.poll_timeout(), deadline);
-    }
+    assert_eq!(deadline, Some(now + Duration::from_secs(1)));
+    let (_, reads) = read_counting(&mut server, &mut input, b"", now + Duration::from_secs(9));
+    assert_eq!(reads, 0, "an empty read does not move the heartbeat");
+    assert_eq!(server.poll_timeout(), deadline);
+    let mut client = Connection::new(Role::Client, Config::default());
+    client.send_text("a").unwrap();
+    client.send_text("b").unwrap();
+    let wire = client.transmit().take_all();
+    let later = now + Duration::from_millis(500);
+    let (messages, reads) = read_counting(&mut server, &mut BytesMut::new(), &wire, later);
+    assert_eq!(messages.len(), 2);
+    assert_eq!(reads, 2, "once per call that reads a frame");
+    assert_eq!(server.poll_timeout(), Some(later + Duration::from_secs(1)));
 }
 
-/// A client's empty reads ignore the time: the close timeout starts from the `now` of
+/// A client's empty reads ignore the time: the close timeout starts from the time of
 /// the read that holds the server's close frame.
 #[test]
 fn client_close_timeout_starts_at_the_read_with_the_close_frame() {
@@ -1694,20 +1715,12 @@ fn client_close_timeout_starts_at_the_read_with_the_close_frame() {
     server.close(None, now).unwrap();
     let wire = server.transmit().take_all();
     let mut input = BytesMut::new();
-    assert!(!client.read_needs_clock(&input));
-    assert_eq!(
-        client
-            .read(&mut input, now - Duration::from_secs(600))
-            .unwrap(),
-        None
-    );
+    let (_, reads) = read_counting(&mut client, &mut input, b"", now - Duration::from_secs(600));
+    assert_eq!(reads, 0);
     assert_eq!(client.poll_timeout(), None);
-    input.extend_from_slice(&wire);
-    assert!(client.read_needs_clock(&input));
-    assert!(matches!(
-        client.read(&mut input, now).unwrap(),
-        Some(Message::Close(_))
-    ));
+    let (messages, reads) = read_counting(&mut client, &mut input, &wire, now);
+    assert!(matches!(messages[..], [Message::Close(_)]));
+    assert_eq!(reads, 1);
     assert_eq!(
         client.poll_timeout(),
         Some(now + Config::default().close_timeout)
