@@ -729,10 +729,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
                 // The reader (if any) finishes the stream.
                 inner.wake_reader();
                 Writers::wake_all(&inner.writers);
-                return Poll::Ready(Err(Error::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the peer did not read what was left to send within close_timeout",
-                ))));
+                let why = if inner.conn.heartbeat_expired() {
+                    "the heartbeat gave the peer up before this was written"
+                } else {
+                    "the peer did not read what was left to send within close_timeout"
+                };
+                return Poll::Ready(Err(Error::Io(io::Error::new(io::ErrorKind::TimedOut, why))));
             }
         }
         flushed.map_err(Error::Io)
