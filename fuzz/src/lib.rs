@@ -269,3 +269,164 @@ fn check_echo(config: &Config, received: Option<&CloseFrame>, echo: &[u8]) {
         assert_eq!(reason, frame.reason);
     }
 }
+
+/// The relay oracle for frames handed out in pieces (`stream_frames`), as `sockeye echo`
+/// relays them: a client's messages, in frames of any length up to 40,000 bytes (past
+/// `STREAM_PIECE_MIN`, which the other targets' 4 KiB inputs never reach), with pings
+/// between frames and a close at the end, read by a streaming server in reads of any
+/// size; every piece is sent straight back (`send_fragment`), with the server's own pings
+/// now and then. The echo must parse as whole frames, one data frame out per data frame
+/// in, give back the same messages, answer only pings that came, and end with the close.
+///
+/// Input: byte 0 picks the read size granularity (bits 0-1) and seeds the read sizes;
+/// then 3-byte ops: `op % 4` 0 or 1: a data frame (bit 2: text for a message's first
+/// frame, bit 3: fin) of `u16 % 40_001` bytes; 2: a ping of `byte % 126` bytes; 3: the
+/// server pings after the next piece it relays.
+pub fn relay(data: &[u8]) {
+    use sockeye_proto::{DataKind, Fragment};
+    let [flags, ops @ ..] = data else {
+        return;
+    };
+    let now = Instant::now();
+    let config = Config {
+        generate_mask: Some(Arc::new(|| CLIENT_KEY)),
+        ..Config::default()
+    };
+    let mut client = Connection::new(Role::Client, config.clone());
+    let mut expected: Vec<(DataKind, Vec<u8>)> = Vec::new();
+    let mut open: Option<(DataKind, Vec<u8>)> = None;
+    let mut frames_in = 0usize;
+    let mut own_ping_after = Vec::new();
+    let mut wire_len = 0usize;
+    for (i, op) in ops.chunks_exact(3).enumerate() {
+        if wire_len > 256 * 1024 {
+            break;
+        }
+        match op[0] % 4 {
+            0 | 1 => {
+                let fin = op[0] & 8 != 0;
+                let len = usize::from(u16::from_le_bytes([op[1], op[2]])) % 40_001;
+                let kind = match &open {
+                    Some((kind, _)) => *kind,
+                    None if op[0] & 4 != 0 => DataKind::Text,
+                    None => DataKind::Binary,
+                };
+                let payload: Vec<u8> = (0..len)
+                    .map(|j| match kind {
+                        DataKind::Text => b'a' + ((i + j) % 26) as u8,
+                        DataKind::Binary => (i * 31 + j * 7) as u8,
+                    })
+                    .collect();
+                client.send(kind, &payload, fin).expect("a valid frame");
+                frames_in += 1;
+                wire_len += len;
+                let message = open.get_or_insert_with(|| (kind, Vec::new()));
+                message.1.extend_from_slice(&payload);
+                if fin {
+                    expected.push(open.take().expect("open"));
+                }
+            }
+            2 => {
+                let len = usize::from(op[1]) % 126;
+                client.ping(&vec![b'p'; len]).expect("a valid ping");
+            }
+            _ => own_ping_after.push(frames_in),
+        }
+    }
+    if let Some((kind, _)) = &open {
+        client.send(*kind, b"", true).expect("the last frame");
+        frames_in += 1;
+        expected.push(open.take().expect("open"));
+    }
+    client.close(None, now).expect("close");
+    let wire = client.transmit().take_all();
+
+    let server_config = Config {
+        deliver_fragments: true,
+        stream_frames: true,
+        ..config.clone()
+    };
+    let mut server = Connection::new(Role::Server, server_config);
+    let max_chunk = [7, 600, 9000, 70_000][usize::from(flags & 3)];
+    let mut rng = u32::from(*flags) | 0x100;
+    let mut input = BytesMut::new();
+    let mut pings_in = Vec::new();
+    let mut own_pings = 0;
+    let mut pieces = 0usize;
+    let mut closed = false;
+    let mut at = 0;
+    while at < wire.len() {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        let n = (1 + rng as usize % max_chunk).min(wire.len() - at);
+        input.extend_from_slice(&wire[at..at + n]);
+        at += n;
+        loop {
+            match server.read(&mut input, now) {
+                Ok(Some(Message::Fragment(piece))) => {
+                    assert!(!closed, "data after the close");
+                    pieces += 1;
+                    let Fragment { data, rest, .. } = &piece;
+                    assert!(data.len() as u64 + rest <= 40_000);
+                    server.send_fragment(piece, true).expect("relayed");
+                    if own_ping_after.first() == Some(&pieces) {
+                        own_ping_after.remove(0);
+                        server.ping(b"own").expect("own ping");
+                        own_pings += 1;
+                    }
+                }
+                Ok(Some(Message::Ping(payload))) => pings_in.push(payload.to_vec()),
+                Ok(Some(Message::Close(None))) => closed = true,
+                Ok(Some(other)) => panic!("unexpected {other:?}"),
+                Ok(None) => break,
+                Err(e) => panic!("a valid stream failed: {e:?}"),
+            }
+        }
+    }
+    assert!(closed, "the close came through");
+    assert!(!server.is_mid_frame());
+    let out = server.transmit().take_all();
+
+    // Frame by frame: whole frames, unmasked, one data frame per data frame in.
+    let mut frames = BytesMut::from(&out[..]);
+    let (mut data_frames, mut pongs, mut pings) = (0, Vec::new(), 0);
+    let mut last = None;
+    while !frames.is_empty() {
+        let (h, n) = FrameHeader::decode(&frames)
+            .expect("valid headers")
+            .expect("whole frames");
+        assert_eq!(h.mask, None);
+        frames.advance(n);
+        let len = usize::try_from(h.payload_len).expect("fits");
+        assert!(len <= frames.len(), "a frame cut short");
+        let payload = frames.split_to(len);
+        match h.opcode {
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => data_frames += 1,
+            OpCode::Pong => pongs.push(payload.to_vec()),
+            OpCode::Ping => pings += 1,
+            OpCode::Close => {}
+        }
+        last = Some(h.opcode);
+    }
+    assert_eq!(data_frames, frames_in, "one frame out per frame in");
+    assert_eq!(pings, own_pings);
+    assert!(pongs.iter().all(|p| pings_in.contains(p)), "pongs answer pings");
+    if !pings_in.is_empty() {
+        assert!(!pongs.is_empty(), "the latest ping is answered");
+    }
+    assert_eq!(last, Some(OpCode::Close), "the close reply ends it");
+
+    // Message by message: what was sent comes back.
+    let mut reader = Connection::new(Role::Client, config);
+    let mut echoed = Vec::new();
+    let mut input = BytesMut::from(&out[..]);
+    while let Some(message) = reader.read(&mut input, now).expect("a valid echo") {
+        match message {
+            Message::Text(text) => echoed.push((DataKind::Text, text.as_bytes().to_vec())),
+            Message::Binary(data) => echoed.push((DataKind::Binary, data.to_vec())),
+            _ => {}
+        }
+    }
+    assert!(echoed == expected, "the echo equals what was sent");
+}
