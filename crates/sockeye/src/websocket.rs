@@ -207,11 +207,16 @@ impl Writers {
     /// Adds the task to those waiting to write (allocating the list in `slot` on first
     /// use); returns the waker to give the transport instead of the task's own.
     fn park(slot: &mut Option<Arc<Writers>>, cx: &Context<'_>) -> Waker {
+        Self::park_waker(slot, cx.waker())
+    }
+
+    /// [`Writers::park`] for a waker other than the polling task's.
+    fn park_waker(slot: &mut Option<Arc<Writers>>, waker: &Waker) -> Waker {
         let writers = slot.get_or_insert_with(Default::default);
         {
             let mut wakers = writers.0.lock().unwrap_or_else(PoisonError::into_inner);
-            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                wakers.push(cx.waker().clone());
+            if !wakers.iter().any(|w| w.will_wake(waker)) {
+                wakers.push(waker.clone());
             }
         }
         Waker::from(Arc::clone(writers))
@@ -722,8 +727,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
         let flushed = inner.poll_flush_transmit(cx);
         if flushed.is_pending() && inner.conn.state() != State::Open {
             // Closing: close_timeout bounds this wait too, whether or not a task reads
-            // (`close().await` toward a peer that does not read).
-            let _ = inner.poll_deadline(cx);
+            // (`close().await` toward a peer that does not read). The timer wakes every
+            // waiting writer and the parked reader, if any: the timer keeps one waker,
+            // and this task may give up waiting before the deadline.
+            let fanout = Writers::park(&mut inner.writers, cx);
+            if let Some(reader) = inner.reader_waker.clone() {
+                Writers::park_waker(&mut inner.writers, &reader);
+            }
+            let _ = inner.poll_deadline(&mut Context::from_waker(&fanout));
             if inner.conn.should_abort_transport() {
                 inner.io = None;
                 // The reader (if any) finishes the stream.

@@ -1102,3 +1102,36 @@ async fn end_of_stream_bounds_the_last_writes_by_close_timeout() {
     );
     assert!(drain(&mut raw).await < sent << 20, "the queue was dropped");
 }
+
+// P4: the reader parked in its own task, a close() given up before close_timeout: the
+// timer the close armed still wakes the reader, whose stream ends at close_timeout.
+#[tokio::test]
+async fn close_timeout_ends_the_reader_when_the_close_is_given_up() {
+    let mut config = ServerConfig::default();
+    config.websocket.close_timeout = Duration::from_millis(300);
+    let server = server(config).await;
+    let _raw = raw_client(server.local_addr(), "/").await;
+    let peer = accept_one(&server).await;
+    fill_towards(&peer).await;
+    let (writer, mut reader) = peer.split();
+    let reading =
+        tokio::spawn(
+            async move { tokio::time::timeout(Duration::from_secs(5), reader.next()).await },
+        );
+    // Let the reader park first.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), writer.close(None))
+            .await
+            .is_err(),
+        "the close frame cannot be written yet"
+    );
+    let end = reading.await.unwrap().expect("the reader was not woken");
+    assert!(end.is_none(), "{end:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+}
