@@ -189,24 +189,14 @@ fn check_message(config: &Config, message: &Message) {
 /// frames masked by the rule of `role`, one pong per ping (with `auto_pong`), and a close
 /// frame last: the echo of a received close, or the error's close code.
 fn check_wire(role: Role, config: &Config, events: &[Event], wire: &[u8]) {
-    let mut buf = BytesMut::from(wire);
     let mut frames = Vec::new();
-    while !buf.is_empty() {
-        let (h, n) = FrameHeader::decode(&buf)
-            .expect("we send valid headers")
-            .expect("we send whole frames");
+    for (h, payload) in decode_frames(wire) {
         match role {
             Role::Client => assert_eq!(h.mask, Some(CLIENT_KEY)),
             Role::Server => assert_eq!(h.mask, None),
         }
         assert!(h.fin && !h.rsv1);
-        buf.advance(n);
-        let len = usize::try_from(h.payload_len).unwrap();
-        assert!(len <= 125 && len <= buf.len());
-        let mut payload = buf.split_to(len).to_vec();
-        if let Some(key) = h.mask {
-            apply_mask(&mut payload, key, 0);
-        }
+        assert!(payload.len() <= 125);
         frames.push((h.opcode, payload));
     }
     let pings: Vec<&[u8]> = events
@@ -251,6 +241,27 @@ fn check_wire(role: Role, config: &Config, events: &[Event], wire: &[u8]) {
         }
         _ => assert!(closes.is_empty()),
     }
+}
+
+/// The frames of what a connection sent, payloads unmasked: whole frames with valid
+/// headers, nothing cut short.
+fn decode_frames(wire: &[u8]) -> Vec<(FrameHeader, Vec<u8>)> {
+    let mut buf = BytesMut::from(wire);
+    let mut frames = Vec::new();
+    while !buf.is_empty() {
+        let (h, n) = FrameHeader::decode(&buf)
+            .expect("we send valid headers")
+            .expect("we send whole frames");
+        buf.advance(n);
+        let len = usize::try_from(h.payload_len).expect("fits");
+        assert!(len <= buf.len(), "a frame cut short");
+        let mut payload = buf.split_to(len).to_vec();
+        if let Some(key) = h.mask {
+            apply_mask(&mut payload, key, 0);
+        }
+        frames.push((h, payload));
+    }
+    frames
 }
 
 fn check_echo(config: &Config, received: Option<&CloseFrame>, echo: &[u8]) {
@@ -389,21 +400,13 @@ pub fn relay(data: &[u8]) {
     let out = server.transmit().take_all();
 
     // Frame by frame: whole frames, unmasked, one data frame per data frame in.
-    let mut frames = BytesMut::from(&out[..]);
     let (mut data_frames, mut pongs, mut pings) = (0, Vec::new(), 0);
     let mut last = None;
-    while !frames.is_empty() {
-        let (h, n) = FrameHeader::decode(&frames)
-            .expect("valid headers")
-            .expect("whole frames");
+    for (h, payload) in decode_frames(&out) {
         assert_eq!(h.mask, None);
-        frames.advance(n);
-        let len = usize::try_from(h.payload_len).expect("fits");
-        assert!(len <= frames.len(), "a frame cut short");
-        let payload = frames.split_to(len);
         match h.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => data_frames += 1,
-            OpCode::Pong => pongs.push(payload.to_vec()),
+            OpCode::Pong => pongs.push(payload),
             OpCode::Ping => pings += 1,
             OpCode::Close => {}
         }

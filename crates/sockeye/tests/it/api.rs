@@ -1008,47 +1008,78 @@ async fn fill_towards(peer: &sockeye::WebSocket<tokio::net::TcpStream>) -> usize
     panic!("64 MiB went out to a peer that does not read");
 }
 
-/// What a raw client that stopped reading gets once it reads again: the server's
-/// bytes, then end of stream or a reset. Fewer than `at_least` bytes means the server
-/// dropped what it had queued.
-async fn drain(raw: &mut tokio::net::TcpStream) -> usize {
-    let mut total = 0;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match tokio::time::timeout(STEP, raw.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return total,
-            Ok(Ok(n)) => total += n,
-            Err(_) => panic!("the server kept the connection open"),
+/// A server connection whose peer, a raw client, stopped reading: the socket buffers
+/// are full and the send queue holds the rest of the `sent` MiB.
+struct Stalled {
+    _server: sockeye::WebSocketServer,
+    raw: tokio::net::TcpStream,
+    peer: sockeye::WebSocket<tokio::net::TcpStream>,
+    sent: usize,
+}
+
+impl Stalled {
+    async fn new(config: ServerConfig) -> Stalled {
+        let server = server(config).await;
+        let raw = raw_client(server.local_addr(), "/").await;
+        let peer = accept_one(&server).await;
+        let sent = fill_towards(&peer).await;
+        Stalled {
+            _server: server,
+            raw,
+            peer,
+            sent,
         }
     }
+
+    /// Reads again what the server kept for the raw client, then end of stream or a
+    /// reset: fewer bytes than were sent means the server dropped what it had queued.
+    async fn assert_queue_dropped(mut self) {
+        let mut total = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match tokio::time::timeout(STEP, self.raw.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => total += n,
+                Err(_) => panic!("the server kept the connection open"),
+            }
+        }
+        assert!(total < self.sent << 20, "the queue was dropped");
+    }
+}
+
+/// A server configuration with a short close_timeout (300 ms).
+fn short_close_timeout() -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.websocket.close_timeout = Duration::from_millis(300);
+    config
+}
+
+/// The wait since `started` was close_timeout (300 ms), not for ever.
+fn assert_waited_close_timeout(started: Instant) {
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
 }
 
 // P4, N1: a peer that does not read cannot hold a closing connection: close().await
 // and the stream end within close_timeout, and what was left queued is dropped.
 #[tokio::test]
 async fn close_timeout_bounds_a_close_the_peer_does_not_read() {
-    let mut config = ServerConfig::default();
-    config.websocket.close_timeout = Duration::from_millis(300);
-    let server = server(config).await;
-    let mut raw = raw_client(server.local_addr(), "/").await;
-    let mut peer = accept_one(&server).await;
-    let sent = fill_towards(&peer).await;
+    let mut stalled = Stalled::new(short_close_timeout()).await;
     let started = Instant::now();
-    let closed = tokio::time::timeout(Duration::from_secs(5), peer.close(None))
+    let closed = tokio::time::timeout(Duration::from_secs(5), stalled.peer.close(None))
         .await
         .expect("close() waited beyond close_timeout");
     assert!(closed.is_err(), "the close frame was not written");
-    let end = tokio::time::timeout(Duration::from_secs(5), peer.next())
+    let end = tokio::time::timeout(Duration::from_secs(5), stalled.peer.next())
         .await
         .expect("the stream did not end");
     assert!(end.is_none(), "{end:?}");
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
-        "{waited:?}"
-    );
-    assert_eq!(peer.ready_state(), ReadyState::Closed);
-    assert!(drain(&mut raw).await < sent << 20, "the queue was dropped");
+    assert_waited_close_timeout(started);
+    assert_eq!(stalled.peer.ready_state(), ReadyState::Closed);
+    stalled.assert_queue_dropped().await;
 }
 
 // B1: the heartbeat drops a peer that does not read, although its ping cannot be
@@ -1060,32 +1091,24 @@ async fn heartbeat_drops_a_peer_that_does_not_read() {
         Duration::from_millis(150),
         Duration::from_millis(150),
     ));
-    let server = server(config).await;
-    let mut raw = raw_client(server.local_addr(), "/").await;
-    let mut peer = accept_one(&server).await;
-    let sent = fill_towards(&peer).await;
+    let mut stalled = Stalled::new(config).await;
     let started = Instant::now();
-    let end = tokio::time::timeout(Duration::from_secs(5), peer.next())
+    let end = tokio::time::timeout(Duration::from_secs(5), stalled.peer.next())
         .await
         .expect("the stream did not end");
     assert!(matches!(end, Some(Err(Error::HeartbeatTimeout))), "{end:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(drain(&mut raw).await < sent << 20, "the queue was dropped");
+    stalled.assert_queue_dropped().await;
 }
 
 // P4: a peer that half-closes (end of stream) and does not read gets close_timeout to
 // take what is queued for it, not for ever.
 #[tokio::test]
 async fn end_of_stream_bounds_the_last_writes_by_close_timeout() {
-    let mut config = ServerConfig::default();
-    config.websocket.close_timeout = Duration::from_millis(300);
-    let server = server(config).await;
-    let mut raw = raw_client(server.local_addr(), "/").await;
-    let mut peer = accept_one(&server).await;
-    let sent = fill_towards(&peer).await;
-    raw.shutdown().await.unwrap();
+    let mut stalled = Stalled::new(short_close_timeout()).await;
+    stalled.raw.shutdown().await.unwrap();
     let started = Instant::now();
-    let end = tokio::time::timeout(Duration::from_secs(5), peer.next())
+    let end = tokio::time::timeout(Duration::from_secs(5), stalled.peer.next())
         .await
         .expect("the stream did not end");
     match end {
@@ -1095,24 +1118,18 @@ async fn end_of_stream_bounds_the_last_writes_by_close_timeout() {
         ),
         other => panic!("expected an abnormal close, got {other:?}"),
     }
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
-        "{waited:?}"
-    );
-    assert!(drain(&mut raw).await < sent << 20, "the queue was dropped");
+    assert_waited_close_timeout(started);
+    stalled.assert_queue_dropped().await;
 }
 
 // P4: the reader parked in its own task, a close() given up before close_timeout: the
 // timer the close armed still wakes the reader, whose stream ends at close_timeout.
 #[tokio::test]
 async fn close_timeout_ends_the_reader_when_the_close_is_given_up() {
-    let mut config = ServerConfig::default();
-    config.websocket.close_timeout = Duration::from_millis(300);
-    let server = server(config).await;
-    let _raw = raw_client(server.local_addr(), "/").await;
-    let peer = accept_one(&server).await;
-    fill_towards(&peer).await;
+    let Stalled {
+        _server, raw, peer, ..
+    } = Stalled::new(short_close_timeout()).await;
+    let _raw = raw;
     let (writer, mut reader) = peer.split();
     let reading =
         tokio::spawn(
@@ -1129,9 +1146,5 @@ async fn close_timeout_ends_the_reader_when_the_close_is_given_up() {
     );
     let end = reading.await.unwrap().expect("the reader was not woken");
     assert!(end.is_none(), "{end:?}");
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
-        "{waited:?}"
-    );
+    assert_waited_close_timeout(started);
 }
