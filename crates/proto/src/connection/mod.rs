@@ -592,9 +592,17 @@ impl Connection {
         }
         let text_checked = incoming.kind == DataKind::Text && !self.config.skip_utf8_validation;
         if self.config.deliver_fragments {
+            // Inflated data is split off, leaving the buffer's spare room for the next
+            // frame; an uncompressed frame's own buffer is taken whole (splitting a
+            // shared buffer costs a reference count up and down per frame).
+            let data = if self.reading_compressed {
+                incoming.data.split()
+            } else {
+                std::mem::take(&mut incoming.data)
+            };
             let fragment = Fragment {
                 kind: incoming.kind,
-                data: incoming.data.split().freeze(),
+                data: data.freeze(),
                 fin: header.fin,
                 rest: self.frame_rest(),
             };
