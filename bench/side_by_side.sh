@@ -28,11 +28,13 @@
 # peer source in bench/peers is newer than its binary; builds `cargo build --release -p sockeye-cli`
 # here (the working tree as it is); writes a servers file = bench/servers.conf with Sockeye's
 # absolute path; runs run_all.sh for throughput (and mem10000 with --mem); prints summarize.py's
-# tables. The machine should have 2+ cores and be otherwise idle (server on core 0, load on core 1).
+# tables, then bench/paired.py's (each Sockeye engine against raw-epoll and fastwebsockets,
+# round by round). The machine should have 2+ cores and be otherwise idle (server on core 0,
+# load on core 1).
 set -euo pipefail
 
 ROUNDS=3 SECS=10 SCEN="100x20 10x1024 10x16384 1x1048576" MEM=0 ONLY="" OUT="" CC=""
-usage() { sed -n '2,31p' "$0"; exit "${1:-2}"; }
+usage() { sed -n '2,33p' "$0"; exit "${1:-2}"; }
 BUILD_ONLY=0
 while [ $# -gt 0 ]; do
   case $1 in
@@ -165,6 +167,9 @@ fi
 [ ${#files[@]} -gt 0 ] || { echo "nothing to run (empty --scenarios and no --mem)" >&2; exit 2; }
 echo
 python3 ./summarize.py "${files[@]}" | tee "$OUT/summary.md"
+if [ -n "$SCEN" ]; then
+  echo; python3 "$REPO/bench/paired.py" "$OUT/tput.txt" | tee -a "$OUT/summary.md"
+fi
 echo "side_by_side: results in $OUT"
 bad=$(grep -h '^bench:' "${files[@]}" | grep -cE ' error=| errors=[1-9]' || true)
 [ "$bad" = 0 ] || { echo "side_by_side: $bad run(s) with errors, see the bench: lines in $OUT" >&2; exit 1; }
