@@ -366,6 +366,13 @@ fn handshake(target: &Target) -> anyhow::Result<(TcpStream, BytesMut)> {
         (None, None) => anyhow::bail!("{}: no address", target.host),
     };
     stream.set_nodelay(true)?;
+    let leftover = upgrade(&mut stream, target)?;
+    Ok((stream, leftover))
+}
+
+/// The opening handshake on a connected `stream`, blocking, with [`HANDSHAKE_TIMEOUT`] on
+/// each read and write; the bytes that came after the response head.
+pub(crate) fn upgrade(stream: &mut TcpStream, target: &Target) -> anyhow::Result<BytesMut> {
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let mut request = ClientRequest {
@@ -398,5 +405,5 @@ fn handshake(target: &Target) -> anyhow::Result<(TcpStream, BytesMut)> {
     stream.set_read_timeout(None)?;
     stream.set_write_timeout(None)?;
     let _ = head.split_to(len);
-    Ok((stream, head))
+    Ok(head)
 }

@@ -8,6 +8,10 @@
 
 mod event_loop;
 
+/// The blocking opening handshake on a connected stream, for the echo loop's tests.
+#[cfg(test)]
+pub(crate) use event_loop::upgrade;
+
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

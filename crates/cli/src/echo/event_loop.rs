@@ -631,22 +631,12 @@ mod tests {
         socket.set_recv_buffer_size(4096).unwrap();
         socket.connect(&addr.into()).unwrap();
         let mut stream: std::net::TcpStream = socket.into();
+        let target = sockeye::Target::parse(&format!("ws://{addr}/")).unwrap();
+        let leftover = crate::bench::upgrade(&mut stream, &target).unwrap();
+        assert!(leftover.is_empty());
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        stream
-            .write_all(
-                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            )
-            .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8];
-            stream.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101"));
         // A binary message (mask 0: the payload as is), then a reserved opcode (1002).
         let mut frames = vec![0x82, 0xFF];
         frames.extend_from_slice(&(SIZE as u64).to_be_bytes());

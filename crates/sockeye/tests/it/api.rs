@@ -593,15 +593,21 @@ async fn ping_flood_from_a_peer_that_does_not_read_stays_bounded() {
     reader.abort();
 }
 
-// B1: one line enables the heartbeat; a peer that never answers is dropped in time, a
-// live one (auto-pong) stays.
-#[tokio::test]
-async fn heartbeat_drops_dead_peers_and_keeps_live_ones() {
+/// A server whose heartbeat pings after 150 ms of silence and gives up 150 ms later.
+fn heartbeat_config() -> ServerConfig {
     let mut config = ServerConfig::default();
     config.websocket.heartbeat = Some(sockeye::Heartbeat::new(
         Duration::from_millis(150),
         Duration::from_millis(150),
     ));
+    config
+}
+
+// B1: one line enables the heartbeat; a peer that never answers is dropped in time, a
+// live one (auto-pong) stays.
+#[tokio::test]
+async fn heartbeat_drops_dead_peers_and_keeps_live_ones() {
+    let config = heartbeat_config();
     let server = server(config).await;
 
     // Dead: a raw client that reads but never answers.
@@ -1086,11 +1092,7 @@ async fn close_timeout_bounds_a_close_the_peer_does_not_read() {
 // written (before, the connection then waited for ever to write it).
 #[tokio::test]
 async fn heartbeat_drops_a_peer_that_does_not_read() {
-    let mut config = ServerConfig::default();
-    config.websocket.heartbeat = Some(sockeye::Heartbeat::new(
-        Duration::from_millis(150),
-        Duration::from_millis(150),
-    ));
+    let config = heartbeat_config();
     let mut stalled = Stalled::new(config).await;
     let started = Instant::now();
     let end = tokio::time::timeout(Duration::from_secs(5), stalled.peer.next())
