@@ -173,7 +173,13 @@ impl Transmit {
 
 impl Buf for Transmit {
     fn remaining(&self) -> usize {
-        self.each_segment().map(Segment::remaining).sum::<usize>() + self.tail.len()
+        match &self.segments {
+            // The common case, asked on every read: no iterator to set up.
+            None => self.tail.len(),
+            Some(segments) => {
+                segments.iter().map(Segment::remaining).sum::<usize>() + self.tail.len()
+            }
+        }
     }
 
     fn chunk(&self) -> &[u8] {

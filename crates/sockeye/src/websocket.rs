@@ -39,7 +39,9 @@ thread_local! {
     /// One read buffer per thread, lent to whichever connection reads next: a busy
     /// connection reuses it without allocating, an idle one holds none (its buffer comes
     /// back here when a read finds nothing).
-    static SPARE_READ_BUF: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
+    /// (An `Option`, so that the slot is built at compile time: no lazy
+    /// initialization to check on every read.)
+    static SPARE_READ_BUF: std::cell::Cell<Option<BytesMut>> = const { std::cell::Cell::new(None) };
 }
 
 /// At most this many slices per vectored write.
@@ -937,6 +939,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        // Bytes read do not move a deadline; what reads them (and the end of the stream)
+        // may, so the timer is checked on entry and after anything but a plain read.
+        let mut check_deadline = true;
         loop {
             if self.ended {
                 return Poll::Ready(None);
@@ -945,7 +950,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 self.rare().resume_waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            let _ = self.poll_deadline(cx);
+            if check_deadline {
+                let _ = self.poll_deadline(cx);
+            }
+            check_deadline = true;
             if self.conn.should_abort_transport() {
                 return self.poll_closing(cx);
             }
@@ -961,7 +969,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 self.park_reader(cx);
                 return Poll::Pending;
             }
-            if !self.conn.is_read_closed() {
+            if !self.conn.is_read_closed() && self.conn.wants_read(&self.read_buf) {
                 // The clock is read only when the read needs the time (not for a
                 // server's data frames without a heartbeat).
                 match self.conn.read_with(&mut self.read_buf, Instant::now) {
@@ -997,7 +1005,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 return self.poll_closing(cx);
             }
             match self.poll_fill(cx) {
-                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Ok(n)) => {
+                    check_deadline = n == 0;
+                    continue;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.end_with_io_error(e)))),
                 Poll::Pending => {
                     // Arm the timer for the deadline the read may have started (the
@@ -1050,11 +1061,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
     }
 
-    /// Reads more bytes; on end of stream tells the connection.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Reads more bytes, and returns how many (0 at the end of the stream, which it
+    /// tells the connection).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let Some(io) = self.io.as_mut() else {
             self.conn.handle_eof(Instant::now());
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(0));
         };
         let want = self
             .conn
@@ -1062,13 +1074,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             .clamp(READ_CHUNK, MAX_READ_RESERVE);
         if self.read_buf.is_empty() {
             // Borrow the thread's spare buffer rather than allocating one.
-            let spare = SPARE_READ_BUF.take();
-            if spare.capacity() > self.read_buf.capacity() {
-                self.read_buf = spare;
-                self.read_buf_big = false;
-            } else {
-                // Ours is as large: leave the spare for the next connection.
-                SPARE_READ_BUF.set(spare);
+            if let Some(spare) = SPARE_READ_BUF.take() {
+                if spare.capacity() > self.read_buf.capacity() {
+                    self.read_buf = spare;
+                    self.read_buf_big = false;
+                } else {
+                    // Ours is as large: leave the spare for the next connection.
+                    SPARE_READ_BUF.set(Some(spare));
+                }
             }
         }
         self.read_buf.reserve(want);
@@ -1086,14 +1099,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     let mut buf = std::mem::take(&mut self.read_buf);
                     if !self.read_buf_big && buf.try_reclaim(READ_CHUNK) {
                         let slot = SPARE_READ_BUF.take();
-                        if slot.capacity() >= buf.capacity() {
+                        if slot
+                            .as_ref()
+                            .is_some_and(|s| s.capacity() >= buf.capacity())
+                        {
                             SPARE_READ_BUF.set(slot);
                         } else {
                             if buf.capacity() < SPARE_SIZE {
                                 // The thread has no spare of full size: make this one.
                                 buf.reserve(SPARE_SIZE);
                             }
-                            SPARE_READ_BUF.set(buf);
+                            SPARE_READ_BUF.set(Some(buf));
                         }
                     }
                 }
@@ -1110,9 +1126,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     sent,
                 }));
             }
-            return Poll::Ready(Ok(()));
         }
-        Poll::Ready(Ok(()))
+        Poll::Ready(Ok(n))
     }
 
     /// After the last frame: write what is queued, wait out the close handshake, close
@@ -1140,7 +1155,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             // Keep reading (and discarding) until end of stream.
             self.read_buf.clear();
             return match self.poll_fill(cx) {
-                Poll::Ready(Ok(())) => {
+                Poll::Ready(Ok(_)) => {
                     self.read_buf.clear();
                     self.poll_closing(cx)
                 }

@@ -341,6 +341,18 @@ impl Connection {
         }
     }
 
+    /// Whether [`Connection::read_with`] could do anything with `input`: false when
+    /// `input` is empty and nothing waits for a first read (the heartbeat's clock
+    /// starts at the first read), so that a transport wrapper can skip the call
+    /// before it reads the transport.
+    pub fn wants_read(&self, input: &BytesMut) -> bool {
+        !input.is_empty()
+            || self
+                .heartbeat
+                .as_ref()
+                .is_some_and(|heartbeat| heartbeat.last_activity.is_none())
+    }
+
     /// How many more bytes the frame in progress needs, at least 1, given `input`
     /// (a header not yet complete asks for the rest of the largest header).
     pub fn read_hint(&self, input: &BytesMut) -> usize {

@@ -1283,6 +1283,22 @@ mod heartbeat {
     }
 
     #[test]
+    fn an_empty_read_is_wanted_only_to_start_the_clock() {
+        let t0 = Instant::now();
+        let mut conn = server();
+        let mut empty = BytesMut::new();
+        assert!(
+            conn.wants_read(&empty),
+            "the first read starts the heartbeat"
+        );
+        conn.read(&mut empty, t0).unwrap();
+        assert!(!conn.wants_read(&empty), "nothing more to do without bytes");
+        assert!(conn.wants_read(&BytesMut::from(&[0x8a][..])));
+        let plain = Connection::new(Role::Server, Config::default());
+        assert!(!plain.wants_read(&empty), "no heartbeat, no clock to start");
+    }
+
+    #[test]
     fn any_frame_keeps_the_peer_alive() {
         let t0 = Instant::now();
         let mut conn = server();
