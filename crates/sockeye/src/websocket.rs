@@ -1035,7 +1035,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// hands the connection the time once it has passed. The timer is only moved
     /// earlier: traffic that pushes the heartbeat later costs no timer reset, and a timer
     /// that fires early just re-arms.
+    #[inline]
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> bool {
+        // Most of the time (a server without a heartbeat, between close handshakes)
+        // there is no deadline and no timer.
+        if self.timer.is_none() && self.conn.poll_timeout().is_none() {
+            return false;
+        }
+        self.poll_timer(cx)
+    }
+
+    /// [`Inner::poll_deadline`] when there is a deadline or a timer.
+    #[inline(never)]
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
         let mut fired = false;
         loop {
             let Some(deadline) = self.conn.poll_timeout() else {
