@@ -122,16 +122,24 @@ impl Default for SendOptions {
 /// has taken it (or with the error that refused it).
 #[must_use = "the frame is queued; await the future to learn that it was written"]
 pub struct Sending<'a, S> {
-    shared: &'a Shared<S>,
+    /// The connection to write out; `None` when the send was written out at once.
+    shared: Option<&'a Shared<S>>,
     /// Boxed: the future stays two words, so tasks that await sends stay small.
     refused: Option<Box<Error>>,
 }
 
 impl<'a, S> Sending<'a, S> {
-    fn new(shared: &'a Shared<S>, queued: Result<(), Error>) -> Self {
-        Sending {
-            shared,
-            refused: queued.err().map(Box::new),
+    /// `queued`: whether the frame was queued, and then whether it is written already.
+    fn new(shared: &'a Shared<S>, queued: Result<bool, Error>) -> Self {
+        match queued {
+            Ok(written) => Sending {
+                shared: (!written).then_some(shared),
+                refused: None,
+            },
+            Err(error) => Sending {
+                shared: Some(shared),
+                refused: Some(Box::new(error)),
+            },
         }
     }
 }
@@ -142,7 +150,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Sending<'_, S> {
         if let Some(error) = self.refused.take() {
             return Poll::Ready(Err(*error));
         }
-        self.shared.poll_flush(cx)
+        match self.shared {
+            Some(shared) => shared.poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -222,6 +233,17 @@ impl Writers {
             }
         }
         Waker::from(Arc::clone(writers))
+    }
+
+    /// Whether a task waits to write now (`slot` allocated at the first that did).
+    fn any_waiting(slot: &Option<Arc<Writers>>) -> bool {
+        slot.as_ref().is_some_and(|writers| {
+            !writers
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+        })
     }
 
     /// Wakes every waiting task, if any ever waited.
@@ -464,7 +486,8 @@ macro_rules! sender_methods {
         /// The message is queued whole when `send` is called; if the future is dropped
         /// it is still written by the next operation, never torn or duplicated.
         pub fn send(&self, message: impl Into<Message>) -> Sending<'_, S> {
-            let queued = self.shared.queue(message.into());
+            let message = message.into();
+            let queued = self.shared.queue_and_write(|inner| inner.queue(message));
             Sending::new(&self.shared, queued)
         }
 
@@ -490,7 +513,9 @@ macro_rules! sender_methods {
         /// # Errors
         /// As [`Self::send`].
         pub fn send_frame(&self, kind: DataKind, data: &[u8], fin: bool) -> Sending<'_, S> {
-            let queued = self.shared.with_conn(|conn| conn.send(kind, data, fin));
+            let queued = self
+                .shared
+                .queue_and_write(|inner| inner.with_conn(|conn| conn.send(kind, data, fin)));
             Sending::new(&self.shared, queued)
         }
 
@@ -506,9 +531,9 @@ macro_rules! sender_methods {
             data: &[u8],
             options: SendOptions,
         ) -> Sending<'_, S> {
-            let queued = self
-                .shared
-                .with_conn(|conn| conn.send_with(kind, data, options.fin, options.compress));
+            let queued = self.shared.queue_and_write(|inner| {
+                inner.with_conn(|conn| conn.send_with(kind, data, options.fin, options.compress))
+            });
             Sending::new(&self.shared, queued)
         }
 
@@ -517,7 +542,10 @@ macro_rules! sender_methods {
         /// # Errors
         /// As [`Self::send`].
         pub fn ping(&self, data: &[u8]) -> Sending<'_, S> {
-            let queued = self.shared.with_conn(|conn| conn.ping(data));
+            let queued = self
+                .shared
+                .with_conn(|conn| conn.ping(data))
+                .map(|()| false);
             Sending::new(&self.shared, queued)
         }
 
@@ -526,7 +554,10 @@ macro_rules! sender_methods {
         /// # Errors
         /// As [`Self::send`].
         pub fn pong(&self, data: &[u8]) -> Sending<'_, S> {
-            let queued = self.shared.with_conn(|conn| conn.pong(data));
+            let queued = self
+                .shared
+                .with_conn(|conn| conn.pong(data))
+                .map(|()| false);
             Sending::new(&self.shared, queued)
         }
 
@@ -541,7 +572,8 @@ macro_rules! sender_methods {
         pub fn close(&self, frame: Option<CloseFrame>) -> Sending<'_, S> {
             let queued = self
                 .shared
-                .with_conn(|conn| conn.close(frame.as_ref(), Instant::now()));
+                .with_conn(|conn| conn.close(frame.as_ref(), Instant::now()))
+                .map(|()| false);
             self.shared.wake_writers();
             Sending::new(&self.shared, queued)
         }
@@ -699,6 +731,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
 
     fn queue(&self, message: Message) -> Result<(), Error> {
         self.lock().queue(message)
+    }
+
+    /// Queues a frame with `queue` and, if nothing was queued before it, writes it at
+    /// once (one attempt that waits for nothing): most sends then finish here, under the
+    /// lock already held, and their future has nothing left to do. Returns whether it
+    /// was all written.
+    fn queue_and_write(
+        &self,
+        queue: impl FnOnce(&mut Inner<S>) -> Result<(), Error>,
+    ) -> Result<bool, Error> {
+        let mut inner = self.lock();
+        let was_idle = inner.conn.transmit().is_empty();
+        queue(&mut inner)?;
+        Ok(was_idle && inner.try_write_now())
     }
 
     fn ready_state(&self) -> ReadyState {
@@ -869,6 +915,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         if let Some(waker) = self.reader_waker.take() {
             waker.wake();
         }
+    }
+
+    /// One attempt to write out all that is queued, with a waker that wakes nobody:
+    /// true when it all went (and the transport flushed). Anything short of that (a
+    /// partial write, `Pending`, an error) is left to [`Inner::poll_flush_transmit`],
+    /// which the send's future runs with its task's waker, and which registers that
+    /// waker in place of this one. Not tried while a task waits to write: the
+    /// transport holds the waker for it, which this attempt would replace.
+    fn try_write_now(&mut self) -> bool {
+        if Writers::any_waiting(&self.writers) {
+            return false;
+        }
+        let Some(io) = self.io.as_mut() else {
+            return false;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let transmit = self.conn.transmit();
+        match poll_write_some(io, transmit, &mut cx) {
+            Poll::Ready(Ok(n)) if n > 0 => transmit.advance(n),
+            _ => return false,
+        }
+        if !transmit.is_empty() || !matches!(Pin::new(io).poll_flush(&mut cx), Poll::Ready(Ok(())))
+        {
+            return false;
+        }
+        // Written out: an idle connection holds no write buffer.
+        transmit.shrink();
+        true
     }
 
     /// Writes the transmit buffer out. Ready once it is empty and the transport flushed.

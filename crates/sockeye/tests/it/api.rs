@@ -998,6 +998,40 @@ async fn dropped_send_does_not_strand_other_writers() {
     quitter.abort();
 }
 
+// A send to a transport with room goes out when `send` is called, before its future is
+// polled (the future then has nothing left to do); a send that cannot go out at once
+// (a 24 MiB frame) still completes, by its future, once the peer reads.
+#[tokio::test]
+async fn a_send_with_room_is_written_when_called() {
+    let server = server(ServerConfig::default()).await;
+    let mut raw = raw_client(server.local_addr(), "/").await;
+    let peer = accept_one(&server).await;
+    let sending = peer.send_text("at once");
+    assert_eq!(
+        within("the frame", read_frame(&mut raw)).await,
+        (true, 1, b"at once".to_vec()),
+        "written before the future was polled"
+    );
+    within("the send", sending).await.unwrap();
+    // Too large for the socket buffers: the rest waits for the future and the reader.
+    const SIZE: usize = 24 << 20;
+    let large = peer.send_binary(&vec![3u8; SIZE]);
+    let reader = tokio::spawn(async move {
+        let frame = read_frame(&mut raw).await;
+        (frame, raw)
+    });
+    within("the large send", large).await.unwrap();
+    let ((fin, opcode, payload), mut raw) = within("the peer's read", reader).await.unwrap();
+    assert!(fin && opcode == 2 && payload.len() == SIZE && payload.iter().all(|&b| b == 3));
+    // And the next small send goes out at once again.
+    let sending = peer.send_text("again");
+    assert_eq!(
+        within("the frame", read_frame(&mut raw)).await,
+        (true, 1, b"again".to_vec())
+    );
+    within("the send", sending).await.unwrap();
+}
+
 /// Sends 1 MiB messages to a peer that does not read until a send has waited 200 ms:
 /// the socket buffers are full and the send queue holds what is left.
 async fn fill_towards(peer: &sockeye::WebSocket<tokio::net::TcpStream>) -> usize {
