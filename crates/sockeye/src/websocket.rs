@@ -478,6 +478,11 @@ macro_rules! sender_methods {
         /// `Bytes` payload of 64 KiB or more is written from without a copy (a client
         /// masks it in place when nothing else refers to it).
         ///
+        /// When nothing is queued before it and the transport has room, `send` (and
+        /// `send_text`, `send_binary`, `send_frame`, `send_with`) also writes it at
+        /// once, so the future usually has nothing left to do; what does not go out
+        /// then is written as the future is polled.
+        ///
         /// # Errors
         /// [`Error::Protocol`] with an `ApiMisuse` for invalid arguments or a send after
         /// close; [`Error::Io`] if the transport fails.
