@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Instructions per echoed message, counted by callgrind: the work a server does per message,
+# a measure the machine's throughput swings do not blur (BENCHMARKS.md, "The machine's two
+# states"; a change of a few percent of user space is invisible in messages per second).
+#
+# usage: bench/instructions.sh [--size BYTES] [--conns N] [--secs S] [--out DIR] [SERVER ...]
+#   SERVER      names from bench/servers.conf (default: sockeye sockeye-tokio fastwebsockets)
+#   --size N    message size in bytes (default 20)
+#   --conns N   connections (default 100)
+#   --secs S    seconds of load per server (default 10); under callgrind a server runs some
+#               50 times slower, so 10 s at 100 x 20 B is about half a million messages
+#   --out DIR   callgrind files and logs (default ${TMPDIR:-/tmp}/sockeye-bench/instructions-DATE)
+# Needs valgrind, and the harness built by `bench/side_by_side.sh --build-only` (wsload and
+# the peers in ${BENCH_WORK:-${TMPDIR:-/tmp}/sockeye-bench/harness}/bin). Builds Sockeye
+# (release) from the working tree.
+#
+# Each server runs under `valgrind --tool=callgrind` on core 0 and wsload loads it from core 1
+# (no warm-up, so every message is counted). Prints per server: the instructions of all its
+# processes, the messages wsload counted, and their ratio. The handshakes are counted too:
+# under 0.1% at the defaults. Annotate with `callgrind_annotate --inclusive=yes FILE`.
+set -euo pipefail
+
+SIZE=20 CONNS=100 SECS=10 OUT=""
+usage() { sed -n '2,20p' "$0"; exit "${1:-2}"; }
+names=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --size) SIZE=${2:?}; shift 2 ;;
+    --conns) CONNS=${2:?}; shift 2 ;;
+    --secs) SECS=${2:?}; shift 2 ;;
+    --out) OUT=${2:?}; shift 2 ;;
+    -h|--help) usage 0 ;;
+    -*) echo "unknown argument: $1" >&2; usage ;;
+    *) names+=("$1"); shift ;;
+  esac
+done
+for v in SIZE CONNS SECS; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "--${v,,}: positive integer expected" >&2; exit 2; }
+done
+[ ${#names[@]} -gt 0 ] || names=(sockeye sockeye-tokio fastwebsockets)
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${BENCH_WORK:-${TMPDIR:-/tmp}/sockeye-bench/harness}
+OUT=${OUT:-${TMPDIR:-/tmp}/sockeye-bench/instructions-$(date +%Y-%m-%d-%H%M%S)}
+command -v valgrind >/dev/null || { echo "instructions: valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
+[ -x "$WORK/bin/wsload" ] || { echo "instructions: no harness build in $WORK; run bench/side_by_side.sh --build-only first" >&2; exit 2; }
+WORK=$(cd "$WORK" && pwd)
+(cd "$REPO" && cargo build --release -q -p sockeye-cli)
+SOCKEYE=$REPO/target/release/sockeye
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+# The servers' commands: bench/servers.conf, Sockeye by absolute path.
+server_line() {
+  case $1 in
+    sockeye) echo "sockeye|ws|$SOCKEYE echo --listen 127.0.0.1:{port}" ;;
+    sockeye-tokio) echo "sockeye-tokio|ws|$SOCKEYE echo --engine tokio --listen 127.0.0.1:{port}" ;;
+    *) awk -F'|' -v n="$1" '$1 == n { print; exit }' "$REPO/bench/servers.conf" ;;
+  esac
+}
+
+echo "instructions: ${CONNS} x ${SIZE} B for ${SECS} s per server; files in $OUT"
+for name in "${names[@]}"; do
+  line=$(server_line "$name")
+  [ -n "$line" ] || { echo "instructions: no server '$name' in bench/servers.conf" >&2; exit 2; }
+  kind=$(cut -d'|' -f2 <<<"$line")
+  port=$((20000 + RANDOM % 10000))
+  cmd=$(cut -d'|' -f3- <<<"$line")
+  cmd=${cmd//\{port\}/$port}
+  rm -f "$OUT/$name".*
+  # shellcheck disable=SC2086 # the command line is split into words on purpose
+  (cd "$WORK" && exec setsid taskset -c 0 valgrind --tool=callgrind --trace-children=yes \
+     --callgrind-out-file="$OUT/$name.%p.callgrind" --log-file="$OUT/$name.%p.log" $cmd) \
+     >/dev/null 2>&1 </dev/null &
+  vpid=$!
+  for _ in $(seq 1 300); do
+    ss -ltn "sport = :$port" | grep -q LISTEN && break
+    kill -0 "$vpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if ! ss -ltn "sport = :$port" | grep -q LISTEN; then
+    kill -TERM -- "-$vpid" 2>/dev/null || true
+    echo "instructions: $name did not listen on port $port within 30 s (see $OUT/$name.*.log)" >&2
+    exit 1
+  fi
+  flag=(); [ "$kind" = raw ] && flag=(-r)
+  result=$(taskset -c 1 "$WORK/bin/wsload" -p "$port" -c "$CONNS" -s "$SIZE" -d "$SECS" -w 0 "${flag[@]}" -q | tail -1)
+  kill -TERM -- "-$vpid" 2>/dev/null || true
+  wait "$vpid" 2>/dev/null || true
+  msgs=$(grep -o ' msgs=[0-9]*' <<<"$result" | cut -d= -f2 || true)
+  instr=$(cat "$OUT/$name".*.log | grep -o 'Collected : [0-9]*' | awk '{s += $3} END {print s + 0}')
+  if [ -z "$msgs" ] || [ "$msgs" = 0 ] || [ "$instr" = 0 ]; then
+    echo "instructions: $name: no count (wsload: ${result:-nothing}; see $OUT/$name.*.log)" >&2
+    exit 1
+  fi
+  echo "$name instructions=$instr messages=$msgs per_message=$((instr / msgs))"
+done
