@@ -129,8 +129,13 @@ pub struct Sending<'a, S> {
 }
 
 impl<'a, S> Sending<'a, S> {
+    /// A frame queued (or refused), for the future to write.
+    fn new(shared: &'a Shared<S>, queued: Result<(), Error>) -> Self {
+        Self::written(shared, queued.map(|()| false))
+    }
+
     /// `queued`: whether the frame was queued, and then whether it is written already.
-    fn new(shared: &'a Shared<S>, queued: Result<bool, Error>) -> Self {
+    fn written(shared: &'a Shared<S>, queued: Result<bool, Error>) -> Self {
         match queued {
             Ok(written) => Sending {
                 shared: (!written).then_some(shared),
@@ -493,7 +498,7 @@ macro_rules! sender_methods {
         pub fn send(&self, message: impl Into<Message>) -> Sending<'_, S> {
             let message = message.into();
             let queued = self.shared.queue_and_write(|inner| inner.queue(message));
-            Sending::new(&self.shared, queued)
+            Sending::written(&self.shared, queued)
         }
 
         /// Sends a text message.
@@ -521,7 +526,7 @@ macro_rules! sender_methods {
             let queued = self
                 .shared
                 .queue_and_write(|inner| inner.with_conn(|conn| conn.send(kind, data, fin)));
-            Sending::new(&self.shared, queued)
+            Sending::written(&self.shared, queued)
         }
 
         /// Sends one frame with `ws`'s `send(data, { fin, compress })` options: with
@@ -539,7 +544,7 @@ macro_rules! sender_methods {
             let queued = self.shared.queue_and_write(|inner| {
                 inner.with_conn(|conn| conn.send_with(kind, data, options.fin, options.compress))
             });
-            Sending::new(&self.shared, queued)
+            Sending::written(&self.shared, queued)
         }
 
         /// Sends a ping (at most 125 bytes).
@@ -547,10 +552,7 @@ macro_rules! sender_methods {
         /// # Errors
         /// As [`Self::send`].
         pub fn ping(&self, data: &[u8]) -> Sending<'_, S> {
-            let queued = self
-                .shared
-                .with_conn(|conn| conn.ping(data))
-                .map(|()| false);
+            let queued = self.shared.with_conn(|conn| conn.ping(data));
             Sending::new(&self.shared, queued)
         }
 
@@ -559,10 +561,7 @@ macro_rules! sender_methods {
         /// # Errors
         /// As [`Self::send`].
         pub fn pong(&self, data: &[u8]) -> Sending<'_, S> {
-            let queued = self
-                .shared
-                .with_conn(|conn| conn.pong(data))
-                .map(|()| false);
+            let queued = self.shared.with_conn(|conn| conn.pong(data));
             Sending::new(&self.shared, queued)
         }
 
@@ -577,8 +576,7 @@ macro_rules! sender_methods {
         pub fn close(&self, frame: Option<CloseFrame>) -> Sending<'_, S> {
             let queued = self
                 .shared
-                .with_conn(|conn| conn.close(frame.as_ref(), Instant::now()))
-                .map(|()| false);
+                .with_conn(|conn| conn.close(frame.as_ref(), Instant::now()));
             self.shared.wake_writers();
             Sending::new(&self.shared, queued)
         }

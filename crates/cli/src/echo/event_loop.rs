@@ -418,8 +418,8 @@ impl Server {
         let mut verdict = Verdict::Keep;
         loop {
             // What is buffered first (leftovers after the head, or after backpressure);
-            // usually nothing, and an empty buffer holds no frame.
-            if !input.is_empty() && echo_buffered(conn, echo, input).is_err() {
+            // usually nothing, which the connection need not be asked to read.
+            if conn.wants_read(input) && echo_buffered(conn, echo, input).is_err() {
                 break;
             }
             // Each read's echo goes out before the next read, as a stream: a large frame
