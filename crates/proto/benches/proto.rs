@@ -22,7 +22,7 @@ fn main() {
 
 const SIZES: &[usize] = &[20, 1024, 16 * 1024, 1024 * 1024];
 
-/// `apply_mask`, the public entry: the byte loop under 24 B, else the selected kernel
+/// `apply_mask`, the public entry: the word loop under 24 B, else the selected kernel
 /// (`mask_kernel()`, printed to stderr once) behind its cached dispatch.
 #[divan::bench(args = SIZES)]
 fn mask_selected(bencher: Bencher, len: usize) {
