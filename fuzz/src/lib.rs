@@ -288,8 +288,12 @@ fn check_echo(config: &Config, received: Option<&CloseFrame>, echo: &[u8]) {
 /// size; every piece is sent straight back (`send_fragment`), with the server's own pings
 /// now and then. The echo must parse as whole frames, one data frame out per data frame
 /// in, give back the same messages, answer only pings that came, and end with the close.
+/// With bit 2 of byte 0 the server reads with `read_echo`, as `sockeye echo`'s event loop
+/// does (whole frames sent back in place, the rest returned and relayed), and its queue
+/// is written out after each read.
 ///
-/// Input: byte 0 picks the read size granularity (bits 0-1) and seeds the read sizes;
+/// Input: byte 0 picks the read size granularity (bits 0-1), `read_echo` (bit 2), and
+/// seeds the read sizes;
 /// then 3-byte ops: `op % 4` 0 or 1: a data frame (bit 2: text for a message's first
 /// frame, bit 3: fin) of `u16 % 40_001` bytes; 2: a ping of `byte % 126` bytes; 3: the
 /// server pings after the next piece it relays.
@@ -358,6 +362,8 @@ pub fn relay(data: &[u8]) {
         ..config.clone()
     };
     let mut server = Connection::new(Role::Server, server_config);
+    let echo = flags & 4 != 0;
+    let mut out = Vec::new();
     let max_chunk = [7, 600, 9000, 70_000][usize::from(flags & 3)];
     let mut rng = u32::from(*flags) | 0x100;
     let mut input = BytesMut::new();
@@ -374,7 +380,12 @@ pub fn relay(data: &[u8]) {
         input.extend_from_slice(&wire[at..at + n]);
         at += n;
         loop {
-            match server.read(&mut input, now) {
+            let read = if echo {
+                server.read_echo(&mut input, || now)
+            } else {
+                server.read(&mut input, now)
+            };
+            match read {
                 Ok(Some(Message::Fragment(piece))) => {
                     assert!(!closed, "data after the close");
                     pieces += 1;
@@ -394,10 +405,16 @@ pub fn relay(data: &[u8]) {
                 Err(e) => panic!("a valid stream failed: {e:?}"),
             }
         }
+        if echo {
+            // Written before the next read: a frame sent back in place holds on to the
+            // read buffer until then.
+            out.extend_from_slice(&server.transmit().take_all());
+            server.transmit().shrink();
+        }
     }
     assert!(closed, "the close came through");
     assert!(!server.is_mid_frame());
-    let out = server.transmit().take_all();
+    out.extend_from_slice(&server.transmit().take_all());
 
     // Frame by frame: whole frames, unmasked, one data frame per data frame in.
     let (mut data_frames, mut pongs, mut pings) = (0, Vec::new(), 0);

@@ -136,12 +136,12 @@ impl Transmit {
         all
     }
 
-    /// Frees the memory held while nothing is queued (for idle connections).
+    /// Frees the memory held while nothing is queued (for idle connections). An empty
+    /// buffer is let go even without capacity: it may be the end of a frame sent in
+    /// place, which still holds on to the read buffer it lies in.
     pub fn shrink(&mut self) {
         if self.is_empty() {
-            if self.tail.capacity() > 0 {
-                self.tail = BytesMut::new();
-            }
+            self.tail = BytesMut::new();
             self.segments = None;
         }
     }
@@ -149,6 +149,12 @@ impl Transmit {
     /// The buffer that encoded frames are appended to.
     pub(crate) fn tail(&mut self) -> &mut BytesMut {
         &mut self.tail
+    }
+
+    /// Makes `frame`, encoded, the whole queue, without a copy; for an empty queue.
+    pub(crate) fn set_tail(&mut self, frame: BytesMut) {
+        debug_assert!(self.is_empty(), "set_tail on a queue with bytes in it");
+        self.tail = frame;
     }
 
     /// Queues a frame header and a referenced payload after everything queued.

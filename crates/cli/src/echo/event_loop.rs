@@ -12,9 +12,11 @@
 //! by piece, reading paused while the peer does not take what is queued for it (the
 //! send queue's high-water mark), the close handshake and its timeout, and no read
 //! buffer held by an idle connection (one spare buffer for the loop). Beyond it: each
-//! read's echo is written before the next read, and accepting resumes shortly after an
-//! error such as running out of descriptors (the listener raises no new event for
-//! connections already waiting).
+//! read's echo is written before the next read, a frame that arrives whole goes back
+//! from the read buffer without a copy (`Connection::read_echo`; the buffer returns to
+//! the spare once that is written), and accepting resumes shortly after an error such
+//! as running out of descriptors (the listener raises no new event for connections
+//! already waiting).
 
 use std::collections::BTreeSet;
 use std::io::{self, IoSlice, Write};
@@ -231,6 +233,9 @@ impl Server {
             if let Err(()) = flush(client) {
                 return Verdict::Close;
             }
+            // After the flush: a frame echoed in place holds on to the read buffer until
+            // it is written.
+            self.idle_input(client);
             // Reading stopped at the send queue's high-water mark and the queue drained at
             // once: no event will come for the bytes still unread (edge-triggered), so
             // read on now. A queue that did not drain waits for the writable event.
@@ -458,7 +463,6 @@ impl Server {
                 }
             }
         }
-        self.idle_input(client);
         verdict
     }
 
@@ -483,7 +487,9 @@ impl Server {
 fn echo_buffered(conn: &mut Connection, echo: &mut Echo, input: &mut BytesMut) -> Result<(), ()> {
     loop {
         // The clock is read only when the read needs the time (a close frame, a failure).
-        let message = match conn.read_with(input, Instant::now) {
+        // A whole binary frame (or text message in one frame) goes back from where it
+        // was read, without a copy; the rest comes here to be answered.
+        let message = match conn.read_echo(input, Instant::now) {
             Ok(Some(message)) => message,
             Ok(None) => return Ok(()),
             Err(_) => return Err(()),

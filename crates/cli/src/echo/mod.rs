@@ -9,6 +9,11 @@
 //! never held whole. Each frame goes back as one frame of the same length: the pieces
 //! carry what is left of their frame (`Fragment::rest`), so the header with the whole
 //! length goes first. Text is echoed once the whole message has proven to be UTF-8.
+//!
+//! The event loop reads with `Connection::read_echo`: a frame that arrives whole (binary,
+//! or a text message in one frame) goes back from the read buffer itself, its header
+//! rewritten in place, without a copy; what that does not cover comes back to it as
+//! above.
 
 use std::process::ExitCode;
 

@@ -299,6 +299,45 @@ impl Connection {
                 clock: &mut clock,
                 at: None,
             },
+            false,
+        )
+    }
+
+    /// [`Connection::read_with`] for a server that sends every data frame back as it
+    /// came: an echo. A frame that arrives whole in `input`, uncompressed, of a binary
+    /// message or of a text message in one frame, is checked as `read_with` checks it
+    /// and then queued back in place, when nothing else is queued: its payload stays
+    /// where it was read, the reply's header is written over the end of the peer's
+    /// header (4 bytes longer: the masking key), and those bytes become the transmit
+    /// queue. No copy and no allocation.
+    ///
+    /// Everything else is returned as `read_with` returns it, for the caller to answer
+    /// as it would have: the pieces of a frame that arrives in parts
+    /// ([`Config::stream_frames`]), text messages in several frames, compressed
+    /// messages, frames that come while something else is queued, and control frames
+    /// (pings are answered here as always). Replies sent either way keep the peer's
+    /// frame boundaries, so the two mix within a message. A client, or a connection
+    /// without [`Config::deliver_fragments`], echoes nothing itself: every message is
+    /// returned.
+    ///
+    /// Keep the queue written out before the next read, as an echo does anyway: a frame
+    /// echoed in place holds on to the read buffer it came in until it is written.
+    ///
+    /// # Errors
+    /// As [`Connection::read`].
+    pub fn read_echo(
+        &mut self,
+        input: &mut BytesMut,
+        mut clock: impl FnMut() -> Instant,
+    ) -> Result<Option<Message>, Error> {
+        let echo = self.role == Role::Server && self.config.deliver_fragments;
+        self.read_at(
+            input,
+            &mut Now {
+                clock: &mut clock,
+                at: None,
+            },
+            echo,
         )
     }
 
@@ -306,6 +345,7 @@ impl Connection {
         &mut self,
         input: &mut BytesMut,
         now: &mut Now<'_>,
+        echo: bool,
     ) -> Result<Option<Message>, Error> {
         if let Some(heartbeat) = self.heartbeat.as_mut() {
             if heartbeat.last_activity.is_none() {
@@ -318,13 +358,18 @@ impl Connection {
                 return Ok(None);
             }
             let result = match self.read_frame(input) {
-                Ok(Some((header, payload))) => {
+                Ok(Some((header, mut frame, room))) => {
                     // Any frame proves the peer alive (B1).
                     if let Some(heartbeat) = self.heartbeat.as_mut() {
                         heartbeat.last_activity = Some(now.get());
                         heartbeat.ping_sent = None;
                     }
-                    self.on_frame(header, payload, now)
+                    if echo && room > 0 && self.echoes_in_place(&header) {
+                        self.echo_in_place(&header, frame, room).map(|()| None)
+                    } else {
+                        frame.advance(room);
+                        self.on_frame(header, frame, now)
+                    }
                 }
                 Ok(None) => return Ok(None),
                 Err(e) => Err(e),
@@ -373,10 +418,13 @@ impl Connection {
         }
     }
 
+    /// The next frame, or the next piece of one, once `input` has it: its header, and
+    /// its bytes split off `input`. A whole frame comes with its header in front of the
+    /// payload, that many bytes of room (the third value); a piece comes without.
     fn read_frame(
         &mut self,
         input: &mut BytesMut,
-    ) -> Result<Option<(FrameHeader, BytesMut)>, Error> {
+    ) -> Result<Option<(FrameHeader, BytesMut, usize)>, Error> {
         let (header, hlen) = match self.header {
             Some(h) => (h, usize::from(self.header_len)),
             None => {
@@ -407,15 +455,93 @@ impl Connection {
         }
         if available < len {
             if available >= STREAM_PIECE_MIN && self.streams(&header) {
-                return Ok(Some(self.split_frame(input, header, hlen, available)));
+                let (piece, payload) = self.split_frame(input, header, hlen, available);
+                return Ok(Some((piece, payload, 0)));
             }
             return Ok(None);
         }
         self.delivering_rest = hlen == 0;
-        input.advance(hlen);
-        let payload = input.split_to(len);
+        let frame = input.split_to(hlen + len);
         self.header = None;
-        Ok(Some((header, payload)))
+        Ok(Some((header, frame, hlen)))
+    }
+
+    /// Whether [`Connection::read_echo`] sends the whole data frame `header` back in
+    /// place: see there. The reply must go out as the same frame (opcode, FIN) that
+    /// [`Connection::send_fragment`] would make of it, so that replies in place and
+    /// replies the caller sends keep one message consistent.
+    fn echoes_in_place(&self, header: &FrameHeader) -> bool {
+        if self.reading_compressed
+            || self.deflate.is_some()
+            || self.frame_out.is_some()
+            || !self.transmit.is_empty()
+            || self.state != State::Open
+            || self.close_sent
+        {
+            return false;
+        }
+        let kind = match header.opcode {
+            OpCode::Binary => DataKind::Binary,
+            // A text message in one frame: its UTF-8 is checked whole before it goes
+            // back. One in several frames is returned, to be answered whole.
+            OpCode::Text if header.fin => DataKind::Text,
+            OpCode::Continuation => match &self.incoming {
+                Some(incoming) if incoming.kind == DataKind::Binary => DataKind::Binary,
+                _ => return false,
+            },
+            _ => return false,
+        };
+        let reply = match self.outgoing {
+            Some(sending) if sending == kind => OpCode::Continuation,
+            Some(_) => return false,
+            None if kind == DataKind::Text => OpCode::Text,
+            None => OpCode::Binary,
+        };
+        reply == header.opcode
+    }
+
+    /// Sends the whole, unmasked data frame `frame` (`room` header bytes, then the
+    /// payload) back from where it lies, after the bookkeeping [`Connection::on_data`]
+    /// does for a frame it delivers as a fragment.
+    fn echo_in_place(
+        &mut self,
+        header: &FrameHeader,
+        mut frame: BytesMut,
+        room: usize,
+    ) -> Result<(), Error> {
+        let len = frame.len() - room;
+        let mut incoming = self.start_data(header);
+        incoming.received += len;
+        let text_checked = incoming.kind == DataKind::Text && !self.config.skip_utf8_validation;
+        // A whole frame: the message ends with it if it is the last.
+        self.end_fragment(incoming, header.fin, text_checked)?;
+        let reply = FrameHeader {
+            fin: header.fin,
+            rsv1: false,
+            opcode: header.opcode,
+            mask: None,
+            payload_len: len as u64,
+        };
+        let mut encoded = [0u8; MAX_HEADER_LEN];
+        let hlen = reply.encode(&mut encoded);
+        // The peer's header had the same length field and a masking key more.
+        debug_assert_eq!(hlen + 4, room);
+        let start = room - hlen;
+        frame[start..room].copy_from_slice(&encoded[..hlen]);
+        frame.advance(start);
+        if header.opcode != OpCode::Continuation {
+            self.sending_compressed = false;
+        }
+        self.outgoing = if header.fin {
+            None
+        } else {
+            Some(match header.opcode {
+                OpCode::Text => DataKind::Text,
+                _ => DataKind::Binary,
+            })
+        };
+        self.transmit.set_tail(frame);
+        Ok(())
     }
 
     /// Whether the frame in progress is handed out in pieces (`stream_frames`).
@@ -555,19 +681,7 @@ impl Connection {
         header: FrameHeader,
         payload: BytesMut,
     ) -> Result<Option<Message>, Error> {
-        let mut incoming = self.incoming.take().unwrap_or_else(|| Incoming {
-            kind: if header.opcode == OpCode::Text {
-                DataKind::Text
-            } else {
-                DataKind::Binary
-            },
-            data: BytesMut::new(),
-            received: 0,
-            fragments: 0,
-        });
-        if !self.delivering_rest {
-            incoming.fragments = incoming.fragments.saturating_add(1);
-        }
+        let mut incoming = self.start_data(&header);
         let max = self.config.max_payload;
         if self.reading_compressed {
             let deflate = self
@@ -618,14 +732,7 @@ impl Connection {
                 fin: header.fin,
                 rest: self.frame_rest(),
             };
-            if fragment.ends_message() {
-                if text_checked {
-                    // The last frame must not end inside a character.
-                    self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
-                }
-            } else {
-                self.incoming = Some(incoming);
-            }
+            self.end_fragment(incoming, fragment.ends_message(), text_checked)?;
             return Ok(Some(Message::Fragment(fragment)));
         }
         if !header.fin {
@@ -641,6 +748,41 @@ impl Connection {
                 Message::Text(Utf8Bytes::from_validated(data))
             }
         }))
+    }
+
+    /// The message a data frame belongs to, its frames counted.
+    fn start_data(&mut self, header: &FrameHeader) -> Incoming {
+        let mut incoming = self.incoming.take().unwrap_or_else(|| Incoming {
+            kind: if header.opcode == OpCode::Text {
+                DataKind::Text
+            } else {
+                DataKind::Binary
+            },
+            data: BytesMut::new(),
+            received: 0,
+            fragments: 0,
+        });
+        if !self.delivering_rest {
+            incoming.fragments = incoming.fragments.saturating_add(1);
+        }
+        incoming
+    }
+
+    /// After a fragment: the message is done when it `ends`, its text checked to the
+    /// end; otherwise it is kept for the next frame.
+    fn end_fragment(
+        &mut self,
+        incoming: Incoming,
+        ends: bool,
+        text_checked: bool,
+    ) -> Result<(), Error> {
+        if !ends {
+            self.incoming = Some(incoming);
+        } else if text_checked {
+            // The last frame must not end inside a character.
+            self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        Ok(())
     }
 
     /// A close frame arrived (RFC 6455 §5.5.1, §7.1.5).

@@ -2267,3 +2267,215 @@ fn randomized_relays_send_one_frame_per_frame_and_hold_control_frames() {
         "frames were split: {split_pieces} pieces"
     );
 }
+
+// ------------------------------------------------------------------ read_echo
+
+fn echo_server(configure: impl FnOnce(&mut Config)) -> Connection {
+    conn_with(Role::Server, |c| {
+        c.deliver_fragments = true;
+        configure(c);
+    })
+}
+
+/// What an echo sends for a message `read_echo` (or `read_with`) returns, as `sockeye
+/// echo` does: binary pieces straight back, text once the whole message has arrived.
+fn echo_reply(c: &mut Connection, text: &mut Vec<u8>, message: Message) {
+    let Message::Fragment(piece) = message else {
+        return;
+    };
+    if piece.kind == DataKind::Binary {
+        c.send_fragment(piece, true).unwrap();
+        return;
+    }
+    text.extend_from_slice(&piece.data);
+    if piece.ends_message() {
+        c.send(DataKind::Text, text, true).unwrap();
+        text.clear();
+    }
+}
+
+#[test]
+fn read_echo_sends_a_whole_frame_back_from_the_read_buffer() {
+    // Every length form: 7-bit, 16-bit and 64-bit.
+    for len in [0, 20, 125, 126, 16 * 1024, 70_000] {
+        let mut server = echo_server(|_| {});
+        let payload = payload_of(len);
+        let wire = raw(BINARY, &payload).to(Role::Server).bytes();
+        let mut input = BytesMut::with_capacity(wire.len());
+        input.extend_from_slice(&wire);
+        let base = input.as_ptr() as usize;
+        assert_eq!(server.read_echo(&mut input, Instant::now), Ok(None));
+        assert!(input.is_empty());
+        let expected = raw(BINARY, &payload).bytes();
+        assert_eq!(server.transmit().to_vec(), expected, "len {len}");
+        // In place: the reply starts 4 bytes into the bytes read (the masking key's).
+        assert_eq!(
+            server.transmit().chunk().as_ptr() as usize,
+            base + 4,
+            "len {len}"
+        );
+        assert_eq!(server.transmit().chunk().len(), expected.len());
+        // Written out, the queue lets go of the read buffer, which can be used again.
+        let n = server.transmit().len();
+        server.transmit().advance(n);
+        server.transmit().shrink();
+        assert!(input.try_reclaim(wire.len()), "len {len}");
+        assert_eq!(input.as_ptr() as usize, base);
+    }
+}
+
+#[test]
+fn read_echo_checks_text_before_it_goes_back() {
+    let mut server = echo_server(|_| {});
+    let mut input = BytesMut::from(&raw(TEXT, "héllo".as_bytes()).to(Role::Server).bytes()[..]);
+    assert_eq!(server.read_echo(&mut input, Instant::now), Ok(None));
+    assert_eq!(sent(&mut server), [(OpCode::Text, true, "héllo".into())]);
+
+    // Invalid UTF-8 fails the connection (1007); nothing of the frame goes back.
+    let mut input = BytesMut::from(&raw(TEXT, b"\xce\xbaxx\xff").to(Role::Server).bytes()[..]);
+    assert_eq!(
+        server.read_echo(&mut input, Instant::now),
+        Err(ProtocolError::InvalidUtf8.into())
+    );
+    assert_eq!(
+        sent(&mut server),
+        [(OpCode::Close, true, 1007u16.to_be_bytes().to_vec())]
+    );
+}
+
+#[test]
+fn read_echo_returns_what_it_does_not_send_back() {
+    // A text message in two frames: both returned, to be answered whole.
+    let mut server = echo_server(|_| {});
+    let mut input = BytesMut::new();
+    input.extend_from_slice(&raw(TEXT, b"ab").fin(false).to(Role::Server).bytes());
+    input.extend_from_slice(&raw(CONT, b"cd").to(Role::Server).bytes());
+    let mut returned = Vec::new();
+    while let Some(message) = server.read_echo(&mut input, Instant::now).unwrap() {
+        returned.push(message);
+    }
+    assert_eq!(returned.len(), 2);
+    assert!(server.transmit().is_empty());
+
+    // A ping first: its pong is queued, so the binary frame after it is returned.
+    let mut server = echo_server(|_| {});
+    let mut input = BytesMut::new();
+    input.extend_from_slice(&raw(PING, b"p").to(Role::Server).bytes());
+    input.extend_from_slice(&raw(BINARY, b"data").to(Role::Server).bytes());
+    let first = server.read_echo(&mut input, Instant::now).unwrap();
+    assert!(matches!(first, Some(Message::Ping(_))));
+    let second = server.read_echo(&mut input, Instant::now).unwrap();
+    assert!(
+        matches!(&second, Some(Message::Fragment(f)) if f.data == b"data"[..]),
+        "{second:?}"
+    );
+
+    // A client, or a server without deliver_fragments, echoes nothing itself.
+    let mut client = conn_with(Role::Client, |c| c.deliver_fragments = true);
+    let mut input = BytesMut::from(&raw(BINARY, b"x").bytes()[..]);
+    assert!(client
+        .read_echo(&mut input, Instant::now)
+        .unwrap()
+        .is_some());
+    let mut server = conn(Role::Server);
+    let mut input = BytesMut::from(&raw(BINARY, b"x").to(Role::Server).bytes()[..]);
+    assert_eq!(
+        server.read_echo(&mut input, Instant::now),
+        Ok(Some(binary(b"x")))
+    );
+    assert!(server.transmit().is_empty());
+}
+
+/// Randomized echoes (fixed seeds): messages of 1-3 frames, binary or text, with pings
+/// between, read in reads of random sizes, with and without `stream_frames`; after each
+/// read the queue is written out, as an echo loop does. `read_echo` (frames sent back
+/// in place, the rest answered by the caller) must send exactly the bytes that
+/// `read_with` and the caller's answers send, and must send some frames in place.
+#[test]
+fn read_echo_sends_the_same_bytes_as_read_and_send() {
+    let mut rng = 0x2545_f491_u32;
+    let mut next = move |n: u32| {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        rng % n
+    };
+    let mut in_place = 0;
+    for round in 0..80 {
+        let mut client = conn(Role::Client);
+        for _ in 0..1 + next(4) {
+            let frames = 1 + next(3);
+            let text = next(3) == 0;
+            let kind = if text {
+                DataKind::Text
+            } else {
+                DataKind::Binary
+            };
+            for i in 0..frames {
+                let longest = if next(2) == 0 { 200 } else { 40_000 };
+                let len = next(longest) as usize;
+                let part: Vec<u8> = if text {
+                    (0..len).map(|_| b'a' + next(26) as u8).collect()
+                } else {
+                    (0..len).map(|_| next(256) as u8).collect()
+                };
+                client.send(kind, &part, i == frames - 1).unwrap();
+                if next(3) == 0 {
+                    client.ping(format!("p{i}").as_bytes()).unwrap();
+                }
+            }
+        }
+        let wire = client.transmit().take_all();
+        let stream = round % 2 == 0;
+        let configure = |c: &mut Config| c.stream_frames = stream;
+        let mut outputs = Vec::new();
+        // Reads of random sizes, or (every other pair of rounds) a frame per read, as
+        // an echo gets them from a peer waiting for each reply.
+        let mut cuts = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let n = if round % 4 < 2 {
+                (1 + next(50_000) as usize).min(wire.len() - at)
+            } else {
+                let (h, hlen) = FrameHeader::decode(&wire[at..]).unwrap().unwrap();
+                hlen + h.payload_len as usize
+            };
+            cuts.push(n);
+            at += n;
+        }
+        for echo in [false, true] {
+            let mut server = echo_server(configure);
+            let mut input = BytesMut::new();
+            let mut text = Vec::new();
+            let mut out = Vec::new();
+            let mut at = 0;
+            for &n in &cuts {
+                input.extend_from_slice(&wire[at..at + n]);
+                at += n;
+                loop {
+                    let read = if echo {
+                        // Only a frame sent back in place queues something and
+                        // returns nothing.
+                        let idle = server.transmit().is_empty();
+                        let read = server.read_echo(&mut input, Instant::now);
+                        if idle && !server.transmit().is_empty() && read == Ok(None) {
+                            in_place += 1;
+                        }
+                        read
+                    } else {
+                        server.read_with(&mut input, Instant::now)
+                    };
+                    match read.unwrap() {
+                        Some(message) => echo_reply(&mut server, &mut text, message),
+                        None => break,
+                    }
+                }
+                out.extend_from_slice(&server.transmit().take_all());
+                server.transmit().shrink();
+            }
+            outputs.push(out);
+        }
+        assert!(outputs[0] == outputs[1], "round {round}: the echoes differ");
+    }
+    assert!(in_place > 100, "frames sent back in place: {in_place}");
+}
