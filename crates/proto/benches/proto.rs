@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use divan::counter::BytesCount;
 use divan::Bencher;
-use sockeye_proto::bytes::{Bytes, BytesMut};
+use sockeye_proto::bytes::{Buf, Bytes, BytesMut};
 use sockeye_proto::handshake::server::{parse_request, Upgrade};
 use sockeye_proto::handshake::HeadLimits;
 use sockeye_proto::mask::{apply_mask, apply_mask_naive, copy_masked, mask_kernel, Kernel};
@@ -147,6 +147,47 @@ fn decode_frames(bencher: Bencher, len: usize) {
             let mut server = Connection::new(Role::Server, Config::default());
             while let Some(message) = server.read(&mut input, now).unwrap() {
                 black_box(message);
+            }
+        });
+}
+
+/// A server echoing 1,000 masked binary frames of `len` bytes, one read and one written
+/// queue per frame as an echo loop runs: `read_with` and `send_fragment` (the payload
+/// copied into the queue) against `read_echo` (the frame sent back from the read buffer).
+/// Cost per frame.
+#[divan::bench(args = [20, 1024, 16 * 1024], consts = [false, true])]
+fn echo_frames<const IN_PLACE: bool>(bencher: Bencher, len: usize) {
+    let mut client = Connection::new(Role::Client, Config::default());
+    let payload = vec![7u8; len];
+    client.send_binary(&payload).unwrap();
+    let frame = client.transmit().take_all().freeze();
+    let config = std::sync::Arc::new(Config {
+        deliver_fragments: true,
+        ..Config::default()
+    });
+    bencher
+        .counter(divan::counter::ItemsCount::new(1000usize))
+        .with_inputs(|| Connection::new(Role::Server, config.clone()))
+        .bench_local_values(|mut server| {
+            let mut input = BytesMut::with_capacity(64 * 1024);
+            for _ in 0..1000 {
+                input.extend_from_slice(&frame);
+                if IN_PLACE {
+                    while let Some(message) = server.read_echo(&mut input, Instant::now).unwrap() {
+                        black_box(message);
+                    }
+                } else {
+                    while let Some(message) = server.read_with(&mut input, Instant::now).unwrap() {
+                        if let sockeye_proto::Message::Fragment(piece) = message {
+                            server.send_fragment(piece, true).unwrap();
+                        }
+                    }
+                }
+                // Written out.
+                let transmit = server.transmit();
+                black_box(transmit.chunk());
+                transmit.advance(transmit.len());
+                transmit.shrink();
             }
         });
 }
