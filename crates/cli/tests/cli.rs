@@ -329,6 +329,128 @@ async fn echo_streams_large_and_fragmented_messages_with(engine: &str) {
     close(ws).await;
 }
 
+/// A burst written at once, so that the server reads several frames per read: whole
+/// binary frames of every length form (the event loop sends the first of each read back
+/// from its read buffer, the rest by copy), a fragmented binary message with a ping
+/// inside, text in one frame and in two, and a 100 KiB frame. Both engines must send
+/// back every data frame as it came (same boundaries, unmasked), answer the ping, and
+/// the text whole.
+#[tokio::test]
+async fn echo_answers_a_pipelined_burst_frame_for_frame() {
+    use sockeye::proto::bytes::{Buf, BytesMut};
+    use sockeye::proto::{Config, Connection, Role};
+
+    for engine in ENGINES {
+        let server = echo_server(&["--engine", engine]).await;
+        let mut tcp = tokio::time::timeout(STEP, TcpStream::connect(server.addr))
+            .await
+            .expect("connect in time")
+            .unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            server.addr
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut input = BytesMut::new();
+        let head_end = loop {
+            if let Some(at) = input.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let n = tokio::time::timeout(STEP, tcp.read_buf(&mut input))
+                .await
+                .expect("the 101 in time")
+                .unwrap();
+            assert!(n > 0, "the server closed during the handshake");
+        };
+        let head = String::from_utf8_lossy(&input[..head_end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        input.advance(head_end);
+
+        let config = Config {
+            deliver_fragments: true,
+            ..Config::default()
+        };
+        let mut client = Connection::new(Role::Client, config);
+        let mut expected: Vec<(bool, bool, Vec<u8>)> = Vec::new(); // (text, fin, payload)
+        for len in [0usize, 20, 125, 126, 1000, 16 * 1024, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            client.send(DataKind::Binary, &payload, true).unwrap();
+            expected.push((false, true, payload));
+        }
+        client.send(DataKind::Binary, b"first", false).unwrap();
+        client.ping(b"inside").unwrap();
+        client.send(DataKind::Binary, b"second", false).unwrap();
+        client.send(DataKind::Binary, b"last", true).unwrap();
+        for part in ["first", "second", "last"] {
+            expected.push((false, part == "last", part.as_bytes().to_vec()));
+        }
+        client.send_text("one frame ✓").unwrap();
+        expected.push((true, true, "one frame ✓".as_bytes().to_vec()));
+        client
+            .send(DataKind::Text, "two ".as_bytes(), false)
+            .unwrap();
+        client
+            .send(DataKind::Text, "frames ✓".as_bytes(), true)
+            .unwrap();
+        expected.push((true, true, "two frames ✓".as_bytes().to_vec()));
+        let large: Vec<u8> = (0..100 * 1024u32).map(|i| (i % 241) as u8).collect();
+        client.send(DataKind::Binary, &large, true).unwrap();
+        expected.push((false, true, large));
+        let burst = client.transmit().take_all();
+        tcp.write_all(&burst).await.unwrap();
+
+        // Frame for frame, except that a frame relayed in pieces comes as pieces: join
+        // pieces until their frame's rest is 0.
+        let mut got: Vec<(bool, bool, Vec<u8>)> = Vec::new();
+        let mut piece_of: Option<Vec<u8>> = None;
+        let mut pong = false;
+        while got.len() < expected.len() {
+            let message = match client.read(&mut input, std::time::Instant::now()).unwrap() {
+                Some(message) => message,
+                None => {
+                    let n = tokio::time::timeout(STEP, tcp.read_buf(&mut input))
+                        .await
+                        .unwrap_or_else(|_| panic!("{engine}: stalled after {got:?}"))
+                        .unwrap();
+                    assert!(n > 0, "{engine}: closed after {} frames", got.len());
+                    continue;
+                }
+            };
+            match message {
+                Message::Pong(data) => {
+                    assert_eq!(&data[..], b"inside");
+                    pong = true;
+                }
+                Message::Fragment(fragment) => {
+                    let mut data = piece_of.take().unwrap_or_default();
+                    data.extend_from_slice(&fragment.data);
+                    if fragment.rest > 0 {
+                        piece_of = Some(data);
+                        continue;
+                    }
+                    got.push((fragment.kind == DataKind::Text, fragment.fin, data));
+                }
+                other => panic!("{engine}: unexpected {other:?}"),
+            }
+        }
+        assert!(pong, "{engine}: the ping inside the message was answered");
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "{engine}: one frame out per frame in"
+        );
+        for (i, (got, want)) in got.iter().zip(&expected).enumerate() {
+            assert!(
+                got == want,
+                "{engine}: frame {i} differs ({} bytes)",
+                want.2.len()
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn echo_multi_threaded() {
     let server = echo_server(&["--threads", "2"]).await;
