@@ -10,7 +10,8 @@
  *                run wsload without -V
  *   MODE         bit 0: copy what was read into a second buffer and send from there;
  *                bit 1: XOR what was read in place first (an unmasking pass);
- *                bit 2: send with writev in two pieces (4 bytes, then the rest)
+ *                bit 2: send with writev in two pieces (4 bytes, then the rest);
+ *                bit 3: send with writev in one piece
  * Run by bench/raw_variants.sh. build: gcc -O2 -o raw_variants raw_variants.c
  */
 #define _GNU_SOURCE
@@ -137,6 +138,9 @@ int main(int argc, char **argv)
             if (mode & 4) { /* header and payload as two pieces, one writev */
                 struct iovec iov[2] = {{out, 4}, {out + 4, (size_t)r - 4}};
                 w = writev(fd, iov, 2);
+            } else if (mode & 8) { /* one piece, but by writev */
+                struct iovec iov[1] = {{out, (size_t)r}};
+                w = writev(fd, iov, 1);
             } else {
                 w = send(fd, out, (size_t)r, MSG_NOSIGNAL);
             }
