@@ -21,6 +21,10 @@ use crate::frame::MAX_HEADER_LEN;
 /// for the next read, which may be why; not traced). BENCHMARKS.md has the figures.
 pub const ZERO_COPY_MIN: usize = 64 * 1024;
 
+/// The largest write buffer [`Transmit::shrink`] keeps: an idle connection that has
+/// sent small messages holds this much at most.
+pub const KEEP_TAIL: usize = 128;
+
 /// Bytes queued for the transport, in order. See the [module](self) docs.
 #[derive(Default)]
 pub struct Transmit {
@@ -136,12 +140,17 @@ impl Transmit {
         all
     }
 
-    /// Frees the memory held while nothing is queued (for idle connections). An empty
-    /// buffer is let go even without capacity: it may be the end of a frame sent in
-    /// place, which still holds on to the read buffer it lies in.
+    /// Frees the memory held while nothing is queued (for idle connections), but for
+    /// a buffer of at most [`KEEP_TAIL`] bytes that is this queue's alone: that one is
+    /// kept for the next frame, so that small messages do not cost an allocation each.
+    /// Anything else is let go, whatever capacity it has left: a larger buffer, and the
+    /// end of a frame sent in place (`Connection::read_echo`), which shares the read
+    /// buffer it lies in.
     pub fn shrink(&mut self) {
         if self.is_empty() {
-            self.tail = BytesMut::new();
+            if !(self.tail.try_reclaim(1) && self.tail.capacity() <= KEEP_TAIL) {
+                self.tail = BytesMut::new();
+            }
             self.segments = None;
         }
     }
@@ -265,6 +274,36 @@ mod tests {
         (t, expected)
     }
 
+    /// After a small frame the buffer is kept (the next frame goes where it went);
+    /// after a large one, or a shared one, it is let go.
+    #[test]
+    fn shrink_keeps_only_a_small_buffer_of_its_own() {
+        let mut t = Transmit::new();
+        t.tail().put_slice(&[1; 22]);
+        let at = t.chunk().as_ptr();
+        t.advance(22);
+        t.shrink();
+        t.tail().put_slice(&[2; 22]);
+        assert_eq!(t.chunk().as_ptr(), at, "the small buffer was reused");
+        t.advance(22);
+        t.shrink();
+        assert!(t.tail.capacity() <= KEEP_TAIL);
+
+        t.tail().put_slice(&[3; KEEP_TAIL + 1]);
+        t.advance(KEEP_TAIL + 1);
+        t.shrink();
+        assert_eq!(t.tail.capacity(), 0, "a larger buffer is let go");
+
+        let mut read = BytesMut::from(&[4u8; 64][..]);
+        let frame = read.split_to(30);
+        t.set_tail(frame);
+        t.advance(30);
+        t.shrink();
+        assert_eq!(t.tail.capacity(), 0, "a shared buffer is let go");
+        read.clear();
+        assert!(read.try_reclaim(64), "and the read buffer is whole again");
+    }
+
     #[test]
     fn keeps_order_and_length() {
         let (t, expected) = sample();
@@ -323,7 +362,7 @@ mod tests {
         assert_eq!(&t.take_all()[..], &expected[..]);
         assert!(t.is_empty());
         t.shrink();
-        assert_eq!(t.tail.capacity(), 0);
+        assert!(t.tail.capacity() <= KEEP_TAIL);
         assert!(t.segments.is_none());
     }
 
