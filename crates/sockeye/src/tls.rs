@@ -308,6 +308,7 @@ impl ServerStream {
 macro_rules! impl_stream {
     ($ty:ident: $($(#[$attr:meta])* $variant:ident),*) => {
         impl AsyncRead for $ty {
+            #[inline]
             fn poll_read(
                 self: Pin<&mut Self>,
                 cx: &mut Context<'_>,
@@ -320,6 +321,7 @@ macro_rules! impl_stream {
         }
 
         impl AsyncWrite for $ty {
+            #[inline]
             fn poll_write(
                 self: Pin<&mut Self>,
                 cx: &mut Context<'_>,
@@ -330,6 +332,7 @@ macro_rules! impl_stream {
                 }
             }
 
+            #[inline]
             fn poll_write_vectored(
                 self: Pin<&mut Self>,
                 cx: &mut Context<'_>,
@@ -340,12 +343,14 @@ macro_rules! impl_stream {
                 }
             }
 
+            #[inline]
             fn is_write_vectored(&self) -> bool {
                 match self {
                     $($(#[$attr])* $ty::$variant(s) => s.is_write_vectored(),)*
                 }
             }
 
+            #[inline]
             fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 match self.get_mut() {
                     $($(#[$attr])* $ty::$variant(s) => Pin::new(s).poll_flush(cx),)*

@@ -1269,6 +1269,7 @@ impl Connection {
 
     /// Bytes waiting to be written to the transport (`ws`'s `bufferedAmount`), control
     /// frames held for the end of a frame sent in pieces included.
+    #[inline]
     pub fn transmit_len(&self) -> usize {
         let held = self.frame_out.as_ref().map_or(0, |frame| frame.held.len());
         self.transmit.len() + held
@@ -1375,14 +1376,37 @@ fn put_masked(out: &mut BytesMut, header: &[u8], payload: &[u8], mask: Option<[u
 }
 
 /// A fresh masking key on a client (RFC 6455 §5.3), none on a server.
+#[inline]
 fn new_mask(role: Role, config: &Config) -> Option<[u8; 4]> {
     match role {
         Role::Client => Some(match &config.generate_mask {
             Some(generate) => generate(),
-            None => rand::random(),
+            None => random_key(),
         }),
         Role::Server => None,
     }
+}
+
+/// A masking key from the thread's CSPRNG (`rand`'s `ThreadRng`), drawn 64 keys at a
+/// time into a pool, as `ws` does with `randomFillSync`: the draw behind one key costs
+/// about as much as the key's share of a pool of them.
+fn random_key() -> [u8; 4] {
+    use std::cell::RefCell;
+
+    const KEYS: usize = 64;
+    thread_local! {
+        /// The keys not yet used, from `next` on; empty (`next == KEYS`) at first.
+        static POOL: RefCell<([[u8; 4]; KEYS], usize)> = const { RefCell::new(([[0; 4]; KEYS], KEYS)) };
+    }
+    POOL.with_borrow_mut(|(keys, next)| {
+        if *next == KEYS {
+            rand::RngCore::fill_bytes(&mut rand::rng(), keys.as_flattened_mut());
+            *next = 0;
+        }
+        let key = keys[*next];
+        *next += 1;
+        key
+    })
 }
 
 /// A payload to send: borrowed (copied into the transmit queue) or handed over.

@@ -260,6 +260,22 @@ fn client_rejects_masked_frame() {
     );
 }
 
+/// Without `generate_mask`, every frame gets its own key from the CSPRNG (RFC 6455
+/// §5.3), across the key pool's refills (64 keys each).
+#[test]
+fn a_client_masks_each_frame_with_a_fresh_random_key() {
+    let mut client = conn(Role::Client);
+    let mut keys = std::collections::HashSet::new();
+    for _ in 0..1000 {
+        client.send_binary(b"x").unwrap();
+        let wire = client.transmit().take_all();
+        let (header, _) = FrameHeader::decode(&wire).unwrap().unwrap();
+        keys.insert(header.mask.expect("a client masks"));
+    }
+    // 1,000 draws from 2^32 keys: a repeat has a chance of about 1 in 10,000.
+    assert!(keys.len() >= 998, "{} distinct keys of 1000", keys.len());
+}
+
 #[test]
 fn client_masks_with_generate_mask_server_does_not() {
     let counter = Arc::new(AtomicU8::new(0));
