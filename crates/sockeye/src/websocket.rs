@@ -943,7 +943,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         {
             return false;
         }
-        // Written out: an idle connection holds no write buffer.
+        // Written out: an idle connection holds no write buffer (beyond a small one).
         transmit.shrink();
         true
     }
@@ -1009,7 +1009,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
-        // Written out: an idle connection holds no write buffer.
+        // Written out: an idle connection holds no write buffer (beyond a small one).
         self.conn.transmit().shrink();
         Writers::wake_all(&self.writers);
         Poll::Ready(Ok(()))

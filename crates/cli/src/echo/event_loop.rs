@@ -595,7 +595,7 @@ fn write_transmit(io: &mut mio::net::TcpStream, conn: &mut Connection) -> Result
             Err(_) => return Err(()),
         }
     }
-    // Written out: an idle connection holds no write buffer.
+    // Written out: an idle connection holds no write buffer (beyond a small one).
     transmit.shrink();
     Ok(())
 }
