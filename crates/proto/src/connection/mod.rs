@@ -1388,8 +1388,8 @@ fn new_mask(role: Role, config: &Config) -> Option<[u8; 4]> {
 }
 
 /// A masking key from the thread's CSPRNG (`rand`'s `ThreadRng`), drawn 64 keys at a
-/// time into a pool, as `ws` does with `randomFillSync`: the draw behind one key costs
-/// about as much as the key's share of a pool of them.
+/// time into a per-thread pool, as `ws` fills its pool with `randomFillSync`. Setting up
+/// a draw costs more than the bytes it yields, so one draw serves 64 frames.
 fn random_key() -> [u8; 4] {
     use std::cell::RefCell;
 
