@@ -338,6 +338,7 @@ async fn echo_streams_large_and_fragmented_messages_with(engine: &str) {
 #[tokio::test]
 async fn echo_answers_a_pipelined_burst_frame_for_frame() {
     use sockeye::proto::bytes::{Buf, BytesMut};
+    use sockeye::proto::handshake::client::ClientRequest;
     use sockeye::proto::{Config, Connection, Role};
 
     for engine in ENGINES {
@@ -347,16 +348,20 @@ async fn echo_answers_a_pipelined_burst_frame_for_frame() {
             .expect("connect in time")
             .unwrap();
         tcp.set_nodelay(true).unwrap();
-        let request = format!(
-            "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            server.addr
-        );
-        tcp.write_all(request.as_bytes()).await.unwrap();
+        let request = ClientRequest {
+            host: server.addr.to_string(),
+            path: "/".into(),
+            ..ClientRequest::default()
+        };
+        let (bytes, expect) = request.encode();
+        tcp.write_all(&bytes).await.unwrap();
         let mut input = BytesMut::new();
         let head_end = loop {
-            if let Some(at) = input.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
+            if let Some((response, len)) = expect.parse(&input, &Default::default()).unwrap() {
+                expect
+                    .validate(response)
+                    .expect("a 101 that accepts the key");
+                break len;
             }
             let n = tokio::time::timeout(STEP, tcp.read_buf(&mut input))
                 .await
@@ -364,8 +369,6 @@ async fn echo_answers_a_pipelined_burst_frame_for_frame() {
                 .unwrap();
             assert!(n > 0, "the server closed during the handshake");
         };
-        let head = String::from_utf8_lossy(&input[..head_end]).into_owned();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         input.advance(head_end);
 
         let config = Config {
@@ -401,10 +404,8 @@ async fn echo_answers_a_pipelined_burst_frame_for_frame() {
         let burst = client.transmit().take_all();
         tcp.write_all(&burst).await.unwrap();
 
-        // Frame for frame, except that a frame relayed in pieces comes as pieces: join
-        // pieces until their frame's rest is 0.
+        // Frame for frame: without stream_frames the client reads each frame whole.
         let mut got: Vec<(bool, bool, Vec<u8>)> = Vec::new();
-        let mut piece_of: Option<Vec<u8>> = None;
         let mut pong = false;
         while got.len() < expected.len() {
             let message = match client.read(&mut input, std::time::Instant::now()).unwrap() {
@@ -423,15 +424,11 @@ async fn echo_answers_a_pipelined_burst_frame_for_frame() {
                     assert_eq!(&data[..], b"inside");
                     pong = true;
                 }
-                Message::Fragment(fragment) => {
-                    let mut data = piece_of.take().unwrap_or_default();
-                    data.extend_from_slice(&fragment.data);
-                    if fragment.rest > 0 {
-                        piece_of = Some(data);
-                        continue;
-                    }
-                    got.push((fragment.kind == DataKind::Text, fragment.fin, data));
-                }
+                Message::Fragment(fragment) => got.push((
+                    fragment.kind == DataKind::Text,
+                    fragment.fin,
+                    fragment.data.to_vec(),
+                )),
                 other => panic!("{engine}: unexpected {other:?}"),
             }
         }

@@ -359,10 +359,8 @@ impl Server {
             match recv(&client.io, &mut client.input) {
                 Ok(0) => return Verdict::Close,
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.idle_input(client);
-                    return Verdict::Keep;
-                }
+                // `step` gives an emptied buffer back to the spare after the flush.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Verdict::Keep,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Verdict::Close,
             }

@@ -491,13 +491,18 @@ impl Connection {
             },
             _ => return false,
         };
-        let reply = match self.outgoing {
-            Some(sending) if sending == kind => OpCode::Continuation,
-            Some(_) => return false,
-            None if kind == DataKind::Text => OpCode::Text,
-            None => OpCode::Binary,
-        };
-        reply == header.opcode
+        self.next_opcode(kind) == Some(header.opcode)
+    }
+
+    /// The opcode of the next data frame of `kind` this side sends: a continuation
+    /// inside a message, else the kind's own; `None` inside a message of the other kind.
+    fn next_opcode(&self, kind: DataKind) -> Option<OpCode> {
+        match self.outgoing {
+            Some(current) if current != kind => None,
+            Some(_) => Some(OpCode::Continuation),
+            None if kind == DataKind::Text => Some(OpCode::Text),
+            None => Some(OpCode::Binary),
+        }
     }
 
     /// Sends the whole, unmasked data frame `frame` (`room` header bytes, then the
@@ -512,9 +517,9 @@ impl Connection {
         let len = frame.len() - room;
         let mut incoming = self.start_data(header);
         incoming.received += len;
-        let text_checked = incoming.kind == DataKind::Text && !self.config.skip_utf8_validation;
+        let kind = incoming.kind;
         // A whole frame: the message ends with it if it is the last.
-        self.end_fragment(incoming, header.fin, text_checked)?;
+        self.end_fragment(incoming, header.fin)?;
         let reply = FrameHeader {
             fin: header.fin,
             rsv1: false,
@@ -532,14 +537,7 @@ impl Connection {
         if header.opcode != OpCode::Continuation {
             self.sending_compressed = false;
         }
-        self.outgoing = if header.fin {
-            None
-        } else {
-            Some(match header.opcode {
-                OpCode::Text => DataKind::Text,
-                _ => DataKind::Binary,
-            })
-        };
+        self.outgoing = (!header.fin).then_some(kind);
         self.transmit.set_tail(frame);
         Ok(())
     }
@@ -716,7 +714,7 @@ impl Connection {
                 incoming.data.extend_from_slice(&payload);
             }
         }
-        let text_checked = incoming.kind == DataKind::Text && !self.config.skip_utf8_validation;
+        let text_checked = self.checks_text(incoming.kind);
         if self.config.deliver_fragments {
             // Inflated data is split off, leaving the buffer's spare room for the next
             // frame; an uncompressed frame's own buffer is taken whole (splitting a
@@ -732,7 +730,7 @@ impl Connection {
                 fin: header.fin,
                 rest: self.frame_rest(),
             };
-            self.end_fragment(incoming, fragment.ends_message(), text_checked)?;
+            self.end_fragment(incoming, fragment.ends_message())?;
             return Ok(Some(Message::Fragment(fragment)));
         }
         if !header.fin {
@@ -768,17 +766,17 @@ impl Connection {
         incoming
     }
 
+    /// Whether a message of `kind` has its UTF-8 checked as it arrives.
+    fn checks_text(&self, kind: DataKind) -> bool {
+        kind == DataKind::Text && !self.config.skip_utf8_validation
+    }
+
     /// After a fragment: the message is done when it `ends`, its text checked to the
     /// end; otherwise it is kept for the next frame.
-    fn end_fragment(
-        &mut self,
-        incoming: Incoming,
-        ends: bool,
-        text_checked: bool,
-    ) -> Result<(), Error> {
+    fn end_fragment(&mut self, incoming: Incoming, ends: bool) -> Result<(), Error> {
         if !ends {
             self.incoming = Some(incoming);
-        } else if text_checked {
+        } else if self.checks_text(incoming.kind) {
             // The last frame must not end inside a character.
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
         }
@@ -1050,12 +1048,9 @@ impl Connection {
             // Longer than a peer accepts (2^53 - 1, as ws).
             return Err(ApiMisuse::FramePieceMismatch.into());
         }
-        let opcode = match self.outgoing {
-            Some(current) if current != kind => return Err(ApiMisuse::FragmentTypeMismatch.into()),
-            Some(_) => OpCode::Continuation,
-            None if kind == DataKind::Text => OpCode::Text,
-            None => OpCode::Binary,
-        };
+        let opcode = self
+            .next_opcode(kind)
+            .ok_or(ApiMisuse::FragmentTypeMismatch)?;
         if opcode != OpCode::Continuation {
             self.sending_compressed = compress
                 && self

@@ -138,6 +138,17 @@ impl Raw {
     }
 }
 
+/// A fixed-seed xorshift32: `next(n)` is the next number below `n`.
+fn xorshift(seed: u32) -> impl FnMut(u32) -> u32 {
+    let mut rng = seed;
+    move |n| {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        rng % n
+    }
+}
+
 fn close_body(code: u16, reason: &[u8]) -> Vec<u8> {
     [&code.to_be_bytes()[..], reason].concat()
 }
@@ -2202,13 +2213,7 @@ mod frames_in_pieces {
 /// and each pong must answer a ping that was sent.
 #[test]
 fn randomized_relays_send_one_frame_per_frame_and_hold_control_frames() {
-    let mut rng = 0x9e37_79b9_u32;
-    let mut next = move |n: u32| {
-        rng ^= rng << 13;
-        rng ^= rng >> 17;
-        rng ^= rng << 5;
-        rng % n
-    };
+    let mut next = xorshift(0x9e37_79b9_u32);
     let mut split_pieces = 0;
     for _ in 0..60 {
         let frames = 1 + next(3) as usize;
@@ -2409,13 +2414,7 @@ fn read_echo_returns_what_it_does_not_send_back() {
 /// `read_with` and the caller's answers send, and must send some frames in place.
 #[test]
 fn read_echo_sends_the_same_bytes_as_read_and_send() {
-    let mut rng = 0x2545_f491_u32;
-    let mut next = move |n: u32| {
-        rng ^= rng << 13;
-        rng ^= rng >> 17;
-        rng ^= rng << 5;
-        rng % n
-    };
+    let mut next = xorshift(0x2545_f491_u32);
     let mut in_place = 0;
     for round in 0..80 {
         let mut client = conn(Role::Client);
