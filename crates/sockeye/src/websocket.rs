@@ -183,6 +183,8 @@ struct Inner<S> {
     /// `read_buf` was grown past [`SPARE_MAX`] (a large frame): free it when idle
     /// rather than keep it as the thread's spare.
     read_buf_big: bool,
+    /// The transport was shut down for writing (TCP FIN) by the closing.
+    write_shut: bool,
     /// Tasks waiting for the transmit buffer to drain, allocated when a write first
     /// has to wait.
     writers: Option<Arc<Writers>>,
@@ -382,6 +384,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             conn,
             read_buf,
             read_buf_big: false,
+            write_shut: false,
             writers: None,
             timer: None,
             ended: false,
@@ -1220,48 +1223,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     }
 
     /// After the last frame: write what is queued, wait out the close handshake, close
-    /// the transport, then report the end.
+    /// the transport (after a failure: shut it down for writing and read it to its end,
+    /// discarding, so that the peer gets the close frame rather than a reset), then
+    /// report the end.
     fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
-        if self.conn.should_abort_transport() {
-            // Terminated (the heartbeat gave up), or what was left to write outlived
-            // close_timeout (a peer that does not read): close now, without it. Tasks
-            // still waiting for it to be written get an error.
-            self.io = None;
-            return self.finish();
-        }
-        if let Poll::Ready(Err(e)) = self.poll_flush_transmit(cx) {
-            return Poll::Ready(Some(Err(self.end_with_io_error(e))));
-        }
-        if !self.conn.transmit().is_empty() {
-            return Poll::Pending;
-        }
-        if !self.conn.should_close_transport() {
-            // A client waits for the server to close TCP, bounded by close_timeout.
-            let _ = self.poll_deadline(cx);
-            if self.conn.should_close_transport() {
-                return self.poll_closing(cx);
+        loop {
+            if self.conn.should_abort_transport() {
+                // Terminated (the heartbeat gave up), or what was left to write (or to
+                // drain) outlived close_timeout: close now, without it. Tasks still
+                // waiting for it to be written get an error.
+                self.io = None;
+                return self.finish();
+            }
+            if let Poll::Ready(Err(e)) = self.poll_flush_transmit(cx) {
+                return Poll::Ready(Some(Err(self.end_with_io_error(e))));
+            }
+            if !self.conn.transmit().is_empty() {
+                return Poll::Pending;
+            }
+            let draining = self.conn.should_drain();
+            if self.conn.should_close_transport() && !self.write_shut {
+                if let Some(io) = self.io.as_mut() {
+                    match Pin::new(io).poll_shutdown(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) if draining => {}
+                        Poll::Ready(_) => self.io = None,
+                    }
+                }
+                self.write_shut = true;
+            }
+            if self.conn.is_finished() || self.io.is_none() {
+                self.io = None;
+                return self.finish();
+            }
+            // A client waits for the server to close TCP, and a failed connection for the
+            // peer's end of stream; both bounded by close_timeout.
+            if self.poll_deadline(cx) {
+                continue;
             }
             // Keep reading (and discarding) until end of stream.
             self.read_buf.clear();
-            return match self.poll_fill(cx) {
-                Poll::Ready(Ok(_)) => {
-                    self.read_buf.clear();
-                    self.poll_closing(cx)
-                }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(_)) => self.read_buf.clear(),
                 Poll::Ready(Err(_)) => {
                     self.io = None;
-                    self.finish()
+                    return self.finish();
                 }
-                Poll::Pending => Poll::Pending,
-            };
-        }
-        if let Some(io) = self.io.as_mut() {
-            match Pin::new(io).poll_shutdown(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(_) => self.io = None,
             }
         }
-        self.finish()
     }
 
     fn finish(&mut self) -> Poll<Option<Result<Message, Error>>> {

@@ -122,6 +122,9 @@ struct Client {
     write_wait: bool,
     /// Reading stopped at the send queue's high-water mark; resumes once it drains.
     backpressured: bool,
+    /// Shut down for writing: the connection failed, its close frame is written, and
+    /// what the peer still sends is read and discarded (`Connection::should_drain`).
+    write_shut: bool,
     /// The deadline this connection has in the timer heap, if any.
     scheduled: Option<Instant>,
 }
@@ -199,6 +202,7 @@ impl Server {
                 out: BytesMut::new(),
                 write_wait: false,
                 backpressured: false,
+                write_shut: false,
                 scheduled: None,
             }));
             // The request may already be there.
@@ -243,6 +247,7 @@ impl Server {
                 break;
             }
         }
+        shut_write_to_drain(client);
         if done(client) {
             Verdict::Close
         } else {
@@ -422,8 +427,9 @@ impl Server {
         loop {
             // What is buffered first (leftovers after the head, or after backpressure);
             // usually nothing, which the connection need not be asked to read.
-            if conn.wants_read(input) && echo_buffered(conn, echo, input).is_err() {
-                break;
+            // A failure queues the close frame and ends reading (but for draining).
+            if conn.wants_read(input) {
+                let _ = echo_buffered(conn, echo, input);
             }
             // Each read's echo goes out before the next read, as a stream: a large frame
             // relayed in pieces is not held back, and its pieces' buffers free up.
@@ -431,7 +437,9 @@ impl Server {
                 verdict = Verdict::Close;
                 break;
             }
-            if conn.is_read_closed() {
+            // A failed connection reads on to the peer's end of stream (the bytes are
+            // discarded), so that closing does not reset it and lose the close frame.
+            if conn.is_read_closed() && !conn.should_drain() {
                 break;
             }
             if at_high_water(conn) {
@@ -534,9 +542,20 @@ fn done(client: &mut Client) -> bool {
     match &mut client.phase {
         Phase::Handshake { .. } => false,
         Phase::Refusing { .. } => true,
-        Phase::Open { conn, .. } => {
-            conn.should_abort_transport()
-                || (conn.should_close_transport() && conn.transmit().is_empty())
+        Phase::Open { conn, .. } => conn.is_finished(),
+    }
+}
+
+/// Once a failed connection's close frame is written: the write side is shut down
+/// (FIN), and reading goes on until the peer's end of stream or the close timeout.
+fn shut_write_to_drain(client: &mut Client) {
+    if client.write_shut || !client.out.is_empty() {
+        return;
+    }
+    if let Phase::Open { conn, .. } = &mut client.phase {
+        if conn.should_drain() && conn.transmit().is_empty() {
+            let _ = client.io.shutdown(std::net::Shutdown::Write);
+            client.write_shut = true;
         }
     }
 }

@@ -16,8 +16,12 @@
 //!    [`Connection::handle_timeout`] once it has passed; call [`Connection::handle_eof`]
 //!    when the transport reports end of stream.
 //! 4. Once [`Connection::should_close_transport`] is true and the transmit buffer is
-//!    empty, close the transport; once [`Connection::should_abort_transport`] is true,
-//!    close it at once, without writing what is still queued.
+//!    empty, shut the transport down for writing (TCP FIN). While
+//!    [`Connection::should_drain`] is then true, keep reading and passing the bytes to
+//!    `read` (which discards them) until end of stream or the deadline. Once
+//!    [`Connection::is_finished`] is true, drop the transport; once
+//!    [`Connection::should_abort_transport`] is true, drop it at once, without writing
+//!    what is still queued.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -126,6 +130,10 @@ pub struct Connection {
     /// client), or for what is left to write once the transport is to be closed.
     deadline: Option<Instant>,
     close_transport: bool,
+    /// The connection failed before the peer's end of stream: the transport is to be
+    /// read to its end (bytes discarded), within the close timeout, before it is
+    /// dropped ([`Connection::should_drain`]).
+    draining: bool,
     /// The transport is to be closed without writing what is queued (`terminate`, or
     /// the close timeout passed).
     abort_transport: bool,
@@ -212,6 +220,7 @@ impl Connection {
             close_received: false,
             deadline: None,
             close_transport: false,
+            draining: false,
             abort_transport: false,
             heartbeat_expired: false,
         }
@@ -831,6 +840,14 @@ impl Connection {
     ///
     /// A frame being sent in pieces is cut off: a close frame cannot follow half a frame,
     /// so the transport is closed without one (the peer sees 1006).
+    ///
+    /// The peer may still be sending (the rest of a message over `max_payload`, say):
+    /// a transport closed with received bytes unread answers them with a reset (TCP
+    /// RST), on which the peer's system discards what it has received and not yet read,
+    /// the close frame included. So the transport is drained as `ws` does after an
+    /// error: its write side is shut down once the close frame is written, and what
+    /// arrives is read and discarded until the peer's end of stream or `close_timeout`
+    /// ([`Connection::should_drain`]).
     fn fail(&mut self, error: &Error, now: &mut Now<'_>) {
         let cut = self.cut_frame_out();
         if !self.close_sent && !cut {
@@ -840,11 +857,17 @@ impl Connection {
                 reason: String::new(),
             }));
         }
+        let draining = !self.read_closed;
         self.read_closed = true;
         self.incoming = None;
         self.state = State::Closed;
         self.close_transport = true;
         self.bound_closing(|| now.get());
+        if draining && !self.abort_transport {
+            self.draining = true;
+            self.deadline
+                .get_or_insert_with(|| now.get() + self.config.close_timeout);
+        }
     }
 
     /// The transport is to be closed once what is queued is written: within
@@ -865,6 +888,7 @@ impl Connection {
     /// read holds the connection no longer).
     pub fn handle_eof(&mut self, now: Instant) -> Option<CloseFrame> {
         let abnormal = !self.close_received && !self.read_closed;
+        self.draining = false;
         self.cut_frame_out();
         self.read_closed = true;
         self.state = State::Closed;
@@ -877,10 +901,10 @@ impl Connection {
     /// When [`Connection::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         // Once the transport is to be closed and all is written, the close timeout has
-        // nothing left to bound.
-        let close = self
-            .deadline
-            .filter(|_| !(self.should_close_transport() && self.transmit.is_empty()));
+        // nothing left to bound, but the draining of a failed connection.
+        let close = self.deadline.filter(|_| {
+            !(self.should_close_transport() && self.transmit.is_empty() && !self.draining)
+        });
         match (close, self.heartbeat_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -944,6 +968,24 @@ impl Connection {
     /// `close_timeout` (a peer that does not read).
     pub fn should_abort_transport(&self) -> bool {
         self.abort_transport
+    }
+
+    /// Whether the transport, its write side shut down, is still to be read to its end:
+    /// after a failure (a protocol error, a message over `max_payload` ...) while the
+    /// peer may still be sending. Read on, passing the bytes to [`Connection::read`]
+    /// (which discards them), until end of stream ([`Connection::handle_eof`]) or the
+    /// deadline of [`Connection::poll_timeout`] (`close_timeout`) passes. Closing with
+    /// unread bytes would reset the connection, and the peer would lose the close frame.
+    pub fn should_drain(&self) -> bool {
+        self.draining && !self.abort_transport
+    }
+
+    /// Whether the caller is done with the transport and should drop it: aborted
+    /// ([`Connection::should_abort_transport`]), or closed with everything written and,
+    /// after a failure, drained ([`Connection::should_drain`]).
+    pub fn is_finished(&self) -> bool {
+        self.abort_transport
+            || (self.should_close_transport() && self.transmit.is_empty() && !self.draining)
     }
 
     /// Whether reading is over (close handshake finished, failure, or end of stream).

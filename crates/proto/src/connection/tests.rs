@@ -237,10 +237,78 @@ fn assert_fails(mut c: Connection, bytes: &[u8], expected: impl Into<Error>) {
         frames.last(),
         Some(&(OpCode::Close, true, code.0.to_be_bytes().to_vec()))
     );
-    // The error is reported once; the connection reads nothing more.
+    // The error is reported once; the connection reads nothing more: what still arrives
+    // is discarded while the transport drains to the peer's end of stream.
+    assert!(
+        c.should_drain() && !c.is_finished(),
+        "drains after a failure"
+    );
     let mut more = BytesMut::from(&raw(TEXT, b"x").to(c.role()).bytes()[..]);
     assert_eq!(c.read(&mut more, now), Ok(None));
+    assert!(more.is_empty(), "bytes read while draining are discarded");
     assert!(sent(&mut c).is_empty());
+    assert_eq!(c.poll_timeout(), Some(now + c.config().close_timeout));
+    assert_eq!(
+        c.handle_eof(now),
+        None,
+        "a failed connection's end is not abnormal"
+    );
+    assert!(!c.should_drain() && c.is_finished());
+}
+
+/// A failed connection whose peer neither stops sending nor closes is given up at the
+/// close timeout: the transport is then dropped at once.
+#[test]
+fn draining_ends_at_the_close_timeout() {
+    for role in [Role::Server, Role::Client] {
+        let mut clock = Clock::new();
+        let mut c = conn(role);
+        let mut input = BytesMut::new();
+        let (_, error) = feed(
+            &mut c,
+            &mut input,
+            &raw(0x3, b"").to(role).bytes(),
+            clock.now(),
+        );
+        assert_eq!(error, Some(ProtocolError::InvalidOpcode(3).into()));
+        assert_eq!(sent(&mut c).len(), 1, "the close frame");
+        let deadline = c.poll_timeout().expect("the drain is bounded");
+        assert_eq!(deadline, clock.now() + DEFAULT_CLOSE_TIMEOUT);
+        // The peer goes on sending: nothing is kept, nothing is answered.
+        for _ in 0..100 {
+            let (messages, error) = feed(
+                &mut c,
+                &mut input,
+                &raw(BINARY, &[7; 1000]).to(role).bytes(),
+                clock.now(),
+            );
+            assert!(messages.is_empty() && error.is_none() && input.is_empty());
+        }
+        assert!(c.should_drain() && !c.is_finished());
+        clock.advance(DEFAULT_CLOSE_TIMEOUT - Duration::from_millis(1));
+        c.handle_timeout(clock.now());
+        assert!(c.should_drain(), "not before the deadline");
+        clock.advance(Duration::from_millis(1));
+        c.handle_timeout(clock.now());
+        assert!(!c.should_drain() && c.is_finished() && c.should_abort_transport());
+    }
+}
+
+/// A close handshake that ends normally leaves nothing to drain: the peer said it sends
+/// no more.
+#[test]
+fn a_clean_close_does_not_drain() {
+    let now = Instant::now();
+    let mut server = conn(Role::Server);
+    let close = raw(CLOSE, &close_body(1000, b"")).to(Role::Server).bytes();
+    let (messages, error) = feed(&mut server, &mut BytesMut::new(), &close, now);
+    assert!(error.is_none() && messages.len() == 1);
+    assert!(
+        !server.should_drain() && !server.is_finished(),
+        "the reply is queued"
+    );
+    sent(&mut server);
+    assert!(server.is_finished());
 }
 
 fn text(s: &str) -> Message {
