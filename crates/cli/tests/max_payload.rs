@@ -14,14 +14,14 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use flate2::{Compress, Compression, FlushCompress};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use futures_util::StreamExt;
 use sockeye::{
-    ClientConfig, CloseCode, CloseFrame, DataKind, DeflateConfig, Message, SendOptions,
-    ServerConfig, WebSocketServer,
+    ClientConfig, CloseCode, CloseFrame, DataKind, DeflateConfig, Message, ServerConfig,
+    WebSocketServer,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 /// The limit under test.
@@ -30,6 +30,8 @@ const MAX: usize = 1 << 20;
 const PIECE: usize = 64 * 1024;
 /// Any single step longer than this is a hang.
 const STEP: Duration = Duration::from_secs(10);
+/// The masking key of the RFC 6455 §5.7 examples.
+const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -165,100 +167,106 @@ async fn library_server(deflate: bool) -> SocketAddr {
     addr
 }
 
-/// Sends `case` to the echo server at `addr` with the library's client, reading
-/// concurrently, and returns what came back.
+/// Sends `case` to the echo server at `addr` as a plain client does: it writes the whole
+/// message (and, past the limit, a further message, as a client that pipelines its
+/// messages) before it reads anything, then reads what came back until the end of the
+/// stream.
 async fn client_exchange(addr: SocketAddr, case: Case) -> Vec<Seen> {
-    let mut config = ClientConfig::default();
-    // The echo of a message up to the limit must come back whole.
-    config.websocket.max_payload = 4 * MAX;
-    config.per_message_deflate = case.compressed.then(|| DeflateConfig {
-        threshold: 0,
-        ..DeflateConfig::default()
-    });
-    let (ws, response) = tokio::time::timeout(
-        STEP,
-        sockeye::connect_with(&format!("ws://{addr}/"), config),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect");
-    let negotiated = response
-        .headers()
-        .get("sec-websocket-extensions")
-        .is_some_and(|v| v.as_bytes().starts_with(b"permessage-deflate"));
-    assert_eq!(negotiated, case.compressed, "{case:?}: permessage-deflate");
-    let (writer, mut reader) = ws.split();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let offer = if case.compressed {
+        "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+    } else {
+        ""
+    };
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let negotiated = head.to_ascii_lowercase().contains("permessage-deflate");
+    assert_eq!(negotiated, case.compressed, "{case:?}: {head}");
     let data = payload(case.len);
-    let expected = data.clone();
-    let read = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        loop {
-            let next = match tokio::time::timeout(STEP, reader.next()).await {
-                Err(_) => {
-                    seen.push(Seen::Hang);
-                    break;
-                }
-                Ok(next) => next,
-            };
-            match next {
-                None => {
-                    seen.push(Seen::End);
-                    break;
-                }
-                Some(Ok(Message::Close(frame))) => seen.push(Seen::Close(frame.map(|f| f.code.0))),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(message)) => {
-                    let kind = if message.is_text() {
+    let mut wire = frames(&case, &data, Some(KEY));
+    if !case.fits() {
+        let trailer = Case {
+            len: MAX,
+            fragmented: false,
+            kind: DataKind::Binary,
+            compressed: false,
+        };
+        wire.extend(frames(&trailer, &payload(MAX), Some(KEY)));
+    }
+    let mut seen = Vec::new();
+    if let Err(e) = tokio::time::timeout(STEP, stream.write_all(&wire))
+        .await
+        .expect("the message is taken in time")
+    {
+        seen.push(Seen::Error(format!("write: {e}")));
+    }
+    let mut message: Option<(DataKind, bool, Vec<u8>)> = None;
+    loop {
+        let frame = match tokio::time::timeout(STEP, read_frame(&mut stream, false)).await {
+            Err(_) => {
+                seen.push(Seen::Hang);
+                break;
+            }
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => {
+                seen.push(Seen::End);
+                break;
+            }
+            Ok(Err(e)) => {
+                seen.push(Seen::Error(format!("read: {e}")));
+                break;
+            }
+        };
+        match frame.opcode {
+            8 => {
+                let code = (frame.payload.len() >= 2)
+                    .then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]));
+                seen.push(Seen::Close(code));
+                // The reply, as RFC 6455 §5.5.1 asks; the server then closes TCP.
+                let _ = stream
+                    .write_all(&frame_bytes(true, false, 8, &[], Some(KEY)))
+                    .await;
+            }
+            9 | 10 => {}
+            op => {
+                let (_, _, bytes) = message.get_or_insert_with(|| {
+                    let kind = if op == 1 {
                         DataKind::Text
                     } else {
                         DataKind::Binary
                     };
-                    let bytes = message.as_bytes();
-                    seen.push(Seen::Data(kind, bytes.len(), bytes[..] == expected[..]));
-                    // Delivered: end the connection normally.
-                    return (seen, Some(reader));
-                }
-                Some(Err(e)) => {
-                    seen.push(Seen::Error(e.to_string()));
-                    break;
+                    (kind, frame.rsv1, Vec::new())
+                });
+                bytes.extend_from_slice(&frame.payload);
+                if frame.fin {
+                    let (kind, compressed, mut bytes) = message.take().unwrap();
+                    if compressed {
+                        bytes = inflate(&bytes);
+                    }
+                    seen.push(Seen::Data(kind, bytes.len(), bytes == data));
+                    if case.fits() {
+                        // Delivered: end the connection normally.
+                        let close = frame_bytes(true, false, 8, &1000u16.to_be_bytes(), Some(KEY));
+                        stream.write_all(&close).await.unwrap();
+                    }
                 }
             }
         }
-        (seen, None)
-    });
-    for (i, range) in pieces(&case, &data).iter().enumerate() {
-        let options = SendOptions {
-            fin: range.end == data.len(),
-            compress: true,
-        };
-        let sent = tokio::time::timeout(
-            STEP,
-            writer.send_with(case.kind, &data[range.clone()], options),
-        )
-        .await
-        .expect("a send in time");
-        // Over the limit the server fails the message on its way: later sends may find
-        // the connection closed. Up to the limit every send goes through.
-        if let Err(e) = sent {
-            assert!(!case.fits(), "{case:?}: send of piece {i} failed: {e}");
-            break;
-        }
-    }
-    let (mut seen, reader) = read.await.unwrap();
-    if let Some(mut reader) = reader {
-        writer.close(None).await.unwrap();
-        let end = tokio::time::timeout(STEP, async {
-            while let Some(Ok(_)) = reader.next().await {}
-        })
-        .await;
-        seen.push(if end.is_ok() { Seen::End } else { Seen::Hang });
     }
     seen
 }
 
 fn expected_from_server(case: &Case) -> Vec<Seen> {
     if case.fits() {
-        vec![Seen::Data(case.kind, case.len, true), Seen::End]
+        vec![
+            Seen::Data(case.kind, case.len, true),
+            Seen::Close(Some(CloseCode::NORMAL_CLOSURE.0)),
+            Seen::End,
+        ]
     } else {
         vec![Seen::Close(Some(CloseCode::MESSAGE_TOO_BIG.0)), Seen::End]
     }
@@ -317,10 +325,11 @@ async fn library_server_at_the_limit() {
 
 // ---- the client role: a raw server sends, the library's client receives ----------------------
 
-/// The frames of `case` as a server sends them: unmasked, RSV1 on the first frame of a
-/// compressed message, whose payload is the raw DEFLATE stream without its final
-/// `00 00 ff ff` (RFC 7692 §7.2.1), cut into pieces as the message would be.
-fn server_frames(case: &Case, data: &[u8]) -> Vec<u8> {
+/// The frames of `case` as a peer sends them (masked with `mask` by a client): RSV1 on
+/// the first frame of a compressed message, whose payload is the raw DEFLATE stream
+/// without its final `00 00 ff ff` (RFC 7692 §7.2.1), cut into pieces as the message
+/// would be.
+fn frames(case: &Case, data: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let body = if case.compressed {
         let mut compress = Compress::new(Compression::fast(), false);
         let mut out = Vec::with_capacity(data.len() + 1024);
@@ -343,44 +352,116 @@ fn server_frames(case: &Case, data: &[u8]) -> Vec<u8> {
         let fin = i + 1 == ranges.len();
         let rsv1 = i == 0 && case.compressed;
         let op = if i == 0 { opcode } else { 0 };
-        wire.push((u8::from(fin) << 7) | (u8::from(rsv1) << 6) | op);
-        let n = range.len();
-        match n {
-            0..=125 => wire.push(n as u8),
-            126..=0xffff => {
-                wire.push(126);
-                wire.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            _ => {
-                wire.push(127);
-                wire.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        wire.extend_from_slice(&body[range.clone()]);
+        wire.extend(frame_bytes(fin, rsv1, op, &body[range.clone()], mask));
     }
     wire
 }
 
-/// Reads one frame a client sent: (opcode, unmasked payload).
-async fn read_client_frame(
+/// One frame on the wire.
+fn frame_bytes(
+    fin: bool,
+    rsv1: bool,
+    opcode: u8,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push((u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode);
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    let n = payload.len();
+    match n {
+        0..=125 => out.push(mask_bit | n as u8),
+        126..=0xffff => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let start = out.len() + if mask.is_some() { 4 } else { 0 };
+    if let Some(key) = mask {
+        out.extend_from_slice(&key);
+    }
+    out.extend_from_slice(payload);
+    if let Some(key) = mask {
+        for (i, b) in out[start..].iter_mut().enumerate() {
+            *b ^= key[i % 4];
+        }
+    }
+    out
+}
+
+/// Inflates a message compressed without context takeover (RFC 7692 §7.2.2).
+fn inflate(compressed: &[u8]) -> Vec<u8> {
+    let mut input = compressed.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut decompress = Decompress::new(false);
+    let mut out = Vec::with_capacity(4 * MAX);
+    decompress
+        .decompress_vec(&input, &mut out, FlushDecompress::Sync)
+        .expect("valid DEFLATE");
+    assert_eq!(decompress.total_in() as usize, input.len(), "all inflated");
+    out
+}
+
+/// An HTTP head, read byte by byte so that nothing after it is consumed.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        tokio::time::timeout(STEP, stream.read_exact(&mut byte))
+            .await
+            .expect("a head in time")
+            .expect("a head");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// One frame as read off the wire, unmasked.
+struct WireFrame {
+    fin: bool,
+    rsv1: bool,
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+/// Reads one frame (masked when `masked`, as a client's are); `None` at a clean end of
+/// the stream before a frame.
+async fn read_frame(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
-) -> std::io::Result<(u8, Vec<u8>)> {
+    masked: bool,
+) -> std::io::Result<Option<WireFrame>> {
     let mut h = [0u8; 2];
-    stream.read_exact(&mut h).await?;
+    if stream.read(&mut h[..1]).await? == 0 {
+        return Ok(None);
+    }
+    stream.read_exact(&mut h[1..]).await?;
     let len = match h[1] & 0x7f {
         126 => usize::from(stream.read_u16().await?),
         127 => usize::try_from(stream.read_u64().await?).unwrap(),
         n => usize::from(n),
     };
-    assert!(h[1] & 0x80 != 0, "a client masks its frames");
+    assert_eq!(h[1] & 0x80 != 0, masked, "only a client masks its frames");
     let mut key = [0u8; 4];
-    stream.read_exact(&mut key).await?;
+    if masked {
+        stream.read_exact(&mut key).await?;
+    }
     let mut payload = vec![0u8; len];
     stream.read_exact(&mut payload).await?;
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= key[i % 4];
+    if masked {
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= key[i % 4];
+        }
     }
-    Ok((h[0] & 0x0f, payload))
+    Ok(Some(WireFrame {
+        fin: h[0] & 0x80 != 0,
+        rsv1: h[0] & 0x40 != 0,
+        opcode: h[0] & 0x0f,
+        payload,
+    }))
 }
 
 /// What the raw server saw of the client.
@@ -421,19 +502,31 @@ async fn raw_server(listener: TcpListener, case: Case) -> ServerSaw {
         sockeye::proto::handshake::accept_key(key.as_bytes())
     );
     stream.write_all(response.as_bytes()).await.unwrap();
-    let wire = server_frames(&case, &payload(case.len));
+    let mut wire = frames(&case, &payload(case.len), None);
+    if !case.fits() {
+        // A server that goes on sending after the message the client fails: its writes
+        // must not be reset.
+        let trailer = Case {
+            len: MAX,
+            fragmented: false,
+            kind: DataKind::Binary,
+            compressed: false,
+        };
+        wire.extend(frames(&trailer, &payload(MAX), None));
+    }
     let (mut read_half, mut write_half) = stream.into_split();
     let writing = tokio::spawn(async move {
         let written = write_half.write_all(&wire).await.is_ok();
         (written, write_half)
     });
     let close = loop {
-        match read_client_frame(&mut read_half).await {
-            Ok((8, body)) => {
-                break (body.len() >= 2).then(|| u16::from_be_bytes([body[0], body[1]]))
+        match read_frame(&mut read_half, true).await {
+            Ok(Some(frame)) if frame.opcode == 8 => {
+                let body = frame.payload;
+                break (body.len() >= 2).then(|| u16::from_be_bytes([body[0], body[1]]));
             }
-            Ok(_) => {}
-            Err(_) => break None,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break None,
         }
     };
     let (written, mut write_half) = tokio::time::timeout(STEP, writing)
