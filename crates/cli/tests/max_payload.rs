@@ -47,13 +47,19 @@ impl Case {
     }
 }
 
-/// Every combination: 3 sizes x single/fragmented x text/binary x compressed or not.
+/// Every combination: 3 sizes x single/fragmented x text/binary x compressed or not, and
+/// the message of 18 fragments of 64 KiB that goes past the limit two fragments before
+/// its end (the fragment that passes the limit fails it at once; the rest is still on
+/// its way).
 fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for compressed in [false, true] {
         for kind in [DataKind::Binary, DataKind::Text] {
             for fragmented in [false, true] {
-                for len in [MAX - 1, MAX, MAX + 1] {
+                for len in [MAX - 1, MAX, MAX + 1, MAX + 2 * PIECE] {
+                    if len > MAX + 1 && !fragmented {
+                        continue;
+                    }
                     cases.push(Case {
                         len,
                         fragmented,
