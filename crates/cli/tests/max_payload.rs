@@ -204,7 +204,7 @@ async fn client_exchange(addr: SocketAddr, case: Case) -> Vec<Seen> {
         wire.extend(frames(&trailer, &payload(MAX), Some(KEY)));
     }
     let mut seen = Vec::new();
-    if let Err(e) = tokio::time::timeout(STEP, stream.write_all(&wire))
+    if let Err(e) = tokio::time::timeout(STEP, paced_write(&mut stream, &wire))
         .await
         .expect("the message is taken in time")
     {
@@ -361,6 +361,19 @@ fn frames(case: &Case, data: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
         wire.extend(frame_bytes(fin, rsv1, op, &body[range.clone()], mask));
     }
     wire
+}
+
+/// Writes `wire` in 64 KiB pieces a millisecond apart, as a sender on a network does: the
+/// receiver fails a message over the limit while more of it is still to arrive.
+async fn paced_write(
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    wire: &[u8],
+) -> std::io::Result<()> {
+    for piece in wire.chunks(PIECE) {
+        stream.write_all(piece).await?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
 }
 
 /// One frame on the wire.
@@ -522,7 +535,7 @@ async fn raw_server(listener: TcpListener, case: Case) -> ServerSaw {
     }
     let (mut read_half, mut write_half) = stream.into_split();
     let writing = tokio::spawn(async move {
-        let written = write_half.write_all(&wire).await.is_ok();
+        let written = paced_write(&mut write_half, &wire).await.is_ok();
         (written, write_half)
     });
     let close = loop {
