@@ -141,6 +141,8 @@ fn run(
                     assert!(error.ws_code().is_some() && error.close_code().is_some());
                     assert_eq!(conn.state(), State::Closed);
                     assert!(conn.should_close_transport() && conn.is_read_closed());
+                    // The transport is read to its end before it is let go.
+                    assert!(conn.should_drain() && !conn.is_finished());
                     ended = true;
                     events.push(Event::Error(error));
                     break;

@@ -9,7 +9,7 @@
 //!   read() ─────────────────► Connection ───────► Message (Text, Binary, Ping, Pong, Close)
 //!   write() ◄───────────────── transmit ◄──────── send / ping / pong / close
 //!                               ▲      │
-//!              handle_timeout ──┘      └── poll_timeout, should_close_transport
+//!              handle_timeout ──┘      └── poll_timeout, should_close_transport, is_finished
 //! ```
 //!
 //! Modules: [`frame`] (header codec), [`mask`], [`utf8`] (incremental validation),

@@ -121,10 +121,17 @@
 //! let mut conn = Connection::new(Role::Server, Config::default());
 //! let mut input = BytesMut::with_capacity(8192);
 //! loop {
-//!     // 1. Hand over every complete frame in the buffer.
-//!     while let Some(message) = conn.read(&mut input, Instant::now())? {
-//!         if let Message::Text(text) = &message {
-//!             conn.send_text(text)?; // echo
+//!     // 1. Hand over every complete frame in the buffer. An error has queued the close
+//!     //    frame with its code; it is written below like any other frame.
+//!     loop {
+//!         match conn.read(&mut input, Instant::now()) {
+//!             Ok(Some(Message::Text(text))) => conn.send_text(&text)?, // echo
+//!             Ok(Some(_)) => {}
+//!             Ok(None) => break,
+//!             Err(e) => {
+//!                 eprintln!("connection failed: {e}");
+//!                 break;
+//!             }
 //!         }
 //!     }
 //!     // 2. Write what the connection queued (replies, pongs, close frames); a
@@ -134,16 +141,21 @@
 //!         let n = socket.write(out.chunk())?;
 //!         out.advance(n);
 //!     }
-//!     // 3. Close the transport when the connection says so.
+//!     // 3. Shut the write side down once nothing more will be written, and let the
+//!     //    transport go once the connection is finished with it.
 //!     if conn.should_close_transport() {
+//!         let _ = socket.shutdown(std::net::Shutdown::Write);
+//!     }
+//!     if conn.is_finished() {
 //!         return Ok(());
 //!     }
-//!     // 4. Read more (a real loop also waits for `conn.poll_timeout()`).
+//!     // 4. Read more (a real loop also waits for `conn.poll_timeout()`). After a
+//!     //    failure this drains what the peer still sends: `read` discards it.
 //!     let mut chunk = [0u8; 8192];
 //!     let n = socket.read(&mut chunk)?;
 //!     if n == 0 {
 //!         conn.handle_eof(Instant::now());
-//!         return Ok(());
+//!         continue;
 //!     }
 //!     input.extend_from_slice(&chunk[..n]);
 //! }
@@ -151,4 +163,7 @@
 //! ```
 //!
 //! A protocol error from `read` has already queued the close frame with the right code:
-//! write the transmit buffer, then close the transport.
+//! write the transmit buffer, shut the write side down, and read on until the peer's end
+//! of stream or `close_timeout` ([`crate::Connection::should_drain`]). A transport
+//! dropped with the peer's bytes unread is reset (TCP RST), and the peer's system then
+//! discards what it has not read yet: the close frame with it.
