@@ -90,7 +90,7 @@ fn payload(len: usize) -> Vec<u8> {
 /// The message's bytes in the pieces it is sent in.
 fn pieces(case: &Case, data: &[u8]) -> Vec<std::ops::Range<usize>> {
     if !case.fragmented {
-        return vec![0..data.len()];
+        return std::iter::once(0..data.len()).collect();
     }
     (0..data.len())
         .step_by(PIECE)
