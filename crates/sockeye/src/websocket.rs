@@ -435,9 +435,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Receives the next message or control frame; `None` once the connection is closed.
     ///
-    /// A protocol violation by the peer is returned once as `Err` (the close frame with
-    /// its code has been sent), then `None`. A transport that ends without a close frame
-    /// gives `Err(Error::Closed)` with code 1006.
+    /// A protocol violation by the peer is returned once as `Err`, then `None`. It is
+    /// returned once the connection has ended: the close frame with its code is written,
+    /// the transport shut down for writing, and what the peer still sends is read and
+    /// discarded until its end of stream, or for at most `close_timeout`, as `ws` does
+    /// (a transport closed with the peer's bytes unread would be reset, and the peer
+    /// would lose the close frame). A transport that ends without a close frame gives
+    /// `Err(Error::Closed)` with code 1006.
     ///
     /// # Cancel safety
     /// Cancel safe: no message is lost if the future is dropped.

@@ -534,16 +534,19 @@ async fn many_fragments_are_bounded_by_bytes_not_count() {
         wire.extend_from_slice(&client_frame(false, if i == 0 { 2 } else { 0 }, b"x"));
     }
     raw.write_all(&wire).await.unwrap();
-    let err = tokio::time::timeout(STEP, peer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(err.ws_code(), Some("WS_ERR_TOO_MANY_BUFFERED_PARTS"));
-    assert_eq!(
-        read_frame(&mut raw).await,
-        (true, 8, 1008u16.to_be_bytes().to_vec())
+    // The peer reads the close frame and closes its side; the failure is reported once
+    // the connection has ended.
+    let (frame, err) = tokio::join!(
+        async {
+            let frame = read_frame(&mut raw).await;
+            raw.shutdown().await.unwrap();
+            frame
+        },
+        tokio::time::timeout(STEP, peer.next())
     );
+    assert_eq!(frame, (true, 8, 1008u16.to_be_bytes().to_vec()));
+    let err = err.unwrap().unwrap().unwrap_err();
+    assert_eq!(err.ws_code(), Some("WS_ERR_TOO_MANY_BUFFERED_PARTS"));
 }
 
 // W6: buffered_amount counts queued bytes, framing included, and drains to zero.

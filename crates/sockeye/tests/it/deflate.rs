@@ -52,6 +52,13 @@ async fn expect_close(raw: &mut TcpStream, code: u16) {
     let f = read_wire_frame(raw).await;
     assert_eq!((f.opcode, f.rsv), (8, 0), "a plain close frame: {f:?}");
     assert_eq!(f.payload.get(..2), Some(&code.to_be_bytes()[..]), "{f:?}");
+    // The end of the stream follows, and the peer closes its side too: the failing side
+    // reads on to that end before it reports the failure.
+    let mut rest = Vec::new();
+    within("the end after the close frame", raw.read_to_end(&mut rest))
+        .await
+        .expect("a clean end");
+    let _ = raw.shutdown().await;
 }
 
 /// The stream yields one error with `ws_code` and `close`, then ends.
@@ -132,7 +139,19 @@ async fn bomb_in_this_process() {
     // Reset the peak (VmHWM) to the current RSS.
     let peak_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
 
-    expect_failure(&mut ws, "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH", 1009).await;
+    // The client reads what comes back (the close frame, then the end of the stream),
+    // as a peer does; the server reports its failure once the client has closed too.
+    let client_reads = async {
+        let mut seen = Vec::new();
+        while let Some(item) = within("the client's stream", client.next()).await {
+            seen.push(item);
+        }
+        seen
+    };
+    let ((), seen) = tokio::join!(
+        expect_failure(&mut ws, "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH", 1009),
+        client_reads
+    );
     let (rss_after, peak) = memory();
     let grown_kib = if peak_reset { peak } else { rss_after }.saturating_sub(rss_before);
     println!(
@@ -143,7 +162,7 @@ async fn bomb_in_this_process() {
         "the server grew by {grown_kib} KiB refusing a 64 MiB bomb"
     );
 
-    match within("the close", client.next()).await {
+    match seen.first() {
         Some(Ok(Message::Close(Some(frame)))) => {
             assert_eq!(frame.code, CloseCode::MESSAGE_TOO_BIG)
         }
@@ -420,8 +439,10 @@ async fn server_keeps_or_drops_the_context_as_agreed() {
     within("write", raw.write_all(&wire)).await.unwrap();
     expect_text(&mut ws, "Hello").await;
     expect_text(&mut ws, "Hello").await;
-    expect_failure(&mut ws, "Z_DATA_ERROR", 1007).await;
-    expect_close(&mut raw, 1007).await;
+    tokio::join!(
+        expect_close(&mut raw, 1007),
+        expect_failure(&mut ws, "Z_DATA_ERROR", 1007)
+    );
 }
 
 // No context takeover on a server with several connections on one thread: between
@@ -487,8 +508,10 @@ async fn no_takeover_connections_share_no_context() {
     )
     .await
     .unwrap();
-    expect_failure(&mut ws2, "Z_DATA_ERROR", 1007).await;
-    expect_close(&mut raw2, 1007).await;
+    tokio::join!(
+        expect_close(&mut raw2, 1007),
+        expect_failure(&mut ws2, "Z_DATA_ERROR", 1007)
+    );
     // Connection 1 is unaffected: a fresh "Hello" still inflates.
     within(
         "write",
@@ -673,8 +696,10 @@ async fn client_honours_the_answer_parameters() {
     .concat();
     within("write", raw.write_all(&wire)).await.unwrap();
     expect_text(&mut client, "Hello").await;
-    expect_failure(&mut client, "Z_DATA_ERROR", 1007).await;
-    expect_close(&mut raw, 1007).await;
+    tokio::join!(
+        expect_close(&mut raw, 1007),
+        expect_failure(&mut client, "Z_DATA_ERROR", 1007)
+    );
 }
 
 // ------------------------------------------------------------------ frame rules
@@ -702,8 +727,10 @@ async fn server_fails(
 ) {
     let (mut raw, mut ws, _server) = raw_pair(config, offers).await;
     within("write", raw.write_all(wire)).await.unwrap();
-    expect_failure(&mut ws, ws_code, close).await;
-    expect_close(&mut raw, close).await;
+    tokio::join!(
+        expect_close(&mut raw, close),
+        expect_failure(&mut ws, ws_code, close)
+    );
 }
 
 // RFC 7692 §6: RSV1 without permessage-deflate agreed is a protocol error: the server
@@ -762,8 +789,10 @@ async fn corrupt_data_fails_with_1007() {
     )
     .await
     .unwrap();
-    expect_failure(&mut client, "Z_DATA_ERROR", 1007).await;
-    expect_close(&mut raw, 1007).await;
+    tokio::join!(
+        expect_close(&mut raw, 1007),
+        expect_failure(&mut client, "Z_DATA_ERROR", 1007)
+    );
 }
 
 // A compressed message whose last frame is empty: nothing is left to flush, so the last

@@ -148,19 +148,22 @@ async fn invalid_utf8_split_across_fragments_fails_with_1007() {
         next(&mut ws).await,
         fragment(DataKind::Text, b"ok\xc3", false)
     );
-    let error = tokio::time::timeout(STEP, ws.next())
-        .await
-        .expect("in time")
-        .expect("an item")
-        .unwrap_err();
+    // The peer reads the close frame and closes its side; the failure is reported once
+    // the connection has ended.
+    let (frame, error) = tokio::join!(
+        async {
+            let frame = read_frame(&mut raw).await;
+            raw.shutdown().await.unwrap();
+            frame
+        },
+        tokio::time::timeout(STEP, ws.next())
+    );
+    assert_eq!(frame, (true, CLOSE, 1007u16.to_be_bytes().to_vec()));
+    let error = error.expect("in time").expect("an item").unwrap_err();
     let sockeye::Error::Protocol(error) = error else {
         panic!("{error:?}")
     };
     assert_eq!(error.ws_code(), Some("WS_ERR_INVALID_UTF8"));
-    assert_eq!(
-        read_frame(&mut raw).await,
-        (true, CLOSE, 1007u16.to_be_bytes().to_vec())
-    );
 }
 
 // ------------------------------------------------------- S8: on_client_error

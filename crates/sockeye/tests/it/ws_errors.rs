@@ -93,7 +93,9 @@ impl Case {
 }
 
 /// (b) and (c): the raw peer receives exactly one close frame with `code` and no reason,
-/// then end of stream.
+/// then end of stream; it then closes its side too, as a peer does (the Sockeye side
+/// reads on to that end before it reports the failure: a transport closed with the
+/// peer's bytes unread would be reset, and the close frame lost).
 async fn expect_close_then_eof(raw: &mut TcpStream, code: u16, from_client: bool, name: &str) {
     let f = read_wire_frame(raw).await;
     assert_eq!(
@@ -113,6 +115,7 @@ async fn expect_close_then_eof(raw: &mut TcpStream, code: u16, from_client: bool
         .unwrap_or_else(|_| panic!("{name}: TCP still open {EOF_WAIT:?} after the close frame"))
         .unwrap_or_else(|e| panic!("{name}: no clean EOF: {e}"));
     assert_eq!(n, 0, "{name}: bytes after the close frame: {rest:?}");
+    let _ = raw.shutdown().await;
 }
 
 /// (a): the stream yields the error once, then ends.
@@ -147,7 +150,8 @@ async fn expect_failure<S>(
     assert_eq!(ws.ready_state(), ReadyState::Closed, "{name}");
 }
 
-/// Raw client -> Sockeye server: `wire` is sent, then (a), (b), (c).
+/// Raw client -> Sockeye server: `wire` is sent, then (a), (b), (c); the stream is read
+/// while the raw peer reads, as a peer's reading drives the connection.
 async fn run_server_case(c: &Case) {
     let server = server(ServerConfig {
         websocket: c.config.clone(),
@@ -157,8 +161,10 @@ async fn run_server_case(c: &Case) {
     let mut raw = within("raw client handshake", raw_client(server.local_addr(), "/")).await;
     let mut ws = accept_one(&server).await;
     within("raw write", raw.write_all(&c.wire)).await.unwrap();
-    expect_failure(&mut ws, &c.error, c.ws_code, c.close, c.name).await;
-    expect_close_then_eof(&mut raw, c.close, false, c.name).await;
+    tokio::join!(
+        expect_close_then_eof(&mut raw, c.close, false, c.name),
+        expect_failure(&mut ws, &c.error, c.ws_code, c.close, c.name)
+    );
 }
 
 /// A Sockeye client connected to a hand-written server; returns both ends.
@@ -203,8 +209,10 @@ async fn client_and_raw_server(config: Config) -> (WebSocket<TcpStream>, TcpStre
 async fn run_client_case(c: &Case) {
     let (mut ws, mut raw) = client_and_raw_server(c.config.clone()).await;
     within("raw write", raw.write_all(&c.wire)).await.unwrap();
-    expect_failure(&mut ws, &c.error, c.ws_code, c.close, c.name).await;
-    expect_close_then_eof(&mut raw, c.close, true, c.name).await;
+    tokio::join!(
+        expect_close_then_eof(&mut raw, c.close, true, c.name),
+        expect_failure(&mut ws, &c.error, c.ws_code, c.close, c.name)
+    );
 }
 
 #[tokio::test]
@@ -371,15 +379,16 @@ async fn limits_are_inclusive() {
     within("raw write", raw.write_all(&one_more)).await.unwrap();
     let name = "a 4th fragment after a delivered message";
     let error = LimitError::TooManyParts.into();
-    expect_failure(
-        &mut ws,
-        &error,
-        "WS_ERR_TOO_MANY_BUFFERED_PARTS",
-        1008,
-        name,
-    )
-    .await;
-    expect_close_then_eof(&mut raw, 1008, false, name).await;
+    tokio::join!(
+        expect_close_then_eof(&mut raw, 1008, false, name),
+        expect_failure(
+            &mut ws,
+            &error,
+            "WS_ERR_TOO_MANY_BUFFERED_PARTS",
+            1008,
+            name
+        )
+    );
 }
 
 /// Client role: a raw server breaks the protocol; the Sockeye client fails the
