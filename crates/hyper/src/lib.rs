@@ -278,12 +278,22 @@ impl UpgradeError {
     pub fn response(&self) -> Response<Full<Bytes>> {
         let refusal = match self {
             UpgradeError::Refused(refusal) => refusal.clone(),
-            UpgradeError::NotUpgradable => {
-                let mut refusal = Refusal::from(HandshakeError::UnsupportedVersion);
-                refusal.status = StatusCode::UPGRADE_REQUIRED;
-                refusal.body = format!("{self}\n");
-                refusal
-            }
+            // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+            UpgradeError::NotUpgradable => Refusal {
+                error: HandshakeError::Rejected,
+                status: StatusCode::UPGRADE_REQUIRED,
+                reason: None,
+                headers: [
+                    (header::UPGRADE, HeaderValue::from_static("websocket")),
+                    (
+                        header::SEC_WEBSOCKET_VERSION,
+                        HeaderValue::from_static("13"),
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+                body: format!("{self}\n"),
+            },
         };
         let mut response = Response::new(Full::new(Bytes::from(refusal.body)));
         *response.status_mut() = refusal.status;
