@@ -13,13 +13,16 @@ use sockeye_axum::WebSocketUpgrade;
 async fn ws(upgrade: WebSocketUpgrade) -> Response {
     let mut config = ServerConfig::default();
     config.per_message_deflate = Some(DeflateConfig::default());
-    upgrade.config(config).on_upgrade(|mut ws| async move {
-        while let Some(Ok(message)) = ws.next().await {
-            if message.is_text() || message.is_binary() {
-                let _ = ws.send(message).await;
+    upgrade
+        .config(config)
+        .on_upgrade(|mut ws| async move {
+            while let Some(Ok(message)) = ws.next().await {
+                if message.is_text() || message.is_binary() {
+                    let _ = ws.send(message).await;
+                }
             }
-        }
-    })
+        })
+        .await
 }
 
 #[tokio::main(flavor = "current_thread")]

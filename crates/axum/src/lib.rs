@@ -1,11 +1,14 @@
 //! An [axum] extractor that upgrades requests to Sockeye WebSockets, in the shape of
 //! axum's own `ws` extractor.
 //!
-//! [`WebSocketUpgrade`] accepts only valid WebSocket upgrade requests (RFC 6455 §4.2.1);
-//! any other request is answered by its [`WebSocketUpgradeRejection`] (405, 400 or 426
-//! with a one-line body). Set options with [`WebSocketUpgrade::config`] and
-//! [`WebSocketUpgrade::protocols`], then return [`WebSocketUpgrade::on_upgrade`]'s
-//! response; the callback runs in its own task with the open [`WebSocket`].
+//! [`WebSocketUpgrade`] takes any request; set options with [`WebSocketUpgrade::config`]
+//! and [`WebSocketUpgrade::protocols`], then return what [`WebSocketUpgrade::on_upgrade`]
+//! resolves to. That decides on the request with the server policy every Sockeye front
+//! end shares (`sockeye::ServerConfig::decide`: path, validation, `should_handle`,
+//! `verify_client`, `handle_protocols`, `per_message_deflate`, `headers_hook`,
+//! `on_client_error`) and answers with the 101, after which the callback runs in its own
+//! task with the open [`WebSocket`], or with the refusal (the same status line, headers
+//! and body as `sockeye::accept` writes).
 //!
 //! ```no_run
 //! use axum::response::Response;
@@ -22,6 +25,7 @@
 //!             }
 //!         }
 //!     })
+//!     .await
 //! }
 //!
 //! # async fn run() -> std::io::Result<()> {
@@ -39,32 +43,34 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::FromRequestParts;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::request::Parts;
-use http::{Request, StatusCode};
+use http::Request;
 use hyper::upgrade::OnUpgrade;
 use sockeye::ServerConfig;
-use sockeye_hyper::{Handshake, UpgradeError};
+use sockeye_hyper::Handshake;
 
 /// The WebSocket [`WebSocketUpgrade::on_upgrade`] hands to its callback.
 pub type WebSocket = sockeye_hyper::HyperWebSocket;
 
-/// Extracts a WebSocket upgrade request; [`WebSocketUpgrade::on_upgrade`] answers it.
+/// Extracts an upgrade request; [`WebSocketUpgrade::on_upgrade`] answers it.
 ///
-/// The [`ServerConfig`] applies when answering: its `path` (404) and `should_handle`
-/// (400) are checked then, its `websocket` settings and `per_message_deflate` (off by
-/// default, as `ws`) shape the connection, and its `handle_protocols` picks the
+/// Extraction never fails: the request is checked only in
+/// [`WebSocketUpgrade::on_upgrade`], once the [`ServerConfig`] is known, so that every
+/// check runs in the order of the shared server policy (the path before the rest, as in
+/// `sockeye::accept`). The config's `websocket` settings and `per_message_deflate` (off
+/// by default, as `ws`) shape the connection; its `handle_protocols` picks the
 /// subprotocol (by default the client's first) unless [`WebSocketUpgrade::protocols`]
 /// is set.
 pub struct WebSocketUpgrade {
     handshake: Handshake,
-    on_upgrade: OnUpgrade,
     config: ServerConfig,
     protocols: Option<Vec<String>>,
 }
@@ -77,7 +83,8 @@ impl WebSocketUpgrade {
     }
 
     /// The subprotocols this server speaks, by preference: the answer names the first of
-    /// the client's offers that is in this list, or none when no offer is.
+    /// the client's offers that is in this list, or none when no offer is. This is the
+    /// config's `handle_protocols`, set for this request.
     pub fn protocols<I>(mut self, protocols: I) -> Self
     where
         I: IntoIterator,
@@ -87,8 +94,15 @@ impl WebSocketUpgrade {
         self
     }
 
-    /// The subprotocols the client offered, in its order.
-    pub fn requested_protocols(&self) -> &[String] {
+    /// Whether the connection is TLS, as `verify_client` sees it (default `false`).
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.handshake = self.handshake.secure(secure);
+        self
+    }
+
+    /// The subprotocols the client offered, in its order; empty when the header is
+    /// malformed (which [`WebSocketUpgrade::on_upgrade`] refuses).
+    pub fn requested_protocols(&self) -> Vec<String> {
         self.handshake.protocols()
     }
 
@@ -97,13 +111,16 @@ impl WebSocketUpgrade {
         self.handshake.request()
     }
 
-    /// Answers the request: the 101 response, after which `callback` runs in a new task
-    /// with the open WebSocket; or, when the configuration refuses the request, the
-    /// rejection's response.
+    /// Decides on the request (`sockeye::ServerConfig::decide`, `verify_client`
+    /// awaited) and answers it: the 101 response, after which `callback` runs in a new
+    /// task with the open WebSocket; or the refusal's response.
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn on_upgrade<F, Fut>(self, callback: F) -> Response
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future drops the connection's upgrade.
+    pub async fn on_upgrade<F, Fut>(self, callback: F) -> Response
     where
         F: FnOnce(WebSocket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -114,7 +131,7 @@ impl WebSocketUpgrade {
                 offered.iter().find(|p| supported.contains(p)).cloned()
             }));
         }
-        match self.handshake.accept(&config, self.on_upgrade) {
+        match self.handshake.accept(&config).await {
             Ok((response, upgrade)) => {
                 tokio::spawn(async move {
                     // The client may go away before the upgrade completes: nothing to run.
@@ -124,13 +141,13 @@ impl WebSocketUpgrade {
                 });
                 response.map(Body::new)
             }
-            Err(error) => WebSocketUpgradeRejection(error).into_response(),
+            Err(error) => error.response().map(Body::new),
         }
     }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
-    type Rejection = WebSocketUpgradeRejection;
+    type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let mut head = Request::new(());
@@ -138,14 +155,9 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
         *head.uri_mut() = parts.uri.clone();
         *head.version_mut() = parts.version;
         *head.headers_mut() = parts.headers.clone();
-        let handshake = Handshake::validate(head).map_err(WebSocketUpgradeRejection)?;
-        let on_upgrade = parts
-            .extensions
-            .remove::<OnUpgrade>()
-            .ok_or(WebSocketUpgradeRejection(UpgradeError::NotUpgradable))?;
+        let on_upgrade = parts.extensions.remove::<OnUpgrade>();
         Ok(WebSocketUpgrade {
-            handshake,
-            on_upgrade,
+            handshake: Handshake::from_head(head, on_upgrade),
             config: ServerConfig::default(),
             protocols: None,
         })
@@ -159,40 +171,5 @@ impl fmt::Debug for WebSocketUpgrade {
             .field("config", &self.config)
             .field("protocols", &self.protocols)
             .finish_non_exhaustive()
-    }
-}
-
-/// Why [`WebSocketUpgrade`] refused a request; as a response, its status (405, 400, 404
-/// or 426) with a one-line plain-text body.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WebSocketUpgradeRejection(UpgradeError);
-
-impl WebSocketUpgradeRejection {
-    /// The problem.
-    pub fn error(&self) -> &UpgradeError {
-        &self.0
-    }
-
-    /// The HTTP status of the response.
-    pub fn status(&self) -> StatusCode {
-        self.0.status()
-    }
-}
-
-impl IntoResponse for WebSocketUpgradeRejection {
-    fn into_response(self) -> Response {
-        self.0.response().map(Body::new)
-    }
-}
-
-impl fmt::Display for WebSocketUpgradeRejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl std::error::Error for WebSocketUpgradeRejection {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
     }
 }

@@ -39,7 +39,7 @@ async fn echo(mut ws: WebSocket) {
 /// `/ws`: defaults. `/chat`: subprotocols and deflate. `/`: plain text.
 async fn server() -> SocketAddr {
     async fn plain_ws(upgrade: WebSocketUpgrade) -> Response {
-        upgrade.on_upgrade(echo)
+        upgrade.on_upgrade(echo).await
     }
     async fn chat(upgrade: WebSocketUpgrade) -> Response {
         assert_eq!(upgrade.request().uri().path(), "/chat");
@@ -49,11 +49,12 @@ async fn server() -> SocketAddr {
             .config(config)
             .protocols(["superchat", "chat"])
             .on_upgrade(echo)
+            .await
     }
     async fn elsewhere(upgrade: WebSocketUpgrade) -> Response {
         let mut config = ServerConfig::default();
         config.path = Some("/somewhere-else".into());
-        upgrade.config(config).on_upgrade(echo)
+        upgrade.config(config).on_upgrade(echo).await
     }
     let app = Router::new()
         .route("/", get(|| async { "plain page" }))
@@ -198,6 +199,119 @@ async fn plain_http_still_served() {
         let answer = raw(addr, request).await;
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         assert!(answer.ends_with("plain page"), "{answer}");
+    })
+    .await;
+}
+
+/// A config with every hook, each triggered by a marker in the request.
+fn hooked_config() -> ServerConfig {
+    use std::sync::Arc;
+
+    use axum::http::Request;
+
+    let mut config = ServerConfig::default();
+    config.path = Some("/hooked".into());
+    config.per_message_deflate = Some(DeflateConfig::default());
+    config.should_handle = Some(Arc::new(|request: &Request<()>| {
+        !request.headers().contains_key("x-decline")
+    }));
+    config.verify_client = Some(sockeye::verify_client_async(
+        |info: sockeye::VerifyInfo| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            match info.origin.as_deref() {
+                Some("https://evil.example") => Err(sockeye::Rejection::status(403)
+                    .reason("Origin Not Allowed")
+                    .header("retry-after", "120")),
+                _ => Ok(()),
+            }
+        },
+    ));
+    config.handle_protocols = Some(Arc::new(|offered: &[String], _: &Request<()>| {
+        offered.last().cloned()
+    }));
+    config.headers_hook = Some(Arc::new(|headers, request| {
+        headers.insert("x-hook", request.uri().path().parse().unwrap());
+    }));
+    config.on_client_error = Some(Arc::new(|error, request| {
+        let custom = request.is_some_and(|r| r.headers().contains_key("x-custom"));
+        custom.then(|| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-why", error.status().to_string().parse().unwrap());
+            (http::StatusCode::IM_A_TEAPOT, headers, "no tea".to_owned())
+        })
+    }));
+    config
+}
+
+/// Every hook of the `ServerConfig` runs through the extractor as through
+/// `sockeye::accept`; the handler is the router's fallback, so every path reaches it.
+#[tokio::test]
+async fn every_hook_is_honoured() {
+    bounded(async {
+        async fn hooked(upgrade: WebSocketUpgrade) -> Response {
+            upgrade.config(hooked_config()).on_upgrade(echo).await
+        }
+        let app = Router::new().fallback(hooked);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let request = |replace: (&str, &str)| {
+            upgrade_request(("GET /ws", "GET /hooked")).replace(replace.0, replace.1)
+        };
+
+        // headers_hook, handle_protocols and deflate on the 101.
+        let client = client_config(&["chat", "superchat"], true);
+        let url = format!("ws://{addr}/hooked");
+        let (mut ws, response) = sockeye::connect_with(&url, client).await.unwrap();
+        assert_eq!(response.headers()["x-hook"], "/hooked");
+        assert_eq!(ws.protocol(), Some("superchat"));
+        assert!(ws.extensions().starts_with("permessage-deflate"));
+        ws.send_text("hello").await.unwrap();
+        assert_eq!(next(&mut ws).await.as_text(), Some("hello"));
+        ws.close(None).await.unwrap();
+
+        // should_handle: 400.
+        let answer = raw(addr, &request(("\r\n\r\n", "\r\nX-Decline: 1\r\n\r\n"))).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.ends_with("the server declined the upgrade\n"),
+            "{answer}"
+        );
+
+        // verify_client: its status, reason phrase, headers and body.
+        let evil = "\r\nOrigin: https://evil.example\r\n\r\n";
+        let answer = raw(addr, &request(("\r\n\r\n", evil))).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 403 Origin Not Allowed\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("retry-after: 120\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nOrigin Not Allowed\n"), "{answer}");
+
+        // on_client_error: a custom answer to a failed check, or the default.
+        let answer = raw(
+            addr,
+            &request(("Version: 13\r\n", "Version: 12\r\nX-Custom: 1\r\n")),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 418 I'm a teapot\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("x-why: 426\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nno tea\n"), "{answer}");
+        let answer = raw(addr, &request(("Version: 13", "Version: 12"))).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{answer}"
+        );
+
+        // The path comes first: a bad request elsewhere is a 404, not a 405.
+        let answer = raw(addr, &request(("GET /hooked", "POST /other"))).await;
+        assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
     })
     .await;
 }

@@ -27,7 +27,7 @@ async fn handle(
         }
         return Ok(response);
     }
-    match sockeye_hyper::upgrade(&mut request, &config) {
+    match sockeye_hyper::upgrade(&mut request, &config).await {
         Ok((response, upgrade)) => {
             tokio::spawn(async move {
                 let mut ws = match upgrade.await {

@@ -1,16 +1,18 @@
 //! Serve Sockeye WebSockets from a [hyper] 1.x server: `ws`'s `noServer` mode and
 //! `handleUpgrade`.
 //!
-//! Your hyper service sees every request. For a WebSocket one, [`upgrade`] checks it
-//! (RFC 6455 §4.2.1) against a [`ServerConfig`] (`path`, `should_handle`,
-//! `handle_protocols`, `per_message_deflate`) and gives back the `101 Switching Protocols`
-//! response to return, with a [`UpgradeFut`] that resolves to the open
-//! [`sockeye::WebSocket`] once hyper has sent that response. A request that is not a valid
-//! upgrade gives an [`UpgradeError`], whose [`UpgradeError::response`] is the 4xx answer.
+//! Your hyper service sees every request. For a WebSocket one, [`upgrade`] decides on
+//! it with the same server policy as `sockeye::accept` ([`ServerConfig::decide`]: path,
+//! validation, `should_handle`, `verify_client`, `handle_protocols`,
+//! `per_message_deflate`, `headers_hook`, `on_client_error`) and gives back the
+//! `101 Switching Protocols` response to return, with an [`UpgradeFut`] that resolves to
+//! the open [`sockeye::WebSocket`] once hyper has sent that response. A refused request
+//! gives an [`UpgradeError`], whose [`UpgradeError::response`] is the answer: the same
+//! status line, headers and body `sockeye::accept` writes.
 //!
 //! ```text
-//! hyper request --upgrade()--> 101 response ---> returned to hyper
-//!                          \-> UpgradeFut   ---> spawn: .await -> WebSocket
+//! hyper request --upgrade().await--> 101 response ---> returned to hyper
+//!                                \-> UpgradeFut   ---> spawn: .await -> WebSocket
 //! ```
 //!
 //! The connection must be served with upgrades enabled
@@ -28,7 +30,7 @@
 //! async fn handle(mut request: Request<hyper::body::Incoming>)
 //!     -> Result<Response<Full<Bytes>>, Infallible>
 //! {
-//!     match sockeye_hyper::upgrade(&mut request, &ServerConfig::default()) {
+//!     match sockeye_hyper::upgrade(&mut request, &ServerConfig::default()).await {
 //!         Ok((response, upgrade)) => {
 //!             tokio::spawn(async move {
 //!                 let Ok(mut ws) = upgrade.await else { return };
@@ -60,12 +62,14 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Empty, Full};
+use hyper::ext::ReasonPhrase;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use sockeye::{Config, DeflateConfig, DeflateParams, Role, ServerConfig, WebSocket};
-use sockeye_proto::handshake::server::Upgrade;
+use sockeye_proto::handshake::parse_protocols;
+use sockeye_proto::handshake::policy::Refusal;
 use sockeye_proto::HandshakeError;
 
 /// The WebSocket an upgraded hyper connection becomes.
@@ -73,30 +77,31 @@ pub type HyperWebSocket = WebSocket<TokioIo<Upgraded>>;
 
 /// Upgrades a hyper request to a WebSocket (`ws`'s `handleUpgrade`).
 ///
-/// Checks, in this order: that the request is a WebSocket upgrade over HTTP/1.1 (405,
-/// 400, 426) that hyper can hand over (426), the path (`config.path`, 404),
-/// `config.should_handle` (400), and the `Sec-WebSocket-Extensions` offer when
-/// `config.per_message_deflate` is set (400). The subprotocol is
-/// `config.handle_protocols`' choice, by default the client's first.
+/// Decides with [`ServerConfig::decide`], the server policy every Sockeye front end
+/// shares: the path (404), the upgrade itself (405, 400, 426), `should_handle` (400), the
+/// permessage-deflate offer (400), `verify_client` (awaited; its refusal), the
+/// subprotocol (`handle_protocols`, by default the client's first) and `headers_hook`;
+/// a failed check is answered as `on_client_error` says. An accepted request that hyper
+/// cannot hand over (no `OnUpgrade` in its extensions) is 426. `verify_client` sees
+/// `secure: false`; use [`Handshake::secure`] behind TLS.
 ///
 /// Return the response to hyper and await the future (typically in a spawned task); it
 /// completes once hyper has written the response and handed over the connection.
 ///
 /// # Errors
-/// The [`UpgradeError`] naming the first problem; answer with
-/// [`UpgradeError::response`].
-pub fn upgrade<B>(
+/// The [`UpgradeError`] to answer with ([`UpgradeError::response`]).
+///
+/// # Cancel safety
+/// Cancel safe: the request's `OnUpgrade` is taken out of it, and dropping the future
+/// drops it (the request is then no longer upgradable).
+pub async fn upgrade<B>(
     request: &mut Request<B>,
     config: &ServerConfig,
 ) -> Result<(Response<Empty<Bytes>>, UpgradeFut), UpgradeError> {
-    let handshake = Handshake::validate(request_head(request))?;
-    if request.extensions().get::<OnUpgrade>().is_none() {
-        return Err(UpgradeError::NotUpgradable);
-    }
-    handshake.accept(config, hyper::upgrade::on(request))
+    Handshake::new(request).accept(config).await
 }
 
-/// A copy of a request's method, URI, version and headers, as [`Handshake::validate`],
+/// A copy of a request's method, URI, version and headers, as the server policy,
 /// `should_handle` and `handle_protocols` take it.
 pub fn request_head<B>(request: &Request<B>) -> Request<()> {
     let mut head = Request::new(());
@@ -107,27 +112,40 @@ pub fn request_head<B>(request: &Request<B>) -> Request<()> {
     head
 }
 
-/// A request that is a valid WebSocket upgrade, not yet checked against a
-/// [`ServerConfig`]: the two steps of [`upgrade`], for frameworks that learn the
-/// configuration after looking at the request (`sockeye-axum`).
+/// An upgrade request taken from hyper, not yet decided on: the two steps of
+/// [`upgrade`], for frameworks that learn the configuration after looking at the request
+/// (`sockeye-axum`). Nothing is checked until [`Handshake::accept`], so that every check
+/// runs in the policy's order once the configuration is known.
 #[derive(Debug)]
 pub struct Handshake {
     head: Request<()>,
-    upgrade: Upgrade,
+    on_upgrade: Option<OnUpgrade>,
+    secure: bool,
 }
 
 impl Handshake {
-    /// Checks that `head` is a WebSocket upgrade over HTTP/1.1 (RFC 6455 §4.2.1).
-    ///
-    /// # Errors
-    /// [`UpgradeError::Handshake`] with the first problem.
-    pub fn validate(head: Request<()>) -> Result<Handshake, UpgradeError> {
-        if head.version() != Version::HTTP_11 {
-            let why = "expected HTTP/1.1".to_owned();
-            return Err(HandshakeError::MalformedHttp(why).into());
+    /// Takes the head of `request` and its `OnUpgrade` (hyper's handle on the
+    /// connection, from its extensions).
+    pub fn new<B>(request: &mut Request<B>) -> Handshake {
+        let on_upgrade = request.extensions_mut().remove::<OnUpgrade>();
+        Handshake::from_head(request_head(request), on_upgrade)
+    }
+
+    /// A handshake from a request head and the `OnUpgrade` taken from its extensions
+    /// (`None`: the connection cannot be upgraded, answered 426 if the request is
+    /// otherwise accepted).
+    pub fn from_head(head: Request<()>, on_upgrade: Option<OnUpgrade>) -> Handshake {
+        Handshake {
+            head,
+            on_upgrade,
+            secure: false,
         }
-        let upgrade = Upgrade::validate(&head)?;
-        Ok(Handshake { head, upgrade })
+    }
+
+    /// Whether the connection is TLS, as `verify_client` sees it (default `false`).
+    pub fn secure(mut self, secure: bool) -> Handshake {
+        self.secure = secure;
+        self
     }
 
     /// The request.
@@ -135,45 +153,33 @@ impl Handshake {
         &self.head
     }
 
-    /// The subprotocols the client offered, in its order.
-    pub fn protocols(&self) -> &[String] {
-        &self.upgrade.protocols
+    /// The subprotocols the client offered, in its order; empty when the
+    /// `Sec-WebSocket-Protocol` header is malformed (which [`Handshake::accept`] refuses).
+    pub fn protocols(&self) -> Vec<String> {
+        parse_protocols(self.head.headers()).unwrap_or_default()
     }
 
-    /// Checks the request against `config` (path, `should_handle`, permessage-deflate
-    /// offer), picks the subprotocol, and returns the 101 response with the future of the
-    /// WebSocket that `on_upgrade` becomes.
+    /// Decides on the request with `config` ([`ServerConfig::decide`], see [`upgrade`])
+    /// and returns the 101 response with the future of the WebSocket.
     ///
     /// # Errors
-    /// [`UpgradeError::Handshake`]: `NotFound` (404) for another path, `Rejected` (400)
-    /// when `should_handle` declines, `InvalidHeader` (400) for a malformed extension
-    /// offer or a subprotocol from `handle_protocols` that is not a header value.
-    pub fn accept(
+    /// The [`UpgradeError`] to answer with.
+    ///
+    /// # Cancel safety
+    /// Cancel safe; dropping the future drops the connection's `OnUpgrade`.
+    pub async fn accept(
         self,
         config: &ServerConfig,
-        on_upgrade: OnUpgrade,
     ) -> Result<(Response<Empty<Bytes>>, UpgradeFut), UpgradeError> {
-        if let Some(path) = &config.path {
-            if self.head.uri().path() != path {
-                return Err(HandshakeError::NotFound.into());
-            }
-        }
-        if let Some(should_handle) = &config.should_handle {
-            if !should_handle(&self.head) {
-                return Err(HandshakeError::Rejected.into());
-            }
-        }
-        let deflate = match &config.per_message_deflate {
-            Some(deflate) => self.upgrade.negotiate_deflate(deflate)?,
-            None => None,
-        };
-        let protocol = match &config.handle_protocols {
-            Some(pick) if !self.upgrade.protocols.is_empty() => {
-                pick(&self.upgrade.protocols, &self.head)
-            }
-            _ => self.upgrade.protocols.first().cloned(),
-        };
-        let response = switching_protocols(&self.upgrade, protocol.as_deref(), deflate.as_ref())?;
+        let accept = config
+            .decide(self.head, self.secure)
+            .await
+            .map_err(UpgradeError::Refused)?;
+        let on_upgrade = self.on_upgrade.ok_or(UpgradeError::NotUpgradable)?;
+        let mut response = Response::new(Empty::new());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *response.headers_mut() = accept.headers();
+        let (_request, protocol, deflate) = accept.into_parts();
         let future = UpgradeFut {
             on_upgrade,
             parts: Some(Parts {
@@ -184,32 +190,6 @@ impl Handshake {
         };
         Ok((response, future))
     }
-}
-
-/// The 101 response (RFC 6455 §4.2.2).
-fn switching_protocols(
-    upgrade: &Upgrade,
-    protocol: Option<&str>,
-    deflate: Option<&DeflateParams>,
-) -> Result<Response<Empty<Bytes>>, UpgradeError> {
-    let mut response = Response::new(Empty::new());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    let accept = HeaderValue::from_str(&upgrade.accept).expect("base64 is a header value");
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    if let Some(protocol) = protocol {
-        // `handle_protocols` may return anything; refuse what cannot be a header.
-        let value = HeaderValue::from_str(protocol)
-            .map_err(|_| HandshakeError::InvalidHeader("Sec-WebSocket-Protocol"))?;
-        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
-    }
-    if let Some(params) = deflate {
-        let value = HeaderValue::from_str(&params.header_value()).expect("tokens only");
-        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
-    }
-    Ok(response)
 }
 
 /// What the WebSocket is built with once the connection is handed over.
@@ -261,13 +241,14 @@ impl fmt::Debug for UpgradeFut {
     }
 }
 
-/// Why a request was not upgraded.
+/// Why a request was not upgraded, with the answer to give.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum UpgradeError {
-    /// The request is not an acceptable WebSocket upgrade; see
-    /// [`HandshakeError::status`].
-    Handshake(HandshakeError),
+    /// The server policy refused the request: a failed check ([`Refusal::error`]), with
+    /// its default answer or `on_client_error`'s, or a `verify_client` refusal
+    /// ([`HandshakeError::Rejected`]) with its status, reason phrase and headers.
+    Refused(Refusal),
     /// hyper cannot hand over this connection (no `OnUpgrade` in the request's
     /// extensions) (426).
     NotUpgradable,
@@ -276,29 +257,58 @@ pub enum UpgradeError {
 impl UpgradeError {
     /// The HTTP status to answer with.
     pub fn status(&self) -> StatusCode {
-        let code = match self {
-            UpgradeError::Handshake(e) => e.status(),
-            UpgradeError::NotUpgradable => 426,
-        };
-        StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
+        match self {
+            UpgradeError::Refused(refusal) => refusal.status,
+            UpgradeError::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
+        }
     }
 
-    /// The answer to the request: [`UpgradeError::status`], a one-line plain-text body
-    /// naming the problem and `Connection: close`; a 426 also carries `Upgrade: websocket`
-    /// and `Sec-WebSocket-Version: 13` (RFC 6455 §4.4).
+    /// The handshake error, for a refusal.
+    pub fn handshake_error(&self) -> Option<&HandshakeError> {
+        match self {
+            UpgradeError::Refused(refusal) => Some(&refusal.error),
+            UpgradeError::NotUpgradable => None,
+        }
+    }
+
+    /// The answer to the request, as `sockeye::accept` writes it: the refusal's status
+    /// and reason phrase, `Connection: close`, a plain-text body and the refusal's
+    /// headers (`Sec-WebSocket-Version: 13` and `Upgrade: websocket` on a 426, RFC 6455
+    /// §4.4).
     pub fn response(&self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(Bytes::from(format!("{self}\n"))));
-        *response.status_mut() = self.status();
+        let refusal = match self {
+            UpgradeError::Refused(refusal) => refusal.clone(),
+            // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+            UpgradeError::NotUpgradable => Refusal {
+                error: HandshakeError::Rejected,
+                status: StatusCode::UPGRADE_REQUIRED,
+                reason: None,
+                headers: [
+                    (header::UPGRADE, HeaderValue::from_static("websocket")),
+                    (
+                        header::SEC_WEBSOCKET_VERSION,
+                        HeaderValue::from_static("13"),
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+                body: format!("{self}\n"),
+            },
+        };
+        let mut response = Response::new(Full::new(Bytes::from(refusal.body)));
+        *response.status_mut() = refusal.status;
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         let text = HeaderValue::from_static("text/plain; charset=utf-8");
         headers.insert(header::CONTENT_TYPE, text);
-        if self.status() == StatusCode::UPGRADE_REQUIRED {
-            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            headers.insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
+        for (name, value) in &refusal.headers {
+            headers.append(name, value.clone());
+        }
+        if let Some(reason) = refusal.reason {
+            // A phrase hyper cannot write (a control character) keeps the canonical one.
+            if let Ok(phrase) = ReasonPhrase::try_from(reason.into_bytes()) {
+                response.extensions_mut().insert(phrase);
+            }
         }
         response
     }
@@ -307,7 +317,7 @@ impl UpgradeError {
 impl fmt::Display for UpgradeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UpgradeError::Handshake(e) => fmt::Display::fmt(e, f),
+            UpgradeError::Refused(refusal) => fmt::Display::fmt(&refusal.error, f),
             UpgradeError::NotUpgradable => f.write_str("the connection cannot be upgraded"),
         }
     }
@@ -316,20 +326,16 @@ impl fmt::Display for UpgradeError {
 impl std::error::Error for UpgradeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            UpgradeError::Handshake(e) => Some(e),
+            UpgradeError::Refused(refusal) => Some(&refusal.error),
             UpgradeError::NotUpgradable => None,
         }
     }
 }
 
-impl From<HandshakeError> for UpgradeError {
-    fn from(e: HandshakeError) -> Self {
-        UpgradeError::Handshake(e)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn request() -> Request<()> {
@@ -344,17 +350,24 @@ mod tests {
             .unwrap()
     }
 
+    fn upgradable() -> Handshake {
+        Handshake::from_head(request(), Some(hyper::upgrade::on(Request::new(()))))
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
     // RFC 6455 §4.2.2: the accept key of the RFC's example.
     #[test]
     fn accept_response() {
-        let handshake = Handshake::validate(request()).unwrap();
+        let handshake = upgradable();
         assert_eq!(handshake.protocols(), ["chat", "superchat"]);
-        let (response, _) = handshake
-            .accept(
-                &ServerConfig::default(),
-                hyper::upgrade::on(Request::new(())),
-            )
-            .unwrap();
+        let (response, _) = block_on(handshake.accept(&ServerConfig::default())).unwrap();
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         let headers = response.headers();
         assert_eq!(
@@ -368,34 +381,47 @@ mod tests {
     #[test]
     fn no_upgrade_extension_is_426() {
         let mut req = request();
-        let error = upgrade(&mut req, &ServerConfig::default()).unwrap_err();
+        let error = block_on(upgrade(&mut req, &ServerConfig::default())).unwrap_err();
         assert_eq!(error, UpgradeError::NotUpgradable);
         let response = error.response();
         assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
         assert_eq!(response.headers()["sec-websocket-version"], "13");
+        assert_eq!(response.headers()["upgrade"], "websocket");
     }
 
     #[test]
     fn config_checks() {
         let mut config = ServerConfig::default();
         config.path = Some("/other".into());
-        let error = Handshake::validate(request())
-            .unwrap()
-            .accept(&config, hyper::upgrade::on(Request::new(())))
-            .unwrap_err();
+        let error = block_on(upgradable().accept(&config)).unwrap_err();
         assert_eq!(error.status(), StatusCode::NOT_FOUND);
 
         let mut config = ServerConfig::default();
-        config.should_handle = Some(std::sync::Arc::new(|_| false));
-        let error = Handshake::validate(request())
-            .unwrap()
-            .accept(&config, hyper::upgrade::on(Request::new(())))
-            .unwrap_err();
-        assert_eq!(error, UpgradeError::Handshake(HandshakeError::Rejected));
+        config.should_handle = Some(Arc::new(|_| false));
+        let error = block_on(upgradable().accept(&config)).unwrap_err();
+        assert_eq!(error.handshake_error(), Some(&HandshakeError::Rejected));
 
         let mut http10 = request();
-        *http10.version_mut() = Version::HTTP_10;
-        let error = Handshake::validate(http10).unwrap_err();
+        *http10.version_mut() = http::Version::HTTP_10;
+        let handshake = Handshake::from_head(http10, None);
+        let error = block_on(handshake.accept(&ServerConfig::default())).unwrap_err();
         assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn refusal_response_keeps_reason_headers_and_body() {
+        let mut config = ServerConfig::default();
+        config.verify_client = Some(sockeye::verify_client(|_| {
+            Err(sockeye::Rejection::status(403)
+                .reason("Origin Not Allowed")
+                .header("retry-after", "120"))
+        }));
+        let error = block_on(upgradable().accept(&config)).unwrap_err();
+        let response = error.response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let phrase = response.extensions().get::<ReasonPhrase>().unwrap();
+        assert_eq!(phrase.as_bytes(), b"Origin Not Allowed");
+        assert_eq!(response.headers()["retry-after"], "120");
+        assert_eq!(response.headers()["connection"], "close");
     }
 }

@@ -47,7 +47,7 @@ async fn handle(
     if request.uri().path() == "/" {
         return Ok(Response::new(Full::from("plain page")));
     }
-    match sockeye_hyper::upgrade(&mut request, &config) {
+    match sockeye_hyper::upgrade(&mut request, &config).await {
         Ok((response, upgrade)) => {
             tokio::spawn(async move {
                 if let Ok(ws) = upgrade.await {
@@ -240,6 +240,105 @@ async fn plain_http_still_served() {
         .await;
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         assert!(answer.ends_with("plain page"), "{answer}");
+    })
+    .await;
+}
+
+/// Every hook of the `ServerConfig` runs through hyper as through `sockeye::accept`:
+/// `should_handle`, `verify_client` (asynchronous, seeing the origin), `headers_hook`,
+/// `on_client_error`, `handle_protocols` and permessage-deflate.
+#[tokio::test]
+async fn every_hook_is_honoured() {
+    bounded(async {
+        let mut config = ServerConfig::default();
+        config.path = Some("/ws".into());
+        config.per_message_deflate = Some(DeflateConfig::default());
+        config.should_handle = Some(Arc::new(|request: &Request<()>| {
+            !request.headers().contains_key("x-decline")
+        }));
+        config.verify_client = Some(sockeye::verify_client_async(
+            |info: sockeye::VerifyInfo| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                assert!(!info.secure);
+                match info.origin.as_deref() {
+                    Some("https://evil.example") => Err(sockeye::Rejection::status(403)
+                        .reason("Origin Not Allowed")
+                        .header("retry-after", "120")),
+                    _ => Ok(()),
+                }
+            },
+        ));
+        config.handle_protocols = Some(Arc::new(|offered: &[String], _: &Request<()>| {
+            offered.last().cloned()
+        }));
+        config.headers_hook = Some(Arc::new(|headers, request| {
+            let path = request.uri().path().parse().unwrap();
+            headers.insert("x-hook", path);
+        }));
+        config.on_client_error = Some(Arc::new(|error, request| {
+            let custom = request.is_some_and(|r| r.headers().contains_key("x-custom"));
+            custom.then(|| {
+                let mut headers = http::HeaderMap::new();
+                headers.insert("x-why", error.status().to_string().parse().unwrap());
+                (http::StatusCode::IM_A_TEAPOT, headers, "no tea".to_owned())
+            })
+        }));
+        let addr = server(config).await;
+
+        // headers_hook, handle_protocols and deflate on the 101.
+        let client = client_config(&["chat", "superchat"], true);
+        let url = format!("ws://{addr}/ws");
+        let (mut ws, response) = sockeye::connect_with(&url, client).await.unwrap();
+        assert_eq!(response.headers()["x-hook"], "/ws");
+        assert_eq!(ws.protocol(), Some("superchat"));
+        assert!(ws.extensions().starts_with("permessage-deflate"));
+        ws.send_text("hello").await.unwrap();
+        assert_eq!(next(&mut ws).await.as_text(), Some("hello"));
+        ws.close(None).await.unwrap();
+
+        // should_handle: 400.
+        let answer = raw(
+            addr,
+            &upgrade_request(("\r\n\r\n", "\r\nX-Decline: 1\r\n\r\n")),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.ends_with("the server declined the upgrade\n"),
+            "{answer}"
+        );
+
+        // verify_client: its status, reason phrase, headers and body.
+        let evil = "\r\nOrigin: https://evil.example\r\n\r\n";
+        let answer = raw(addr, &upgrade_request(("\r\n\r\n", evil))).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 403 Origin Not Allowed\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("retry-after: 120\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nOrigin Not Allowed\n"), "{answer}");
+
+        // on_client_error: a custom answer to a failed check, or the default.
+        let custom = upgrade_request(("Version: 13\r\n", "Version: 12\r\nX-Custom: 1\r\n"));
+        let answer = raw(addr, &custom).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 418 I'm a teapot\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("x-why: 426\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nno tea\n"), "{answer}");
+        let answer = raw(addr, &upgrade_request(("Version: 13", "Version: 12"))).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{answer}"
+        );
+
+        // The path comes first: a bad request elsewhere is a 404, not a 405.
+        let answer = raw(addr, &upgrade_request(("GET /ws", "POST /other"))).await;
+        assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
     })
     .await;
 }

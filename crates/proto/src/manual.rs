@@ -107,6 +107,52 @@
 //! - **Errors never echo peer data**: the close frame sent for a violation carries only the
 //!   code (the reason is empty).
 //!
+//! # The server's opening handshake
+//!
+//! Before the loop below, a server reads the request head with
+//! [`crate::handshake::server::ServerHandshake`] and lets
+//! [`crate::handshake::policy::ServerPolicy`] decide on it: every check and hook of the
+//! server runs there, in one order, so every front end (the tokio crate's `accept` and
+//! `upgrade`, the hyper and axum adapters, the CLI's event loop) answers a request the
+//! same way. `verify_client` may be asynchronous: the decision stops at
+//! [`crate::handshake::policy::Decision::Verify`] for its verdict.
+//!
+//! ```no_run
+//! # use std::io::{Read, Write};
+//! # use std::time::{Duration, Instant};
+//! # use sockeye_proto::bytes::BytesMut;
+//! # use sockeye_proto::handshake::policy::{Decision, ServerPolicy};
+//! # use sockeye_proto::handshake::server::ServerHandshake;
+//! # use sockeye_proto::handshake::HeadLimits;
+//! # fn run(mut socket: std::net::TcpStream) -> Result<(), Box<dyn std::error::Error>> {
+//! let policy = ServerPolicy::default();
+//! let timeout = Duration::from_secs(10);
+//! let reading = ServerHandshake::new(Instant::now(), timeout, HeadLimits::default());
+//! let mut input = BytesMut::with_capacity(8192);
+//! let decision = loop {
+//!     if let Some(decision) = reading.handle_read(&mut input, policy) {
+//!         break decision;
+//!     }
+//!     // A real loop waits at most until `reading.poll_timeout()`, then answers
+//!     // `reading.handle_timeout(now, &policy)` (408).
+//!     let mut chunk = [0u8; 4096];
+//!     let n = socket.read(&mut chunk)?;
+//!     if n == 0 {
+//!         return Ok(());
+//!     }
+//!     input.extend_from_slice(&chunk[..n]);
+//! };
+//! let mut out = Vec::new();
+//! match decision {
+//!     Decision::Accept(accept) => accept.write_response(&mut out), // then the loop below
+//!     Decision::Refuse(refusal) => refusal.write_response(&mut out), // then close
+//!     // Run verify_client on `verify.info(..)`, then `verify.verdict(..)`.
+//!     Decision::Verify(_verify) => {}
+//! }
+//! socket.write_all(&out)?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Driving the sans-I/O core
 //!
 //! A loop around a blocking socket is the whole I/O layer (the tokio crate does the same

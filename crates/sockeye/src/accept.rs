@@ -1,104 +1,26 @@
-//! The server side of the opening handshake over any transport: [`accept`].
+//! The server side of the opening handshake over any transport: [`accept`], and the
+//! tokio half of the server decision ([`ServerConfig::decide`]: the sans-I/O policy of
+//! `sockeye_proto::handshake::policy` plus the awaited `verify_client`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderValue, Request, StatusCode};
-use sockeye_proto::handshake::server::{parse_request, reject_error, Upgrade};
+use http::Request;
+use sockeye_proto::handshake::policy::{Accept, Decision, Refusal, ServerPolicy};
+use sockeye_proto::handshake::server::ServerHandshake;
 use sockeye_proto::handshake::HeadLimits;
-use sockeye_proto::{Config, DeflateConfig, DeflateParams, HandshakeError, Role};
+use sockeye_proto::{Config, DeflateConfig, Role};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub use sockeye_proto::handshake::policy::{
+    HandleProtocols, HeadersHook, OnClientError, Rejection, ShouldHandle, VerifyInfo,
+};
 
 use crate::error::Error;
 use crate::websocket::{Negotiated, WebSocket};
-
-/// `ws`'s `shouldHandle`: whether to accept a request (false answers 400).
-pub type ShouldHandle = Arc<dyn Fn(&Request<()>) -> bool + Send + Sync>;
-/// `ws`'s `handleProtocols`: picks a subprotocol from the client's list, or none.
-pub type HandleProtocols = Arc<dyn Fn(&[String], &Request<()>) -> Option<String> + Send + Sync>;
-
-/// `ws`'s `headers` event: sees the request and can add or change headers of the 101
-/// response before it is written (the status line and the handshake's own headers are
-/// fixed).
-pub type HeadersHook = Arc<dyn Fn(&mut HeaderMap, &Request<()>) + Send + Sync>;
-
-/// `ws`'s `wsClientError`: called when an upgrade request fails the handshake checks
-/// (or does not arrive in time), with the error and the request if one was read.
-/// `Some((status, headers, body))` is written instead of the default response (the
-/// error's 4xx with a one-line body), as `Connection: close` plain text with a newline
-/// appended to `body`; `None` keeps the default. Failed handshakes are also logged (at
-/// debug level) and counted ([`crate::WebSocketServer::failed_handshakes`]).
-pub type OnClientError = Arc<
-    dyn Fn(&HandshakeError, Option<&Request<()>>) -> Option<(StatusCode, HeaderMap, String)>
-        + Send
-        + Sync,
->;
-
-/// What `verify_client` sees (`ws`'s `info`: `origin`, `req`, `secure`).
-#[derive(Clone, Debug)]
-pub struct VerifyInfo {
-    /// The `Origin` header (or `Sec-WebSocket-Origin` from version-8 clients).
-    pub origin: Option<String>,
-    /// The upgrade request.
-    pub request: Arc<Request<()>>,
-    /// Whether the connection is TLS ([`accept_tls`]).
-    pub secure: bool,
-}
-
-/// A refusal from `verify_client`: the status (default 401, as `ws`), an optional reason
-/// phrase, and extra response headers such as `Retry-After`.
-#[derive(Clone, Debug)]
-pub struct Rejection {
-    /// The HTTP status.
-    pub status: http::StatusCode,
-    /// The reason phrase; the status's canonical one when `None`.
-    pub reason: Option<String>,
-    /// Extra headers of the response.
-    pub headers: Vec<(http::HeaderName, HeaderValue)>,
-}
-
-impl Default for Rejection {
-    fn default() -> Self {
-        Rejection {
-            status: http::StatusCode::UNAUTHORIZED,
-            reason: None,
-            headers: Vec::new(),
-        }
-    }
-}
-
-impl Rejection {
-    /// A refusal with this status.
-    ///
-    /// # Panics
-    /// If `status` is not a valid HTTP status code.
-    pub fn status(status: u16) -> Rejection {
-        Rejection {
-            status: http::StatusCode::from_u16(status).expect("a valid status"),
-            ..Default::default()
-        }
-    }
-
-    /// With a reason phrase.
-    pub fn reason(mut self, reason: impl Into<String>) -> Rejection {
-        self.reason = Some(reason.into());
-        self
-    }
-
-    /// With an extra header.
-    ///
-    /// # Panics
-    /// If the name (lowercase, as HTTP/2 requires) or value is not a valid header.
-    pub fn header(mut self, name: &'static str, value: &str) -> Rejection {
-        let value = HeaderValue::from_str(value).expect("a valid header value");
-        self.headers
-            .push((http::HeaderName::from_static(name), value));
-        self
-    }
-}
 
 /// `ws`'s `verifyClient`, synchronous or asynchronous: decides after the request passed
 /// the handshake checks, before the 101 is written. Build one with [`verify_client`] or
@@ -192,13 +114,77 @@ impl std::fmt::Debug for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// The handshake policy this configuration describes, for the sans-I/O decision
+    /// ([`ServerPolicy::decide`]); every front end (accept, upgrade, `sockeye-hyper`,
+    /// `sockeye-axum`) decides through it.
+    pub fn policy(&self) -> ServerPolicy<'_> {
+        ServerPolicy {
+            path: self.path.as_deref(),
+            should_handle: self.should_handle.as_ref(),
+            handle_protocols: self.handle_protocols.as_ref(),
+            per_message_deflate: self.per_message_deflate.as_ref(),
+            verify_client: self.verify_client.is_some(),
+            headers_hook: self.headers_hook.as_ref(),
+            on_client_error: self.on_client_error.as_ref(),
+        }
+    }
+
+    /// The whole server decision on a request whose head is already read: the checks,
+    /// `verify_client` (awaited), the subprotocol and the 101, or the refusal to answer
+    /// with. `secure` tells `verify_client` whether the transport is TLS. For front ends
+    /// that sit behind another HTTP server (`sockeye-hyper`, `sockeye-axum`).
+    ///
+    /// # Errors
+    /// The [`Refusal`] to answer with (its `error` says why).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is written.
+    #[allow(clippy::result_large_err)] // once per connection
+    pub async fn decide(&self, request: Request<()>, secure: bool) -> Result<Accept, Refusal> {
+        self.resolve(self.policy().decide(request), secure).await
+    }
+
+    /// Finishes `decision`: runs `verify_client` on [`Decision::Verify`] (an
+    /// asynchronous one within `handshake_timeout`; one that takes longer is refused
+    /// with 503 "Verification Timed Out").
+    ///
+    /// # Errors
+    /// The [`Refusal`] to answer with.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is written.
+    #[allow(clippy::result_large_err)] // once per connection
+    pub async fn resolve(&self, decision: Decision<'_>, secure: bool) -> Result<Accept, Refusal> {
+        let verify = match decision {
+            Decision::Accept(accept) => return Ok(accept),
+            Decision::Refuse(refusal) => return Err(refusal),
+            Decision::Verify(verify) => verify,
+        };
+        let verdict = match &self.verify_client {
+            Some(verify_client) => {
+                let info = verify.info(secure);
+                match tokio::time::timeout(self.handshake_timeout, verify_client(info)).await {
+                    Ok(verdict) => verdict,
+                    Err(_) => Err(Rejection::status(503).reason("Verification Timed Out")),
+                }
+            }
+            // The policy asks for a verdict only when `verify_client` is set.
+            None => Ok(()),
+        };
+        verify.verdict(verdict)
+    }
+}
+
 /// Performs the server side of the opening handshake on `io`: reads the upgrade request
-/// (within `handshake_timeout` and `head_limits`), checks it, answers 101, and returns
-/// the open WebSocket with the request. A bad request is answered with its 4xx status
-/// and a one-line plain-text body, and returned as the error.
+/// (within `handshake_timeout` and `head_limits`, through the sans-I/O
+/// [`ServerHandshake`]), decides on it ([`ServerConfig::decide`]: every check and hook in
+/// one order), answers 101, and returns the open WebSocket with the request. A refused
+/// request is answered (by default its 4xx status and a one-line plain-text body) and
+/// returned as the error.
 ///
 /// # Errors
-/// [`Error::Handshake`] (see [`HandshakeError::status`]) or [`Error::Io`].
+/// [`Error::Handshake`] (see [`sockeye_proto::HandshakeError::status`]) or [`Error::Io`].
 ///
 /// # Cancel safety
 /// Not cancel safe: the transport is consumed.
@@ -235,38 +221,56 @@ pub(crate) async fn accept_inner<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let policy = config.policy();
+    let reading =
+        ServerHandshake::new(Instant::now(), config.handshake_timeout, config.head_limits);
     let mut buf = BytesMut::with_capacity(1024);
-    let head = tokio::time::timeout(
-        config.handshake_timeout,
-        read_request(&mut io, &mut buf, config),
-    )
-    .await;
-    let result = match head {
-        Ok(Ok((request, Ok(upgrade)))) => Ok((request, upgrade)),
-        Ok(Ok((request, Err(e)))) => Err((Some(request), e)),
-        Ok(Err(Error::Handshake(e))) => Err((None, e)),
-        Ok(Err(other)) => return Err(other),
-        Err(_elapsed) => Err((None, HandshakeError::Timeout)),
+    let decision = loop {
+        if let Some(decision) = reading.handle_read(&mut buf, policy) {
+            break decision;
+        }
+        buf.reserve(1024);
+        let read = match reading.poll_timeout() {
+            Some(deadline) => {
+                let deadline = tokio::time::Instant::from_std(deadline);
+                tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await
+            }
+            None => Ok(io.read_buf(&mut buf).await),
+        };
+        match read {
+            Ok(Ok(0)) => {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed during the opening handshake",
+                )))
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(Error::Io(e)),
+            // tokio's timers do not fire early, so this is the deadline; should the clock
+            // disagree, the next round reads on until it does.
+            Err(_elapsed) => {
+                if let Some(refusal) = reading.handle_timeout(Instant::now(), &policy) {
+                    break Decision::Refuse(refusal);
+                }
+            }
+        }
     };
-    match result {
-        Ok((request, upgrade)) => {
-            respond(io, request, upgrade, buf, config, secure, websocket).await
-        }
-        Err((request, e)) => {
-            reject(&mut io, &e, request.as_ref(), config).await;
-            Err(Error::Handshake(e))
-        }
-    }
+    let outcome = config.resolve(decision, secure).await;
+    respond(io, outcome, buf, config, websocket).await
 }
 
 /// Upgrades a request whose head was already read by another HTTP server (`ws`'s
-/// `handleUpgrade`): checks it as [`accept`] does and answers 101 or the error status.
-/// `read_buf` holds bytes read past the head (`ws`'s `head`).
+/// `handleUpgrade`): decides on it as [`accept`] does ([`ServerConfig::decide`]) and
+/// answers 101 or the refusal. `read_buf` holds bytes read past the head (`ws`'s
+/// `head`).
 ///
 /// # Errors
 /// As [`accept`].
+///
+/// # Cancel safety
+/// Not cancel safe: the transport is consumed.
 pub async fn upgrade<S>(
-    mut io: S,
+    io: S,
     request: Request<()>,
     read_buf: BytesMut,
     config: &ServerConfig,
@@ -274,111 +278,40 @@ pub async fn upgrade<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match check_request(&request, config) {
-        Ok(upgrade) => respond(io, request, upgrade, read_buf, config, false, None).await,
-        Err(e) => {
-            reject(&mut io, &e, Some(&request), config).await;
-            Err(Error::Handshake(e))
-        }
-    }
+    let outcome = config.decide(request, false).await;
+    respond(io, outcome, read_buf, config, None).await
 }
 
+/// Writes the 101 and opens the WebSocket, or writes the refusal and closes.
 async fn respond<S>(
     mut io: S,
-    request: Request<()>,
-    (upgrade, deflate): (Upgrade, Option<DeflateParams>),
+    outcome: Result<Accept, Refusal>,
     read_buf: BytesMut,
     config: &ServerConfig,
-    secure: bool,
     websocket: Option<&Arc<Config>>,
 ) -> Result<(WebSocket<S>, Request<()>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut request = request;
-    if let Some(verify) = &config.verify_client {
-        let headers = request.headers();
-        let origin = headers
-            .get(http::header::ORIGIN)
-            .or_else(|| headers.get("sec-websocket-origin"))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let shared = Arc::new(request);
-        let info = VerifyInfo {
-            origin,
-            request: shared.clone(),
-            secure,
-        };
-        let verdict = tokio::time::timeout(config.handshake_timeout, verify(info)).await;
-        request = Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
-        let refusal = match verdict {
-            Ok(Ok(())) => None,
-            Ok(Err(refusal)) => Some(refusal),
-            Err(_) => Some(Rejection::status(503).reason("Verification Timed Out")),
-        };
-        if let Some(refusal) = refusal {
-            let body = refusal.reason.clone().unwrap_or_else(|| {
-                refusal
-                    .status
-                    .canonical_reason()
-                    .unwrap_or("Rejected")
-                    .to_owned()
-            });
-            let headers: HeaderMap = refusal.headers.iter().cloned().collect();
-            let response = sockeye_proto::handshake::server::reject(
-                refusal.status,
-                refusal.reason.as_deref(),
-                &headers,
-                &body,
-            );
-            write_refusal(&mut io, &response).await;
-            return Err(Error::Handshake(HandshakeError::Rejected));
+    let accept = match outcome {
+        Ok(accept) => accept,
+        Err(refusal) => {
+            write_refusal(&mut io, &refusal.to_bytes()).await;
+            return Err(Error::Handshake(refusal.error));
         }
-    }
-    let protocol = match &config.handle_protocols {
-        Some(pick) if !upgrade.protocols.is_empty() => pick(&upgrade.protocols, &request),
-        _ => upgrade.protocols.first().cloned(),
     };
-    let mut headers = HeaderMap::new();
-    if let Some(params) = &deflate {
-        let value = HeaderValue::from_str(&params.header_value()).expect("tokens only");
-        headers.insert(http::header::SEC_WEBSOCKET_EXTENSIONS, value);
-    }
-    if let Some(hook) = &config.headers_hook {
-        hook(&mut headers, &request);
-    }
-    let response = upgrade.accept(protocol.as_deref(), &headers);
+    let mut response = Vec::with_capacity(256);
+    accept.write_response(&mut response);
     io.write_all(&response).await?;
-    let deflate = deflate.zip(config.per_message_deflate.clone());
+    let (request, protocol, deflate) = accept.into_parts();
     let negotiated = Negotiated {
         protocol,
         url: None,
-        deflate,
+        deflate: deflate.zip(config.per_message_deflate.clone()),
     };
     let websocket = websocket.map_or_else(|| Arc::new(config.websocket.clone()), Arc::clone);
     let ws = WebSocket::with_info(io, Role::Server, websocket, read_buf, negotiated);
     Ok((ws, request))
-}
-
-/// Answers a failed handshake with its status and a one-line body, or with what
-/// `on_client_error` returns; best effort and bounded, since the client may not read.
-async fn reject<S: AsyncWrite + Unpin>(
-    io: &mut S,
-    error: &HandshakeError,
-    request: Option<&Request<()>>,
-    config: &ServerConfig,
-) {
-    let custom = config
-        .on_client_error
-        .as_ref()
-        .and_then(|hook| hook(error, request));
-    let response = match custom {
-        Some((status, headers, body)) => {
-            sockeye_proto::handshake::server::reject(status, None, &headers, &body)
-        }
-        None => reject_error(error),
-    };
-    write_refusal(io, &response).await;
 }
 
 /// Writes a refusal and closes; best effort and bounded, since the client may not read.
@@ -388,57 +321,4 @@ async fn write_refusal<S: AsyncWrite + Unpin>(io: &mut S, response: &[u8]) {
         io.shutdown().await
     })
     .await;
-}
-
-fn check_request(
-    request: &Request<()>,
-    config: &ServerConfig,
-) -> Result<(Upgrade, Option<DeflateParams>), HandshakeError> {
-    if let Some(path) = &config.path {
-        if request.uri().path() != path {
-            return Err(HandshakeError::NotFound);
-        }
-    }
-    let upgrade = Upgrade::validate(request)?;
-    if let Some(should_handle) = &config.should_handle {
-        if !should_handle(request) {
-            return Err(HandshakeError::Rejected);
-        }
-    }
-    let deflate = match &config.per_message_deflate {
-        Some(deflate) => upgrade.negotiate_deflate(deflate)?,
-        None => None,
-    };
-    Ok((upgrade, deflate))
-}
-
-/// The request head and the outcome of its checks (the request is kept for
-/// `on_client_error` when they fail).
-type CheckedRequest = (
-    Request<()>,
-    Result<(Upgrade, Option<DeflateParams>), HandshakeError>,
-);
-
-async fn read_request<S>(
-    io: &mut S,
-    buf: &mut BytesMut,
-    config: &ServerConfig,
-) -> Result<CheckedRequest, Error>
-where
-    S: AsyncRead + Unpin,
-{
-    loop {
-        if let Some((request, len)) = parse_request(buf, &config.head_limits)? {
-            let _ = buf.split_to(len);
-            let checked = check_request(&request, config);
-            return Ok((request, checked));
-        }
-        buf.reserve(1024);
-        if io.read_buf(buf).await? == 0 {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed during the opening handshake",
-            )));
-        }
-    }
 }

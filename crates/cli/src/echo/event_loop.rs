@@ -6,9 +6,12 @@
 //! (`--engine tokio` serves with the library's [`sockeye::WebSocketServer`] instead;
 //! BENCHMARKS.md compares the two).
 //!
-//! It keeps what the tokio server does for `sockeye echo`: the request head read within
-//! `handshake_timeout` and `head_limits` (answered 408 or the error's status otherwise),
-//! the first offered subprotocol, permessage-deflate when enabled, frames relayed piece
+//! It keeps what the tokio server does for `sockeye echo`, through the same sans-I/O
+//! handshake: the request head read within `handshake_timeout` and `head_limits`
+//! ([`ServerHandshake`], answered 408 or the error's status otherwise) and decided on by
+//! the server policy (`ServerPolicy::decide`, with the subset of the configuration the
+//! CLI has: the first offered subprotocol, permessage-deflate when enabled, no hooks),
+//! frames relayed piece
 //! by piece, reading paused while the peer does not take what is queued for it (the
 //! send queue's high-water mark), the close handshake and its timeout, and no read
 //! buffer held by an idle connection (one spare buffer for the loop). Beyond it: each
@@ -26,9 +29,9 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use sockeye::proto::bytes::{Buf, BytesMut};
-use sockeye::proto::handshake::server::{parse_request, reject_error, Upgrade};
-use sockeye::proto::http::{HeaderMap, HeaderValue};
-use sockeye::proto::{Config, Connection, DataKind, Deflate, HandshakeError, Message, Role};
+use sockeye::proto::handshake::policy::{Accept, Decision, Refusal, ServerPolicy};
+use sockeye::proto::handshake::server::ServerHandshake;
+use sockeye::proto::{Config, Connection, DataKind, Deflate, Message, Role};
 use sockeye::{DeflateConfig, HeadLimits};
 
 use super::Echo;
@@ -54,6 +57,17 @@ pub struct Settings {
     pub head_limits: HeadLimits,
     /// The kernel's send buffer per connection (`SO_SNDBUF`); `None`: its own sizing.
     pub send_buffer: Option<usize>,
+}
+
+impl Settings {
+    /// The server policy of the loop: the subset of `ServerConfig` the CLI has
+    /// (permessage-deflate; no path, no hooks).
+    fn policy(&self) -> ServerPolicy<'_> {
+        ServerPolicy {
+            per_message_deflate: self.deflate.as_ref(),
+            ..ServerPolicy::default()
+        }
+    }
 }
 
 /// Binds `addr`; the listener, to [`serve`] after announcing its address.
@@ -130,8 +144,8 @@ struct Client {
 }
 
 enum Phase {
-    /// Reading the request head, until the deadline.
-    Handshake { deadline: Instant },
+    /// Reading the request head, until its deadline.
+    Handshake(ServerHandshake),
     /// Writing a refusal, then closing (dropped at the deadline if the peer does not read).
     Refusing { deadline: Instant },
     /// Upgraded.
@@ -194,10 +208,15 @@ impl Server {
                 self.free.push(slot);
                 continue;
             }
-            let deadline = Instant::now() + self.settings.handshake_timeout;
+            let settings = &self.settings;
+            let reading = ServerHandshake::new(
+                Instant::now(),
+                settings.handshake_timeout,
+                settings.head_limits,
+            );
             self.clients[slot] = Some(Box::new(Client {
                 io,
-                phase: Phase::Handshake { deadline },
+                phase: Phase::Handshake(reading),
                 input: BytesMut::new(),
                 out: BytesMut::new(),
                 write_wait: false,
@@ -227,7 +246,7 @@ impl Server {
         }
         loop {
             let verdict = match client.phase {
-                Phase::Handshake { .. } => self.read_request(client),
+                Phase::Handshake(_) => self.read_request(client),
                 Phase::Refusing { .. } => Verdict::Keep,
                 Phase::Open { .. } => self.read_frames(client),
             };
@@ -282,7 +301,8 @@ impl Server {
             return;
         }
         let deadline = match &client.phase {
-            Phase::Handshake { deadline } | Phase::Refusing { deadline } => Some(*deadline),
+            Phase::Handshake(reading) => reading.poll_timeout(),
+            Phase::Refusing { deadline } => Some(*deadline),
             Phase::Open { conn, .. } => conn.poll_timeout(),
         };
         if deadline != client.scheduled {
@@ -323,8 +343,13 @@ impl Server {
             }
             client.scheduled = None;
             let verdict = match &mut client.phase {
-                Phase::Handshake { .. } => {
-                    refuse(&mut client, &HandshakeError::Timeout);
+                Phase::Handshake(reading) => {
+                    let reading = *reading;
+                    // The deadline came from the handshake itself: due now.
+                    let policy = self.settings.policy();
+                    if let Some(refusal) = reading.handle_timeout(now, &policy) {
+                        refuse(&mut client, &refusal);
+                    }
                     self.step(&mut client, false)
                 }
                 Phase::Refusing { .. } => Verdict::Close,
@@ -339,23 +364,28 @@ impl Server {
 
     /// Reads the request head; answers 101 (and goes on to frames) or refuses.
     fn read_request(&mut self, client: &mut Client) -> Verdict {
+        let Phase::Handshake(reading) = client.phase else {
+            return Verdict::Keep;
+        };
         loop {
-            match parse_request(&client.input, &self.settings.head_limits) {
-                Ok(Some((request, len))) => {
-                    client.input.advance(len);
-                    match self.upgrade(client, &request) {
-                        Ok(()) => return self.read_frames(client),
-                        Err(e) => {
-                            refuse(client, &e);
-                            return Verdict::Keep;
-                        }
+            if let Some(decision) = reading.handle_read(&mut client.input, self.settings.policy()) {
+                let outcome = match decision {
+                    Decision::Accept(accept) => Ok(accept),
+                    Decision::Refuse(refusal) => Err(refusal),
+                    // The loop's policy has no verify_client, so this is not reached; an
+                    // absent verifier approves.
+                    Decision::Verify(verify) => verify.verdict(Ok(())),
+                };
+                return match outcome {
+                    Ok(accept) => {
+                        self.open(client, &accept);
+                        self.read_frames(client)
                     }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    refuse(client, &e);
-                    return Verdict::Keep;
-                }
+                    Err(refusal) => {
+                        refuse(client, &refusal);
+                        Verdict::Keep
+                    }
+                };
             }
             // Read into the loop's spare buffer: a connection whose request has not come
             // yet holds none.
@@ -372,41 +402,18 @@ impl Server {
         }
     }
 
-    /// Checks the request as the tokio server does for `sockeye echo` and queues the 101.
-    fn upgrade(
-        &self,
-        client: &mut Client,
-        request: &sockeye::proto::http::Request<()>,
-    ) -> Result<(), HandshakeError> {
-        let upgrade = Upgrade::validate(request)?;
-        let deflate = match &self.settings.deflate {
-            Some(config) => upgrade
-                .negotiate_deflate(config)?
-                .map(|params| (params, config)),
-            None => None,
-        };
-        let mut headers = HeaderMap::new();
-        if let Some((params, _)) = &deflate {
-            let value = HeaderValue::from_str(&params.header_value()).expect("tokens only");
-            headers.insert(
-                sockeye::proto::http::header::SEC_WEBSOCKET_EXTENSIONS,
-                value,
-            );
-        }
-        // As `ws` by default: the first subprotocol the client offers.
-        let protocol = upgrade.protocols.first().map(String::as_str);
-        client
-            .out
-            .extend_from_slice(&upgrade.accept(protocol, &headers));
+    /// Queues the 101 of an accepted upgrade and opens the connection.
+    fn open(&self, client: &mut Client, accept: &Accept) {
+        accept.write_response(&mut client.out);
         let mut conn = Connection::new(Role::Server, self.settings.websocket.clone());
-        if let Some((params, config)) = deflate {
-            conn = conn.with_deflate(Deflate::new(Role::Server, params, config));
+        if let (Some(params), Some(config)) = (accept.deflate(), &self.settings.deflate) {
+            let deflate = Deflate::new(Role::Server, *params, config);
+            conn = conn.with_deflate(deflate);
         }
         client.phase = Phase::Open {
             conn,
             echo: Echo::default(),
         };
-        Ok(())
     }
 
     /// Reads and echoes frames until the socket has no more, the send queue is full, or
@@ -540,7 +547,7 @@ fn done(client: &mut Client) -> bool {
         return false;
     }
     match &mut client.phase {
-        Phase::Handshake { .. } => false,
+        Phase::Handshake(_) => false,
         Phase::Refusing { .. } => true,
         Phase::Open { conn, .. } => conn.is_finished(),
     }
@@ -561,8 +568,8 @@ fn shut_write_to_drain(client: &mut Client) {
 }
 
 /// Queues the refusal of a bad request and switches to writing it.
-fn refuse(client: &mut Client, error: &HandshakeError) {
-    client.out.extend_from_slice(&reject_error(error));
+fn refuse(client: &mut Client, refusal: &Refusal) {
+    refusal.write_response(&mut client.out);
     client.input = BytesMut::new();
     client.phase = Phase::Refusing {
         deadline: Instant::now() + REFUSAL_TIMEOUT,

@@ -1,8 +1,10 @@
 //! The opening handshake (RFC 6455 §4): building and validating the HTTP/1.1 upgrade
-//! request and response. [`server`] reads requests and writes responses; [`client`]
-//! writes requests and reads responses. Both only parse and produce bytes.
+//! request and response. [`server`] reads requests and writes responses, [`policy`] is
+//! the server's decision on a request (every check and hook, in one order); [`client`]
+//! writes requests and reads responses. All only parse and produce bytes.
 
 pub mod client;
+pub mod policy;
 pub mod server;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -84,12 +86,12 @@ pub fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn push_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+fn push_headers(out: &mut impl bytes::BufMut, headers: &HeaderMap) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
     }
 }
 

@@ -1,11 +1,17 @@
 //! The server side of the opening handshake (RFC 6455 §4.2).
 //!
-//! [`parse_request`] reads the HTTP head, [`Upgrade::validate`] checks it is a valid
-//! WebSocket upgrade, [`Upgrade::accept`] writes the 101 response and [`reject`] the
+//! [`ServerHandshake`] reads the request head within a deadline and hands it to the
+//! server's policy ([`super::policy`]), which decides between the 101 and a refusal.
+//! Underneath: [`parse_request`] reads the HTTP head, [`Upgrade::validate`] checks it is
+//! a valid WebSocket upgrade, [`Upgrade::accept`] writes a 101 response and [`reject`] an
 //! error response.
 
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, BytesMut};
 use http::{HeaderMap, Method, Request, StatusCode};
 
+use super::policy::{Decision, Refusal, ServerPolicy};
 use super::{
     accept_key, header_has_token, parse_protocols, push_headers, to_header_map, HeadLimits,
 };
@@ -161,28 +167,83 @@ fn is_valid_key(key: &[u8]) -> bool {
 pub fn reject(status: StatusCode, reason: Option<&str>, extra: &HeaderMap, body: &str) -> Vec<u8> {
     let reason = reason.or(status.canonical_reason()).unwrap_or("Error");
     let mut out = Vec::with_capacity(128 + body.len());
-    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", status.as_u16(), reason).as_bytes());
-    out.extend_from_slice(b"Connection: close\r\nContent-Type: text/plain; charset=utf-8\r\n");
-    out.extend_from_slice(format!("Content-Length: {}\r\n", body.len() + 1).as_bytes());
-    push_headers(&mut out, extra);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body.as_bytes());
-    out.extend_from_slice(b"\n");
+    write_plain(&mut out, status, reason, extra, &format!("{body}\n"));
     out
 }
 
 /// The error response for a failed handshake: the status of `error`, its message as the
-/// body, and `Sec-WebSocket-Version: 13` for a version mismatch (RFC 6455 §4.4).
+/// body, and `Sec-WebSocket-Version: 13` for a version mismatch (RFC 6455 §4.4). The same
+/// as [`ServerPolicy::refuse`] without an `on_client_error` hook.
 pub fn reject_error(error: &HandshakeError) -> Vec<u8> {
-    let mut extra = HeaderMap::new();
-    if matches!(error, HandshakeError::UnsupportedVersion) {
-        extra.insert(
-            http::header::SEC_WEBSOCKET_VERSION,
-            http::HeaderValue::from_static("13"),
-        );
+    Refusal::from(error.clone()).to_bytes()
+}
+
+/// Writes a `Connection: close` plain-text response with `body` as it is.
+pub(super) fn write_plain(
+    out: &mut impl BufMut,
+    status: StatusCode,
+    reason: &str,
+    extra: &HeaderMap,
+    body: &str,
+) {
+    out.put_slice(format!("HTTP/1.1 {} {reason}\r\n", status.as_u16()).as_bytes());
+    out.put_slice(b"Connection: close\r\nContent-Type: text/plain; charset=utf-8\r\n");
+    out.put_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    push_headers(out, extra);
+    out.put_slice(b"\r\n");
+    out.put_slice(body.as_bytes());
+}
+
+/// The first state of a server handshake: reading the request head (RFC 6455 §4.2.1)
+/// within a deadline and [`HeadLimits`], without I/O. The front end reads into a buffer,
+/// calls [`ServerHandshake::handle_read`] after each read until it yields a
+/// [`Decision`], and calls [`ServerHandshake::handle_timeout`] once
+/// [`ServerHandshake::poll_timeout`] has passed (408, `ws`'s `handshakeTimeout`), so a
+/// silent or slow client (slowloris) is answered and dropped.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerHandshake {
+    deadline: Option<Instant>,
+    limits: HeadLimits,
+}
+
+impl ServerHandshake {
+    /// Starts reading at `now`; the head must be complete within `timeout`.
+    pub fn new(now: Instant, timeout: Duration, limits: HeadLimits) -> ServerHandshake {
+        ServerHandshake {
+            deadline: now.checked_add(timeout),
+            limits,
+        }
     }
-    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    reject(status, None, &extra, &error.to_string())
+
+    /// When the request head is due (`None`: a timeout too large to represent, so never).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Looks for a complete request head at the start of `buf`: `None` while more bytes
+    /// are needed; once it is there, removes it from `buf` (what follows stays: frames
+    /// the client sent early) and returns `policy`'s decision on it. A head that is not
+    /// HTTP/1.1 or exceeds the limits (also while incomplete) is refused at once.
+    pub fn handle_read<'a>(
+        &self,
+        buf: &mut BytesMut,
+        policy: ServerPolicy<'a>,
+    ) -> Option<Decision<'a>> {
+        match parse_request(buf, &self.limits) {
+            Ok(Some((request, len))) => {
+                buf.advance(len);
+                Some(policy.decide(request))
+            }
+            Ok(None) => None,
+            Err(error) => Some(Decision::Refuse(policy.refuse(error, None))),
+        }
+    }
+
+    /// The 408 refusal once `now` is at or past the deadline; `None` before.
+    pub fn handle_timeout(&self, now: Instant, policy: &ServerPolicy<'_>) -> Option<Refusal> {
+        let due = self.deadline.is_some_and(|deadline| now >= deadline);
+        due.then(|| policy.refuse(HandshakeError::Timeout, None))
+    }
 }
 
 #[cfg(test)]
