@@ -1,7 +1,7 @@
 /*
- * raw_variants - the harness's raw_epoll_echo (../shared/bench/src/raw_epoll_echo.c) with
- * knobs, to measure what the kernel charges for how an echo hands its bytes back, with
- * nothing else in the way (BENCHMARKS.md, "Where a 16 KiB echo's bytes go").
+ * raw_variants - the harness's raw_epoll_echo (its src/raw_epoll_echo.c; BENCHMARKS.md,
+ * "Method") with knobs, to measure what the kernel charges for how an echo hands its bytes
+ * back, with nothing else in the way (BENCHMARKS.md, "Where a 16 KiB echo's bytes go").
  *
  * usage: raw_variants PORT [READ_OFFSET [SEND_OFFSET [MODE]]]
  *   READ_OFFSET  where in the (page-aligned) buffer each recv lands (default 0)

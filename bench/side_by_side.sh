@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side echo benchmark: Sockeye against the peers of the shared harness (../shared/bench),
-# with one command from this repository.
+# Side-by-side echo benchmark: Sockeye against the peers of the external echo-benchmark harness
+# (wsload, raw_epoll_echo, run_all.sh, summarize.py; BENCHMARKS.md, "Method"), with one command
+# from this repository.
 #
 # usage: bench/side_by_side.sh [--rounds N] [--secs S] [--scenarios "LIST"] [--mem]
 #                              [--only NAME,NAME,...] [--out DIR] [--build-only] [--cc NAME]
@@ -15,8 +16,9 @@
 #   --build-only   build (harness and Sockeye) and stop
 #   --cc NAME      run under TCP congestion control NAME (e.g. cubic): sets the machine-wide
 #                  net.ipv4.tcp_congestion_control for the runs and restores it on exit (root).
-#                  Loopback with bbr paces large messages: see BENCHMARKS.md, "1 MiB and bbr"
-# env: HARNESS_SRC  the harness (default ../shared/bench from the repository root; read-only is fine)
+#                  Loopback with bbr paces large messages: see BENCHMARKS.md, "1 MiB and bbr's pacing"
+# env: HARNESS_SRC  the harness directory (default ../shared/bench from the repository root, where
+#                   the benchmark machine keeps it; read-only is fine)
 #      BENCH_WORK   writable copy of it (default ${TMPDIR:-/tmp}/sockeye-bench/harness); refreshed
 #                   on every run except its bin/, so the harness build is cached
 #      REBUILD=1    rebuild the harness (build.sh) even if bin/ is complete
@@ -34,7 +36,7 @@
 set -euo pipefail
 
 ROUNDS=3 SECS=10 SCEN="100x20 10x1024 10x16384 1x1048576" MEM=0 ONLY="" OUT="" CC=""
-usage() { sed -n '2,33p' "$0"; exit "${1:-2}"; }
+usage() { sed -n '2,35p' "$0"; exit "${1:-2}"; }
 BUILD_ONLY=0
 while [ $# -gt 0 ]; do
   case $1 in

@@ -7,7 +7,11 @@
 # `sockeye-tokio`); the client is the autobahn_client example, which offers
 # permessage-deflate like ws. By default: every case of sections 1-10, plus a fixed
 # subset of the compression sections that covers every parameter combination (see CASES).
-# Needs ../shared/autobahn/autobahn.sh beside the repository (it sets up wstest on first use).
+# Needs an external Autobahn harness script, AUTOBAHN_HARNESS (default
+# ../shared/autobahn/autobahn.sh from the repository root, where the test machines keep it): it
+# sets up wstest (autobahntestsuite, Python 2.7) in a virtualenv on first use, runs the cases
+# against the command after `--`, and exits non-zero when a case is not OK (with --strict, also
+# when one is NON-STRICT or UNIMPLEMENTED).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HARNESS="${AUTOBAHN_HARNESS:-../shared/autobahn/autobahn.sh}"

@@ -1,4 +1,4 @@
-//! fastwebsockets echo server for the side-by-side harness (../shared/bench).
+//! fastwebsockets echo server for the side-by-side harness (BENCHMARKS.md, "Method").
 //!
 //! Restores the harness's missing `src/rust/src/bin/fw_echo.rs` (see its README.md);
 //! bench/side_by_side.sh copies it there before building. Crate versions: the harness's

@@ -3,8 +3,8 @@
 //! with the first piece, then each read is unmasked and written as it comes (256 KiB
 //! buffer, header and payload in one writev, tokio current-thread). With `FRAG=1` in the
 //! environment it writes each piece as a frame of its own instead (binary, then
-//! continuations), as `sockeye echo` does. BENCHMARKS.md ("1 MiB and bbr's pacing") has
-//! what the two did at 1 MiB. No handshake checks, no control frames: wsload only.
+//! continuations). BENCHMARKS.md ("1 MiB and bbr's pacing") has what the two did at 1 MiB.
+//! No handshake checks, no control frames: wsload only.
 //!
 //! usage: [FRAG=1] min_ws_echo PORT    (listens on 127.0.0.1:PORT). bench/side_by_side.sh
 //! builds it with the peers, into ${CARGO_TARGET_DIR:-/tmp/sockeye-bench/target}/release/;

@@ -1,5 +1,5 @@
 //! Plain TCP echo on tokio: the limit reference for the Rust WebSocket servers of the
-//! side-by-side harness (../shared/bench).
+//! side-by-side harness (BENCHMARKS.md, "Method").
 //!
 //! Restores the harness's missing `src/rust/src/bin/raw_tokio_echo.rs` (see its README.md);
 //! bench/side_by_side.sh copies it there before building. Crate versions: the harness's

@@ -1,4 +1,4 @@
-//! tokio-tungstenite echo server for the side-by-side harness (../shared/bench).
+//! tokio-tungstenite echo server for the side-by-side harness (BENCHMARKS.md, "Method").
 //!
 //! Restores the harness's missing `src/rust/src/bin/tt_echo.rs` (see its README.md);
 //! bench/side_by_side.sh copies it there before building. Crate versions: the harness's
