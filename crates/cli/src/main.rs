@@ -6,7 +6,7 @@
 
 /// mimalloc: size classes with no per-block header and naturally aligned blocks, so
 /// tokio's 128-byte-aligned task and I/O allocations leave no holes (glibc's memalign
-/// left about 400 bytes of free fragments per idle connection; BENCHMARKS.md).
+/// leaves about 400 bytes of free fragments per idle connection; BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -10,7 +10,7 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 100 * 1024 * 1024;
 /// `ws`'s default `closeTimeout`: 30 s.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Automatic pings that detect a dead peer (B1: what `ws` users copy from its README,
+/// Automatic pings that detect a dead peer (the heartbeat `ws` users copy from its README,
 /// built in): after `interval` with nothing received, a ping is sent; if nothing at all
 /// arrives within `timeout` after it, the connection is dropped without a close
 /// handshake (a dead peer cannot answer one) and reported as timed out.
@@ -29,7 +29,7 @@ impl Heartbeat {
     }
 }
 
-/// What a non-waiting send does when the send queue is over its high-water mark (B2).
+/// What a non-waiting send does when the send queue is over its high-water mark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WhenFull {
     /// Refuse the message (`try_send` returns `QueueFull`); async sends wait for room.
@@ -40,7 +40,7 @@ pub enum WhenFull {
     Close,
 }
 
-/// The bounded send queue (B2): bytes queued for the transport, framing included.
+/// The bounded send queue: bytes queued for the transport, framing included.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SendQueue {
     /// Above this, sends wait (or drop, or close: `when_full`) and the connection stops
@@ -96,7 +96,7 @@ pub struct Config {
     /// Automatic pings and a dead-peer timeout; `None` (the default) sends none.
     /// `config.heartbeat = Some(Heartbeat::new(Duration::from_secs(30), Duration::from_secs(10)))`.
     pub heartbeat: Option<Heartbeat>,
-    /// The bounded send queue and its policy (B2).
+    /// The bounded send queue and its policy.
     pub send_queue: SendQueue,
     /// Deliver data frame by frame as [`crate::Message::Fragment`] instead of whole
     /// messages (`ws`'s `binaryType: 'fragments'`; default off). UTF-8, `max_payload`

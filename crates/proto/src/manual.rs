@@ -13,18 +13,15 @@
 //!
 //! # Memory per idle connection
 //!
-//! `sockeye echo` (one thread) with 10,000 idle upgraded connections, server RSS growth
-//! per connection (`../shared/bench` scenario `mem10000`; BENCHMARKS.md):
+//! What `sockeye echo` holds for each idle upgraded connection:
 //!
-//! - **504 bytes** on its default engine, the event loop straight over this crate: one
-//!   allocation per connection (the loop's record with the [`crate::Connection`] inline,
-//!   at most 320 bytes) and a pointer in its table;
-//! - **1,002 bytes** on the library's tokio server (`--engine tokio`): tokio's I/O
-//!   registration (256 bytes) and task (256 bytes, the echo loop's state included) and
-//!   one allocation of Sockeye's shared connection state (`Arc` counts, the
-//!   [`crate::Connection`] of at most 184 bytes, the transport and wakers: at most 384
-//!   bytes; tests hold both budgets). That is 858 bytes in use; the rest is the
-//!   allocator's slack.
+//! - on its default engine, the event loop straight over this crate: one allocation (the
+//!   loop's record with the [`crate::Connection`] inline, at most 320 bytes) and a pointer
+//!   in its table;
+//! - on the library's tokio server (`--engine tokio`): tokio's I/O registration (256
+//!   bytes) and task (256 bytes, the echo loop's state included) and one allocation of
+//!   Sockeye's shared connection state (`Arc` counts, the [`crate::Connection`] of at most
+//!   184 bytes, the transport and wakers: at most 384 bytes). Tests hold both budgets.
 //!
 //! Nothing else stays allocated while a connection idles:
 //!
@@ -39,29 +36,15 @@
 //!   [`crate::transmit::KEEP_TAIL`] (128) bytes, kept so that small messages do not
 //!   allocate each.
 //!
-//! The allocator matters: the `sockeye` binary uses mimalloc. With glibc's malloc the
-//! same run measures about 1,390 bytes: tokio's 128-byte-aligned allocations go through
-//! `memalign`, which leaves free fragments around each (in use 1,020 bytes against
-//! 1,425 bytes of heap per connection, `malloc_stats`). The binary builds mimalloc
-//! without transparent huge pages (`no_thp`): with them its heap became resident in 2 MB
-//! steps, so RSS per connection measured what the last huge page happened to hold (the
-//! tokio engine's earlier 865 bytes, and 1,074-1,291 bytes for the event loop's 450 bytes
-//! in use).
+//! The allocator matters: the `sockeye` binary uses mimalloc. With glibc's malloc,
+//! tokio's 128-byte-aligned allocations go through `memalign`, which leaves free
+//! fragments around each. The binary builds mimalloc without transparent huge pages
+//! (`no_thp`): with them its heap becomes resident in 2 MB steps, so RSS per connection
+//! would measure what the last huge page happens to hold rather than what connections use.
+//! BENCHMARKS.md ("Memory per idle connection") has the measured bytes per connection,
+//! with mimalloc and with glibc's malloc; the harness scenario `mem10000` measures them.
 //!
 //! # Memory per connection with permessage-deflate
-//!
-//! Server RSS growth per idle connection after one 2 KiB compressible message was echoed
-//! on each (`bench/deflate_memory.sh 1000`: `sockeye echo --deflate`, one thread,
-//! 1,000 connections opened one after the other; 2026-11-22; the mimalloc column is the
-//! CLI as built now, on its event-loop engine; the glibc column is the earlier tokio-engine
-//! binary built without mimalloc):
-//!
-//! | negotiated | mimalloc (the CLI) | glibc malloc |
-//! |---|---|---|
-//! | no compression | 3,297 | 3,547 |
-//! | `permessage-deflate; server_no_context_takeover; client_no_context_takeover` | 1,729 | 2,388 |
-//! | `permessage-deflate` (context takeover, 15-bit windows) | 341,815 | 347,853 |
-//! | `permessage-deflate; server_max_window_bits=10; client_max_window_bits=10` | 214,761 | 220,979 |
 //!
 //! With no context takeover in a direction, no zlib state stays with a connection
 //! between messages: each message starts a fresh deflate stream, so when it ends the
@@ -69,19 +52,21 @@
 //! reset, to a pool of its thread (at most two of each kind), and the next message of
 //! any connection on that thread takes it from there. An idle connection then costs
 //! about what an uncompressed one does, and a message does not allocate and free a
-//! compressor. (Before the pool, glibc's malloc placed the next connection's long-lived
-//! allocations in the hole each freed compressor left, so every connection pinned a
-//! mostly free hole: 313 KB each in the same run.) A reset stream keeps nothing of the
-//! message it processed; the `deflate` socket tests check that a back-reference into
-//! another connection's message is corrupt data (1007) and that a message compresses to
-//! the same bytes on every connection.
+//! compressor. Freeing each compressor instead would, with glibc's malloc, leave a hole
+//! that the next connection's long-lived allocations split, so that every connection
+//! pinned a mostly free hole of that size. A reset stream keeps nothing of the message
+//! it processed; the `deflate` socket tests check that a back-reference into another
+//! connection's message is corrupt data (1007) and that a message compresses to the
+//! same bytes on every connection.
 //!
 //! With context takeover the zlib state must survive between messages; most of it is the
 //! compressor's hash tables (zlib's `memLevel` 8, which flate2 does not expose), the rest
 //! its window: smaller windows ([`crate::DeflateConfig::server_max_window_bits`]) save
-//! about a third. (With transparent huge pages mimalloc measured 474 KB here; the CLI
-//! builds it without them.) A server with many mostly idle connections should set
+//! about a third. A server with many mostly idle connections should set
 //! `server_no_context_takeover` (and usually `client_no_context_takeover`).
+//!
+//! `bench/deflate_memory.sh` measures RSS per idle connection for each of these
+//! negotiations; BENCHMARKS.md ("Memory per idle connection") has the figures.
 //!
 //! # Security notes
 //!

@@ -15,10 +15,8 @@ use crate::frame::MAX_HEADER_LEN;
 
 /// Payloads from this size on are referenced instead of copied (when they come as
 /// [`Bytes`] and need no masking, or a client may mask them in place). Below it a copy
-/// and a plain write cost less than the vectored write: at 1 KiB echoes `writev` cost
-/// more server CPU than `write` of a copy, and at 16 KiB the copy still came out 2.5-4%
-/// ahead in two alternating A/Bs (14 rounds; a copied echo frees its read buffer at once
-/// for the next read, which may be why; not traced). BENCHMARKS.md has the figures.
+/// and a plain write cost less server CPU than the vectored write, at 1 KiB and still at
+/// 16 KiB (BENCHMARKS.md, "Decisions": payloads copied below 64 KiB).
 pub const ZERO_COPY_MIN: usize = 64 * 1024;
 
 /// The largest write buffer [`Transmit::shrink`] keeps: an idle connection that has
