@@ -846,10 +846,9 @@ async fn connect_to_nothing_fails() {
     assert!(stderr.contains("cannot connect"), "{stderr}");
 }
 
-/// Regression: `Room::broadcast` once spawned a task per message per member, so a member
-/// received one sender's lines out of order (3-11 inversions in 300 lines); now each
-/// member has one queue drained in order. Bob reads only after the burst, so his queue
-/// must absorb it.
+/// Each chat member has one queue, drained in order, so one sender's lines reach every
+/// member in the order they were sent (a task per message per member would reorder them).
+/// Bob reads only after the burst, so his queue must absorb it.
 #[tokio::test]
 async fn serve_chat_keeps_each_senders_order() {
     let server = serve_server(&[]).await;

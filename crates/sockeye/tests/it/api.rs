@@ -1,5 +1,6 @@
-//! The public API over loopback: server (S1, S9, S10, S11), client options (C2, C3),
-//! connection (W1-W4, W9), newer ws options (N1, N2).
+//! The public API over loopback: the server (binding, the client set, shutdown), client
+//! options, the connection (messages, pings, closing, terminate, several tasks), and the
+//! newer ws options (auto_pong, close_timeout, max_fragments).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -28,7 +29,7 @@ fn url(server: &sockeye::WebSocketServer, path: &str) -> String {
     format!("ws://{}{path}", server.local_addr())
 }
 
-// S1, S11: bind to an ephemeral port, report the address, hand out connections with
+// Bind to an ephemeral port, report the address, hand out connections with
 // their request.
 #[tokio::test]
 async fn server_reports_address_and_request() {
@@ -53,7 +54,7 @@ async fn server_reports_address_and_request() {
     assert_eq!(client_ws.extensions(), "");
 }
 
-// W2, W3: text, binary, empty and large messages both ways; the echo is exact.
+// Text, binary, empty and large messages both ways; the echo is exact.
 #[tokio::test]
 async fn messages_both_ways() {
     let server = server(ServerConfig::default()).await;
@@ -76,7 +77,7 @@ async fn messages_both_ways() {
     assert_eq!(next(&mut peer).await, Message::text("b"));
 }
 
-// W3: fin = false streams one message as several frames; the receiver sees one message,
+// `fin = false` streams one message as several frames; the receiver sees one message,
 // and the frames are on the wire as Text + Continuation.
 #[tokio::test]
 async fn streaming_a_message_in_frames() {
@@ -125,7 +126,7 @@ async fn streaming_a_message_in_frames() {
     assert_eq!(read_frame(&mut raw).await, (true, 0, b"cd".to_vec()));
 }
 
-// W2, W4, N1: pings are answered with their payload (auto_pong); with auto_pong off the
+// Pings are answered with their payload (auto_pong); with auto_pong off the
 // application answers; control payloads over 125 bytes are refused.
 #[tokio::test]
 async fn ping_pong() {
@@ -163,7 +164,7 @@ async fn ping_pong() {
     );
 }
 
-// P4, W1, W4: the close handshake from either side, with ready states; close arguments
+// The close handshake from either side, with ready states; close arguments
 // are validated; a send after close is refused.
 #[tokio::test]
 async fn close_handshake_both_ways() {
@@ -222,7 +223,7 @@ async fn close_handshake_both_ways() {
     }
 }
 
-// P4: the server closes TCP first; a close without status is reported as None (1005).
+// The server closes TCP first; a close without status is reported as None (1005).
 #[tokio::test]
 async fn server_closes_tcp_after_the_handshake() {
     let server = server(ServerConfig::default()).await;
@@ -239,7 +240,7 @@ async fn server_closes_tcp_after_the_handshake() {
     assert_eq!(n, 0, "EOF from the server right after its close reply");
 }
 
-// N1: close_timeout: a peer that never answers our close frame is dropped in time.
+// `close_timeout`: a peer that never answers our close frame is dropped in time.
 #[tokio::test]
 async fn close_timeout_drops_a_silent_peer() {
     let mut config = ServerConfig::default();
@@ -271,7 +272,7 @@ async fn close_timeout_drops_a_silent_peer() {
     );
 }
 
-// W4: terminate() drops the transport at once; the peer sees an abnormal end (1006).
+// `terminate()` drops the transport at once; the peer sees an abnormal end (1006).
 #[tokio::test]
 async fn terminate_is_abnormal_for_the_peer() {
     let server = server(ServerConfig::default()).await;
@@ -292,7 +293,7 @@ async fn terminate_is_abnormal_for_the_peer() {
     assert!(client.next().await.is_none());
 }
 
-// W9: the reader in one task, several writers in others, at the same time.
+// The reader in one task, several writers in others, at the same time.
 #[tokio::test]
 async fn split_halves_from_different_tasks() {
     let server = server(ServerConfig::default()).await;
@@ -340,7 +341,7 @@ async fn split_halves_from_different_tasks() {
     tokio::time::timeout(STEP, echo).await.unwrap().unwrap();
 }
 
-// S9: the server's client set, for broadcast; closed connections leave it.
+// The server's client set, for broadcast; closed connections leave it.
 #[tokio::test]
 async fn client_tracking_and_broadcast() {
     let server = server(ServerConfig::default()).await;
@@ -373,7 +374,7 @@ async fn client_tracking_and_broadcast() {
     assert!(untracked.clients().is_empty());
 }
 
-// S10: shutdown stops accepting, sends 1001 to open connections, waits a bounded time,
+// Shutdown stops accepting, sends 1001 to open connections, waits a bounded time,
 // then terminates the rest and reports.
 #[tokio::test]
 async fn graceful_shutdown() {
@@ -412,7 +413,7 @@ async fn graceful_shutdown() {
     assert!(refused.is_err());
 }
 
-// C3: max_payload on a client, and generate_mask: the frames carry the custom key.
+// `max_payload` on a client, and `generate_mask`: the frames carry the custom key.
 #[tokio::test]
 async fn client_max_payload_and_custom_mask() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -472,7 +473,7 @@ async fn client_max_payload_and_custom_mask() {
     assert!(calls.load(Ordering::Relaxed) >= 2);
 }
 
-// S4, C3: skip_utf8_validation delivers unchecked text instead of failing.
+// `skip_utf8_validation` delivers unchecked text instead of failing.
 #[tokio::test]
 async fn skip_utf8_validation() {
     let mut config = ServerConfig::default();
@@ -489,7 +490,7 @@ async fn skip_utf8_validation() {
     );
 }
 
-// N2, Autobahn 9.3.1: 4 MiB in 65,536 fragments of 64 bytes is one message; 400,000
+// Autobahn 9.3.1: 4 MiB in 65,536 fragments of 64 bytes is one message; 400,000
 // empty fragments cost no memory and still complete.
 #[tokio::test]
 async fn many_fragments_are_bounded_by_bytes_not_count() {
@@ -549,7 +550,7 @@ async fn many_fragments_are_bounded_by_bytes_not_count() {
     assert_eq!(err.ws_code(), Some("WS_ERR_TOO_MANY_BUFFERED_PARTS"));
 }
 
-// W6: buffered_amount counts queued bytes, framing included, and drains to zero.
+// `buffered_amount` counts queued bytes, framing included, and drains to zero.
 #[tokio::test]
 async fn buffered_amount_drains() {
     let server = server(ServerConfig::default()).await;
@@ -606,7 +607,7 @@ fn heartbeat_config() -> ServerConfig {
     config
 }
 
-// B1: one line enables the heartbeat; a peer that never answers is dropped in time, a
+// One line enables the heartbeat; a peer that never answers is dropped in time, a
 // live one (auto-pong) stays.
 #[tokio::test]
 async fn heartbeat_drops_dead_peers_and_keeps_live_ones() {
@@ -664,7 +665,7 @@ async fn heartbeat_drops_dead_peers_and_keeps_live_ones() {
     assert_eq!(state, ReadyState::Open);
 }
 
-// W5: pause() stops reading, so TCP pushes back on the sender and nothing is delivered;
+// `pause()` stops reading, so TCP pushes back on the sender and nothing is delivered;
 // resume() delivers everything.
 #[tokio::test]
 async fn pause_pushes_back_and_resume_delivers() {
@@ -694,7 +695,7 @@ async fn pause_pushes_back_and_resume_delivers() {
     let _client = tokio::time::timeout(STEP, sender).await.unwrap().unwrap();
 }
 
-// W8: a WebSocket as AsyncRead + AsyncWrite: bytes through tokio::io::copy-style
+// A WebSocket as AsyncRead + AsyncWrite: bytes through tokio::io::copy-style
 // reads and writes, end of stream on close.
 #[tokio::test]
 async fn byte_stream_adapter() {
@@ -732,8 +733,8 @@ async fn byte_stream_adapter() {
     assert_eq!(copied, data.len() as u64);
 }
 
-// S5: verify_client, sync and async, sees origin and request; a refusal carries its
-// status, reason phrase and headers. S7: the headers hook adds to the 101.
+// `verify_client`, sync and async, sees origin and request; a refusal carries its
+// status, reason phrase and headers. The headers hook adds to the 101.
 #[tokio::test]
 async fn verify_client_and_headers_hook() {
     let mut config = ServerConfig::default();
@@ -799,7 +800,7 @@ fn rss_kib() -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-// B2: a client that never reads while the server tries to send 256 MiB. Under every
+// A client that never reads while the server tries to send 256 MiB. Under every
 // policy the queue stays under its bound; Drop drops, Close closes with 1008, Wait
 // refuses until drained.
 #[tokio::test]
@@ -896,7 +897,7 @@ async fn bounded_send_queue_policies() {
     }
 }
 
-// S12: per-connection user data, seen from every handle, e.g. to broadcast to a room.
+// Per-connection user data, seen from every handle, e.g. to broadcast to a room.
 #[tokio::test]
 async fn per_connection_user_data() {
     #[derive(Clone, Debug, PartialEq)]
@@ -927,7 +928,7 @@ async fn per_connection_user_data() {
     assert_eq!(server.clients()[0].data::<u32>(), None, "absent type");
 }
 
-// C6: family picks IPv4 or IPv6 addresses of the host.
+// `family` picks IPv4 or IPv6 addresses of the host.
 #[tokio::test]
 async fn address_family() {
     let server = server(ServerConfig::default()).await;
@@ -1106,7 +1107,7 @@ fn assert_waited_close_timeout(started: Instant) {
     );
 }
 
-// P4, N1: a peer that does not read cannot hold a closing connection: close().await
+// A peer that does not read cannot hold a closing connection: close().await
 // and the stream end within close_timeout, and what was left queued is dropped.
 #[tokio::test]
 async fn close_timeout_bounds_a_close_the_peer_does_not_read() {
@@ -1125,8 +1126,8 @@ async fn close_timeout_bounds_a_close_the_peer_does_not_read() {
     stalled.assert_queue_dropped().await;
 }
 
-// B1: the heartbeat drops a peer that does not read, although its ping cannot be
-// written (before, the connection then waited for ever to write it).
+// The heartbeat drops a peer that does not read, although its ping cannot be
+// written: the connection does not wait for ever to write it.
 #[tokio::test]
 async fn heartbeat_drops_a_peer_that_does_not_read() {
     let config = heartbeat_config();
@@ -1140,7 +1141,7 @@ async fn heartbeat_drops_a_peer_that_does_not_read() {
     stalled.assert_queue_dropped().await;
 }
 
-// P4: a peer that half-closes (end of stream) and does not read gets close_timeout to
+// A peer that half-closes (end of stream) and does not read gets close_timeout to
 // take what is queued for it, not for ever.
 #[tokio::test]
 async fn end_of_stream_bounds_the_last_writes_by_close_timeout() {
@@ -1161,7 +1162,7 @@ async fn end_of_stream_bounds_the_last_writes_by_close_timeout() {
     stalled.assert_queue_dropped().await;
 }
 
-// P4: the reader parked in its own task, a close() given up before close_timeout: the
+// The reader parked in its own task, a close() given up before close_timeout: the
 // timer the close armed still wakes the reader, whose stream ends at close_timeout.
 #[tokio::test]
 async fn close_timeout_ends_the_reader_when_the_close_is_given_up() {

@@ -1,5 +1,5 @@
-//! Client options over real loopback sockets: redirects (C4), a local address and an HTTP
-//! CONNECT proxy (C6), `finish_request` (N3) and `ws+unix:` URLs (C1). Redirectors and
+//! Client options over real loopback sockets: redirects, a local address and an HTTP
+//! CONNECT proxy, `finish_request` and `ws+unix:` URLs. Redirectors and
 //! proxies are raw TCP servers written here; every wait is bounded.
 
 use std::net::{IpAddr, SocketAddr};

@@ -1,5 +1,5 @@
-//! Fragment mode (W7, `ws`'s `binaryType: 'fragments'`) and the `on_client_error` hook
-//! (S8, `ws`'s `wsClientError`), over loopback sockets.
+//! Fragment mode (`ws`'s `binaryType: 'fragments'`) and the `on_client_error` hook (`ws`'s
+//! `wsClientError`), over loopback sockets.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -166,7 +166,7 @@ async fn invalid_utf8_split_across_fragments_fails_with_1007() {
     assert_eq!(error.ws_code(), Some("WS_ERR_INVALID_UTF8"));
 }
 
-// ------------------------------------------------------- S8: on_client_error
+// ----------------------------------------------------------- on_client_error
 
 /// Sends `request` on a fresh connection and reads the whole response (the server
 /// closes after a refusal).
