@@ -217,6 +217,19 @@ fn encode_frame_client(bencher: Bencher, len: usize) {
     });
 }
 
+/// Encoding one client frame masked with the default key source (a fresh key from the
+/// CSPRNG per frame): the cost of drawing keys, against `encode_frame_client`'s constant
+/// key.
+#[divan::bench(args = [20, 1024])]
+fn encode_frame_client_random_key(bencher: Bencher, len: usize) {
+    let mut client = Connection::new(Role::Client, Config::default());
+    let payload = vec![7u8; len];
+    bencher.counter(BytesCount::new(len)).bench_local(|| {
+        client.send_binary(black_box(&payload)).unwrap();
+        client.transmit().clear();
+    });
+}
+
 /// Encoding one client frame of a handed-over payload nothing else refers to: masked in
 /// place and referenced, not copied (compare `encode_frame_client`).
 #[divan::bench(args = [64 * 1024, 1024 * 1024])]
