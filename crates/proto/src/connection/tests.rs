@@ -4,11 +4,16 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::*;
-use crate::frame::MAX_FRAME_LEN;
+use crate::close::{CloseCode, CloseFrame};
+use crate::error::{ApiMisuse, Error, LimitError, ProtocolError};
+use crate::frame::{OpCode, MAX_FRAME_LEN};
 use crate::limits::{DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_PAYLOAD};
+use crate::mask::apply_mask;
+use crate::message::{Fragment, Message};
+use crate::transmit::ZERO_COPY_MIN;
 
 // ------------------------------------------------------------------ harness
 
