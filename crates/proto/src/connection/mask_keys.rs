@@ -1,45 +1,53 @@
-//! The masking keys of a client's frames (RFC 6455 §5.3): one fresh key per frame.
+//! The masking keys of a client's frames (RFC 6455 §5.3): one fresh key per frame, from
+//! the source [`Config::generate_mask`](crate::Config::generate_mask) names.
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 
 use super::{Connection, Role};
-use crate::limits::Config;
+use crate::limits::MaskSource;
+
+/// A connection's supply of masking keys: for [`MaskSource::Random`], its own generator,
+/// made when the first key is needed (a server, which masks nothing, never makes one).
+///
+/// Boxed: `StdRng` holds a ChaCha block of 64 keys and the cipher's state (some 300
+/// bytes), which every idle connection would carry inline.
+#[derive(Default)]
+pub(super) struct MaskKeys(Option<Box<StdRng>>);
+
+impl MaskKeys {
+    /// A fresh key from `source` on a client, none on a server.
+    #[inline]
+    pub(super) fn next(&mut self, role: Role, source: &MaskSource) -> Option<[u8; 4]> {
+        match role {
+            Role::Server => None,
+            Role::Client => Some(match source {
+                MaskSource::Random => {
+                    let rng = match &mut self.0 {
+                        Some(rng) => rng,
+                        None => self.0.insert(seeded()),
+                    };
+                    rng.next_u32().to_ne_bytes()
+                }
+                MaskSource::Custom(generate) => generate(),
+            }),
+        }
+    }
+}
 
 impl Connection {
     /// A fresh masking key on a client (RFC 6455 §5.3), none on a server.
-    pub(super) fn new_mask(&self) -> Option<[u8; 4]> {
-        new_mask(self.role, &self.config)
+    #[inline]
+    pub(super) fn new_mask(&mut self) -> Option<[u8; 4]> {
+        self.mask_keys.next(self.role, &self.config.generate_mask)
     }
 }
 
-/// A fresh masking key on a client (RFC 6455 §5.3), none on a server.
-#[inline]
-pub(super) fn new_mask(role: Role, config: &Config) -> Option<[u8; 4]> {
-    match role {
-        Role::Client => Some(match &config.generate_mask {
-            Some(generate) => generate(),
-            None => random_key(),
-        }),
-        Role::Server => None,
-    }
-}
-
-/// A masking key from the thread's CSPRNG (`rand`'s `ThreadRng`), drawn 64 keys at a
-/// time into a per-thread pool, as `ws` fills its pool with `randomFillSync`. Setting up
-/// a draw costs more than the bytes it yields, so one draw serves 64 frames.
-fn random_key() -> [u8; 4] {
-    use std::cell::RefCell;
-
-    const KEYS: usize = 64;
-    thread_local! {
-        /// The keys not yet used, from `next` on; empty (`next == KEYS`) at first.
-        static POOL: RefCell<([[u8; 4]; KEYS], usize)> = const { RefCell::new(([[0; 4]; KEYS], KEYS)) };
-    }
-    POOL.with_borrow_mut(|(keys, next)| {
-        if *next == KEYS {
-            rand::RngCore::fill_bytes(&mut rand::rng(), keys.as_flattened_mut());
-            *next = 0;
-        }
-        let key = keys[*next];
-        *next += 1;
-        key
-    })
+/// A generator seeded from the operating system's CSPRNG (`getrandom`).
+///
+/// # Panics
+/// If the operating system has no random source to give (as `rand`'s own generators).
+#[cold]
+fn seeded() -> Box<StdRng> {
+    Box::new(StdRng::from_os_rng())
 }

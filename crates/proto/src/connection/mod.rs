@@ -28,6 +28,7 @@ use crate::limits::Config;
 use crate::transmit::Transmit;
 use crate::utf8::Utf8Validator;
 
+use mask_keys::MaskKeys;
 use read::Incoming;
 use send::FrameOut;
 use timers::HeartbeatClock;
@@ -132,6 +133,8 @@ pub struct Connection {
     /// connections have no heartbeat, and every idle one would carry it).
     heartbeat: Option<Box<HeartbeatClock>>,
     heartbeat_expired: bool,
+    /// Where a client's masking keys come from (`config.generate_mask`).
+    mask_keys: MaskKeys,
 }
 
 impl Connection {
@@ -164,6 +167,7 @@ impl Connection {
             close_transport: false,
             abort_transport: false,
             heartbeat_expired: false,
+            mask_keys: MaskKeys::default(),
         }
     }
 

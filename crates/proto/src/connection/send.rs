@@ -4,11 +4,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::mask_keys::new_mask;
-use super::{Connection, DataKind, Role, State};
+use super::{Connection, DataKind, State};
 use crate::error::{ApiMisuse, Error};
 use crate::frame::{FrameHeader, OpCode, MAX_FRAME_LEN, MAX_HEADER_LEN};
-use crate::limits::Config;
 use crate::mask::{apply_mask, extend_masked, rotate_key};
 use crate::message::Fragment;
 use crate::transmit::{Transmit, ZERO_COPY_MIN};
@@ -209,8 +207,7 @@ impl Connection {
                 let rsv1 = opcode != OpCode::Continuation;
                 write_frame(
                     self.transmit.tail(),
-                    self.role,
-                    &self.config,
+                    self.mask_keys.next(self.role, &self.config.generate_mask),
                     opcode,
                     ends_message,
                     rsv1,
@@ -355,8 +352,7 @@ impl Connection {
         };
         write_frame(
             &mut frame.held.frames,
-            self.role,
-            &self.config,
+            self.mask_keys.next(self.role, &self.config.generate_mask),
             opcode,
             true,
             false,
@@ -367,8 +363,7 @@ impl Connection {
     pub(super) fn write_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) {
         write_frame(
             self.transmit.tail(),
-            self.role,
-            &self.config,
+            self.mask_keys.next(self.role, &self.config.generate_mask),
             opcode,
             fin,
             false,
@@ -377,17 +372,16 @@ impl Connection {
     }
 }
 
-/// Appends a frame to `out`: masked with a fresh key on a client (RFC 6455 §5.3).
+/// Appends a frame to `out`, masked with `mask` if any (a client's fresh key, RFC 6455
+/// §5.3).
 fn write_frame(
     out: &mut BytesMut,
-    role: Role,
-    config: &Config,
+    mask: Option<[u8; 4]>,
     opcode: OpCode,
     fin: bool,
     rsv1: bool,
     payload: &[u8],
 ) {
-    let mask = new_mask(role, config);
     let header = FrameHeader {
         fin,
         rsv1,

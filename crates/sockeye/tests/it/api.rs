@@ -447,13 +447,13 @@ async fn client_max_payload_and_custom_mask() {
     let calls = Arc::new(AtomicU32::new(0));
     let mut config = ClientConfig::default();
     config.websocket.max_payload = 100;
-    config.websocket.generate_mask = Some({
+    config.websocket.generate_mask = {
         let calls = calls.clone();
-        Arc::new(move || {
+        sockeye::proto::MaskSource::custom(move || {
             calls.fetch_add(1, Ordering::Relaxed);
             [9, 8, 7, 6]
         })
-    });
+    };
     let (mut ws, _) = sockeye::connect_with(&format!("ws://{addr}/"), config)
         .await
         .unwrap();
