@@ -50,7 +50,7 @@ pub use client::{
     handshake as client_handshake, AddressFamily, ClientConfig, FinishRequest, RedirectHook,
     Target,
 };
-pub use error::{CloseInfo, Error};
+pub use error::{CloseInfo, Error, TlsError};
 pub use server::{Clients, ShutdownReport, WebSocketServer};
 pub use stream::ByteStream;
 pub use tls::{ClientTlsConfig, MaybeTlsStream, ServerStream};

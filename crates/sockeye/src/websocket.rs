@@ -489,8 +489,9 @@ macro_rules! sender_methods {
         /// then is written as the future is polled.
         ///
         /// # Errors
-        /// [`Error::Protocol`] with an `ApiMisuse` for invalid arguments or a send after
-        /// close; [`Error::Io`] if the transport fails.
+        /// [`Error::Misuse`] for invalid arguments or a send after close;
+        /// [`Error::Closed`] once the connection is over ([`Error::HeartbeatTimeout`] if
+        /// the heartbeat ended it); [`Error::Io`] or [`Error::Tls`] if the transport fails.
         ///
         /// # Cancel safety
         /// The message is queued whole when `send` is called; if the future is dropped
@@ -571,8 +572,9 @@ macro_rules! sender_methods {
         /// `close_timeout`).
         ///
         /// # Errors
-        /// `ApiMisuse::InvalidCloseCode` for a code that may not be sent (1005, 1006,
-        /// 1015, < 1000 ...) and `ApiMisuse::CloseReasonTooLong` over 123 bytes.
+        /// [`Error::Misuse`]: `ApiMisuse::InvalidCloseCode` for a code that may not be
+        /// sent (1005, 1006, 1015, < 1000 ...) and `ApiMisuse::CloseReasonTooLong` over
+        /// 123 bytes.
         pub fn close(&self, frame: Option<CloseFrame>) -> Sending<'_, S> {
             let queued = self
                 .shared
@@ -791,15 +793,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
                 // The reader (if any) finishes the stream.
                 inner.wake_reader();
                 Writers::wake_all(&inner.writers);
-                let why = if inner.conn.heartbeat_expired() {
-                    "the heartbeat gave the peer up before this was written"
-                } else {
-                    "the peer did not read what was left to send within close_timeout"
-                };
-                return Poll::Ready(Err(Error::Io(io::Error::new(io::ErrorKind::TimedOut, why))));
+                let why = "the peer did not read what was left to send within close_timeout";
+                let timed_out = io::Error::new(io::ErrorKind::TimedOut, why);
+                return Poll::Ready(Err(inner.write_error(timed_out)));
             }
         }
-        flushed.map_err(Error::Io)
+        flushed.map_err(|e| inner.write_error(e))
     }
 
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -807,7 +806,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
         if inner.conn.transmit_len() < inner.conn.config().send_queue.high_water {
             return Poll::Ready(Ok(()));
         }
-        inner.poll_flush_transmit(cx).map_err(Error::Io)
+        inner
+            .poll_flush_transmit(cx)
+            .map_err(|e| inner.write_error(e))
     }
 
     fn try_queue(&self, message: Message) -> Result<TrySend, Error> {
@@ -843,7 +844,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
             }
             match inner.poll_flush_transmit(cx) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(inner.write_error(e))),
                 Poll::Pending => {
                     // Partly written: below the mark already?
                     if inner.conn.transmit_len() <= inner.conn.config().send_queue.low_water {
@@ -869,13 +870,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
     }
 
+    /// Why a connection that is over refuses to send: the heartbeat's expiry, as the
+    /// reader was told, or that it closed.
+    fn ended_error(&self) -> Error {
+        if self.conn.heartbeat_expired() {
+            Error::HeartbeatTimeout
+        } else {
+            Error::Closed(self.close_info())
+        }
+    }
+
+    /// The error of a write that failed with `e`: [`Error::HeartbeatTimeout`] when the
+    /// heartbeat gave the peer up (the transport was closed under the write), so that
+    /// readers and writers see the same error for it; else `e`, or the TLS error it
+    /// carries.
+    fn write_error(&self, e: io::Error) -> Error {
+        if self.conn.heartbeat_expired() {
+            Error::HeartbeatTimeout
+        } else {
+            Error::from(e)
+        }
+    }
+
     /// Runs a command on the connection, unless it is over and its transport gone.
     fn with_conn<T>(
         &mut self,
         f: impl FnOnce(&mut Connection) -> Result<T, sockeye_proto::Error>,
     ) -> Result<T, Error> {
         if (self.io.is_none() || self.ended) && self.conn.state() == State::Closed {
-            return Err(Error::Closed(self.close_info()));
+            return Err(self.ended_error());
         }
         let mid_frame = self.conn.is_mid_frame();
         let result = f(&mut self.conn).map_err(Error::from);
@@ -1278,7 +1301,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.io = None;
         self.ended = true;
         Writers::wake_all(&self.writers);
-        Error::Io(e)
+        Error::from(e)
     }
 }
 
