@@ -79,11 +79,11 @@ impl Connection {
     ///
     /// Everything else is returned as `read_with` returns it, for the caller to answer
     /// as it would have: the pieces of a frame that arrives in parts
-    /// ([`Config::stream_frames`]), text messages in several frames, compressed
+    /// ([`Config::stream_frames`](crate::Config::stream_frames)), text messages in several frames, compressed
     /// messages, frames that come while something else is queued, and control frames
     /// (pings are answered here as always). Replies sent either way keep the peer's
     /// frame boundaries, so the two mix within a message. A client, or a connection
-    /// without [`Config::deliver_fragments`], echoes nothing itself: every message is
+    /// without [`Config::deliver_fragments`](crate::Config::deliver_fragments), echoes nothing itself: every message is
     /// returned.
     ///
     /// Keep the queue written out before the next read, as an echo does anyway: a frame
