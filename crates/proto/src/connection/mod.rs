@@ -18,6 +18,15 @@
 //! 4. Once [`Connection::should_close_transport`] is true and the transmit buffer is
 //!    empty, close the transport; once [`Connection::should_abort_transport`] is true,
 //!    close it at once, without writing what is still queued.
+//!
+//! # Files
+//!
+//! The [`Connection`] type, its state and accessors are here; its methods are in a file
+//! per concept: `read` (frames in: parsing, checks, messages, the echo in place),
+//! `send` (frames out: data frames whole or in pieces, control frames, the transmit
+//! queue), `closing` (the close handshake, failing the connection, end of stream),
+//! `timers` (the close timeout and the heartbeat: `poll_timeout`, `handle_timeout`) and
+//! `mask_keys` (a client's masking keys, from [`Config::generate_mask`]).
 
 use std::sync::Arc;
 use std::time::Instant;
