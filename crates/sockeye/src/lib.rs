@@ -63,5 +63,5 @@ pub use sockeye_proto as proto;
 pub use sockeye_proto::handshake::HeadLimits;
 pub use sockeye_proto::{
     CloseCode, CloseFrame, Config, DataKind, DeflateConfig, DeflateParams, Fragment, Heartbeat,
-    Message, Role, Utf8Bytes,
+    MaskSource, Message, Role, Utf8Bytes,
 };
