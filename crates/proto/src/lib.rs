@@ -57,6 +57,6 @@ pub use connection::{Connection, DataKind, Role, State};
 pub use deflate::{Deflate, DeflateConfig, DeflateParams};
 pub use error::{ApiMisuse, Error, HandshakeError, InflateError, LimitError, ProtocolError};
 pub use frame::{FrameHeader, OpCode};
-pub use limits::{Config, Heartbeat, SendQueue, WhenFull};
+pub use limits::{Config, Heartbeat, MaskGenerator, MaskSource, SendQueue, WhenFull};
 pub use message::{Fragment, Message, Utf8Bytes};
 pub use transmit::Transmit;

@@ -62,8 +62,44 @@ impl Default for SendQueue {
     }
 }
 
-/// A source of masking keys for client frames (`ws`'s `generateMask`).
+/// A function that returns a masking key per call (`ws`'s `generateMask`), for
+/// [`MaskSource::Custom`].
 pub type MaskGenerator = Arc<dyn Fn() -> [u8; 4] + Send + Sync>;
+
+/// Where a client's masking keys come from: RFC 6455 §5.3 asks for a fresh key per frame
+/// that the peer, and anyone on the path, cannot predict (§10.3: masking keeps a hostile
+/// page's bytes from reaching a proxy as it chose them). Servers send no masked frames
+/// and draw no keys.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum MaskSource {
+    /// A cryptographically secure generator of each connection's own: `rand`'s `StdRng`
+    /// (ChaCha12), seeded from the operating system (`OsRng`) when the connection masks
+    /// its first frame. The generator makes 64 keys per ChaCha block, so a key costs an
+    /// index into that block, and the seeding one system call per client connection.
+    #[default]
+    Random,
+    /// The caller's function, called once per frame (`ws`'s `generateMask`): known keys
+    /// for tests and benchmarks, or a generator of the caller's choice. Keys an
+    /// attacker can predict defeat what masking protects against (§10.3).
+    Custom(MaskGenerator),
+}
+
+impl MaskSource {
+    /// A [`MaskSource::Custom`] source from a function.
+    pub fn custom(generate: impl Fn() -> [u8; 4] + Send + Sync + 'static) -> MaskSource {
+        MaskSource::Custom(Arc::new(generate))
+    }
+}
+
+impl fmt::Debug for MaskSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaskSource::Random => f.write_str("Random"),
+            MaskSource::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
 
 /// Settings of one connection.
 #[derive(Clone)]
@@ -90,9 +126,10 @@ pub struct Config {
     /// cannot hold it open. When it passes the transport is closed at once, without what
     /// is still queued, as `ws` destroys the socket.
     pub close_timeout: Duration,
-    /// A custom source of masking keys for client frames (`ws`'s `generateMask`); `None`
-    /// uses a fresh key from a cryptographically secure generator for every frame.
-    pub generate_mask: Option<MaskGenerator>,
+    /// Where a client's masking keys come from (`ws`'s `generateMask`). The default,
+    /// [`MaskSource::Random`], draws a fresh key for every frame from a cryptographically
+    /// secure generator of the connection's own.
+    pub generate_mask: MaskSource,
     /// Automatic pings and a dead-peer timeout; `None` (the default) sends none.
     /// `config.heartbeat = Some(Heartbeat::new(Duration::from_secs(30), Duration::from_secs(10)))`.
     pub heartbeat: Option<Heartbeat>,
@@ -119,7 +156,7 @@ impl Default for Config {
             skip_utf8_validation: false,
             auto_pong: true,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
-            generate_mask: None,
+            generate_mask: MaskSource::Random,
             heartbeat: None,
             send_queue: SendQueue::default(),
             deliver_fragments: false,
@@ -138,10 +175,7 @@ impl fmt::Debug for Config {
             .field("deliver_fragments", &self.deliver_fragments)
             .field("stream_frames", &self.stream_frames)
             .field("close_timeout", &self.close_timeout)
-            .field(
-                "generate_mask",
-                &self.generate_mask.as_ref().map(|_| "custom"),
-            )
+            .field("generate_mask", &self.generate_mask)
             .finish()
     }
 }

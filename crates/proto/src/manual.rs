@@ -71,8 +71,9 @@
 //! # Security notes
 //!
 //! - **Masking** (RFC 6455 §10.3): a client masks every frame with a fresh key from a
-//!   cryptographically secure generator (`rand`'s thread RNG) unless `generate_mask` is
-//!   set. Servers never mask and reject unmasked client frames (1002).
+//!   cryptographically secure generator of the connection's own (ChaCha12 seeded from the
+//!   operating system, [`crate::MaskSource::Random`]) unless `generate_mask` names
+//!   another source. Servers never mask and reject unmasked client frames (1002).
 //! - **Huge lengths**: a header announcing more than `max_payload` fails before any
 //!   payload is read; the read buffer grows only as bytes arrive.
 //! - **Invalid UTF-8** fails on the first impossible byte, even in the middle of a frame

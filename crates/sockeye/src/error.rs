@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 
 use bytes::Bytes;
-use sockeye_proto::{CloseFrame, HandshakeError};
+use sockeye_proto::{ApiMisuse, CloseFrame, HandshakeError};
 
 /// Any error of a WebSocket, its handshake or its server.
 #[derive(Debug)]
@@ -12,9 +12,17 @@ use sockeye_proto::{CloseFrame, HandshakeError};
 pub enum Error {
     /// The transport failed.
     Io(io::Error),
+    /// TLS failed: the handshake (an untrusted certificate, a name the certificate does
+    /// not hold, a refused client certificate, a peer that does not speak TLS), a record
+    /// after it, or the TLS settings themselves.
+    Tls(TlsError),
     /// The peer broke the protocol or a limit; the connection sent the close code
     /// [`sockeye_proto::Error::close_code`] and is closed. See `ws_code()`.
     Protocol(sockeye_proto::Error),
+    /// The caller used the API wrongly (a send after close, a control payload over 125
+    /// bytes, a close code that may not be sent ...): nothing was sent, and the
+    /// connection is as it was. Never caused by the peer.
+    Misuse(ApiMisuse),
     /// The opening handshake failed.
     Handshake(HandshakeError),
     /// The server answered the upgrade with something other than 101 (`ws`'s
@@ -37,6 +45,36 @@ pub enum Error {
     HeartbeatTimeout,
 }
 
+/// Why TLS failed ([`Error::Tls`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// rustls refused: in the handshake, on a record after it, or in building a
+    /// configuration (a key that does not match its certificate).
+    Rustls(rustls::Error),
+    /// The TLS settings cannot be used: PEM that does not parse or holds no certificate
+    /// or key, or a client certificate without its key.
+    InvalidConfig(String),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::Rustls(e) => fmt::Display::fmt(e, f),
+            TlsError::InvalidConfig(why) => write!(f, "invalid TLS settings: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsError::Rustls(e) => Some(e),
+            TlsError::InvalidConfig(_) => None,
+        }
+    }
+}
+
 /// How a connection ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CloseInfo {
@@ -52,15 +90,36 @@ impl Error {
     pub fn ws_code(&self) -> Option<&'static str> {
         match self {
             Error::Protocol(e) => e.ws_code(),
-            _ => None,
+            Error::Io(_)
+            | Error::Tls(_)
+            | Error::Misuse(_)
+            | Error::Handshake(_)
+            | Error::UnexpectedResponse(_)
+            | Error::Url(_)
+            | Error::Redirect(_)
+            | Error::Proxy(_)
+            | Error::Closed(_)
+            | Error::QueueFull
+            | Error::HeartbeatTimeout => None,
         }
     }
 
-    /// The close code this end sent because of this error.
+    /// The close code this end sent because of this error; `None` for errors that sent
+    /// none, such as [`Error::Misuse`].
     pub fn close_code(&self) -> Option<sockeye_proto::CloseCode> {
         match self {
             Error::Protocol(e) => e.close_code(),
-            _ => None,
+            Error::Io(_)
+            | Error::Tls(_)
+            | Error::Misuse(_)
+            | Error::Handshake(_)
+            | Error::UnexpectedResponse(_)
+            | Error::Url(_)
+            | Error::Redirect(_)
+            | Error::Proxy(_)
+            | Error::Closed(_)
+            | Error::QueueFull
+            | Error::HeartbeatTimeout => None,
         }
     }
 
@@ -79,7 +138,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Tls(e) => write!(f, "TLS error: {e}"),
             Error::Protocol(e) => write!(f, "{e}"),
+            Error::Misuse(e) => write!(f, "{e}"),
             Error::Handshake(e) => write!(f, "handshake failed: {e}"),
             Error::UnexpectedResponse(r) => {
                 let status = r.status();
@@ -107,7 +168,9 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io(e) => Some(e),
+            Error::Tls(e) => Some(e),
             Error::Protocol(e) => Some(e),
+            Error::Misuse(e) => Some(e),
             Error::Handshake(e) => Some(e),
             _ => None,
         }
@@ -125,9 +188,29 @@ impl From<Error> for io::Error {
     }
 }
 
+/// An I/O error, or the TLS error it carries: tokio-rustls reports rustls's refusals as
+/// I/O errors whose inner error is the [`rustls::Error`].
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
-        Error::Io(e)
+        if !e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return Error::Io(e);
+        }
+        let kind = e.kind();
+        match e
+            .into_inner()
+            .map(|inner| inner.downcast::<rustls::Error>())
+        {
+            Some(Ok(tls)) => Error::Tls(TlsError::Rustls(*tls)),
+            // Not reached: the inner error was checked to be a rustls::Error.
+            Some(Err(other)) => Error::Io(io::Error::new(kind, other)),
+            None => Error::Io(kind.into()),
+        }
+    }
+}
+
+impl From<TlsError> for Error {
+    fn from(e: TlsError) -> Self {
+        Error::Tls(e)
     }
 }
 
@@ -141,6 +224,7 @@ impl From<sockeye_proto::Error> for Error {
     fn from(e: sockeye_proto::Error) -> Self {
         match e {
             sockeye_proto::Error::Handshake(h) => Error::Handshake(h),
+            sockeye_proto::Error::Misuse(m) => Error::Misuse(m),
             other => Error::Protocol(other),
         }
     }

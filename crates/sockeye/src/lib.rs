@@ -50,7 +50,7 @@ pub use client::{
     handshake as client_handshake, AddressFamily, ClientConfig, FinishRequest, RedirectHook,
     Target,
 };
-pub use error::{CloseInfo, Error};
+pub use error::{CloseInfo, Error, TlsError};
 pub use server::{Clients, ShutdownReport, WebSocketServer};
 pub use stream::ByteStream;
 pub use tls::{ClientTlsConfig, MaybeTlsStream, ServerStream};
@@ -63,5 +63,5 @@ pub use sockeye_proto as proto;
 pub use sockeye_proto::handshake::HeadLimits;
 pub use sockeye_proto::{
     CloseCode, CloseFrame, Config, DataKind, DeflateConfig, DeflateParams, Fragment, Heartbeat,
-    Message, Role, Utf8Bytes,
+    MaskSource, Message, Role, Utf8Bytes,
 };

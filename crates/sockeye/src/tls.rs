@@ -2,9 +2,9 @@
 //! the stream types that carry either plain TCP or TLS.
 //!
 //! TLS failures (an untrusted certificate, a refused client certificate, a peer that does
-//! not speak TLS) arrive as [`Error::Io`] whose inner error is the [`rustls::Error`];
-//! [`rustls_error`] finds it. Invalid PEM input is [`Error::Io`] with kind
-//! [`io::ErrorKind::InvalidInput`].
+//! not speak TLS) are [`Error::Tls`] with the [`rustls::Error`] ([`TlsError::Rustls`];
+//! [`rustls_error`] finds it). Settings that cannot be used, such as invalid PEM, are
+//! [`TlsError::InvalidConfig`].
 
 use std::fmt;
 use std::io;
@@ -20,7 +20,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::error::Error;
+use crate::error::{Error, TlsError};
 
 /// TLS settings of a client (`ws`'s `ca`, `cert`, `key` and `rejectUnauthorized` options).
 ///
@@ -63,15 +63,16 @@ impl ClientTlsConfig {
     /// The rustls configuration these settings describe.
     ///
     /// # Errors
-    /// [`Error::Io`] (`InvalidInput`) for PEM without a certificate or key, a key that
-    /// does not match, or a certificate without its key.
+    /// [`Error::Tls`]: [`TlsError::InvalidConfig`] for PEM without a certificate or key,
+    /// or a certificate without its key; [`TlsError::Rustls`] for a key that does not
+    /// match.
     pub fn to_rustls(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
         if let Some(config) = &self.rustls {
             return Ok(config.clone());
         }
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(invalid_input)?;
+            .map_err(rustls_refused)?;
         let builder = if self.dangerous_accept_any_certificate {
             builder
                 .dangerous()
@@ -81,7 +82,7 @@ impl ClientTlsConfig {
             match &self.ca_pem {
                 Some(pem) => {
                     for cert in certificates(pem, "CA")? {
-                        roots.add(cert).map_err(invalid_input)?;
+                        roots.add(cert).map_err(rustls_refused)?;
                     }
                 }
                 None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -91,10 +92,10 @@ impl ClientTlsConfig {
         let config = match (&self.cert_pem, &self.key_pem) {
             (Some(cert), Some(key)) => builder
                 .with_client_auth_cert(certificates(cert, "client")?, private_key(key)?)
-                .map_err(invalid_input)?,
+                .map_err(rustls_refused)?,
             (None, None) => builder.with_no_client_auth(),
             _ => {
-                return Err(invalid_input(
+                return Err(invalid_config(
                     "a client certificate needs both cert_pem and key_pem",
                 ))
             }
@@ -111,18 +112,18 @@ impl ClientTlsConfig {
 /// [`rustls::server::WebPkiClientVerifier`].
 ///
 /// # Errors
-/// [`Error::Io`] (`InvalidInput`) for PEM without a certificate or key, or a key that does
-/// not match the certificate.
+/// [`Error::Tls`]: [`TlsError::InvalidConfig`] for PEM without a certificate or key,
+/// [`TlsError::Rustls`] for a key that does not match the certificate.
 pub fn server_config_from_pem(
     cert_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(invalid_input)?
+        .map_err(rustls_refused)?
         .with_no_client_auth()
         .with_single_cert(certificates(cert_pem, "server")?, private_key(key_pem)?)
-        .map_err(invalid_input)?;
+        .map_err(rustls_refused)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -132,14 +133,14 @@ pub fn server_config_from_pem(
 /// does this itself when bound with TLS.
 ///
 /// # Errors
-/// The handshake's failure: [`io::Error`] whose inner error is the [`rustls::Error`].
+/// [`Error::Tls`] when rustls refuses the client, [`Error::Io`] when the transport fails.
 ///
 /// # Cancel safety
 /// Not cancel safe: the connection is consumed.
 pub async fn server_handshake(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
-) -> io::Result<ServerStream> {
+) -> Result<ServerStream, Error> {
     let tls = tokio_rustls::TlsAcceptor::from(config)
         .accept(stream)
         .await?;
@@ -154,13 +155,14 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// Parses every certificate of a PEM bundle.
 ///
 /// # Errors
-/// [`Error::Io`] (`InvalidInput`) for invalid PEM or a bundle without a certificate.
+/// [`Error::Tls`] ([`TlsError::InvalidConfig`]) for invalid PEM or a bundle without a
+/// certificate.
 pub fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid_input(format!("{what} certificate PEM: {e}")))?;
+        .map_err(|e| invalid_config(format!("{what} certificate PEM: {e}")))?;
     if certs.is_empty() {
-        return Err(invalid_input(format!(
+        return Err(invalid_config(format!(
             "{what} certificate PEM: no CERTIFICATE section"
         )));
     }
@@ -170,21 +172,25 @@ pub fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static
 /// Parses the first private key of a PEM file.
 ///
 /// # Errors
-/// [`Error::Io`] (`InvalidInput`) for invalid PEM or a file without a key.
+/// [`Error::Tls`] ([`TlsError::InvalidConfig`]) for invalid PEM or a file without a key.
 pub fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| invalid_input(format!("private key PEM: {e}")))
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| invalid_config(format!("private key PEM: {e}")))
 }
 
 /// The rustls error behind a TLS failure, if `error` is one.
 pub fn rustls_error(error: &Error) -> Option<&rustls::Error> {
     match error {
-        Error::Io(e) => e.get_ref()?.downcast_ref::<rustls::Error>(),
+        Error::Tls(TlsError::Rustls(e)) => Some(e),
         _ => None,
     }
 }
 
-fn invalid_input(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-    Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e))
+fn rustls_refused(e: rustls::Error) -> Error {
+    Error::Tls(TlsError::Rustls(e))
+}
+
+fn invalid_config(why: impl Into<String>) -> Error {
+    Error::Tls(TlsError::InvalidConfig(why.into()))
 }
 
 /// The SNI and certificate name for `host`: a DNS name or an IP address.
@@ -380,11 +386,11 @@ mod tests {
     }
 
     #[test]
-    fn bad_pem_is_invalid_input() {
+    fn bad_pem_is_an_invalid_config() {
         let mut config = ClientTlsConfig::default();
         config.ca_pem = Some(b"not pem".to_vec());
         match config.to_rustls() {
-            Err(Error::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::InvalidInput),
+            Err(Error::Tls(TlsError::InvalidConfig(_))) => {}
             other => panic!("{other:?}"),
         }
         config.ca_pem = None;

@@ -4,11 +4,16 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::*;
-use crate::frame::MAX_FRAME_LEN;
-use crate::limits::{DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_PAYLOAD};
+use crate::close::{CloseCode, CloseFrame};
+use crate::error::{ApiMisuse, Error, LimitError, ProtocolError};
+use crate::frame::{OpCode, MAX_FRAME_LEN};
+use crate::limits::{MaskSource, DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_PAYLOAD};
+use crate::mask::apply_mask;
+use crate::message::{Fragment, Message};
+use crate::transmit::ZERO_COPY_MIN;
 
 // ------------------------------------------------------------------ harness
 
@@ -339,8 +344,8 @@ fn client_rejects_masked_frame() {
     );
 }
 
-/// Without `generate_mask`, every frame gets its own key from the CSPRNG (RFC 6455
-/// §5.3), across the key pool's refills (64 keys each).
+/// With the default `MaskSource::Random`, every frame gets its own key from the
+/// connection's CSPRNG (RFC 6455 §5.3), across its refills (64 keys per ChaCha block).
 #[test]
 fn a_client_masks_each_frame_with_a_fresh_random_key() {
     let mut client = conn(Role::Client);
@@ -355,15 +360,120 @@ fn a_client_masks_each_frame_with_a_fresh_random_key() {
     assert!(keys.len() >= 998, "{} distinct keys of 1000", keys.len());
 }
 
+/// Two connections of one configuration draw from generators of their own, seeded
+/// apart: their keys differ from the first frame on.
+#[test]
+fn each_connection_draws_from_its_own_generator() {
+    let config = Arc::new(Config::default());
+    let keys = |client: &mut Connection| -> Vec<[u8; 4]> {
+        (0..8)
+            .map(|_| {
+                client.send_binary(b"x").unwrap();
+                let wire = client.transmit().take_all();
+                FrameHeader::decode(&wire).unwrap().unwrap().0.mask.unwrap()
+            })
+            .collect()
+    };
+    let mut a = Connection::new(Role::Client, config.clone());
+    let mut b = Connection::new(Role::Client, config);
+    assert_ne!(keys(&mut a), keys(&mut b));
+}
+
+/// A custom source gives the key of every frame a client sends: data frames whole and
+/// in pieces, compressed ones, control frames queued at once and those held for the end
+/// of a frame sent in pieces.
+#[test]
+fn a_custom_mask_source_masks_every_kind_of_frame() {
+    let calls = Arc::new(AtomicU8::new(0));
+    let counted = calls.clone();
+    let mut client = conn_with(Role::Client, |c| {
+        c.generate_mask = MaskSource::custom(move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            [n; 4]
+        })
+    });
+    client.send_text("whole").unwrap();
+    client.ping(b"ping").unwrap();
+    client
+        .send_fragment(
+            Fragment {
+                kind: DataKind::Binary,
+                data: Bytes::from_static(b"ab"),
+                fin: true,
+                rest: 2,
+            },
+            true,
+        )
+        .unwrap();
+    client.pong(b"held").unwrap();
+    client
+        .send_fragment(
+            Fragment {
+                kind: DataKind::Binary,
+                data: Bytes::from_static(b"cd"),
+                fin: true,
+                rest: 0,
+            },
+            true,
+        )
+        .unwrap();
+    let mut wire = client.transmit().take_all();
+    let mut keys = Vec::new();
+    while let Some((header, hlen)) = FrameHeader::decode(&wire).unwrap() {
+        keys.push((header.opcode, header.mask));
+        wire.advance(hlen + header.payload_len as usize);
+    }
+    assert_eq!(
+        keys,
+        [
+            (OpCode::Text, Some([1; 4])),
+            (OpCode::Ping, Some([2; 4])),
+            (OpCode::Binary, Some([3; 4])),
+            (OpCode::Pong, Some([4; 4])),
+        ]
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "one key per frame, none per piece"
+    );
+
+    // A compressed message takes its key from the source too.
+    let counted = calls.clone();
+    let mut config = Config::default();
+    config.generate_mask = MaskSource::custom(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        [7; 4]
+    });
+    let deflate = crate::deflate::DeflateConfig {
+        threshold: 0,
+        ..Default::default()
+    };
+    let params = crate::deflate::client_accept(&deflate, ["permessage-deflate"])
+        .unwrap()
+        .unwrap();
+    let mut client = Connection::new(Role::Client, config).with_deflate(Deflate::new(
+        Role::Client,
+        params,
+        &deflate,
+    ));
+    client.send_text("compressed").unwrap();
+    let wire = client.transmit().take_all();
+    let (header, _) = FrameHeader::decode(&wire).unwrap().unwrap();
+    assert!(header.rsv1, "compressed");
+    assert_eq!(header.mask, Some([7; 4]));
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
 #[test]
 fn client_masks_with_generate_mask_server_does_not() {
     let counter = Arc::new(AtomicU8::new(0));
     let calls = counter.clone();
     let mut client = conn_with(Role::Client, |c| {
-        c.generate_mask = Some(Arc::new(move || {
+        c.generate_mask = MaskSource::custom(move || {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             [n, n + 1, n + 2, n + 3]
-        }))
+        })
     });
     client.send_text("Hi").unwrap();
     client.ping(b"p").unwrap();
@@ -394,7 +504,7 @@ fn client_masks_with_generate_mask_server_does_not() {
 fn long_client_payload_is_masked_with_one_key_throughout() {
     let key = [0x9a, 0x3c, 0x51, 0xe7];
     let mut client = conn_with(Role::Client, |c| {
-        c.generate_mask = Some(Arc::new(move || key))
+        c.generate_mask = MaskSource::custom(move || key)
     });
     let payload: Vec<u8> = (0..3 * 4096 + 4097 + 3)
         .map(|i| (i * 31 + 7) as u8)
@@ -1732,8 +1842,9 @@ fn handed_over_fragments_arrive_as_one_message() {
 #[test]
 fn connection_stays_small() {
     let size = std::mem::size_of::<Connection>();
-    // 176 bytes, and one word for a frame being sent in pieces.
-    assert!(size <= 184, "Connection is {size} bytes");
+    // 176 bytes, one word for a frame being sent in pieces and one for a client's
+    // masking-key generator (the tokio layer's shared state stays in its 384-byte class).
+    assert!(size <= 192, "Connection is {size} bytes");
 }
 
 /// Reads `wire` with `read_with`, the clock at `at`; returns the messages and how many

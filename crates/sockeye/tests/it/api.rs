@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use sockeye::proto::ApiMisuse;
 use sockeye::{
     ClientConfig, CloseCode, CloseFrame, DataKind, Error, Message, ReadyState, ServerConfig,
 };
@@ -109,9 +110,10 @@ async fn streaming_a_message_in_frames() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Protocol(sockeye::proto::Error::Misuse(_))),
+        matches!(err, Error::Misuse(ApiMisuse::FragmentTypeMismatch)),
         "{err:?}"
     );
+    assert_eq!(err.close_code(), None);
 
     // On the wire: a raw client sees the server's frames.
     let mut raw = raw_client(server.local_addr(), "/").await;
@@ -217,7 +219,10 @@ async fn close_handshake_both_ways() {
         assert_eq!(peer.ready_state(), ReadyState::Closed);
         let err = client.send_text("after").await.unwrap_err();
         assert!(
-            matches!(err, Error::Closed(_) | Error::Protocol(_)),
+            matches!(
+                err,
+                Error::Closed(_) | Error::Misuse(ApiMisuse::SendAfterClose)
+            ),
             "{err:?}"
         );
     }
@@ -448,13 +453,13 @@ async fn client_max_payload_and_custom_mask() {
     let calls = Arc::new(AtomicU32::new(0));
     let mut config = ClientConfig::default();
     config.websocket.max_payload = 100;
-    config.websocket.generate_mask = Some({
+    config.websocket.generate_mask = {
         let calls = calls.clone();
-        Arc::new(move || {
+        sockeye::proto::MaskSource::custom(move || {
             calls.fetch_add(1, Ordering::Relaxed);
             [9, 8, 7, 6]
         })
-    });
+    };
     let (mut ws, _) = sockeye::connect_with(&format!("ws://{addr}/"), config)
         .await
         .unwrap();
@@ -1126,6 +1131,44 @@ async fn close_timeout_bounds_a_close_the_peer_does_not_read() {
     stalled.assert_queue_dropped().await;
 }
 
+// One heartbeat expiry, one error. A reader task and a writer task of the same
+// connection both see `Error::HeartbeatTimeout`: the writer waiting to write to a peer
+// that stopped reading and answering, and a send after the end.
+#[tokio::test]
+async fn a_heartbeat_expiry_is_the_same_error_for_readers_and_writers() {
+    let server = server(heartbeat_config()).await;
+    // Answers nothing and reads nothing; kept open until the end.
+    let _raw = raw_client(server.local_addr(), "/").await;
+    let (writer, mut reader) = accept_one(&server).await.split();
+    let writing = tokio::spawn({
+        let writer = writer.clone();
+        async move {
+            // The socket buffers fill, and then a send waits.
+            let chunk = sockeye::proto::bytes::Bytes::from(vec![7u8; 1 << 20]);
+            for _ in 0..256 {
+                if let Err(e) = writer.send(Message::Binary(chunk.clone())).await {
+                    return e;
+                }
+            }
+            panic!("256 MiB went out to a peer that does not read");
+        }
+    });
+    let reading = tokio::spawn(async move { reader.next().await });
+    let read_end = within("the reader's end", reading).await.unwrap();
+    let write_end = within("the writer's end", writing).await.unwrap();
+    assert!(
+        matches!(read_end, Some(Err(Error::HeartbeatTimeout))),
+        "{read_end:?}"
+    );
+    assert!(
+        matches!(write_end, Error::HeartbeatTimeout),
+        "{write_end:?}"
+    );
+    let after = writer.send_text("after").await.unwrap_err();
+    assert!(matches!(after, Error::HeartbeatTimeout), "{after:?}");
+    assert_eq!(after.close_code(), None);
+}
+
 // The heartbeat drops a peer that does not read, although its ping cannot be
 // written: the connection does not wait for ever to write it.
 #[tokio::test]
@@ -1187,4 +1230,51 @@ async fn close_timeout_ends_the_reader_when_the_close_is_given_up() {
     let end = reading.await.unwrap().expect("the reader was not woken");
     assert!(end.is_none(), "{end:?}");
     assert_waited_close_timeout(started);
+}
+
+// Caller errors are `Error::Misuse`, not a protocol error of the peer: no close code is
+// sent for them, and the connection goes on as it was.
+#[tokio::test]
+async fn api_misuse_is_reported_as_misuse_and_closes_nothing() {
+    let server = server(ServerConfig::default()).await;
+    let (mut client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let mut peer = accept_one(&server).await;
+
+    let misuses = [
+        client.ping(&[0; 126]).await.unwrap_err(),
+        client.pong(&[0; 126]).await.unwrap_err(),
+        client
+            .close(Some(CloseFrame::new(1005, "")))
+            .await
+            .unwrap_err(),
+        client
+            .close(Some(CloseFrame::new(4000, "x".repeat(124))))
+            .await
+            .unwrap_err(),
+    ];
+    let expected = [
+        ApiMisuse::ControlPayloadTooLong,
+        ApiMisuse::ControlPayloadTooLong,
+        ApiMisuse::InvalidCloseCode(1005),
+        ApiMisuse::CloseReasonTooLong,
+    ];
+    for (err, misuse) in misuses.iter().zip(expected) {
+        assert!(matches!(err, Error::Misuse(m) if *m == misuse), "{err:?}");
+        assert_eq!(err.close_code(), None, "{err:?}");
+        assert_eq!(err.ws_code(), None, "{err:?}");
+    }
+    assert_eq!(client.ready_state(), ReadyState::Open);
+    client.send_text("still open").await.unwrap();
+    assert_eq!(next(&mut peer).await, Message::text("still open"));
+
+    // A send after close is misuse too.
+    client.close(None).await.unwrap();
+    let err = client.send_text("after close").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Misuse(ApiMisuse::SendAfterClose)),
+        "{err:?}"
+    );
+    assert_eq!(err.close_code(), None);
+    assert_eq!(next(&mut peer).await, Message::Close(None));
+    let _ = next(&mut client).await;
 }

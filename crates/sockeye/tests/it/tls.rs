@@ -12,7 +12,9 @@ use rcgen::{
 };
 use sockeye::rustls;
 use sockeye::tls::{self, rustls_error};
-use sockeye::{ClientConfig, Error, Message, ServerConfig, ServerStream, WebSocketServer};
+use sockeye::{
+    ClientConfig, Error, Message, ServerConfig, ServerStream, TlsError, WebSocketServer,
+};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -164,6 +166,10 @@ async fn without_the_ca_the_certificate_is_refused() {
             ))
         ),
         "{err:?}"
+    );
+    assert!(
+        matches!(err, Error::Tls(TlsError::Rustls(_))),
+        "a TLS failure is Error::Tls: {err:?}"
     );
     assert!(err.to_string().contains("certificate"), "{err}");
     // The server keeps serving.
@@ -369,13 +375,45 @@ async fn connect_refuses_wss_and_points_to_connect_maybe_tls() {
 }
 
 #[test]
-fn invalid_pem_is_an_invalid_input_error() {
+fn invalid_pem_is_an_invalid_tls_config() {
     let mut tls = sockeye::ClientTlsConfig::default();
     tls.ca_pem = Some(b"-----BEGIN CERTIFICATE-----\nnot base64\n".to_vec());
     let err = tls.to_rustls().unwrap_err();
     assert!(
-        matches!(&err, Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput),
+        matches!(&err, Error::Tls(TlsError::InvalidConfig(_))),
         "{err:?}"
     );
     assert!(tls::server_config_from_pem(b"", b"").is_err());
+}
+
+/// The server side of a TLS handshake with a client that speaks plain HTTP: `Error::Tls`
+/// with rustls's refusal, not an I/O error.
+#[tokio::test]
+async fn a_plain_client_fails_the_server_handshake_with_a_tls_error() {
+    let pki = pki();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = raw.read_to_end(&mut rest).await;
+    });
+    let (stream, _) = within("accept", listener.accept()).await.unwrap();
+    let err = within(
+        "the handshake's failure",
+        tls::server_handshake(stream, server_tls(&pki)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Tls(TlsError::Rustls(_))),
+        "a TLS failure is Error::Tls: {err:?}"
+    );
+    assert!(rustls_error(&err).is_some());
+    assert_eq!(err.close_code(), None);
+    within("the client", client).await.unwrap();
 }

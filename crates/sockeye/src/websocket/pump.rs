@@ -1,0 +1,663 @@
+//! The pump: drives the transport against the protocol core. The connection's state
+//! ([`Shared`], one lock around the [`Connection`] and the transport) is polled directly
+//! by whichever task reads or writes; reading writes what is queued, answers pings,
+//! runs the close handshake and the timers, and reports how the connection ended.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use sockeye_proto::{CloseCode, CloseFrame, Connection, DataKind, Message, State, WhenFull};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Sleep;
+
+use super::read_pool;
+use super::wakers::Writers;
+use super::{Info, ReadyState, TrySend};
+use crate::error::{CloseInfo, Error};
+
+/// At most this many slices per vectored write.
+const MAX_WRITE_SLICES: usize = 32;
+
+/// The largest single reservation for a frame's payload.
+const MAX_READ_RESERVE: usize = 4 * 1024 * 1024;
+
+pub(crate) struct Shared<S> {
+    pub(super) info: Info,
+    pub(super) inner: Mutex<Inner<S>>,
+}
+
+pub(super) struct Inner<S> {
+    /// The transport; `None` once closed or terminated.
+    pub(super) io: Option<S>,
+    pub(super) conn: Connection,
+    pub(super) read_buf: BytesMut,
+    /// `read_buf` was grown past [`SPARE_MAX`] (a large frame): free it when idle
+    /// rather than keep it as the thread's spare.
+    pub(super) read_buf_big: bool,
+    /// The transport was shut down for writing (TCP FIN) by the closing.
+    pub(super) write_shut: bool,
+    /// Tasks waiting for the transmit buffer to drain, allocated when a write first
+    /// has to wait.
+    pub(super) writers: Option<Arc<Writers>>,
+    pub(super) timer: Option<Pin<Box<Sleep>>>,
+    pub(super) ended: bool,
+    /// `pause()`d: the transport is not read until `resume()`.
+    pub(super) paused: bool,
+    /// The reader parked on the transport, woken when `try_send` queues bytes for it to
+    /// write.
+    pub(super) reader_waker: Option<Waker>,
+    /// State most connections never use, allocated on first use: every idle
+    /// connection would carry it otherwise.
+    pub(super) rare: Option<Box<Rare>>,
+}
+
+#[derive(Default)]
+pub(super) struct Rare {
+    /// The error that failed the connection, returned once by the stream.
+    pub(super) failure: Option<Error>,
+    /// The close frame received, or 1006 for an abnormal end.
+    pub(super) received: Option<CloseFrame>,
+    /// The reader parked by `pause()`, woken by `resume()`.
+    pub(super) resume_waker: Option<Waker>,
+    /// Messages dropped by `try_send` under `WhenFull::Drop`.
+    pub(super) dropped: u64,
+    /// Per-connection user data (S12).
+    pub(super) data: http::Extensions,
+}
+
+impl<S> Shared<S> {
+    /// The state of a connection whose opening handshake is done on `io`; `read_buf`
+    /// holds the bytes read past the handshake.
+    pub(super) fn new(info: Info, io: S, conn: Connection, read_buf: BytesMut) -> Self {
+        let inner = Inner {
+            io: Some(io),
+            conn,
+            read_buf,
+            read_buf_big: false,
+            write_shut: false,
+            writers: None,
+            timer: None,
+            ended: false,
+            paused: false,
+            reader_waker: None,
+            rare: None,
+        };
+        Shared {
+            info,
+            inner: Mutex::new(inner),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner<S>> {
+        // A panic while holding the lock leaves plain data; keep going with it.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
+    pub(super) fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, sockeye_proto::Error>,
+    ) -> Result<T, Error> {
+        self.lock().with_conn(f)
+    }
+
+    pub(super) fn queue(&self, message: Message) -> Result<(), Error> {
+        self.lock().queue(message)
+    }
+
+    /// Queues a frame with `queue` and, if nothing was queued before it, writes it at
+    /// once (one attempt that waits for nothing): most sends then finish here, under the
+    /// lock already held, and their future has nothing left to do. Returns whether it
+    /// was all written.
+    pub(super) fn queue_and_write(
+        &self,
+        queue: impl FnOnce(&mut Inner<S>) -> Result<(), Error>,
+    ) -> Result<bool, Error> {
+        let mut inner = self.lock();
+        let was_idle = inner.conn.transmit().is_empty();
+        queue(&mut inner)?;
+        Ok(was_idle && inner.try_write_now())
+    }
+
+    pub(super) fn ready_state(&self) -> ReadyState {
+        let inner = self.lock();
+        if inner.io.is_none() {
+            return ReadyState::Closed;
+        }
+        match inner.conn.state() {
+            State::Open => ReadyState::Open,
+            State::Closing => ReadyState::Closing,
+            State::Closed => ReadyState::Closed,
+        }
+    }
+
+    pub(super) fn terminate(&self) {
+        let mut inner = self.lock();
+        inner.conn.terminate();
+        inner.io = None;
+        Writers::wake_all(&inner.writers);
+    }
+
+    pub(super) fn wake_writers(&self) {
+        Writers::wake_all(&self.lock().writers);
+    }
+
+    pub(super) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let mut inner = self.lock();
+        let flushed = inner.poll_flush_transmit(cx);
+        if flushed.is_pending() && inner.conn.state() != State::Open {
+            // Closing: close_timeout bounds this wait too, whether or not a task reads
+            // (`close().await` toward a peer that does not read). The timer wakes every
+            // waiting writer and the parked reader, if any: the timer keeps one waker,
+            // and this task may give up waiting before the deadline.
+            let fanout = Writers::park(&mut inner.writers, cx);
+            if let Some(reader) = inner.reader_waker.clone() {
+                Writers::park_waker(&mut inner.writers, &reader);
+            }
+            let _ = inner.poll_deadline(&mut Context::from_waker(&fanout));
+            if inner.conn.should_abort_transport() {
+                inner.io = None;
+                // The reader (if any) finishes the stream.
+                inner.wake_reader();
+                Writers::wake_all(&inner.writers);
+                let why = "the peer did not read what was left to send within close_timeout";
+                let timed_out = io::Error::new(io::ErrorKind::TimedOut, why);
+                return Poll::Ready(Err(inner.write_error(timed_out)));
+            }
+        }
+        flushed.map_err(|e| inner.write_error(e))
+    }
+
+    pub(super) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let mut inner = self.lock();
+        if inner.conn.transmit_len() < inner.conn.config().send_queue.high_water {
+            return Poll::Ready(Ok(()));
+        }
+        inner
+            .poll_flush_transmit(cx)
+            .map_err(|e| inner.write_error(e))
+    }
+
+    pub(super) fn try_queue(&self, message: Message) -> Result<TrySend, Error> {
+        let mut inner = self.lock();
+        let queue = inner.conn.config().send_queue;
+        if inner.conn.transmit_len() >= queue.high_water {
+            match queue.when_full {
+                WhenFull::Wait => return Err(Error::QueueFull),
+                WhenFull::Drop => {
+                    inner.rare().dropped += 1;
+                    return Ok(TrySend::Dropped);
+                }
+                WhenFull::Close => {
+                    let slow = CloseFrame::new(CloseCode::POLICY_VIOLATION, "send queue full");
+                    let _ = inner.conn.close(Some(&slow), Instant::now());
+                    inner.wake_reader();
+                    return Err(Error::QueueFull);
+                }
+            }
+        }
+        inner.queue(message)?;
+        // The reader task writes the queue out as it polls; wake it.
+        inner.wake_reader();
+        Ok(TrySend::Queued)
+    }
+
+    /// Ready once the queue is at or below the low-water mark.
+    pub(super) fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let mut inner = self.lock();
+        loop {
+            if inner.conn.transmit_len() <= inner.conn.config().send_queue.low_water {
+                return Poll::Ready(Ok(()));
+            }
+            match inner.poll_flush_transmit(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(inner.write_error(e))),
+                Poll::Pending => {
+                    // Partly written: below the mark already?
+                    if inner.conn.transmit_len() <= inner.conn.config().send_queue.low_water {
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    pub(super) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        let mut inner = self.lock();
+        inner.poll_recv(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
+    pub(crate) fn is_open_or_closing(&self) -> bool {
+        matches!(self.ready_state(), ReadyState::Open | ReadyState::Closing)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
+    fn close_info(&self) -> CloseInfo {
+        CloseInfo {
+            received: self.rare.as_ref().and_then(|r| r.received.clone()),
+            sent: self.conn.close_sent(),
+        }
+    }
+
+    /// Why a connection that is over refuses to send: the heartbeat's expiry, as the
+    /// reader was told, or that it closed.
+    fn ended_error(&self) -> Error {
+        if self.conn.heartbeat_expired() {
+            Error::HeartbeatTimeout
+        } else {
+            Error::Closed(self.close_info())
+        }
+    }
+
+    /// The error of a write that failed with `e`: [`Error::HeartbeatTimeout`] when the
+    /// heartbeat gave the peer up (the transport was closed under the write), so that
+    /// readers and writers see the same error for it; else `e`, or the TLS error it
+    /// carries.
+    fn write_error(&self, e: io::Error) -> Error {
+        if self.conn.heartbeat_expired() {
+            Error::HeartbeatTimeout
+        } else {
+            Error::from(e)
+        }
+    }
+
+    /// Runs a command on the connection, unless it is over and its transport gone.
+    pub(super) fn with_conn<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> Result<T, sockeye_proto::Error>,
+    ) -> Result<T, Error> {
+        if (self.io.is_none() || self.ended) && self.conn.state() == State::Closed {
+            return Err(self.ended_error());
+        }
+        let mid_frame = self.conn.is_mid_frame();
+        let result = f(&mut self.conn).map_err(Error::from);
+        if mid_frame && !self.conn.is_mid_frame() {
+            // A frame sent in pieces ended: the control frames held for it, and a close
+            // of the transport that waited for it, are the reader task's to carry out.
+            self.wake_reader();
+        }
+        result
+    }
+
+    /// Encodes a message into the transmit buffer.
+    /// The payload is handed over: large ones are written from it without a copy.
+    pub(super) fn queue(&mut self, message: Message) -> Result<(), Error> {
+        self.with_conn(|conn| match message {
+            Message::Text(text) => conn.send_bytes(DataKind::Text, text.into_bytes(), true, true),
+            Message::UncheckedText(data) => conn.send_bytes(DataKind::Text, data, true, true),
+            Message::Binary(data) => conn.send_bytes(DataKind::Binary, data, true, true),
+            Message::Ping(data) => conn.ping(&data),
+            Message::Pong(data) => conn.pong(&data),
+            Message::Close(frame) => conn.close(frame.as_ref(), Instant::now()),
+            Message::Fragment(fragment) => conn.send_fragment(fragment, true),
+        })
+    }
+
+    pub(super) fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
+    }
+
+    /// One attempt to write out all that is queued, with a waker that wakes nobody:
+    /// true when it all went (and the transport flushed). Anything short of that (a
+    /// partial write, `Pending`, an error) is left to [`Inner::poll_flush_transmit`],
+    /// which the send's future runs with its task's waker, and which registers that
+    /// waker in place of this one. Not tried while a task waits to write: the
+    /// transport holds the waker for it, which this attempt would replace.
+    fn try_write_now(&mut self) -> bool {
+        if Writers::any_waiting(&self.writers) {
+            return false;
+        }
+        let Some(io) = self.io.as_mut() else {
+            return false;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let transmit = self.conn.transmit();
+        match poll_write_some(io, transmit, &mut cx) {
+            Poll::Ready(Ok(n)) if n > 0 => transmit.advance(n),
+            _ => return false,
+        }
+        if !transmit.is_empty() || !matches!(Pin::new(io).poll_flush(&mut cx), Poll::Ready(Ok(())))
+        {
+            return false;
+        }
+        // Written out: an idle connection holds no write buffer (beyond a small one).
+        transmit.shrink();
+        true
+    }
+
+    /// Writes the transmit buffer out. Ready once it is empty and the transport flushed.
+    pub(super) fn poll_flush_transmit(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(io) = self.io.as_mut() else {
+            let empty = self.conn.transmit().is_empty();
+            return Poll::Ready(if empty {
+                Ok(())
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the connection is closed",
+                ))
+            });
+        };
+        let mut progress = false;
+        // Once the task is parked: the waker of every waiting task, for the transport.
+        let mut fanout: Option<Waker> = None;
+        loop {
+            let transmit = self.conn.transmit();
+            if transmit.is_empty() {
+                break;
+            }
+            let written = match &fanout {
+                Some(waker) => poll_write_some(io, transmit, &mut Context::from_waker(waker)),
+                None => poll_write_some(io, transmit, cx),
+            };
+            match written {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    transmit.advance(n);
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    Writers::wake_all(&self.writers);
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending if fanout.is_some() => return Poll::Pending,
+                Poll::Pending => {
+                    if progress {
+                        Writers::wake_all(&self.writers);
+                    }
+                    // Poll again with the waker of all writers, so that the transport
+                    // remembers that one rather than this task's.
+                    fanout = Some(Writers::park(&mut self.writers, cx));
+                }
+            }
+        }
+        let flushed = match Pin::new(&mut *io).poll_flush(cx) {
+            Poll::Pending => {
+                // Wait for the flush the same way (a TLS stream may have to).
+                let fanout = Writers::park(&mut self.writers, cx);
+                Pin::new(&mut *io).poll_flush(&mut Context::from_waker(&fanout))
+            }
+            ready => ready,
+        };
+        match flushed {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        // Written out: an idle connection holds no write buffer (beyond a small one).
+        self.conn.transmit().shrink();
+        Writers::wake_all(&self.writers);
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        // Bytes read do not move a deadline; what reads them (and the end of the stream)
+        // may, so the timer is checked on entry and after anything but a plain read.
+        let mut check_deadline = true;
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            if self.paused {
+                self.rare().resume_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            if check_deadline {
+                let _ = self.poll_deadline(cx);
+            }
+            check_deadline = true;
+            if self.conn.should_abort_transport() {
+                return self.poll_closing(cx);
+            }
+            // Pending control frames (pongs, pings, close replies) go out first, best effort.
+            if let Poll::Ready(Err(e)) = self.poll_flush_pending(cx) {
+                return Poll::Ready(Some(Err(self.end_with_io_error(e))));
+            }
+            // A peer that sends (pings) but does not read: stop reading until what is
+            // queued for it drains, so automatic pongs cannot pile up without bound. The
+            // flush above registered for the wakeup.
+            let high_water = self.conn.config().send_queue.high_water;
+            if self.conn.transmit_len() >= high_water && !self.conn.is_read_closed() {
+                self.park_reader(cx);
+                return Poll::Pending;
+            }
+            if !self.conn.is_read_closed() && self.conn.wants_read(&self.read_buf) {
+                // The clock is read only when the read needs the time (not for a
+                // server's data frames without a heartbeat).
+                match self.conn.read_with(&mut self.read_buf, Instant::now) {
+                    Ok(Some(message)) => {
+                        if let Message::Close(frame) = &message {
+                            if frame.is_some() {
+                                self.rare().received = frame.clone();
+                            }
+                        }
+                        // Answer at once (pong, close reply) and, on a server whose close
+                        // handshake just ended, close TCP now (RFC 6455 §7.1.1).
+                        if let Poll::Ready(Err(e)) = self.poll_flush_pending(cx) {
+                            let _ = self.end_with_io_error(e);
+                        } else if self.conn.should_close_transport()
+                            && self.conn.transmit().is_empty()
+                        {
+                            if let Some(io) = self.io.as_mut() {
+                                if Pin::new(io).poll_shutdown(cx).is_ready() {
+                                    self.io = None;
+                                }
+                            }
+                        }
+                        return Poll::Ready(Some(Ok(message)));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.rare().failure = Some(Error::Protocol(e));
+                        continue;
+                    }
+                }
+            }
+            if self.conn.is_read_closed() {
+                return self.poll_closing(cx);
+            }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(n)) => {
+                    check_deadline = n == 0;
+                    continue;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.end_with_io_error(e)))),
+                Poll::Pending => {
+                    // Arm the timer for the deadline the read may have started (the
+                    // heartbeat's clock); if one already passed, act on it now.
+                    if self.poll_deadline(cx) {
+                        continue;
+                    }
+                    self.park_reader(cx);
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Writes queued bytes if there are any; `Ready(Ok)` also when nothing was queued.
+    fn poll_flush_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.conn.transmit().is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_flush_transmit(cx)
+    }
+
+    /// Arms the timer for the connection's next deadline (close timeout, heartbeat) and
+    /// hands the connection the time once it has passed. The timer is only moved
+    /// earlier: traffic that pushes the heartbeat later costs no timer reset, and a timer
+    /// that fires early just re-arms.
+    #[inline]
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> bool {
+        // Most of the time (a server without a heartbeat, between close handshakes)
+        // there is no deadline and no timer.
+        if self.timer.is_none() && self.conn.poll_timeout().is_none() {
+            return false;
+        }
+        self.poll_timer(cx)
+    }
+
+    /// [`Inner::poll_deadline`] when there is a deadline or a timer.
+    #[inline(never)]
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut fired = false;
+        loop {
+            let Some(deadline) = self.conn.poll_timeout() else {
+                self.timer = None;
+                return fired;
+            };
+            let deadline = tokio::time::Instant::from_std(deadline);
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() > deadline {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return fired;
+            }
+            fired = true;
+            self.timer = None;
+            self.conn.handle_timeout(Instant::now());
+            if self.conn.heartbeat_expired() {
+                self.rare().failure.get_or_insert(Error::HeartbeatTimeout);
+            }
+        }
+    }
+
+    /// Reads more bytes, and returns how many (0 at the end of the stream, which it
+    /// tells the connection).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(io) = self.io.as_mut() else {
+            self.conn.handle_eof(Instant::now());
+            return Poll::Ready(Ok(0));
+        };
+        let want = self
+            .conn
+            .read_hint(&self.read_buf)
+            .clamp(read_pool::READ_CHUNK, MAX_READ_RESERVE);
+        read_pool::reserve(&mut self.read_buf, &mut self.read_buf_big, want);
+        let n = match tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.read_buf) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.read_buf.is_empty() {
+                    // Idle: hold no read buffer while waiting.
+                    read_pool::release_idle(&mut self.read_buf, self.read_buf_big);
+                }
+                return Poll::Pending;
+            }
+        };
+        if n == 0 {
+            if let Some(abnormal) = self.conn.handle_eof(Instant::now()) {
+                let sent = self.conn.close_sent();
+                let rare = self.rare();
+                rare.received = Some(abnormal.clone());
+                rare.failure.get_or_insert(Error::Closed(CloseInfo {
+                    received: Some(abnormal),
+                    sent,
+                }));
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// After the last frame: write what is queued, wait out the close handshake, close
+    /// the transport (after a failure: shut it down for writing and read it to its end,
+    /// discarding, so that the peer gets the close frame rather than a reset), then
+    /// report the end.
+    fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        loop {
+            if self.conn.should_abort_transport() {
+                // Terminated (the heartbeat gave up), or what was left to write (or to
+                // drain) outlived close_timeout: close now, without it. Tasks still
+                // waiting for it to be written get an error.
+                self.io = None;
+                return self.finish();
+            }
+            if let Poll::Ready(Err(e)) = self.poll_flush_transmit(cx) {
+                return Poll::Ready(Some(Err(self.end_with_io_error(e))));
+            }
+            if !self.conn.transmit().is_empty() {
+                return Poll::Pending;
+            }
+            let draining = self.conn.should_drain();
+            if self.conn.should_close_transport() && !self.write_shut {
+                if let Some(io) = self.io.as_mut() {
+                    match Pin::new(io).poll_shutdown(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) if draining => {}
+                        Poll::Ready(_) => self.io = None,
+                    }
+                }
+                self.write_shut = true;
+            }
+            if self.conn.is_finished() || self.io.is_none() {
+                self.io = None;
+                return self.finish();
+            }
+            // A client waits for the server to close TCP, and a failed connection for the
+            // peer's end of stream; both bounded by close_timeout.
+            if self.poll_deadline(cx) {
+                continue;
+            }
+            // Keep reading (and discarding) until end of stream.
+            self.read_buf.clear();
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(_)) => self.read_buf.clear(),
+                Poll::Ready(Err(_)) => {
+                    self.io = None;
+                    return self.finish();
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Poll<Option<Result<Message, Error>>> {
+        self.ended = true;
+        self.timer = None;
+        self.read_buf = BytesMut::new();
+        self.conn.transmit().shrink();
+        Writers::wake_all(&self.writers);
+        Poll::Ready(self.rare.as_mut().and_then(|r| r.failure.take()).map(Err))
+    }
+
+    fn end_with_io_error(&mut self, e: io::Error) -> Error {
+        self.conn.terminate();
+        self.io = None;
+        self.ended = true;
+        Writers::wake_all(&self.writers);
+        Error::from(e)
+    }
+}
+
+/// Writes from the front of `transmit`: a referenced payload goes out with its header in
+/// one vectored write.
+fn poll_write_some<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    transmit: &sockeye_proto::Transmit,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if transmit.is_segmented() && io.is_write_vectored() {
+        let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+        let n = transmit.chunks_vectored(&mut slices);
+        Pin::new(io).poll_write_vectored(cx, &slices[..n])
+    } else {
+        Pin::new(io).poll_write(cx, transmit.chunk())
+    }
+}
