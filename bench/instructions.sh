@@ -12,7 +12,7 @@
 #   --out DIR   callgrind files and logs (default ${TMPDIR:-/tmp}/sockeye-bench/instructions-DATE)
 # Needs valgrind, and the harness built by `bench/side_by_side.sh --build-only` (wsload and
 # the peers in ${BENCH_WORK:-${TMPDIR:-/tmp}/sockeye-bench/harness}/bin). Builds Sockeye
-# (release) from the working tree.
+# (release: the CLI and the echo_server example) from the working tree.
 #
 # Each server runs under `valgrind --tool=callgrind` on core 0 and wsload loads it from core 1
 # (no warm-up, so every message is counted). Prints per server: the instructions of all its
@@ -45,18 +45,15 @@ OUT=${OUT:-${TMPDIR:-/tmp}/sockeye-bench/instructions-$(date +%Y-%m-%d-%H%M%S)}
 command -v valgrind >/dev/null || { echo "instructions: valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
 [ -x "$WORK/bin/wsload" ] || { echo "instructions: no harness build in $WORK; run bench/side_by_side.sh --build-only first" >&2; exit 2; }
 WORK=$(cd "$WORK" && pwd)
-(cd "$REPO" && cargo build --release -q -p sockeye-cli)
-SOCKEYE=$REPO/target/release/sockeye
+(cd "$REPO" && cargo build --release -q -p sockeye-cli && cargo build --release -q -p sockeye --example echo_server)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-# The servers' commands: bench/servers.conf, Sockeye by absolute path.
+# The servers' commands: bench/servers.conf, Sockeye's binaries by absolute path (this
+# checkout's target/release/ in place of RELEASE/).
 server_line() {
-  case $1 in
-    sockeye) echo "sockeye|ws|$SOCKEYE echo --listen 127.0.0.1:{port}" ;;
-    sockeye-tokio) echo "sockeye-tokio|ws|$SOCKEYE echo --engine tokio --listen 127.0.0.1:{port}" ;;
-    *) awk -F'|' -v n="$1" '$1 == n { print; exit }' "$REPO/bench/servers.conf" ;;
-  esac
+  awk -F'|' -v n="$1" '$1 == n { print; exit }' "$REPO/bench/servers.conf" |
+    sed "s#RELEASE/#$REPO/target/release/#"
 }
 
 echo "instructions: ${CONNS} x ${SIZE} B for ${SECS} s per server; files in $OUT"

@@ -10,7 +10,7 @@ medians does, though it does not remove them.
 
 usage: bench/paired.py TPUT.TXT [SERVER ...]
   TPUT.TXT   the harness's raw `bench:` lines (side_by_side.sh's tput.txt)
-  SERVER     the servers to compare (default: sockeye sockeye-tokio), each against
+  SERVER     the servers to compare (default: the Sockeye servers of bench/servers.conf that ran), each against
              raw-epoll and fastwebsockets where those ran
 """
 import re
@@ -19,6 +19,7 @@ import sys
 from collections import defaultdict
 
 REFERENCES = ["raw-epoll", "fastwebsockets"]
+DEFAULT = ["sockeye", "sockeye-tokio", "sockeye-example-ct", "sockeye-example-mt"]
 
 
 def load(path):
@@ -42,7 +43,8 @@ def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     runs = load(sys.argv[1])
-    servers = sys.argv[2:] or ["sockeye", "sockeye-tokio"]
+    ran = {server for rounds in runs.values() for r in rounds.values() for server in r}
+    servers = sys.argv[2:] or [s for s in DEFAULT if s in ran]
     rows = []
     for server in servers:
         for ref in REFERENCES:

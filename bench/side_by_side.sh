@@ -28,8 +28,8 @@
 # Rust peers' sources), puts bench/peers/*.rs there; runs the harness's build.sh once when bin/ is
 # incomplete (gcc, cargo with fat LTO: a few minutes; npm ci for node-ws), again for `rust` when a
 # peer source in bench/peers is newer than its binary; builds `cargo build --release -p sockeye-cli`
-# here (the working tree as it is); writes a servers file = bench/servers.conf with Sockeye's
-# absolute path; runs run_all.sh for throughput (and mem10000 with --mem); prints summarize.py's
+# and `cargo build --release -p sockeye --example echo_server` here (the working tree as it is);
+# writes a servers file = bench/servers.conf with Sockeye's absolute paths; runs run_all.sh for throughput (and mem10000 with --mem); prints summarize.py's
 # tables, then bench/paired.py's (each Sockeye engine against raw-epoll and fastwebsockets,
 # round by round). The machine should have 2+ cores and be otherwise idle (server on core 0,
 # load on core 1).
@@ -103,15 +103,14 @@ fi
 
 # 3. Sockeye.
 t0=$SECONDS
-(cd "$REPO" && cargo build --release -p sockeye-cli)
+(cd "$REPO" && cargo build --release -p sockeye-cli && cargo build --release -p sockeye --example echo_server)
 echo "side_by_side: sockeye build took $((SECONDS - t0)) s"
 [ "$BUILD_ONLY" = 0 ] || exit 0
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-SOCKEYE=$REPO/target/release/sockeye
 {
   echo "date: $(date -Is)"
-  echo "sockeye: $SOCKEYE built from $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+  echo "sockeye: $REPO/target/release/{sockeye,examples/echo_server} built from $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" \
        "+ $(git -C "$REPO" status --porcelain 2>/dev/null | wc -l) changed/untracked paths in the working tree"
   echo "harness: $HARNESS_SRC (copy: $WORK)"
   echo "rust peers: $([ "$OURS" = 1 ] && echo "$REPO/bench/peers" || echo "the harness's own sources")"
@@ -119,14 +118,14 @@ SOCKEYE=$REPO/target/release/sockeye
   echo "cores: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/build.txt"
 
-# 4. Servers file: bench/servers.conf (paths relative to the harness), Sockeye (both of its
-# echo engines) by absolute path.
+# 4. Servers file: bench/servers.conf (paths relative to the harness), Sockeye's binaries (both
+# echo engines of `sockeye echo`, the echo_server example) by absolute path: this checkout's
+# target/release/ in place of RELEASE/.
 SERVERS=$OUT/servers.conf
 {
   echo "# written by bench/side_by_side.sh; paths relative to $WORK"
-  grep -v -e '^\s*#' -e '^\s*$' -e '^sockeye|' -e '^sockeye-tokio|' "$REPO/bench/servers.conf"
-  echo "sockeye|ws|$SOCKEYE echo --listen 127.0.0.1:{port}"
-  echo "sockeye-tokio|ws|$SOCKEYE echo --engine tokio --listen 127.0.0.1:{port}"
+  grep -v -e '^\s*#' -e '^\s*$' "$REPO/bench/servers.conf" |
+    sed "s#RELEASE/#$REPO/target/release/#"
 } >"$SERVERS.all"
 if [ -n "$ONLY" ]; then
   { echo "# --only $ONLY"; grep '^#' "$SERVERS.all"; } >"$SERVERS"
