@@ -4,7 +4,9 @@
 #   AUTOBAHN_CASES='*' conformance/autobahn.sh both      # everything (about 30 min a role)
 # The server is `sockeye echo --deflate`, once with each engine: the event loop (agent
 # `sockeye`, the default) and the library's tokio server (`--engine tokio`, agent
-# `sockeye-tokio`); the client is the autobahn_client example, which offers
+# `sockeye-tokio`); and the README's server as a user writes it, the echo_server example
+# (whole messages, next() then send(), tokio's multi-thread runtime; agent
+# `sockeye-library`); the client is the autobahn_client example, which offers
 # permessage-deflate like ws. By default: every case of sections 1-10, plus a fixed
 # subset of the compression sections that covers every parameter combination (see CASES).
 # Needs an external Autobahn harness script, AUTOBAHN_HARNESS (default
@@ -26,13 +28,15 @@ MODE="${1:-both}"; [ $# -gt 0 ] && shift
 SUBSET='12.1.1,12.1.9,12.2.9,12.3.9,12.4.9,12.5.9,13.*.1,13.*.9'
 CASES="${AUTOBAHN_CASES:-1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*,$SUBSET}"
 
-cargo build --release --locked -p sockeye-cli --bin sockeye -p sockeye --example autobahn_client
+cargo build --release --locked -p sockeye-cli --bin sockeye -p sockeye --example autobahn_client --example echo_server
 status=0
 if [ "$MODE" = server ] || [ "$MODE" = both ]; then
   bash "$HARNESS" server ws://127.0.0.1:9002 --agent sockeye --cases "$CASES" --strict --timeout 2400 "$@" \
     -- target/release/sockeye echo --deflate --listen 127.0.0.1:{port} || status=1
   bash "$HARNESS" server ws://127.0.0.1:9002 --agent sockeye-tokio --cases "$CASES" --strict --timeout 2400 "$@" \
     -- target/release/sockeye echo --engine tokio --deflate --listen 127.0.0.1:{port} || status=1
+  bash "$HARNESS" server ws://127.0.0.1:9002 --agent sockeye-library --cases "$CASES" --strict --timeout 2400 "$@" \
+    -- target/release/examples/echo_server --deflate --listen 127.0.0.1:{port} || status=1
 fi
 if [ "$MODE" = client ] || [ "$MODE" = both ]; then
   bash "$HARNESS" client --agent sockeye --cases "$CASES" --strict --timeout 2400 "$@" \

@@ -9,16 +9,20 @@
 //! ```
 //! `--runtime current` runs tokio's current-thread runtime, `multi` (the default) its
 //! multi-thread runtime with the default number of workers (the CPUs the process may run
-//! on: one under `taskset -c 0`, as the benchmark harness starts servers).
+//! on: one under `taskset -c 0`, as the benchmark harness starts servers). `--deflate`
+//! accepts permessage-deflate offers (`ws`'s `perMessageDeflate: true`), as the Autobahn
+//! run of the library server (`conformance/autobahn.sh`) needs.
 
 use futures_util::StreamExt;
-use sockeye::{ServerConfig, WebSocketServer};
+use sockeye::{DeflateConfig, ServerConfig, WebSocketServer};
 
-const USAGE: &str = "usage: echo_server [--port N | --listen ADDR] [--runtime current|multi]";
+const USAGE: &str =
+    "usage: echo_server [--port N | --listen ADDR] [--runtime current|multi] [--deflate]";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut listen = String::from("127.0.0.1:9001");
     let mut multi = true;
+    let mut config = ServerConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(USAGE);
@@ -32,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     _ => return Err(USAGE.into()),
                 }
             }
+            "--deflate" => config.per_message_deflate = Some(DeflateConfig::default()),
             _ => return Err(USAGE.into()),
         }
     }
@@ -42,11 +47,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     .enable_all()
     .build()?;
-    runtime.block_on(serve(listen))
+    runtime.block_on(serve(listen, config))
 }
 
-async fn serve(listen: String) -> Result<(), Box<dyn std::error::Error>> {
-    let server = WebSocketServer::bind(listen, ServerConfig::default()).await?;
+async fn serve(listen: String, config: ServerConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let server = WebSocketServer::bind(listen, config).await?;
     println!("echo_server listening on ws://{}", server.local_addr());
     while let Some(accepted) = server.accept().await {
         let Ok((mut ws, _request)) = accepted else {

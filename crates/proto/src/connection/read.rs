@@ -162,7 +162,7 @@ impl Connection {
             }
             let result = match self.read_frame(input) {
                 Ok(Some((header, mut frame, room))) => {
-                    // Any frame proves the peer alive (B1).
+                    // Any frame proves the peer alive (the heartbeat).
                     if let Some(heartbeat) = self.heartbeat.as_mut() {
                         heartbeat.last_activity = Some(now.get());
                         heartbeat.ping_sent = None;

@@ -1445,7 +1445,7 @@ fn one_malformed_frame_per_ws_error_code() {
     }
 }
 
-// B1: the heartbeat, with time passed in.
+// The heartbeat, with time passed in.
 mod heartbeat {
     use std::time::{Duration, Instant};
 
@@ -1524,7 +1524,7 @@ mod heartbeat {
     }
 }
 
-// ------------------------------------------- RFC 6455 §5.4: fragment mode (W7)
+// ------------------------------------------------ RFC 6455 §5.4: fragment mode
 
 mod fragments {
     use super::*;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::{Connection, State};
 use crate::frame::OpCode;
 
-/// The heartbeat's clock (B1).
+/// The heartbeat's clock: when the peer last proved alive, and the ping awaiting proof.
 #[derive(Default)]
 pub(super) struct HeartbeatClock {
     /// When a frame last arrived (or the first read, before any).

@@ -66,7 +66,7 @@ pub(super) struct Rare {
     pub(super) resume_waker: Option<Waker>,
     /// Messages dropped by `try_send` under `WhenFull::Drop`.
     pub(super) dropped: u64,
-    /// Per-connection user data (S12).
+    /// Per-connection user data (`WebSocketWriter::insert_data`).
     pub(super) data: http::Extensions,
 }
 

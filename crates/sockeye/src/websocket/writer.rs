@@ -177,7 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
         self.shared.info.id
     }
 
-    /// Queues a message without waiting (B2). Under the high-water mark it is queued
+    /// Queues a message without waiting, under the send queue's policy. Under the high-water mark it is queued
     /// and the reading task writes it out; over it, the connection's
     /// [`WhenFull`](sockeye_proto::WhenFull) policy applies: `Wait` refuses with [`Error::QueueFull`] (await
     /// [`Self::drained`] and retry), `Drop` discards it ([`TrySend::Dropped`]),
@@ -198,7 +198,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
     }
 
     /// Attaches a value of type `T` to the connection, replacing (and returning) the
-    /// previous one (S12: per-connection user data, visible from every handle,
+    /// previous one (per-connection user data, visible from every handle,
     /// e.g. the writers that `WebSocketServer::clients()` returns).
     pub fn insert_data<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
         self.shared.lock().rare().data.insert(value)
