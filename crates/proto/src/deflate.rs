@@ -642,8 +642,14 @@ mod stand_in {
     /// feature is off): the type has no values, since no [`DeflateParams`] can be
     /// negotiated to make one, and a connection never holds one. Its methods are those of
     /// the real codec, so code that uses it compiles either way.
+    ///
+    /// It is a struct with a private field that has no values rather than an enum without
+    /// variants: other crates then cannot see that it is uninhabited, so their code that
+    /// makes one (after negotiation, as the real codec) is not linted as unreachable.
     #[derive(Debug)]
-    pub enum Deflate {}
+    pub struct Deflate {
+        never: Compiled,
+    }
 
     impl Deflate {
         /// Cannot be called: `params` has no values without the `deflate` feature.
@@ -654,19 +660,19 @@ mod stand_in {
 
         /// The agreed parameters.
         pub fn params(&self) -> &DeflateParams {
-            match *self {}
+            match self.never {}
         }
 
         /// Whether a message whose first piece is `len` bytes is worth compressing.
         pub fn should_compress(&self, len: usize) -> bool {
             let _ = len;
-            match *self {}
+            match self.never {}
         }
 
         /// Compresses one piece of a message.
         pub fn compress(&mut self, input: &[u8], fin: bool) -> &[u8] {
             let _ = (input, fin);
-            match *self {}
+            match self.never {}
         }
 
         /// Inflates one frame's payload of a compressed message into `out`.
@@ -681,17 +687,17 @@ mod stand_in {
             fin: bool,
         ) -> Result<(), Error> {
             let _ = (input, out, limit, fin);
-            match *self {}
+            match self.never {}
         }
 
         /// Frees the compression buffers' memory between messages.
         pub fn shrink(&mut self) {
-            match *self {}
+            match self.never {}
         }
 
         /// Whether zlib state is held: (compressor, decompressor).
         pub fn holds_state(&self) -> (bool, bool) {
-            match *self {}
+            match self.never {}
         }
     }
 }
