@@ -307,7 +307,7 @@ pub async fn connect_with(
 /// # Errors
 /// As [`connect`], but a `wss://` URL is an [`Error::Url`] only without the `rustls`
 /// feature (which says so); a TLS failure, such as an untrusted certificate, is
-/// [`Error::Tls`] with the `rustls::Error` (see `sockeye::tls::rustls_error`).
+/// [`Error::Tls`] with the [`rustls::Error`] (see [`crate::tls::rustls_error`]).
 ///
 /// # Cancel safety
 /// Dropping the future abandons the connection attempt.

@@ -194,7 +194,7 @@ impl From<Error> for io::Error {
 }
 
 /// An I/O error, or the TLS error it carries: tokio-rustls reports rustls's refusals as
-/// I/O errors whose inner error is the `rustls::Error`.
+/// I/O errors whose inner error is the [`rustls::Error`].
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         #[cfg(feature = "rustls")]

@@ -2,14 +2,15 @@
 //! the stream types that carry either plain TCP or TLS.
 //!
 //! TLS failures (an untrusted certificate, a refused client certificate, a peer that does
-//! not speak TLS) are [`Error::Tls`] with the `rustls::Error` (`TlsError::Rustls`;
-//! `rustls_error` finds it). Settings that cannot be used, such as invalid PEM, are
+//! not speak TLS) are [`Error::Tls`] with the [`rustls::Error`] ([`TlsError::Rustls`];
+//! [`rustls_error`] finds it). Settings that cannot be used, such as invalid PEM, are
 //! [`TlsError::InvalidConfig`].
 //!
 //! # Without the `rustls` feature
-//! Only the stream types are here: `ClientTlsConfig`, `server_config_from_pem`,
-//! `server_handshake` and the other helpers are not compiled, nor is
-//! `WebSocketServer::bind_tls`, and a `wss://` URL is [`Error::Url`]. The `Tls` variants
+//! Only the stream types are here: [`ClientTlsConfig`], [`server_config_from_pem`],
+//! [`server_handshake`] and the other helpers are not compiled, nor is
+//! [`WebSocketServer::bind_tls`](crate::WebSocketServer::bind_tls), and a `wss://` URL is
+//! [`Error::Url`]. The `Tls` variants
 //! of [`MaybeTlsStream`] and [`ServerStream`] stay, so matches on them compile either
 //! way, but they hold [`NoTls`], which has no values: they never occur.
 
