@@ -18,5 +18,12 @@ step "unit, integration, interop and doc tests"
 cargo test --locked --workspace --all-targets
 cargo test --locked --workspace --doc
 
+step "the library crates with default features off (each feature alone, then none)"
+cargo clippy --locked -p sockeye -p sockeye-proto --no-default-features --all-targets -- -D warnings
+cargo test --locked -p sockeye-proto --no-default-features
+cargo test --locked -p sockeye --no-default-features
+cargo test --locked -p sockeye --no-default-features --features deflate
+cargo test --locked -p sockeye --no-default-features --features rustls
+
 step "Autobahn|Testsuite, server and client role (strict)"
 conformance/autobahn.sh both

@@ -37,6 +37,13 @@
 //!
 //! Only HTTP/1.1 upgrades are supported (not HTTP/2 extended CONNECT, RFC 8441).
 //!
+//! # Features
+//! - `deflate` (default): permessage-deflate, as `sockeye`'s feature of that name. Without
+//!   it, offers are declined and connections run uncompressed.
+//!
+//! `sockeye`'s `rustls` feature is not needed (TLS, if any, is axum's), so this crate
+//! does not turn it on.
+//!
 //! # Stability
 //! Statuses are a contract; the `Display` texts and response bodies are not.
 

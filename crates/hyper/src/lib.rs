@@ -50,6 +50,13 @@
 //! See `examples/echo.rs` (`cargo run -p sockeye-hyper --example hyper_echo`) for the
 //! whole server.
 //!
+//! # Features
+//! - `deflate` (default): permessage-deflate, as `sockeye`'s feature of that name. Without
+//!   it, offers are declined and connections run uncompressed.
+//!
+//! `sockeye`'s `rustls` feature is not needed (TLS, if any, is hyper's), so this crate
+//! does not turn it on.
+//!
 //! # Stability
 //! Statuses are a contract; the `Display` texts and response bodies are not.
 

@@ -11,24 +11,63 @@
 //! stream goes back, reset, to a small per-thread pool that the next message of any
 //! connection on the thread takes it from (`pool` below). See the crate's manual for the
 //! figures.
+//!
+//! # Without the `deflate` feature
+//! The types and functions stay, so code that configures compression compiles either
+//! way, but nothing is negotiated: a client offers nothing, [`server_accept`] declines
+//! every offer, and [`client_accept`] refuses an answer that accepts one (it was not
+//! offered). [`DeflateParams`] and [`Deflate`] then have no values, so a connection
+//! never compresses and an RSV1 frame is a protocol error (RFC 7692 §6), as on any
+//! connection that did not negotiate the extension.
 
+#[cfg(feature = "deflate")]
 use std::cell::RefCell;
 
 use bytes::BytesMut;
+#[cfg(feature = "deflate")]
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use crate::connection::Role;
-use crate::error::{Error, HandshakeError, InflateError, LimitError};
+use crate::error::{Error, HandshakeError};
+#[cfg(feature = "deflate")]
+use crate::error::{InflateError, LimitError};
 use crate::extension::{self, Extension};
 
 /// The extension's name.
 pub const NAME: &str = "permessage-deflate";
 
+/// The proof that the codec is compiled in, held by every [`DeflateParams`]: without the
+/// `deflate` feature it has no values, and so neither have `DeflateParams` nor [`Deflate`].
+#[cfg(feature = "deflate")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Compiled;
+
+/// Without the `deflate` feature: no values.
+#[cfg(not(feature = "deflate"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compiled {}
+
+/// `Some` when the codec is compiled in: the only way to make [`DeflateParams`].
+fn compiled() -> Option<Compiled> {
+    #[cfg(feature = "deflate")]
+    return Some(Compiled);
+    #[cfg(not(feature = "deflate"))]
+    return None;
+}
+
+/// Whether permessage-deflate is compiled in (the `deflate` feature): without it, a client
+/// offers nothing.
+pub(crate) fn enabled() -> bool {
+    compiled().is_some()
+}
+
 /// The 4 bytes a sync flush ends with, removed from each message (RFC 7692 §7.2.1).
+#[cfg(feature = "deflate")]
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// Output grows by this much at a time while inflating, so a small frame cannot make the
 /// endpoint allocate more than it checked against `max_payload`.
+#[cfg(feature = "deflate")]
 const INFLATE_CHUNK: usize = 16 * 1024;
 
 /// The permessage-deflate settings of one endpoint (`ws`'s `perMessageDeflate`).
@@ -80,6 +119,8 @@ pub struct DeflateParams {
     server_bits_named: bool,
     /// Whether the answer named `client_max_window_bits`.
     client_bits_named: bool,
+    /// Only negotiation makes these, and only with the codec compiled in.
+    compiled: Compiled,
 }
 
 impl DeflateParams {
@@ -150,6 +191,9 @@ fn parse_params(ext: &Extension) -> Result<Params, HandshakeError> {
 }
 
 /// The client's offer for `config` (a `Sec-WebSocket-Extensions` value).
+///
+/// Without the `deflate` feature this still formats the offer, but
+/// [`crate::handshake::client::ClientRequest`] does not send it.
 pub fn client_offer(config: &DeflateConfig) -> String {
     let mut params = Vec::new();
     if config.server_no_context_takeover {
@@ -177,6 +221,7 @@ pub fn client_offer(config: &DeflateConfig) -> String {
 /// # Errors
 /// [`HandshakeError::InvalidExtension`] for an extension that was not offered, more than
 /// one answer, or parameters the offer did not allow; `InvalidHeader` for bad syntax.
+/// Without the `deflate` feature nothing was offered, so any answer is `InvalidExtension`.
 pub fn client_accept<'a>(
     config: &DeflateConfig,
     values: impl IntoIterator<Item = &'a str>,
@@ -184,6 +229,9 @@ pub fn client_accept<'a>(
     let answers = extension::parse(values)?;
     let Some(answer) = answers.first() else {
         return Ok(None);
+    };
+    let Some(compiled) = compiled() else {
+        return Err(HandshakeError::InvalidExtension);
     };
     if answers.len() > 1 || answer.name != NAME {
         return Err(HandshakeError::InvalidExtension);
@@ -218,12 +266,14 @@ pub fn client_accept<'a>(
         client_max_window_bits: client_bits,
         server_bits_named: p.server_max_window_bits.is_some(),
         client_bits_named: p.client_max_window_bits.is_some(),
+        compiled,
     }))
 }
 
 /// A server picks the first acceptable offer among the request's
 /// `Sec-WebSocket-Extensions` values; `Ok(None)` declines compression (no acceptable
-/// offer, or none at all).
+/// offer, or none at all). Without the `deflate` feature it declines every request
+/// without reading it.
 ///
 /// # Errors
 /// `InvalidHeader` for a malformed list or a permessage-deflate offer with an unknown,
@@ -232,6 +282,9 @@ pub fn server_accept<'a>(
     config: &DeflateConfig,
     values: impl IntoIterator<Item = &'a str>,
 ) -> Result<Option<DeflateParams>, HandshakeError> {
+    let Some(compiled) = compiled() else {
+        return Ok(None);
+    };
     let offers = extension::parse(values)?;
     let mut parsed = Vec::new();
     for offer in offers.iter().filter(|e| e.name == NAME) {
@@ -263,6 +316,7 @@ pub fn server_accept<'a>(
             client_max_window_bits: client_bits.unwrap_or(15),
             server_bits_named: server_bits.is_some(),
             client_bits_named: client_bits.is_some(),
+            compiled,
         }));
     }
     Ok(None)
@@ -270,6 +324,7 @@ pub fn server_accept<'a>(
 
 /// The per-connection codec: compresses what this end sends and inflates what it
 /// receives, with the agreed windows and context rules.
+#[cfg(feature = "deflate")]
 pub struct Deflate {
     role: Role,
     params: DeflateParams,
@@ -283,6 +338,7 @@ pub struct Deflate {
     scratch: Vec<u8>,
 }
 
+#[cfg(feature = "deflate")]
 impl Deflate {
     /// A codec for `role` with the agreed `params` and the local `config`'s threshold and
     /// level.
@@ -442,6 +498,7 @@ impl Deflate {
 /// At most [`POOL_MAX`] streams of each kind wait here per thread; a stream given back
 /// to a full pool is freed. A reset stream keeps nothing of the message it compressed or
 /// inflated: its output for the next message is that of a new stream.
+#[cfg(feature = "deflate")]
 pub(crate) mod pool {
     use super::*;
 
@@ -529,6 +586,7 @@ pub(crate) mod pool {
 
 /// Inflates `input` into `out`; `Ok(true)` when the deflate stream ended (a block with
 /// BFINAL set), after which the rest of the input is not deflate data.
+#[cfg(feature = "deflate")]
 fn inflate_into(
     d: &mut Decompress,
     mut input: &[u8],
@@ -565,6 +623,7 @@ fn inflate_into(
     }
 }
 
+#[cfg(feature = "deflate")]
 impl std::fmt::Debug for Deflate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deflate")
@@ -574,7 +633,102 @@ impl std::fmt::Debug for Deflate {
     }
 }
 
-#[cfg(test)]
+/// The codec's stand-in without the `deflate` feature.
+#[cfg(not(feature = "deflate"))]
+mod stand_in {
+    use super::*;
+
+    /// permessage-deflate's codec, which this build does not include (the `deflate`
+    /// feature is off): the type has no values, since no [`DeflateParams`] can be
+    /// negotiated to make one, and a connection never holds one. Its methods are those of
+    /// the real codec, so code that uses it compiles either way.
+    ///
+    /// It is a struct with a private field that has no values rather than an enum without
+    /// variants: other crates then cannot see that it is uninhabited, so their code that
+    /// makes one (after negotiation, as the real codec) is not linted as unreachable.
+    #[derive(Debug)]
+    pub struct Deflate {
+        never: Compiled,
+    }
+
+    impl Deflate {
+        /// Cannot be called: `params` has no values without the `deflate` feature.
+        pub fn new(role: Role, params: DeflateParams, config: &DeflateConfig) -> Deflate {
+            let _ = (role, config);
+            match params.compiled {}
+        }
+
+        /// The agreed parameters.
+        pub fn params(&self) -> &DeflateParams {
+            match self.never {}
+        }
+
+        /// Whether a message whose first piece is `len` bytes is worth compressing.
+        pub fn should_compress(&self, len: usize) -> bool {
+            let _ = len;
+            match self.never {}
+        }
+
+        /// Compresses one piece of a message.
+        pub fn compress(&mut self, input: &[u8], fin: bool) -> &[u8] {
+            let _ = (input, fin);
+            match self.never {}
+        }
+
+        /// Inflates one frame's payload of a compressed message into `out`.
+        ///
+        /// # Errors
+        /// None: there is no codec to call this on.
+        pub fn decompress(
+            &mut self,
+            input: &[u8],
+            out: &mut BytesMut,
+            limit: usize,
+            fin: bool,
+        ) -> Result<(), Error> {
+            let _ = (input, out, limit, fin);
+            match self.never {}
+        }
+
+        /// Frees the compression buffers' memory between messages.
+        pub fn shrink(&mut self) {
+            match self.never {}
+        }
+
+        /// Whether zlib state is held: (compressor, decompressor).
+        pub fn holds_state(&self) -> (bool, bool) {
+            match self.never {}
+        }
+    }
+}
+
+#[cfg(not(feature = "deflate"))]
+pub use stand_in::Deflate;
+
+/// Without the `deflate` feature nothing is negotiated in either role.
+#[cfg(all(test, not(feature = "deflate")))]
+mod without_deflate {
+    use super::*;
+
+    #[test]
+    fn nothing_is_negotiated() {
+        let config = DeflateConfig::default();
+        let offer = client_offer(&config);
+        assert_eq!(server_accept(&config, [offer.as_str()]), Ok(None));
+        // A malformed offer is not read at all: the extension is unknown here.
+        assert_eq!(
+            server_accept(&config, ["permessage-deflate; bogus=1"]),
+            Ok(None)
+        );
+        assert_eq!(client_accept(&config, []), Ok(None));
+        assert_eq!(
+            client_accept(&config, ["permessage-deflate"]),
+            Err(HandshakeError::InvalidExtension)
+        );
+    }
+}
+
+#[cfg(all(test, feature = "deflate"))]
 mod tests {
     use super::*;
     use crate::{Config, Connection, DataKind, Message};

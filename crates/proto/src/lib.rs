@@ -29,6 +29,14 @@
 //! assert_eq!(message.unwrap().as_text(), Some("hello"));
 //! ```
 //!
+//! # Features
+//! - `deflate` (default): permessage-deflate (RFC 7692) with `flate2`, in [`deflate`].
+//!   Without it, compression is never negotiated: a client offers nothing, a server
+//!   declines every offer, and an RSV1 frame is a protocol error, as on any connection that
+//!   did not negotiate the extension. [`DeflateConfig`] and the negotiation functions stay,
+//!   so code that configures compression compiles either way; [`DeflateParams`] and
+//!   [`Deflate`] then have no values.
+//!
 //! # Stability
 //! Error codes (`ws_code`, `close_code`) are a contract; `Display` texts are not.
 

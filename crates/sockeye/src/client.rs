@@ -17,7 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::error::Error;
-use crate::tls::{ClientTlsConfig, MaybeTlsStream};
+#[cfg(feature = "rustls")]
+use crate::tls::ClientTlsConfig;
+use crate::tls::{Connector, MaybeTlsStream};
 use crate::websocket::{Negotiated, WebSocket};
 
 /// The most body bytes kept from a non-101 answer.
@@ -52,10 +54,11 @@ pub struct ClientConfig {
     pub head_limits: HeadLimits,
     /// permessage-deflate to offer (`ws`'s `perMessageDeflate`): on by default, as in
     /// `ws`; `None` offers no compression. If the server declines, the connection works
-    /// uncompressed.
+    /// uncompressed. Without the `deflate` feature nothing is offered.
     pub per_message_deflate: Option<DeflateConfig>,
     /// TLS for `wss://` URLs: trusted roots, a client certificate, or the dangerous
-    /// opt-out of verification. Unused for `ws://`.
+    /// opt-out of verification. Unused for `ws://`. Only with the `rustls` feature.
+    #[cfg(feature = "rustls")]
     pub tls: ClientTlsConfig,
     /// Follow `3xx` answers that carry a `Location` (`ws`'s `followRedirects`; default
     /// false: a redirect is [`Error::UnexpectedResponse`]). Relative and absolute
@@ -88,17 +91,18 @@ pub struct ClientConfig {
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientConfig")
-            .field("websocket", &self.websocket)
+        let mut f = f.debug_struct("ClientConfig");
+        f.field("websocket", &self.websocket)
             .field("protocols", &self.protocols)
             .field("origin", &self.origin)
             .field("headers", &self.headers)
             .field("protocol_version", &self.protocol_version)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("head_limits", &self.head_limits)
-            .field("per_message_deflate", &self.per_message_deflate)
-            .field("tls", &self.tls)
-            .field("follow_redirects", &self.follow_redirects)
+            .field("per_message_deflate", &self.per_message_deflate);
+        #[cfg(feature = "rustls")]
+        f.field("tls", &self.tls);
+        f.field("follow_redirects", &self.follow_redirects)
             .field("max_redirects", &self.max_redirects)
             .field("redirect", &self.redirect.is_some())
             .field("finish_request", &self.finish_request.is_some())
@@ -120,6 +124,7 @@ impl Default for ClientConfig {
             handshake_timeout: None,
             head_limits: HeadLimits::default(),
             per_message_deflate: Some(DeflateConfig::default()),
+            #[cfg(feature = "rustls")]
             tls: ClientTlsConfig::default(),
             follow_redirects: false,
             max_redirects: 10,
@@ -300,8 +305,9 @@ pub async fn connect_with(
 /// connects over a Unix socket.
 ///
 /// # Errors
-/// As [`connect`]; a TLS failure, such as an untrusted certificate, is [`Error::Io`] whose
-/// inner error is the [`rustls::Error`] (see [`crate::tls::rustls_error`]).
+/// As [`connect`], but a `wss://` URL is an [`Error::Url`] only without the `rustls`
+/// feature (which says so); a TLS failure, such as an untrusted certificate, is
+/// [`Error::Tls`] with the [`rustls::Error`] (see [`crate::tls::rustls_error`]).
 ///
 /// # Cancel safety
 /// Dropping the future abandons the connection attempt.
@@ -346,7 +352,7 @@ impl Transport for TcpStream {
 }
 
 impl Transport for MaybeTlsStream {
-    async fn open(target: &Target, _url: &str, config: &ClientConfig) -> Result<Self, Error> {
+    async fn open(target: &Target, url: &str, config: &ClientConfig) -> Result<Self, Error> {
         if let Some(path) = &target.unix_socket {
             #[cfg(unix)]
             return Ok(MaybeTlsStream::Unix(
@@ -358,20 +364,17 @@ impl Transport for MaybeTlsStream {
                 path.display()
             )));
         }
+        // Checked before connecting: without the `rustls` feature this is Error::Url.
         let tls = if target.tls {
-            let name = crate::tls::server_name(&target.host)?;
-            Some((config.tls.to_rustls()?, name))
+            Some(Connector::new(target, url, config)?)
         } else {
             None
         };
         let stream = tcp(target, config).await?;
-        Ok(match tls {
-            Some((tls, name)) => {
-                let connector = tokio_rustls::TlsConnector::from(tls);
-                MaybeTlsStream::Tls(Box::new(connector.connect(name, stream).await?))
-            }
-            None => MaybeTlsStream::Plain(stream),
-        })
+        match tls {
+            Some(connector) => connector.connect(stream).await,
+            None => Ok(MaybeTlsStream::Plain(stream)),
+        }
     }
 }
 

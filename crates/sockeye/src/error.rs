@@ -14,7 +14,8 @@ pub enum Error {
     Io(io::Error),
     /// TLS failed: the handshake (an untrusted certificate, a name the certificate does
     /// not hold, a refused client certificate, a peer that does not speak TLS), a record
-    /// after it, or the TLS settings themselves.
+    /// after it, or the TLS settings themselves. There in every build; without the
+    /// `rustls` feature nothing makes it (a `wss://` URL is [`Error::Url`]).
     Tls(TlsError),
     /// The peer broke the protocol or a limit; the connection sent the close code
     /// [`sockeye_proto::Error::close_code`] and is closed. See `ws_code()`.
@@ -50,7 +51,9 @@ pub enum Error {
 #[non_exhaustive]
 pub enum TlsError {
     /// rustls refused: in the handshake, on a record after it, or in building a
-    /// configuration (a key that does not match its certificate).
+    /// configuration (a key that does not match its certificate). Only with the `rustls`
+    /// feature (the enum is `non_exhaustive`, so matches compile either way).
+    #[cfg(feature = "rustls")]
     Rustls(rustls::Error),
     /// The TLS settings cannot be used: PEM that does not parse or holds no certificate
     /// or key, or a client certificate without its key.
@@ -60,6 +63,7 @@ pub enum TlsError {
 impl fmt::Display for TlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            #[cfg(feature = "rustls")]
             TlsError::Rustls(e) => fmt::Display::fmt(e, f),
             TlsError::InvalidConfig(why) => write!(f, "invalid TLS settings: {why}"),
         }
@@ -69,6 +73,7 @@ impl fmt::Display for TlsError {
 impl std::error::Error for TlsError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            #[cfg(feature = "rustls")]
             TlsError::Rustls(e) => Some(e),
             TlsError::InvalidConfig(_) => None,
         }
@@ -192,19 +197,28 @@ impl From<Error> for io::Error {
 /// I/O errors whose inner error is the [`rustls::Error`].
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
-        if !e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-            return Error::Io(e);
-        }
-        let kind = e.kind();
-        match e
-            .into_inner()
-            .map(|inner| inner.downcast::<rustls::Error>())
-        {
-            Some(Ok(tls)) => Error::Tls(TlsError::Rustls(*tls)),
-            // Not reached: the inner error was checked to be a rustls::Error.
-            Some(Err(other)) => Error::Io(io::Error::new(kind, other)),
-            None => Error::Io(kind.into()),
-        }
+        #[cfg(feature = "rustls")]
+        return rustls_or_io(e);
+        #[cfg(not(feature = "rustls"))]
+        return Error::Io(e);
+    }
+}
+
+/// [`Error::Tls`] for the `rustls::Error` inside `e`, else [`Error::Io`].
+#[cfg(feature = "rustls")]
+fn rustls_or_io(e: io::Error) -> Error {
+    if !e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+        return Error::Io(e);
+    }
+    let kind = e.kind();
+    match e
+        .into_inner()
+        .map(|inner| inner.downcast::<rustls::Error>())
+    {
+        Some(Ok(tls)) => Error::Tls(TlsError::Rustls(*tls)),
+        // Not reached: the inner error was checked to be a rustls::Error.
+        Some(Err(other)) => Error::Io(io::Error::new(kind, other)),
+        None => Error::Io(kind.into()),
     }
 }
 

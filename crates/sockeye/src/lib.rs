@@ -2,7 +2,7 @@
 //! feature set of Node's `ws`.
 //!
 //! - [`connect`] / [`connect_with`]: a `ws://` client; [`connect_maybe_tls`] /
-//!   [`connect_maybe_tls_with`] also speak `wss://` (rustls, see [`tls`]).
+//!   [`connect_maybe_tls_with`] also speak `wss://` (rustls, see [`tls`]) and `ws+unix:`.
 //! - [`WebSocketServer`]: a server that listens, upgrades and tracks its clients;
 //!   [`accept()`] upgrades any transport; [`WebSocketServer::bind_tls`] serves TLS.
 //! - [`WebSocket`]: a `Stream` of [`Message`]s and a `Sink` of them, with `send*` methods
@@ -23,6 +23,22 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Features
+//! Both are on by default.
+//! - `deflate`: permessage-deflate (RFC 7692), with `flate2` (`sockeye-proto`'s feature of
+//!   the same name). Without it, compression is never negotiated: a client offers nothing,
+//!   a server declines every offer, and the connection runs uncompressed. The
+//!   `per_message_deflate` settings stay, so code that sets them compiles either way.
+//! - `rustls`: TLS with `rustls`, `tokio-rustls` and `webpki-roots`: `wss://` URLs,
+//!   [`ClientConfig::tls`] and [`ClientTlsConfig`], [`WebSocketServer::bind_tls`],
+//!   [`tls::server_config_from_pem`] and the other TLS helpers of [`tls`], and the
+//!   re-export of [`rustls`]. Without it, none of these are compiled, and connecting to a
+//!   `wss://` URL fails with [`Error::Url`] ("wss:// needs TLS support, which is not
+//!   compiled in"). [`Error::Tls`] and the `Tls` variants of [`MaybeTlsStream`] and
+//!   [`ServerStream`] stay, so matches compile either way; those variants then hold
+//!   [`tls::NoTls`], which has no values. A server behind another TLS terminator, or
+//!   [`accept_tls`] on a TLS stream of your own, needs no `rustls`.
+//!
 //! # Cancel safety
 //! Receiving is cancel safe. A `send*` future queues its frame whole before it first
 //! waits, so dropping it never tears a frame; the frame is written by the next operation.
@@ -32,6 +48,8 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// The docs link the TLS items, which a build without `rustls` does not have.
+#![cfg_attr(not(feature = "rustls"), allow(rustdoc::broken_intra_doc_links))]
 
 mod accept;
 mod client;
@@ -53,11 +71,14 @@ pub use client::{
 pub use error::{CloseInfo, Error, TlsError};
 pub use server::{Clients, ShutdownReport, WebSocketServer};
 pub use stream::ByteStream;
-pub use tls::{ClientTlsConfig, MaybeTlsStream, ServerStream};
+#[cfg(feature = "rustls")]
+pub use tls::ClientTlsConfig;
+pub use tls::{MaybeTlsStream, ServerStream};
 pub use websocket::{
     ReadyState, SendOptions, Sending, TrySend, WebSocket, WebSocketReader, WebSocketWriter,
 };
 
+#[cfg(feature = "rustls")]
 pub use rustls;
 pub use sockeye_proto as proto;
 pub use sockeye_proto::handshake::HeadLimits;

@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 
 use crate::accept::{accept_inner, ServerConfig};
 use crate::error::Error;
+#[cfg(not(feature = "rustls"))]
+use crate::tls::no_rustls as tokio_rustls;
 use crate::tls::ServerStream;
 use crate::websocket::{Shared, WebSocket, WebSocketWriter};
 
@@ -140,12 +142,14 @@ impl WebSocketServer<TcpStream> {
     }
 }
 
+#[cfg(feature = "rustls")]
 impl WebSocketServer<ServerStream> {
     /// Binds to `addr` and serves TLS with `tls` (see
     /// [`crate::tls::server_config_from_pem`]); `None` serves plain TCP with the same
     /// stream type. Each connection completes its TLS handshake, then its WebSocket
     /// handshake, in its own task, each within `config.handshake_timeout`; a connection
-    /// that fails either is dropped (and logged), not returned.
+    /// that fails either is dropped (and logged), not returned. Only with the `rustls`
+    /// feature.
     ///
     /// # Errors
     /// The bind or listen error.

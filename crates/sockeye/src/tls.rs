@@ -5,23 +5,42 @@
 //! not speak TLS) are [`Error::Tls`] with the [`rustls::Error`] ([`TlsError::Rustls`];
 //! [`rustls_error`] finds it). Settings that cannot be used, such as invalid PEM, are
 //! [`TlsError::InvalidConfig`].
+//!
+//! # Without the `rustls` feature
+//! Only the stream types are here: [`ClientTlsConfig`], [`server_config_from_pem`],
+//! [`server_handshake`] and the other helpers are not compiled, nor is
+//! [`WebSocketServer::bind_tls`](crate::WebSocketServer::bind_tls), and a `wss://` URL is
+//! [`Error::Url`]. The `Tls` variants
+//! of [`MaybeTlsStream`] and [`ServerStream`] stay, so matches on them compile either
+//! way, but they hold [`NoTls`], which has no values: they never occur.
 
+#[cfg(feature = "rustls")]
 use std::fmt;
 use std::io;
 use std::pin::Pin;
+#[cfg(feature = "rustls")]
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+#[cfg(feature = "rustls")]
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+#[cfg(feature = "rustls")]
 use rustls::crypto::CryptoProvider;
+#[cfg(feature = "rustls")]
 use rustls::pki_types::pem::PemObject;
+#[cfg(feature = "rustls")]
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+#[cfg(feature = "rustls")]
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::error::{Error, TlsError};
+use crate::client::{ClientConfig, Target};
+use crate::error::Error;
+#[cfg(feature = "rustls")]
+use crate::error::TlsError;
 
+#[cfg(feature = "rustls")]
 /// TLS settings of a client (`ws`'s `ca`, `cert`, `key` and `rejectUnauthorized` options).
 ///
 /// By default the server's certificate is checked against the Mozilla roots of the
@@ -44,6 +63,7 @@ pub struct ClientTlsConfig {
     pub rustls: Option<Arc<rustls::ClientConfig>>,
 }
 
+#[cfg(feature = "rustls")]
 impl fmt::Debug for ClientTlsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientTlsConfig")
@@ -59,6 +79,7 @@ impl fmt::Debug for ClientTlsConfig {
     }
 }
 
+#[cfg(feature = "rustls")]
 impl ClientTlsConfig {
     /// The rustls configuration these settings describe.
     ///
@@ -104,6 +125,7 @@ impl ClientTlsConfig {
     }
 }
 
+#[cfg(feature = "rustls")]
 /// A rustls server configuration from a certificate chain (PEM, leaf first) and its
 /// private key (PEM), with no client authentication and ALPN `http/1.1`.
 ///
@@ -128,6 +150,7 @@ pub fn server_config_from_pem(
     Ok(Arc::new(config))
 }
 
+#[cfg(feature = "rustls")]
 /// Performs the server side of a TLS handshake on an accepted connection, for servers
 /// that read the request themselves before [`crate::upgrade`]. [`crate::WebSocketServer`]
 /// does this itself when bound with TLS.
@@ -147,11 +170,13 @@ pub async fn server_handshake(
     Ok(ServerStream::Tls(Box::new(tls)))
 }
 
+#[cfg(feature = "rustls")]
 /// The crypto provider Sockeye builds its configurations with: rustls's `ring` provider.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+#[cfg(feature = "rustls")]
 /// Parses every certificate of a PEM bundle.
 ///
 /// # Errors
@@ -169,6 +194,7 @@ pub fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static
     Ok(certs)
 }
 
+#[cfg(feature = "rustls")]
 /// Parses the first private key of a PEM file.
 ///
 /// # Errors
@@ -177,6 +203,7 @@ pub fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| invalid_config(format!("private key PEM: {e}")))
 }
 
+#[cfg(feature = "rustls")]
 /// The rustls error behind a TLS failure, if `error` is one.
 pub fn rustls_error(error: &Error) -> Option<&rustls::Error> {
     match error {
@@ -185,25 +212,30 @@ pub fn rustls_error(error: &Error) -> Option<&rustls::Error> {
     }
 }
 
+#[cfg(feature = "rustls")]
 fn rustls_refused(e: rustls::Error) -> Error {
     Error::Tls(TlsError::Rustls(e))
 }
 
+#[cfg(feature = "rustls")]
 fn invalid_config(why: impl Into<String>) -> Error {
     Error::Tls(TlsError::InvalidConfig(why.into()))
 }
 
+#[cfg(feature = "rustls")]
 /// The SNI and certificate name for `host`: a DNS name or an IP address.
 pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, Error> {
     ServerName::try_from(host.to_owned())
         .map_err(|e| Error::Url(format!("{host}: not a valid TLS server name: {e}")))
 }
 
+#[cfg(feature = "rustls")]
 /// `dangerous_accept_any_certificate`: checks signatures (so the handshake is sound) but
 /// not the certificate.
 #[derive(Debug)]
 struct AcceptAnyCertificate(Arc<CryptoProvider>);
 
+#[cfg(feature = "rustls")]
 impl ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
         &self,
@@ -249,14 +281,132 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
+/// What a client does to speak TLS on a connection to a `wss://` target: checked and
+/// built before the TCP connection is made.
+#[cfg(feature = "rustls")]
+pub(crate) struct Connector(Arc<rustls::ClientConfig>, ServerName<'static>);
+
+/// Without the `rustls` feature: no values.
+#[cfg(not(feature = "rustls"))]
+pub(crate) enum Connector {}
+
+impl Connector {
+    /// The TLS settings and server name for `target` (`url`'s).
+    ///
+    /// # Errors
+    /// [`Error::Url`] for a host that is no TLS name, or, without the `rustls` feature,
+    /// for any target; the errors of [`ClientTlsConfig::to_rustls`].
+    #[cfg(feature = "rustls")]
+    pub(crate) fn new(target: &Target, _url: &str, config: &ClientConfig) -> Result<Self, Error> {
+        let name = server_name(&target.host)?;
+        Ok(Connector(config.tls.to_rustls()?, name))
+    }
+
+    /// Without the `rustls` feature: [`Error::Url`], saying so.
+    #[cfg(not(feature = "rustls"))]
+    pub(crate) fn new(_target: &Target, url: &str, _config: &ClientConfig) -> Result<Self, Error> {
+        Err(Error::Url(format!("{url}: {NO_TLS}")))
+    }
+
+    /// The TLS handshake over `stream`.
+    pub(crate) async fn connect(self, stream: TcpStream) -> Result<MaybeTlsStream, Error> {
+        #[cfg(feature = "rustls")]
+        {
+            let connector = tokio_rustls::TlsConnector::from(self.0);
+            let tls = connector.connect(self.1, stream).await?;
+            Ok(MaybeTlsStream::Tls(Box::new(tls)))
+        }
+        #[cfg(not(feature = "rustls"))]
+        {
+            let _ = stream;
+            match self {}
+        }
+    }
+}
+
+/// What [`Error::Url`] says of a `wss://` URL without the `rustls` feature.
+#[cfg(not(feature = "rustls"))]
+pub(crate) const NO_TLS: &str =
+    "wss:// needs TLS support, which is not compiled in (sockeye's `rustls` feature is off)";
+
+/// The TLS stream of a `wss://` client connection: tokio-rustls's, or [`NoTls`] without
+/// the `rustls` feature.
+#[cfg(feature = "rustls")]
+pub type ClientTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+/// The TLS stream of a `wss://` client connection: tokio-rustls's, or [`NoTls`] without
+/// the `rustls` feature.
+#[cfg(not(feature = "rustls"))]
+pub type ClientTlsStream = NoTls;
+
+/// The TLS stream of a server connection: tokio-rustls's, or [`NoTls`] without the
+/// `rustls` feature.
+#[cfg(feature = "rustls")]
+pub type ServerTlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+/// The TLS stream of a server connection: tokio-rustls's, or [`NoTls`] without the
+/// `rustls` feature.
+#[cfg(not(feature = "rustls"))]
+pub type ServerTlsStream = NoTls;
+
+/// The TLS stream of a build without TLS support (the `rustls` feature off). It has no
+/// values, so the `Tls` variants that hold it never occur; its methods cannot be called.
+#[derive(Debug)]
+pub enum NoTls {}
+
+impl AsyncRead for NoTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        _buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match *self {}
+    }
+}
+
+impl AsyncWrite for NoTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        _buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match *self {}
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match *self {}
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match *self {}
+    }
+}
+
+/// What the server's accept loop names `tokio_rustls` without the `rustls` feature: an
+/// acceptor with no values, so that loop compiles unchanged and never does TLS.
+#[cfg(not(feature = "rustls"))]
+pub(crate) mod no_rustls {
+    use super::*;
+
+    /// Has no values.
+    #[derive(Clone)]
+    pub(crate) enum TlsAcceptor {}
+
+    impl TlsAcceptor {
+        /// Cannot be called.
+        pub(crate) async fn accept(&self, stream: TcpStream) -> io::Result<NoTls> {
+            let _ = stream;
+            match *self {}
+        }
+    }
+}
+
 /// A client transport: plain TCP (`ws://`), TLS over TCP (`wss://`) or a Unix socket
 /// (`ws+unix:`).
 #[derive(Debug)]
 pub enum MaybeTlsStream {
     /// `ws://`.
     Plain(TcpStream),
-    /// `wss://`.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// `wss://` (never, without the `rustls` feature).
+    Tls(Box<ClientTlsStream>),
     /// `ws+unix:`.
     #[cfg(unix)]
     Unix(tokio::net::UnixStream),
@@ -267,8 +417,8 @@ pub enum MaybeTlsStream {
 pub enum ServerStream {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS over TCP (never, without the `rustls` feature).
+    Tls(Box<ServerTlsStream>),
 }
 
 impl MaybeTlsStream {
@@ -276,7 +426,10 @@ impl MaybeTlsStream {
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
             MaybeTlsStream::Plain(s) => Some(s),
+            #[cfg(feature = "rustls")]
             MaybeTlsStream::Tls(s) => Some(s.get_ref().0),
+            #[cfg(not(feature = "rustls"))]
+            MaybeTlsStream::Tls(s) => match **s {},
             #[cfg(unix)]
             MaybeTlsStream::Unix(_) => None,
         }
@@ -301,7 +454,10 @@ impl ServerStream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             ServerStream::Plain(s) => s,
+            #[cfg(feature = "rustls")]
             ServerStream::Tls(s) => s.get_ref().0,
+            #[cfg(not(feature = "rustls"))]
+            ServerStream::Tls(s) => match **s {},
         }
     }
 
@@ -380,12 +536,14 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "rustls")]
     fn default_config_uses_webpki_roots() {
         let config = ClientTlsConfig::default().to_rustls().unwrap();
         assert!(!config.client_auth_cert_resolver.has_certs());
     }
 
     #[test]
+    #[cfg(feature = "rustls")]
     fn bad_pem_is_an_invalid_config() {
         let mut config = ClientTlsConfig::default();
         config.ca_pem = Some(b"not pem".to_vec());
@@ -406,9 +564,12 @@ mod tests {
         check::<ServerStream>();
         check::<crate::WebSocket<MaybeTlsStream>>();
         check::<crate::WebSocketServer<ServerStream>>();
+        check::<ClientTlsStream>();
+        check::<ServerTlsStream>();
     }
 
     #[test]
+    #[cfg(feature = "rustls")]
     fn server_names() {
         assert!(server_name("localhost").is_ok());
         assert!(server_name("127.0.0.1").is_ok());

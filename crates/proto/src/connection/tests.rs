@@ -439,6 +439,12 @@ fn a_custom_mask_source_masks_every_kind_of_frame() {
     );
 
     // A compressed message takes its key from the source too.
+    #[cfg(feature = "deflate")]
+    compressed_message_takes_a_key(&calls);
+}
+
+#[cfg(feature = "deflate")]
+fn compressed_message_takes_a_key(calls: &Arc<AtomicU8>) {
     let counted = calls.clone();
     let mut config = Config::default();
     config.generate_mask = MaskSource::custom(move || {
@@ -1528,6 +1534,7 @@ mod heartbeat {
 
 mod fragments {
     use super::*;
+    #[cfg(feature = "deflate")]
     use crate::deflate::{client_accept, DeflateConfig};
     use crate::message::Fragment;
 
@@ -1642,6 +1649,7 @@ mod fragments {
         assert_eq!(read_all(&mut c, &two).unwrap().len(), 4);
     }
 
+    #[cfg(feature = "deflate")]
     pub(super) fn deflate_pair(max_payload: usize) -> (Connection, Connection) {
         let config = DeflateConfig {
             threshold: 0,
@@ -1664,6 +1672,7 @@ mod fragments {
     }
 
     #[test]
+    #[cfg(feature = "deflate")]
     fn compressed_frames_are_inflated_one_by_one() {
         let (mut client, mut server) = deflate_pair(0);
         let now = Instant::now();
@@ -1690,6 +1699,7 @@ mod fragments {
     }
 
     #[test]
+    #[cfg(feature = "deflate")]
     fn compressed_message_over_max_payload_fails_across_frames() {
         let (mut client, mut server) = deflate_pair(1000);
         client
@@ -2367,6 +2377,7 @@ mod frames_in_pieces {
     /// A compressed message cannot announce a frame's length ahead: its pieces go out
     /// as frames of their own, and the message arrives whole.
     #[test]
+    #[cfg(feature = "deflate")]
     fn compressed_pieces_go_as_frames_of_their_own() {
         let (mut client, mut server) = fragments::deflate_pair(0);
         let text = "wörld ".repeat(2_000);

@@ -24,7 +24,8 @@ pub struct ClientRequest {
     pub version: u8,
     /// Extra headers (authorization, cookies ...).
     pub headers: HeaderMap,
-    /// permessage-deflate to offer (`None`: no compression).
+    /// permessage-deflate to offer (`None`: no compression). Without the `deflate` feature
+    /// nothing is offered either way.
     pub deflate: Option<DeflateConfig>,
 }
 
@@ -58,7 +59,9 @@ impl ClientRequest {
             };
             out.extend_from_slice(format!("{name}: {origin}\r\n").as_bytes());
         }
-        if let Some(deflate) = &self.deflate {
+        // Without the `deflate` feature, nothing is offered and so nothing accepted.
+        let deflate = self.deflate.as_ref().filter(|_| deflate::enabled());
+        if let Some(deflate) = deflate {
             let offer = deflate::client_offer(deflate);
             out.extend_from_slice(format!("Sec-WebSocket-Extensions: {offer}\r\n").as_bytes());
         }
@@ -67,7 +70,7 @@ impl ClientRequest {
         let expect = ExpectResponse {
             accept: accept_key(key.as_bytes()),
             protocols: self.protocols.clone(),
-            deflate: self.deflate.clone(),
+            deflate: deflate.cloned(),
         };
         (out, expect)
     }
@@ -217,6 +220,34 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(feature = "deflate"))]
+    fn without_deflate_nothing_is_offered() {
+        let req = ClientRequest {
+            host: "h".into(),
+            path: "/".into(),
+            deflate: Some(DeflateConfig::default()),
+            ..Default::default()
+        };
+        let (bytes, expect) = req.encode_with_key("dGhlIHNhbXBsZSBub25jZQ==".into());
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains("Sec-WebSocket-Extensions"), "{text}");
+        assert_eq!(
+            respond(&expect, &format!("{OK}\r\n")).unwrap().deflate,
+            None
+        );
+        assert_eq!(
+            respond(
+                &expect,
+                &format!("{OK}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+            )
+            .unwrap_err(),
+            HandshakeError::InvalidExtension,
+            "not offered"
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "deflate")]
     fn deflate_offer_and_answer() {
         let req = ClientRequest {
             host: "h".into(),

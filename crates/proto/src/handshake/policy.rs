@@ -587,6 +587,7 @@ mod tests {
 
     // RFC 7692 §5: the offer accepted, the agreed parameters in the 101.
     #[test]
+    #[cfg(feature = "deflate")]
     fn deflate_is_negotiated_when_enabled() {
         let config = DeflateConfig::default();
         let policy = ServerPolicy {

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use futures_util::StreamExt;
 use sockeye::proto::http::{self, HeaderMap, HeaderValue};
+#[cfg(feature = "rustls")]
+use sockeye::ServerStream;
 use sockeye::{
-    ClientConfig, Error, MaybeTlsStream, Message, ServerConfig, ServerStream, WebSocket,
-    WebSocketServer,
+    ClientConfig, Error, MaybeTlsStream, Message, ServerConfig, WebSocket, WebSocketServer,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -360,6 +361,7 @@ async fn ws_through_an_http_connect_proxy_with_basic_auth() {
 }
 
 #[tokio::test]
+#[cfg(feature = "rustls")]
 async fn wss_through_an_http_connect_proxy() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let tls = sockeye::tls::server_config_from_pem(

@@ -7,10 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use sockeye::proto::HandshakeError;
-use sockeye::{
-    ClientConfig, Config, DataKind, DeflateConfig, Fragment, Message, ServerConfig, WebSocket,
-    WebSocketServer,
-};
+use sockeye::{Config, DataKind, Fragment, Message, ServerConfig, WebSocket, WebSocketServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -95,10 +92,11 @@ async fn whole_messages_by_default() {
 }
 
 #[tokio::test]
+#[cfg(feature = "deflate")]
 async fn compressed_fragments_are_inflated_one_by_one() {
-    let deflate = DeflateConfig {
+    let deflate = sockeye::DeflateConfig {
         threshold: 0,
-        ..DeflateConfig::default()
+        ..sockeye::DeflateConfig::default()
     };
     let server = server(ServerConfig {
         per_message_deflate: Some(deflate.clone()),
@@ -106,9 +104,9 @@ async fn compressed_fragments_are_inflated_one_by_one() {
     })
     .await;
     let url = format!("ws://{}/", server.local_addr());
-    let client_config = ClientConfig {
+    let client_config = sockeye::ClientConfig {
         per_message_deflate: Some(deflate),
-        ..ClientConfig::default()
+        ..sockeye::ClientConfig::default()
     };
     let (client, _) = tokio::time::timeout(STEP, sockeye::connect_with(&url, client_config))
         .await

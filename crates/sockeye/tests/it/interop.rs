@@ -14,7 +14,9 @@
 //! Needs `node` (20+) on `PATH` and `npm ci` run in `crates/sockeye/tests/interop`; the
 //! tests fail, never skip, without them.
 
-use std::collections::{BTreeSet, HashMap};
+#[cfg(feature = "deflate")]
+use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -79,6 +81,7 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 /// Deterministic bytes that do not compress, as `noise()` in peer.js (xorshift32).
+#[cfg(feature = "deflate")]
 fn noise(len: usize) -> Vec<u8> {
     let mut x: u32 = 0x9e37_79b9;
     let mut out = Vec::with_capacity(len + 3);
@@ -649,6 +652,7 @@ fn wire_len(len: usize, masked: bool) -> u64 {
     (2 + extended + if masked { 4 } else { 0 } + len) as u64
 }
 
+#[cfg(feature = "deflate")]
 /// The parameters of a permessage-deflate header value, in any order.
 fn deflate_params(value: &str) -> BTreeSet<String> {
     value
@@ -659,6 +663,7 @@ fn deflate_params(value: &str) -> BTreeSet<String> {
         .collect()
 }
 
+#[cfg(feature = "deflate")]
 /// Both ends agreed to permessage-deflate with exactly the parameters `expected`.
 fn assert_agreed(pair: &Pair, expected: &[&str]) {
     let expected: BTreeSet<String> = expected.iter().map(|p| (*p).to_owned()).collect();
@@ -736,6 +741,7 @@ async fn ping_pong_and_close(mut pair: Pair) {
     close_from_sockeye(pair, 1000, "done").await;
 }
 
+#[cfg(feature = "deflate")]
 /// Default permessage-deflate on both ends: messages of every size both ways, several
 /// in a row over one compression context, `compress: false` from each side, the
 /// threshold, pings and the close.
@@ -841,6 +847,7 @@ async fn deflate_messages(side: Side) {
     ping_pong_and_close(pair).await;
 }
 
+#[cfg(feature = "deflate")]
 /// Compressed messages in several frames both ways (RSV1 on the first frame only): text
 /// split inside a UTF-8 sequence with empty fragments, a ping between fragments; the
 /// first fragment decides whether the message is compressed; `compress: false`.
@@ -971,6 +978,7 @@ async fn deflate_fragmented(side: Side) {
     pair.node.exits().await;
 }
 
+#[cfg(feature = "deflate")]
 /// The same messages in a row with no context takeover: every copy is compressed on its
 /// own (the repeat is not a back-reference), both ways.
 async fn no_takeover_messages(mut pair: Pair) {
@@ -993,6 +1001,7 @@ async fn no_takeover_messages(mut pair: Pair) {
     ping_pong_and_close(pair).await;
 }
 
+#[cfg(feature = "deflate")]
 /// server_no_context_takeover and client_no_context_takeover, imposed by the server and
 /// requested by the client.
 async fn deflate_no_context_takeover(side: Side) {
@@ -1022,6 +1031,7 @@ async fn deflate_no_context_takeover(side: Side) {
     }
 }
 
+#[cfg(feature = "deflate")]
 /// server_max_window_bits=10 and client_max_window_bits=10, imposed by the server and
 /// requested by the client. ws inflates with the agreed 10-bit window, so a Sockeye
 /// compressor reaching further back would fail there; the wire shows the 2 KiB repeat
@@ -1106,12 +1116,14 @@ async fn deflate_fallback(side: Side) {
     ping_pong_and_close(pair).await;
 }
 
-/// One `#[tokio::test]` per direction for each scenario.
+/// One `#[tokio::test]` per direction for each scenario (with its attributes, e.g. a
+/// `cfg`).
 macro_rules! both_ways {
-    ($($name:ident),* $(,)?) => {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
         /// A Sockeye client against a ws server.
         mod sockeye_client {
             $(
+                $(#[$attr])*
                 #[tokio::test]
                 async fn $name() {
                     super::$name(super::Side::Client).await;
@@ -1122,6 +1134,7 @@ macro_rules! both_ways {
         /// A ws client against a Sockeye server.
         mod sockeye_server {
             $(
+                $(#[$attr])*
                 #[tokio::test]
                 async fn $name() {
                     super::$name(super::Side::Server).await;
@@ -1139,9 +1152,14 @@ both_ways!(
     close_by_sockeye,
     close_by_ws,
     subprotocol,
+    #[cfg(feature = "deflate")]
     deflate_messages,
+    #[cfg(feature = "deflate")]
     deflate_fragmented,
+    #[cfg(feature = "deflate")]
     deflate_no_context_takeover,
+    #[cfg(feature = "deflate")]
     deflate_window_bits,
+    // Without the `deflate` feature too: neither end then has compression.
     deflate_fallback,
 );

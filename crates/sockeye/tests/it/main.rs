@@ -5,9 +5,12 @@ mod support;
 
 mod api;
 mod client;
+#[cfg(feature = "deflate")]
 mod deflate;
+mod features;
 mod frames;
 mod handshake;
 mod interop;
+#[cfg(feature = "rustls")]
 mod tls;
 mod ws_errors;
