@@ -32,6 +32,9 @@ pub struct Transmit {
     segments: Option<Box<VecDeque<Segment>>>,
     /// Encoded frames after the last segment.
     tail: BytesMut,
+    /// `tail` is a frame handed over by [`Transmit::set_tail`] (part of a read buffer):
+    /// let go once written, never kept for the next frame.
+    tail_shared: bool,
 }
 
 /// A frame whose payload is referenced, with whatever was encoded before it.
@@ -146,8 +149,10 @@ impl Transmit {
     /// buffer it lies in.
     pub fn shrink(&mut self) {
         if self.is_empty() {
-            if !(self.tail.try_reclaim(1) && self.tail.capacity() <= KEEP_TAIL) {
+            if self.tail_shared || !(self.tail.try_reclaim(1) && self.tail.capacity() <= KEEP_TAIL)
+            {
                 self.tail = BytesMut::new();
+                self.tail_shared = false;
             }
             self.segments = None;
         }
@@ -162,6 +167,7 @@ impl Transmit {
     pub(crate) fn set_tail(&mut self, frame: BytesMut) {
         debug_assert!(self.is_empty(), "set_tail on a queue with bytes in it");
         self.tail = frame;
+        self.tail_shared = true;
     }
 
     /// Queues a frame header and a referenced payload after everything queued.
@@ -202,22 +208,16 @@ impl Buf for Transmit {
         }
     }
 
-    fn advance(&mut self, mut cnt: usize) {
-        if let Some(segments) = self.segments.as_mut() {
-            while let Some(front) = segments.front_mut() {
-                cnt = front.advance(cnt);
-                if front.remaining() > 0 {
-                    assert_eq!(cnt, 0, "advance stopped inside a segment");
-                    return;
-                }
-                segments.pop_front();
-                if cnt == 0 {
-                    return;
-                }
-            }
+    #[inline]
+    fn advance(&mut self, cnt: usize) {
+        // The common case: the one buffer written out whole. Emptied in place rather
+        // than advanced, so that its start stays where it was and `shrink` keeps it
+        // without reclaiming anything.
+        if self.segments.is_none() && cnt == self.tail.len() {
+            self.tail.clear();
+            return;
         }
-        assert!(cnt <= self.tail.len(), "advance past the end of Transmit");
-        self.tail.advance(cnt);
+        self.advance_slow(cnt);
     }
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
@@ -242,6 +242,28 @@ impl Buf for Transmit {
         }
         push(&self.tail);
         n
+    }
+}
+
+impl Transmit {
+    /// [`Buf::advance`] past segments, or by part of the buffer.
+    #[inline(never)]
+    fn advance_slow(&mut self, mut cnt: usize) {
+        if let Some(segments) = self.segments.as_mut() {
+            while let Some(front) = segments.front_mut() {
+                cnt = front.advance(cnt);
+                if front.remaining() > 0 {
+                    assert_eq!(cnt, 0, "advance stopped inside a segment");
+                    return;
+                }
+                segments.pop_front();
+                if cnt == 0 {
+                    return;
+                }
+            }
+        }
+        assert!(cnt <= self.tail.len(), "advance past the end of Transmit");
+        self.tail.advance(cnt);
     }
 }
 
@@ -300,6 +322,51 @@ mod tests {
         assert_eq!(t.tail.capacity(), 0, "a shared buffer is let go");
         read.clear();
         assert!(read.try_reclaim(64), "and the read buffer is whole again");
+    }
+
+    /// A whole write empties the buffer in place: the next frame goes where the last
+    /// one went, at full capacity, with no `shrink` (no reclaim) in between.
+    #[test]
+    fn a_whole_write_keeps_the_buffer() {
+        let mut t = Transmit::new();
+        t.tail().put_slice(&[1; 100]);
+        let (at, capacity) = (t.chunk().as_ptr(), t.tail.capacity());
+        t.advance(100);
+        assert!(t.is_empty());
+        assert_eq!(
+            t.tail.capacity(),
+            capacity,
+            "emptied in place, not advanced"
+        );
+        t.tail().put_slice(&[2; 100]);
+        assert_eq!(t.chunk().as_ptr(), at, "the next frame reuses it");
+
+        // Written in parts: the same bytes, and the buffer still kept once empty.
+        t.advance(40);
+        assert_eq!(t.chunk(), &[2; 60]);
+        t.advance(60);
+        t.shrink();
+        assert!(t.tail.capacity() > 0);
+    }
+
+    /// A frame handed over by `set_tail` is let go once written, even when emptied in
+    /// place, and even if a frame was encoded after it.
+    #[test]
+    fn a_handed_over_frame_is_never_kept() {
+        let mut read = BytesMut::from(&[4u8; 64][..]);
+        let mut t = Transmit::new();
+        t.set_tail(read.split_to(30));
+        t.advance(30);
+        t.tail().put_slice(&[5; 10]);
+        t.advance(10);
+        t.shrink();
+        assert_eq!(t.tail.capacity(), 0, "let go");
+        read.clear();
+        assert!(read.try_reclaim(64), "and the read buffer is whole again");
+        t.tail().put_slice(&[6; 10]);
+        t.advance(10);
+        t.shrink();
+        assert!(t.tail.capacity() > 0, "its own buffer is kept again");
     }
 
     #[test]
