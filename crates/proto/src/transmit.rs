@@ -158,6 +158,30 @@ impl Transmit {
         }
     }
 
+    /// Takes the buffer frames are encoded into, emptied, when nothing is queued and it
+    /// is this queue's own (not a frame handed over by `set_tail`) and larger than the
+    /// [`KEEP_TAIL`] bytes the queue keeps itself: for a transport wrapper to keep
+    /// between messages elsewhere (a per-thread spare) rather than free.
+    pub fn take_buffer(&mut self) -> Option<BytesMut> {
+        if !self.is_empty() || self.tail_shared || self.tail.capacity() <= KEEP_TAIL {
+            return None;
+        }
+        self.segments = None;
+        Some(std::mem::take(&mut self.tail))
+    }
+
+    /// Lends `buffer` (emptied) to encode the next frames into, when nothing is queued
+    /// and this queue's own buffer has less room; returns what is not used (`buffer`,
+    /// or the smaller buffer it replaced).
+    pub fn lend_buffer(&mut self, mut buffer: BytesMut) -> Option<BytesMut> {
+        if !self.is_empty() || self.tail_shared || buffer.capacity() <= self.tail.capacity() {
+            return Some(buffer);
+        }
+        buffer.clear();
+        let own = std::mem::replace(&mut self.tail, buffer);
+        (own.capacity() > 0).then_some(own)
+    }
+
     /// The buffer that encoded frames are appended to.
     pub(crate) fn tail(&mut self) -> &mut BytesMut {
         &mut self.tail
@@ -367,6 +391,47 @@ mod tests {
         t.advance(10);
         t.shrink();
         assert!(t.tail.capacity() > 0, "its own buffer is kept again");
+    }
+
+    /// A lent buffer is encoded into and can be taken back once written out; a frame
+    /// handed over by `set_tail` is never taken.
+    #[test]
+    fn lend_and_take_the_buffer() {
+        let mut t = Transmit::new();
+        assert!(t.take_buffer().is_none(), "nothing to take");
+        let lent = BytesMut::with_capacity(4096);
+        let at = lent.as_ptr();
+        assert!(t.lend_buffer(lent).is_none());
+        t.tail().put_slice(&[1; 1000]);
+        assert_eq!(t.chunk().as_ptr(), at);
+        assert!(t.take_buffer().is_none(), "not while bytes are queued");
+        t.advance(1000);
+        let back = t.take_buffer().expect("written out");
+        assert_eq!(back.as_ptr(), at);
+        assert!(back.is_empty() && back.capacity() >= 4096);
+        assert_eq!(t.tail.capacity(), 0);
+
+        let small = BytesMut::with_capacity(16);
+        t.tail().reserve(64);
+        let returned = t.lend_buffer(small).expect("a smaller buffer is not used");
+        assert_eq!(returned.capacity(), 16);
+        t.tail().put_slice(&[2; 10]);
+        t.advance(10);
+        assert!(
+            t.take_buffer().is_none(),
+            "a buffer of KEEP_TAIL is the queue's"
+        );
+
+        let mut read = BytesMut::from(&[4u8; 64][..]);
+        let frame = read.split_to(30);
+        let mut t = Transmit::new();
+        t.set_tail(frame);
+        t.advance(30);
+        assert!(
+            t.take_buffer().is_none(),
+            "a handed-over frame is not taken"
+        );
+        assert!(t.lend_buffer(BytesMut::with_capacity(4096)).is_some());
     }
 
     #[test]

@@ -15,8 +15,8 @@ use sockeye_proto::{CloseCode, CloseFrame, Connection, DataKind, Message, State,
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 
-use super::read_pool;
 use super::wakers::Writers;
+use super::{read_pool, write_pool};
 use super::{Info, ReadyState, TrySend};
 use crate::error::{CloseInfo, Error};
 
@@ -295,9 +295,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// The payload is handed over: large ones are written from it without a copy.
     pub(super) fn queue(&mut self, message: Message) -> Result<(), Error> {
         self.with_conn(|conn| match message {
-            Message::Text(text) => conn.send_bytes(DataKind::Text, text.into_bytes(), true, true),
-            Message::UncheckedText(data) => conn.send_bytes(DataKind::Text, data, true, true),
-            Message::Binary(data) => conn.send_bytes(DataKind::Binary, data, true, true),
+            Message::Text(text) => {
+                write_pool::lend(conn.transmit(), text.len());
+                conn.send_bytes(DataKind::Text, text.into_bytes(), true, true)
+            }
+            Message::UncheckedText(data) => {
+                write_pool::lend(conn.transmit(), data.len());
+                conn.send_bytes(DataKind::Text, data, true, true)
+            }
+            Message::Binary(data) => {
+                write_pool::lend(conn.transmit(), data.len());
+                conn.send_bytes(DataKind::Binary, data, true, true)
+            }
             Message::Ping(data) => conn.ping(&data),
             Message::Pong(data) => conn.pong(&data),
             Message::Close(frame) => conn.close(frame.as_ref(), Instant::now()),
@@ -333,7 +342,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             return false;
         }
         // Written out: an idle connection holds no write buffer (beyond a small one).
-        transmit.shrink();
+        write_pool::release(transmit);
         true
     }
 
@@ -399,7 +408,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             Poll::Pending => return Poll::Pending,
         }
         // Written out: an idle connection holds no write buffer (beyond a small one).
-        self.conn.transmit().shrink();
+        write_pool::release(self.conn.transmit());
         Writers::wake_all(&self.writers);
         Poll::Ready(Ok(()))
     }
@@ -632,7 +641,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.ended = true;
         self.timer = None;
         self.read_buf = BytesMut::new();
-        self.conn.transmit().shrink();
+        write_pool::release(self.conn.transmit());
         Writers::wake_all(&self.writers);
         Poll::Ready(self.rare.as_mut().and_then(|r| r.failure.take()).map(Err))
     }
