@@ -494,7 +494,7 @@ impl Connection {
             return Ok(Some(Message::Fragment(fragment)));
         }
         if !header.fin {
-            self.incoming = Some(incoming);
+            self.incoming = Some(Box::new(incoming));
             return Ok(None);
         }
         let data = incoming.data.freeze();
@@ -510,16 +510,20 @@ impl Connection {
 
     /// The message a data frame belongs to, its frames counted.
     fn start_data(&mut self, header: &FrameHeader) -> Incoming {
-        let mut incoming = self.incoming.take().unwrap_or_else(|| Incoming {
-            kind: if header.opcode == OpCode::Text {
-                DataKind::Text
-            } else {
-                DataKind::Binary
-            },
-            data: BytesMut::new(),
-            received: 0,
-            fragments: 0,
-        });
+        let mut incoming = self
+            .incoming
+            .take()
+            .map(|kept| *kept)
+            .unwrap_or_else(|| Incoming {
+                kind: if header.opcode == OpCode::Text {
+                    DataKind::Text
+                } else {
+                    DataKind::Binary
+                },
+                data: BytesMut::new(),
+                received: 0,
+                fragments: 0,
+            });
         if !self.delivering_rest {
             incoming.fragments = incoming.fragments.saturating_add(1);
         }
@@ -535,7 +539,7 @@ impl Connection {
     /// end; otherwise it is kept for the next frame.
     fn end_fragment(&mut self, incoming: Incoming, ends: bool) -> Result<(), Error> {
         if !ends {
-            self.incoming = Some(incoming);
+            self.incoming = Some(Box::new(incoming));
         } else if self.checks_text(incoming.kind) {
             // The last frame must not end inside a character.
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
