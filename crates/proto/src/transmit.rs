@@ -147,7 +147,23 @@ impl Transmit {
     /// Anything else is let go, whatever capacity it has left: a larger buffer, and the
     /// end of a frame sent in place (`Connection::read_echo`), which shares the read
     /// buffer it lies in.
+    #[inline]
     pub fn shrink(&mut self) {
+        // The common case, after every small message: nothing queued, nothing shared,
+        // and a buffer small enough to keep. Nothing to do, and no call.
+        if self.segments.is_none()
+            && self.tail.is_empty()
+            && !self.tail_shared
+            && self.tail.capacity() <= KEEP_TAIL
+        {
+            return;
+        }
+        self.shrink_slow();
+    }
+
+    /// [`Transmit::shrink`] when there may be something to let go.
+    #[inline(never)]
+    fn shrink_slow(&mut self) {
         if self.is_empty() {
             if self.tail_shared || !(self.tail.try_reclaim(1) && self.tail.capacity() <= KEEP_TAIL)
             {
@@ -162,6 +178,7 @@ impl Transmit {
     /// is this queue's own (not a frame handed over by `set_tail`) and larger than the
     /// [`KEEP_TAIL`] bytes the queue keeps itself: for a transport wrapper to keep
     /// between messages elsewhere (a per-thread spare) rather than free.
+    #[inline]
     pub fn take_buffer(&mut self) -> Option<BytesMut> {
         if !self.is_empty() || self.tail_shared || self.tail.capacity() <= KEEP_TAIL {
             return None;
