@@ -144,6 +144,18 @@ impl Connection {
         self.read_closed
     }
 
+    /// Whether to stop reading the transport for now: what is queued for the peer
+    /// ([`Connection::transmit_len`]) is at or over the send queue's high-water mark
+    /// ([`SendQueue::high_water`](crate::SendQueue::high_water)) while reading is not
+    /// over. A peer that sends (pings, or messages an echo answers) but does not read
+    /// could otherwise make the queue grow without bound. Read again once it is below
+    /// the mark. Reading that is over (draining a failed connection's transport, which
+    /// queues nothing) is not paused.
+    #[inline]
+    pub fn should_pause_reading(&self) -> bool {
+        !self.read_closed && self.transmit_len() >= self.config.send_queue.high_water
+    }
+
     fn read_at(
         &mut self,
         input: &mut BytesMut,

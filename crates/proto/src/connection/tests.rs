@@ -1020,6 +1020,31 @@ fn a_server_whole_message_is_one_unmasked_frame_at_every_length() {
     assert_eq!(sent(&mut c), [(OpCode::Close, true, vec![])]);
 }
 
+/// Reading pauses while what is queued for the peer is at or over the high-water mark,
+/// and not once reading is over (a failed connection drains its transport).
+#[test]
+fn reading_pauses_at_the_high_water_mark() {
+    let mut c = conn_with(Role::Server, |c| c.send_queue.high_water = 100);
+    c.send_binary(&[0; 97]).unwrap();
+    assert_eq!(c.transmit_len(), 99);
+    assert!(!c.should_pause_reading(), "under the mark");
+    // A ping's automatic pong takes the queue to the mark.
+    read_all(&mut c, &raw(PING, b"").to(Role::Server).bytes()).unwrap();
+    assert_eq!(c.transmit_len(), 101);
+    assert!(c.should_pause_reading(), "at the mark");
+    c.transmit().advance(99);
+    assert!(!c.should_pause_reading(), "drained below it");
+
+    c.send_binary(&[0; 120]).unwrap();
+    assert!(c.should_pause_reading());
+    assert!(
+        read_all(&mut c, &raw(TEXT, b"").bytes()).is_err(),
+        "unmasked: fails"
+    );
+    assert!(c.is_read_closed() && c.should_drain());
+    assert!(!c.should_pause_reading(), "draining is not paused");
+}
+
 #[test]
 fn close_arguments_are_checked() {
     let mut c = conn(Role::Server);

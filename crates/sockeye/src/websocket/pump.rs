@@ -439,8 +439,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             // A peer that sends (pings) but does not read: stop reading until what is
             // queued for it drains, so automatic pongs cannot pile up without bound. The
             // flush above registered for the wakeup.
-            let high_water = self.conn.config().send_queue.high_water;
-            if self.conn.transmit_len() >= high_water && !self.conn.is_read_closed() {
+            if self.conn.should_pause_reading() {
                 self.park_reader(cx);
                 return Poll::Pending;
             }
