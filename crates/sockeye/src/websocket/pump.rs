@@ -6,11 +6,12 @@
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
+use parking_lot::{Mutex, MutexGuard};
 use sockeye_proto::{CloseCode, CloseFrame, Connection, DataKind, Message, State, WhenFull};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
@@ -93,11 +94,12 @@ impl<S> Shared<S> {
         }
     }
 
+    /// The connection's state, locked. A mutex without poisoning (`parking_lot`): a
+    /// panic while holding the lock leaves plain data, to keep going with, and the lock
+    /// and unlock are each one atomic instruction inline, with no check of a poison flag
+    /// or of whether the thread is panicking.
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner<S>> {
-        // A panic while holding the lock leaves plain data; keep going with it.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock()
     }
 }
 
