@@ -30,11 +30,14 @@ pub(super) fn lend(transmit: &mut Transmit, len: usize) {
     if len + MAX_HEADER <= KEEP_TAIL || len >= ZERO_COPY_MIN {
         return;
     }
-    if let Some(spare) = SPARE_WRITE_BUF.take() {
-        if let Some(unused) = transmit.lend_buffer(spare) {
-            keep(unused);
+    // One access to the slot (`LocalKey::set` takes its lazy-initialization path).
+    SPARE_WRITE_BUF.with(|slot| {
+        if let Some(spare) = slot.take() {
+            if let Some(unused) = transmit.lend_buffer(spare) {
+                keep(slot, unused);
+            }
         }
-    }
+    });
 }
 
 /// Written out (or over): the write buffer goes back to the thread's spare when it is
@@ -43,25 +46,25 @@ pub(super) fn lend(transmit: &mut Transmit, len: usize) {
 #[inline]
 pub(super) fn release(transmit: &mut Transmit) {
     if let Some(buffer) = transmit.take_buffer() {
-        keep(buffer);
+        SPARE_WRITE_BUF.with(|slot| keep(slot, buffer));
     }
     transmit.shrink();
 }
 
-/// Keeps `buffer` as the thread's spare if it is larger than the spare there (and not
-/// too large); frees it otherwise.
-fn keep(buffer: BytesMut) {
+/// Keeps `buffer` as the thread's spare (in `slot`) if it is larger than the spare there
+/// (and not too large); frees it otherwise.
+fn keep(slot: &Cell<Option<BytesMut>>, buffer: BytesMut) {
     if buffer.capacity() > SPARE_MAX || buffer.capacity() <= KEEP_TAIL {
         return;
     }
-    let spare = SPARE_WRITE_BUF.take();
+    let spare = slot.take();
     if spare
         .as_ref()
         .is_some_and(|s| s.capacity() >= buffer.capacity())
     {
-        SPARE_WRITE_BUF.set(spare);
+        slot.set(spare);
     } else {
-        SPARE_WRITE_BUF.set(Some(buffer));
+        slot.set(Some(buffer));
     }
 }
 
