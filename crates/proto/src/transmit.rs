@@ -32,6 +32,9 @@ pub struct Transmit {
     segments: Option<Box<VecDeque<Segment>>>,
     /// Encoded frames after the last segment.
     tail: BytesMut,
+    /// `tail` is a frame handed over by [`Transmit::set_tail`] (part of a read buffer):
+    /// let go once written, never kept for the next frame.
+    tail_shared: bool,
 }
 
 /// A frame whose payload is referenced, with whatever was encoded before it.
@@ -144,13 +147,56 @@ impl Transmit {
     /// Anything else is let go, whatever capacity it has left: a larger buffer, and the
     /// end of a frame sent in place (`Connection::read_echo`), which shares the read
     /// buffer it lies in.
+    #[inline]
     pub fn shrink(&mut self) {
+        // The common case, after every small message: nothing queued, nothing shared,
+        // and a buffer small enough to keep. Nothing to do, and no call.
+        if self.segments.is_none()
+            && self.tail.is_empty()
+            && !self.tail_shared
+            && self.tail.capacity() <= KEEP_TAIL
+        {
+            return;
+        }
+        self.shrink_slow();
+    }
+
+    /// [`Transmit::shrink`] when there may be something to let go.
+    #[inline(never)]
+    fn shrink_slow(&mut self) {
         if self.is_empty() {
-            if !(self.tail.try_reclaim(1) && self.tail.capacity() <= KEEP_TAIL) {
+            if self.tail_shared || !(self.tail.try_reclaim(1) && self.tail.capacity() <= KEEP_TAIL)
+            {
                 self.tail = BytesMut::new();
+                self.tail_shared = false;
             }
             self.segments = None;
         }
+    }
+
+    /// Takes the buffer frames are encoded into, emptied, when nothing is queued and it
+    /// is this queue's own (not a frame handed over by `set_tail`) and larger than the
+    /// [`KEEP_TAIL`] bytes the queue keeps itself: for a transport wrapper to keep
+    /// between messages elsewhere (a per-thread spare) rather than free.
+    #[inline]
+    pub fn take_buffer(&mut self) -> Option<BytesMut> {
+        if !self.is_empty() || self.tail_shared || self.tail.capacity() <= KEEP_TAIL {
+            return None;
+        }
+        self.segments = None;
+        Some(std::mem::take(&mut self.tail))
+    }
+
+    /// Lends `buffer` (emptied) to encode the next frames into, when nothing is queued
+    /// and this queue's own buffer has less room; returns what is not used (`buffer`,
+    /// or the smaller buffer it replaced).
+    pub fn lend_buffer(&mut self, mut buffer: BytesMut) -> Option<BytesMut> {
+        if !self.is_empty() || self.tail_shared || buffer.capacity() <= self.tail.capacity() {
+            return Some(buffer);
+        }
+        buffer.clear();
+        let own = std::mem::replace(&mut self.tail, buffer);
+        (own.capacity() > 0).then_some(own)
     }
 
     /// The buffer that encoded frames are appended to.
@@ -162,6 +208,7 @@ impl Transmit {
     pub(crate) fn set_tail(&mut self, frame: BytesMut) {
         debug_assert!(self.is_empty(), "set_tail on a queue with bytes in it");
         self.tail = frame;
+        self.tail_shared = true;
     }
 
     /// Queues a frame header and a referenced payload after everything queued.
@@ -202,22 +249,16 @@ impl Buf for Transmit {
         }
     }
 
-    fn advance(&mut self, mut cnt: usize) {
-        if let Some(segments) = self.segments.as_mut() {
-            while let Some(front) = segments.front_mut() {
-                cnt = front.advance(cnt);
-                if front.remaining() > 0 {
-                    assert_eq!(cnt, 0, "advance stopped inside a segment");
-                    return;
-                }
-                segments.pop_front();
-                if cnt == 0 {
-                    return;
-                }
-            }
+    #[inline]
+    fn advance(&mut self, cnt: usize) {
+        // The common case: the one buffer written out whole. Emptied in place rather
+        // than advanced, so that its start stays where it was and `shrink` keeps it
+        // without reclaiming anything.
+        if self.segments.is_none() && cnt == self.tail.len() {
+            self.tail.clear();
+            return;
         }
-        assert!(cnt <= self.tail.len(), "advance past the end of Transmit");
-        self.tail.advance(cnt);
+        self.advance_slow(cnt);
     }
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
@@ -242,6 +283,28 @@ impl Buf for Transmit {
         }
         push(&self.tail);
         n
+    }
+}
+
+impl Transmit {
+    /// [`Buf::advance`] past segments, or by part of the buffer.
+    #[inline(never)]
+    fn advance_slow(&mut self, mut cnt: usize) {
+        if let Some(segments) = self.segments.as_mut() {
+            while let Some(front) = segments.front_mut() {
+                cnt = front.advance(cnt);
+                if front.remaining() > 0 {
+                    assert_eq!(cnt, 0, "advance stopped inside a segment");
+                    return;
+                }
+                segments.pop_front();
+                if cnt == 0 {
+                    return;
+                }
+            }
+        }
+        assert!(cnt <= self.tail.len(), "advance past the end of Transmit");
+        self.tail.advance(cnt);
     }
 }
 
@@ -300,6 +363,92 @@ mod tests {
         assert_eq!(t.tail.capacity(), 0, "a shared buffer is let go");
         read.clear();
         assert!(read.try_reclaim(64), "and the read buffer is whole again");
+    }
+
+    /// A whole write empties the buffer in place: the next frame goes where the last
+    /// one went, at full capacity, with no `shrink` (no reclaim) in between.
+    #[test]
+    fn a_whole_write_keeps_the_buffer() {
+        let mut t = Transmit::new();
+        t.tail().put_slice(&[1; 100]);
+        let (at, capacity) = (t.chunk().as_ptr(), t.tail.capacity());
+        t.advance(100);
+        assert!(t.is_empty());
+        assert_eq!(
+            t.tail.capacity(),
+            capacity,
+            "emptied in place, not advanced"
+        );
+        t.tail().put_slice(&[2; 100]);
+        assert_eq!(t.chunk().as_ptr(), at, "the next frame reuses it");
+
+        // Written in parts: the same bytes, and the buffer still kept once empty.
+        t.advance(40);
+        assert_eq!(t.chunk(), &[2; 60]);
+        t.advance(60);
+        t.shrink();
+        assert!(t.tail.capacity() > 0);
+    }
+
+    /// A frame handed over by `set_tail` is let go once written, even when emptied in
+    /// place, and even if a frame was encoded after it.
+    #[test]
+    fn a_handed_over_frame_is_never_kept() {
+        let mut read = BytesMut::from(&[4u8; 64][..]);
+        let mut t = Transmit::new();
+        t.set_tail(read.split_to(30));
+        t.advance(30);
+        t.tail().put_slice(&[5; 10]);
+        t.advance(10);
+        t.shrink();
+        assert_eq!(t.tail.capacity(), 0, "let go");
+        read.clear();
+        assert!(read.try_reclaim(64), "and the read buffer is whole again");
+        t.tail().put_slice(&[6; 10]);
+        t.advance(10);
+        t.shrink();
+        assert!(t.tail.capacity() > 0, "its own buffer is kept again");
+    }
+
+    /// A lent buffer is encoded into and can be taken back once written out; a frame
+    /// handed over by `set_tail` is never taken.
+    #[test]
+    fn lend_and_take_the_buffer() {
+        let mut t = Transmit::new();
+        assert!(t.take_buffer().is_none(), "nothing to take");
+        let lent = BytesMut::with_capacity(4096);
+        let at = lent.as_ptr();
+        assert!(t.lend_buffer(lent).is_none());
+        t.tail().put_slice(&[1; 1000]);
+        assert_eq!(t.chunk().as_ptr(), at);
+        assert!(t.take_buffer().is_none(), "not while bytes are queued");
+        t.advance(1000);
+        let back = t.take_buffer().expect("written out");
+        assert_eq!(back.as_ptr(), at);
+        assert!(back.is_empty() && back.capacity() >= 4096);
+        assert_eq!(t.tail.capacity(), 0);
+
+        let small = BytesMut::with_capacity(16);
+        t.tail().reserve(64);
+        let returned = t.lend_buffer(small).expect("a smaller buffer is not used");
+        assert_eq!(returned.capacity(), 16);
+        t.tail().put_slice(&[2; 10]);
+        t.advance(10);
+        assert!(
+            t.take_buffer().is_none(),
+            "a buffer of KEEP_TAIL is the queue's"
+        );
+
+        let mut read = BytesMut::from(&[4u8; 64][..]);
+        let frame = read.split_to(30);
+        let mut t = Transmit::new();
+        t.set_tail(frame);
+        t.advance(30);
+        assert!(
+            t.take_buffer().is_none(),
+            "a handed-over frame is not taken"
+        );
+        assert!(t.lend_buffer(BytesMut::with_capacity(4096)).is_some());
     }
 
     #[test]

@@ -59,7 +59,48 @@ pub struct WebSocketServer<S = TcpStream> {
 
 /// The set of open connections of a server (`ws`'s `server.clients`).
 pub struct Clients<S = TcpStream> {
-    map: Arc<Mutex<HashMap<u64, Weak<Shared<S>>>>>,
+    map: Arc<Mutex<ClientMap<S>>>,
+}
+
+/// The connections by id, the entries of closed ones swept out now and then.
+struct ClientMap<S> {
+    map: HashMap<u64, Weak<Shared<S>>>,
+    /// [`ClientMap::insert`] sweeps at this many entries: twice the live ones after the
+    /// last sweep, so that sweeps cost O(1) per insert (one at every insert made
+    /// accepting N connections cost O(N^2), a lock of every connection's state each).
+    sweep_at: usize,
+}
+
+/// The fewest entries at which [`ClientMap::insert`] sweeps.
+const MIN_SWEEP: usize = 64;
+
+impl<S> Default for ClientMap<S> {
+    fn default() -> Self {
+        ClientMap {
+            map: HashMap::new(),
+            sweep_at: MIN_SWEEP,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientMap<S> {
+    /// Adds a connection, after sweeping closed ones out if the map has grown to
+    /// `sweep_at`; returns whether it swept.
+    fn insert(&mut self, id: u64, shared: Weak<Shared<S>>) -> bool {
+        let sweep = self.map.len() >= self.sweep_at;
+        if sweep {
+            self.map
+                .retain(|_, weak| weak.upgrade().is_some_and(|s| s.is_open_or_closing()));
+            self.swept();
+        }
+        self.map.insert(id, shared);
+        sweep
+    }
+
+    /// The map holds live connections only: the next sweep is due at twice as many.
+    fn swept(&mut self) {
+        self.sweep_at = (self.map.len() * 2).max(MIN_SWEEP);
+    }
 }
 
 impl<S> Clone for Clients<S> {
@@ -73,7 +114,7 @@ impl<S> Clone for Clients<S> {
 impl<S> Default for Clients<S> {
     fn default() -> Self {
         Clients {
-            map: Arc::default(),
+            map: Arc::new(Mutex::new(ClientMap::default())),
         }
     }
 }
@@ -81,22 +122,22 @@ impl<S> Default for Clients<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Clients<S> {
     fn insert(&self, ws: &WebSocket<S>) {
         let writer = ws.writer();
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, weak| weak.upgrade().is_some_and(|s| s.is_open_or_closing()));
-        map.insert(writer.id(), writer.downgrade());
+        let mut clients = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        clients.insert(writer.id(), writer.downgrade());
     }
 
     /// Handles to every connection not yet closed, for broadcast.
     pub fn snapshot(&self) -> Vec<WebSocketWriter<S>> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let mut live = Vec::with_capacity(map.len());
-        map.retain(|_, weak| match weak.upgrade() {
+        let mut clients = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = Vec::with_capacity(clients.map.len());
+        clients.map.retain(|_, weak| match weak.upgrade() {
             Some(shared) if shared.is_open_or_closing() => {
                 live.push(WebSocketWriter::from_shared(shared));
                 true
             }
             _ => false,
         });
+        clients.swept();
         live
     }
 
@@ -406,5 +447,54 @@ async fn accept_loop<S: Transport>(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use sockeye_proto::{Config, Role};
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    fn open() -> WebSocket<DuplexStream> {
+        let (io, _peer) = tokio::io::duplex(64);
+        WebSocket::from_upgraded(io, Role::Server, Config::default(), BytesMut::new())
+    }
+
+    /// Accepting N connections sweeps (locks every connection's state) O(log N) times,
+    /// not at every insert: O(N) in all rather than O(N^2).
+    #[tokio::test]
+    async fn inserts_sweep_rarely() {
+        let mut map = ClientMap::default();
+        let live: Vec<_> = (0..1000).map(|_| open()).collect();
+        let sweeps = live
+            .iter()
+            .filter(|ws| map.insert(ws.writer().id(), ws.writer().downgrade()))
+            .count();
+        // At 64, 128, 256 and 512 entries.
+        assert_eq!(sweeps, 4);
+        assert_eq!(map.map.len(), live.len());
+    }
+
+    /// Closed connections are swept out often enough that the map stays within twice
+    /// the live connections (and a constant).
+    #[tokio::test]
+    async fn closed_connections_are_swept_out() {
+        let clients = Clients::default();
+        let live: Vec<_> = (0..10).map(|_| open()).collect();
+        for ws in &live {
+            clients.insert(ws);
+        }
+        for _ in 0..1000 {
+            let ws = open();
+            clients.insert(&ws);
+            ws.writer().terminate();
+            let entries = clients.map.lock().unwrap().map.len();
+            assert!(entries <= 2 * live.len() + MIN_SWEEP, "{entries} entries");
+        }
+        assert_eq!(clients.len(), live.len());
+        assert_eq!(clients.map.lock().unwrap().map.len(), live.len());
     }
 }

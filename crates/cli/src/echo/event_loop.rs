@@ -262,7 +262,7 @@ impl Server {
             // Reading stopped at the send queue's high-water mark and the queue drained at
             // once: no event will come for the bytes still unread (edge-triggered), so
             // read on now. A queue that did not drain waits for the writable event.
-            if !client.backpressured || over_high_water(client) {
+            if !client.backpressured || should_pause_reading(client) {
                 break;
             }
         }
@@ -449,7 +449,7 @@ impl Server {
             if conn.is_read_closed() && !conn.should_drain() {
                 break;
             }
-            if at_high_water(conn) {
+            if conn.should_pause_reading() {
                 client.backpressured = true;
                 break;
             }
@@ -520,16 +520,13 @@ fn echo_buffered(conn: &mut Connection, echo: &mut Echo, input: &mut BytesMut) -
     }
 }
 
-fn over_high_water(client: &Client) -> bool {
+/// Whether the connection's reading is paused at the send queue's high-water mark
+/// ([`Connection::should_pause_reading`]).
+fn should_pause_reading(client: &Client) -> bool {
     match &client.phase {
-        Phase::Open { conn, .. } => at_high_water(conn),
+        Phase::Open { conn, .. } => conn.should_pause_reading(),
         _ => false,
     }
-}
-
-/// Whether what is queued for the peer reached the send queue's high-water mark.
-fn at_high_water(conn: &Connection) -> bool {
-    conn.transmit_len() >= conn.config().send_queue.high_water
 }
 
 /// Reads into the loop's spare buffer when the connection has none of its own (or a

@@ -113,8 +113,10 @@ pub struct Connection {
     progress: usize,
     /// Whether the current frame's payload goes through the UTF-8 validator.
     check_utf8: bool,
-    /// The fragmented message being received.
-    incoming: Option<Incoming>,
+    /// The fragmented message being received. Boxed: only a message in several frames
+    /// (or pieces) is kept here between frames, and inline it would make every idle
+    /// connection 40 bytes larger.
+    incoming: Option<Box<Incoming>>,
     utf8: Utf8Validator,
     /// Stop reading: the close handshake finished or the connection failed.
     read_closed: bool,

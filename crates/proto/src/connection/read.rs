@@ -144,6 +144,18 @@ impl Connection {
         self.read_closed
     }
 
+    /// Whether to stop reading the transport for now: what is queued for the peer
+    /// ([`Connection::transmit_len`]) is at or over the send queue's high-water mark
+    /// ([`SendQueue::high_water`](crate::SendQueue::high_water)) while reading is not
+    /// over. A peer that sends (pings, or messages an echo answers) but does not read
+    /// could otherwise make the queue grow without bound. Read again once it is below
+    /// the mark. Reading that is over (draining a failed connection's transport, which
+    /// queues nothing) is not paused.
+    #[inline]
+    pub fn should_pause_reading(&self) -> bool {
+        !self.read_closed && self.transmit_len() >= self.config.send_queue.high_water
+    }
+
     fn read_at(
         &mut self,
         input: &mut BytesMut,
@@ -494,7 +506,7 @@ impl Connection {
             return Ok(Some(Message::Fragment(fragment)));
         }
         if !header.fin {
-            self.incoming = Some(incoming);
+            self.incoming = Some(Box::new(incoming));
             return Ok(None);
         }
         let data = incoming.data.freeze();
@@ -510,16 +522,20 @@ impl Connection {
 
     /// The message a data frame belongs to, its frames counted.
     fn start_data(&mut self, header: &FrameHeader) -> Incoming {
-        let mut incoming = self.incoming.take().unwrap_or_else(|| Incoming {
-            kind: if header.opcode == OpCode::Text {
-                DataKind::Text
-            } else {
-                DataKind::Binary
-            },
-            data: BytesMut::new(),
-            received: 0,
-            fragments: 0,
-        });
+        let mut incoming = self
+            .incoming
+            .take()
+            .map(|kept| *kept)
+            .unwrap_or_else(|| Incoming {
+                kind: if header.opcode == OpCode::Text {
+                    DataKind::Text
+                } else {
+                    DataKind::Binary
+                },
+                data: BytesMut::new(),
+                received: 0,
+                fragments: 0,
+            });
         if !self.delivering_rest {
             incoming.fragments = incoming.fragments.saturating_add(1);
         }
@@ -535,7 +551,7 @@ impl Connection {
     /// end; otherwise it is kept for the next frame.
     fn end_fragment(&mut self, incoming: Incoming, ends: bool) -> Result<(), Error> {
         if !ends {
-            self.incoming = Some(incoming);
+            self.incoming = Some(Box::new(incoming));
         } else if self.checks_text(incoming.kind) {
             // The last frame must not end inside a character.
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;

@@ -32,6 +32,7 @@ mod pump;
 mod read_pool;
 mod sending;
 mod wakers;
+mod write_pool;
 mod writer;
 
 pub(crate) use pump::Shared;

@@ -6,17 +6,18 @@
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
+use parking_lot::{Mutex, MutexGuard};
 use sockeye_proto::{CloseCode, CloseFrame, Connection, DataKind, Message, State, WhenFull};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 
-use super::read_pool;
 use super::wakers::Writers;
+use super::{read_pool, write_pool};
 use super::{Info, ReadyState, TrySend};
 use crate::error::{CloseInfo, Error};
 
@@ -93,11 +94,12 @@ impl<S> Shared<S> {
         }
     }
 
+    /// The connection's state, locked. A mutex without poisoning (`parking_lot`): a
+    /// panic while holding the lock leaves plain data, to keep going with, and the lock
+    /// and unlock are each one atomic instruction inline, with no check of a poison flag
+    /// or of whether the thread is panicking.
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner<S>> {
-        // A panic while holding the lock leaves plain data; keep going with it.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock()
     }
 }
 
@@ -295,9 +297,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// The payload is handed over: large ones are written from it without a copy.
     pub(super) fn queue(&mut self, message: Message) -> Result<(), Error> {
         self.with_conn(|conn| match message {
-            Message::Text(text) => conn.send_bytes(DataKind::Text, text.into_bytes(), true, true),
-            Message::UncheckedText(data) => conn.send_bytes(DataKind::Text, data, true, true),
-            Message::Binary(data) => conn.send_bytes(DataKind::Binary, data, true, true),
+            Message::Text(text) => {
+                write_pool::lend(conn.transmit(), text.len());
+                conn.send_bytes(DataKind::Text, text.into_bytes(), true, true)
+            }
+            Message::UncheckedText(data) => {
+                write_pool::lend(conn.transmit(), data.len());
+                conn.send_bytes(DataKind::Text, data, true, true)
+            }
+            Message::Binary(data) => {
+                write_pool::lend(conn.transmit(), data.len());
+                conn.send_bytes(DataKind::Binary, data, true, true)
+            }
             Message::Ping(data) => conn.ping(&data),
             Message::Pong(data) => conn.pong(&data),
             Message::Close(frame) => conn.close(frame.as_ref(), Instant::now()),
@@ -333,7 +344,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             return false;
         }
         // Written out: an idle connection holds no write buffer (beyond a small one).
-        transmit.shrink();
+        write_pool::release(transmit);
         true
     }
 
@@ -399,7 +410,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             Poll::Pending => return Poll::Pending,
         }
         // Written out: an idle connection holds no write buffer (beyond a small one).
-        self.conn.transmit().shrink();
+        write_pool::release(self.conn.transmit());
         Writers::wake_all(&self.writers);
         Poll::Ready(Ok(()))
     }
@@ -430,8 +441,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             // A peer that sends (pings) but does not read: stop reading until what is
             // queued for it drains, so automatic pongs cannot pile up without bound. The
             // flush above registered for the wakeup.
-            let high_water = self.conn.config().send_queue.high_water;
-            if self.conn.transmit_len() >= high_water && !self.conn.is_read_closed() {
+            if self.conn.should_pause_reading() {
                 self.park_reader(cx);
                 return Poll::Pending;
             }
@@ -632,7 +642,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.ended = true;
         self.timer = None;
         self.read_buf = BytesMut::new();
-        self.conn.transmit().shrink();
+        write_pool::release(self.conn.transmit());
         Writers::wake_all(&self.writers);
         Poll::Ready(self.rare.as_mut().and_then(|r| r.failure.take()).map(Err))
     }

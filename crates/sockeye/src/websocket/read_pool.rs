@@ -37,15 +37,18 @@ thread_local! {
 #[inline(always)]
 pub(super) fn reserve(buf: &mut BytesMut, big: &mut bool, want: usize) {
     if buf.is_empty() {
-        if let Some(spare) = SPARE_READ_BUF.take() {
-            if spare.capacity() > buf.capacity() {
-                *buf = spare;
-                *big = false;
-            } else {
-                // Ours is as large: leave the spare for the next connection.
-                SPARE_READ_BUF.set(Some(spare));
+        // One access to the slot (`LocalKey::set` takes its lazy-initialization path).
+        SPARE_READ_BUF.with(|slot| {
+            if let Some(spare) = slot.take() {
+                if spare.capacity() > buf.capacity() {
+                    *buf = spare;
+                    *big = false;
+                } else {
+                    // Ours is as large: leave the spare for the next connection.
+                    slot.set(Some(spare));
+                }
             }
-        }
+        });
     }
     buf.reserve(want);
     if buf.capacity() > SPARE_MAX {
@@ -65,17 +68,19 @@ pub(super) fn release_idle(buf: &mut BytesMut, big: bool) {
     if big || !buf.try_reclaim(READ_CHUNK) {
         return;
     }
-    let slot = SPARE_READ_BUF.take();
-    if slot
-        .as_ref()
-        .is_some_and(|s| s.capacity() >= buf.capacity())
-    {
-        SPARE_READ_BUF.set(slot);
-    } else {
-        if buf.capacity() < SPARE_SIZE {
-            // The thread has no spare of full size: make this one.
-            buf.reserve(SPARE_SIZE);
+    SPARE_READ_BUF.with(|slot| {
+        let spare = slot.take();
+        if spare
+            .as_ref()
+            .is_some_and(|s| s.capacity() >= buf.capacity())
+        {
+            slot.set(spare);
+        } else {
+            if buf.capacity() < SPARE_SIZE {
+                // The thread has no spare of full size: make this one.
+                buf.reserve(SPARE_SIZE);
+            }
+            slot.set(Some(buf));
         }
-        SPARE_READ_BUF.set(Some(buf));
-    }
+    });
 }
