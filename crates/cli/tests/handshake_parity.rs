@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,12 +28,12 @@ use hyper_util::rt::TokioIo;
 use sockeye::proto::handshake::server::parse_request;
 use sockeye::{DeflateConfig, HeadLimits, Rejection, ServerConfig, VerifyInfo, WebSocketServer};
 use sockeye_axum::WebSocketUpgrade;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-/// Any single step longer than this is a hang.
-const STEP: Duration = Duration::from_secs(10);
+mod common;
+use common::STEP;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
@@ -434,33 +433,7 @@ async fn axum_front_end() -> SocketAddr {
 
 /// `sockeye echo --engine loop --deflate` as a child process (killed when dropped).
 async fn cli_front_end() -> (SocketAddr, Child) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sockeye"))
-        .args([
-            "echo",
-            "--engine",
-            "loop",
-            "--deflate",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .kill_on_drop(true)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sockeye");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(STEP, stdout.next_line())
-        .await
-        .expect("the server announces itself in time")
-        .unwrap()
-        .expect("a first line on stdout");
-    let addr = line
-        .strip_prefix("sockeye echo listening on ws://")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .parse()
-        .unwrap();
-    (addr, child)
+    common::echo_process(&["--engine", "loop", "--deflate"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

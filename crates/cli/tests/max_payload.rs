@@ -11,7 +11,6 @@
 //! with bytes unread would reset it, and the close frame would be lost).
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
@@ -20,16 +19,17 @@ use sockeye::{
     ClientConfig, CloseCode, CloseFrame, DataKind, DeflateConfig, Message, ServerConfig,
     WebSocketServer,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+
+mod common;
+use common::STEP;
+use tokio::process::Child;
 
 /// The limit under test.
 const MAX: usize = 1 << 20;
 /// The size of each fragment of a fragmented message (the last may be shorter).
 const PIECE: usize = 64 * 1024;
-/// Any single step longer than this is a hang.
-const STEP: Duration = Duration::from_secs(10);
 /// The masking key of the RFC 6455 §5.7 examples.
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
@@ -110,43 +110,14 @@ enum Seen {
 
 // ---- servers: sockeye echo on both engines, and the library's server ---------------------------
 
-/// A `sockeye echo` process; killed when dropped.
-struct EchoProcess {
-    addr: SocketAddr,
-    _child: Child,
-}
-
-async fn echo_process(engine: &str, deflate: bool) -> EchoProcess {
+/// `sockeye echo --engine ENGINE --max-payload MAX [--deflate]`; killed when dropped.
+async fn echo_process(engine: &str, deflate: bool) -> (SocketAddr, Child) {
     let max = MAX.to_string();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sockeye"));
-    command
-        .args(["echo", "--listen", "127.0.0.1:0", "--engine", engine])
-        .args(["--max-payload", &max]);
+    let mut args = vec!["--engine", engine, "--max-payload", &max];
     if deflate {
-        command.arg("--deflate");
+        args.push("--deflate");
     }
-    let mut child = command
-        .kill_on_drop(true)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sockeye echo");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(STEP, lines.next_line())
-        .await
-        .expect("the server announces itself in time")
-        .unwrap()
-        .expect("a first line");
-    let addr = line
-        .strip_prefix("sockeye echo listening on ws://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    EchoProcess {
-        addr,
-        _child: child,
-    }
+    common::echo_process(&args).await
 }
 
 /// The library's server as the README writes one: a task per connection, `next()` then
@@ -193,16 +164,7 @@ async fn client_exchange(addr: SocketAddr, case: Case) -> Vec<Seen> {
     let negotiated = head.to_ascii_lowercase().contains("permessage-deflate");
     assert_eq!(negotiated, case.compressed, "{case:?}: {head}");
     let data = payload(case.len);
-    let mut wire = frames(&case, &data, Some(KEY));
-    if !case.fits() {
-        let trailer = Case {
-            len: MAX,
-            fragmented: false,
-            kind: DataKind::Binary,
-            compressed: false,
-        };
-        wire.extend(frames(&trailer, &payload(MAX), Some(KEY)));
-    }
+    let wire = wire(&case, Some(KEY));
     let mut seen = Vec::new();
     if let Err(e) = tokio::time::timeout(STEP, paced_write(&mut stream, &wire))
         .await
@@ -298,9 +260,8 @@ async fn every_case_against(addr_of: impl AsyncFn(bool) -> SocketAddr, what: &st
 }
 
 async fn every_case_against_echo(engine: &str) {
-    let plain = echo_process(engine, false).await;
-    let deflate = echo_process(engine, true).await;
-    let (plain, deflate) = (plain.addr, deflate.addr);
+    let (plain, _plain_child) = echo_process(engine, false).await;
+    let (deflate, _deflate_child) = echo_process(engine, true).await;
     every_case_against(
         async |compressed| if compressed { deflate } else { plain },
         &format!("sockeye echo --engine {engine}"),
@@ -359,6 +320,23 @@ fn frames(case: &Case, data: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
         let rsv1 = i == 0 && case.compressed;
         let op = if i == 0 { opcode } else { 0 };
         wire.extend(frame_bytes(fin, rsv1, op, &body[range.clone()], mask));
+    }
+    wire
+}
+
+/// What a peer sends for `case`: its message and, past the limit, a further message, as a
+/// peer that goes on sending after the message the other side fails (whose writes must
+/// not be reset).
+fn wire(case: &Case, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut wire = frames(case, &payload(case.len), mask);
+    if !case.fits() {
+        let trailer = Case {
+            len: MAX,
+            fragmented: false,
+            kind: DataKind::Binary,
+            compressed: false,
+        };
+        wire.extend(frames(&trailer, &payload(MAX), mask));
     }
     wire
 }
@@ -521,18 +499,7 @@ async fn raw_server(listener: TcpListener, case: Case) -> ServerSaw {
         sockeye::proto::handshake::accept_key(key.as_bytes())
     );
     stream.write_all(response.as_bytes()).await.unwrap();
-    let mut wire = frames(&case, &payload(case.len), None);
-    if !case.fits() {
-        // A server that goes on sending after the message the client fails: its writes
-        // must not be reset.
-        let trailer = Case {
-            len: MAX,
-            fragmented: false,
-            kind: DataKind::Binary,
-            compressed: false,
-        };
-        wire.extend(frames(&trailer, &payload(MAX), None));
-    }
+    let wire = wire(&case, None);
     let (mut read_half, mut write_half) = stream.into_split();
     let writing = tokio::spawn(async move {
         let written = paced_write(&mut write_half, &wire).await.is_ok();

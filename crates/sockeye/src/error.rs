@@ -93,27 +93,23 @@ pub struct CloseInfo {
 impl Error {
     /// The `ws` error code (`WS_ERR_*`) of a protocol or limit violation.
     pub fn ws_code(&self) -> Option<&'static str> {
-        match self {
-            Error::Protocol(e) => e.ws_code(),
-            Error::Io(_)
-            | Error::Tls(_)
-            | Error::Misuse(_)
-            | Error::Handshake(_)
-            | Error::UnexpectedResponse(_)
-            | Error::Url(_)
-            | Error::Redirect(_)
-            | Error::Proxy(_)
-            | Error::Closed(_)
-            | Error::QueueFull
-            | Error::HeartbeatTimeout => None,
-        }
+        self.peer_violation()
+            .and_then(sockeye_proto::Error::ws_code)
     }
 
     /// The close code this end sent because of this error; `None` for errors that sent
     /// none, such as [`Error::Misuse`].
     pub fn close_code(&self) -> Option<sockeye_proto::CloseCode> {
+        self.peer_violation()
+            .and_then(sockeye_proto::Error::close_code)
+    }
+
+    /// The protocol or limit violation behind this error, which alone has a `ws` code and
+    /// a close code sent for it. An exhaustive match: a new variant must say whether it
+    /// is one.
+    fn peer_violation(&self) -> Option<&sockeye_proto::Error> {
         match self {
-            Error::Protocol(e) => e.close_code(),
+            Error::Protocol(e) => Some(e),
             Error::Io(_)
             | Error::Tls(_)
             | Error::Misuse(_)

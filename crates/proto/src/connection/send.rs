@@ -195,23 +195,18 @@ impl Connection {
             && self.state == State::Open
             && payload.as_slice().len() < ZERO_COPY_MIN
         {
-            let payload = payload.as_slice();
-            let header = FrameHeader {
-                fin: true,
-                rsv1: false,
-                opcode: match kind {
-                    DataKind::Text => OpCode::Text,
-                    DataKind::Binary => OpCode::Binary,
-                },
-                mask: None,
-                payload_len: payload.len() as u64,
+            let opcode = match kind {
+                DataKind::Text => OpCode::Text,
+                DataKind::Binary => OpCode::Binary,
             };
-            let mut encoded = [0u8; MAX_HEADER_LEN];
-            let hlen = header.encode(&mut encoded);
-            let out = self.transmit.tail();
-            out.reserve(hlen + payload.len());
-            out.put_slice(&encoded[..hlen]);
-            out.put_slice(payload);
+            write_frame(
+                self.transmit.tail(),
+                None,
+                opcode,
+                true,
+                false,
+                payload.as_slice(),
+            );
             return Ok(());
         }
         self.send_piece_general(kind, payload, fin, rest, compress)
@@ -422,6 +417,7 @@ impl Connection {
 
 /// Appends a frame to `out`, masked with `mask` if any (a client's fresh key, RFC 6455
 /// §5.3).
+#[inline]
 fn write_frame(
     out: &mut BytesMut,
     mask: Option<[u8; 4]>,
@@ -443,6 +439,7 @@ fn write_frame(
 }
 
 /// Appends `header` and a copy of `payload`, masked with `mask` if any.
+#[inline]
 fn put_masked(out: &mut BytesMut, header: &[u8], payload: &[u8], mask: Option<[u8; 4]>) {
     out.reserve(header.len() + payload.len());
     out.put_slice(header);

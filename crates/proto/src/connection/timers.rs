@@ -31,11 +31,9 @@ impl Connection {
     /// [`Connection::poll_timeout`] when there is a deadline or a heartbeat clock.
     #[inline(never)]
     fn next_timeout(&self) -> Option<Instant> {
-        // Once the transport is to be closed and all is written, the close timeout has
-        // nothing left to bound, but the draining of a failed connection.
-        let close = self.deadline.filter(|_| {
-            !(self.should_close_transport() && self.transmit.is_empty() && !self.draining)
-        });
+        // Once the connection is finished with the transport (closed, all written and,
+        // after a failure, drained), the close timeout has nothing left to bound.
+        let close = self.deadline.filter(|_| !self.is_finished());
         match (close, self.heartbeat_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
