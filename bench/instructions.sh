@@ -4,7 +4,7 @@
 # states"; a change of a few percent of user space is invisible in messages per second).
 #
 # usage: bench/instructions.sh [--size BYTES] [--conns N] [--secs S] [--out DIR] [SERVER ...]
-#   SERVER      names from bench/servers.conf (default: sockeye sockeye-tokio fastwebsockets)
+#   SERVER      names from bench/servers.conf (default: sockeye sockeye-example-ct fastwebsockets)
 #   --size N    message size in bytes (default 20)
 #   --conns N   connections (default 100)
 #   --secs S    seconds of load per server (default 10); under callgrind a server runs some
@@ -37,7 +37,7 @@ done
 for v in SIZE CONNS SECS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "--${v,,}: positive integer expected" >&2; exit 2; }
 done
-[ ${#names[@]} -gt 0 ] || names=(sockeye sockeye-tokio fastwebsockets)
+[ ${#names[@]} -gt 0 ] || names=(sockeye sockeye-example-ct fastwebsockets)
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${BENCH_WORK:-${TMPDIR:-/tmp}/sockeye-bench/harness}

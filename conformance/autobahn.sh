@@ -2,11 +2,10 @@
 # Runs the Autobahn|Testsuite against Sockeye in both roles, strict.
 #   conformance/autobahn.sh [server|client|both] [extra autobahn.sh options]
 #   AUTOBAHN_CASES='*' conformance/autobahn.sh both      # everything (about 30 min a role)
-# The server is `sockeye echo --deflate`, once with each engine: the event loop (agent
-# `sockeye`, the default) and the library's tokio server (`--engine tokio`, agent
-# `sockeye-tokio`); and the README's server as a user writes it, the echo_server example
-# (whole messages, next() then send(), tokio's multi-thread runtime; agent
-# `sockeye-library`); the client is the autobahn_client example, which offers
+# The server is `sockeye echo --deflate` (agent `sockeye`: the library's server relaying
+# frames piece by piece as they arrive), and the README's server as a user writes it, the
+# echo_server example (whole messages, next() then send(), tokio's multi-thread runtime;
+# agent `sockeye-library`); the client is the autobahn_client example, which offers
 # permessage-deflate like ws. By default: every case of sections 1-10, plus a fixed
 # subset of the compression sections that covers every parameter combination (see CASES).
 # Needs an external Autobahn harness script, AUTOBAHN_HARNESS (default
@@ -33,8 +32,6 @@ status=0
 if [ "$MODE" = server ] || [ "$MODE" = both ]; then
   bash "$HARNESS" server ws://127.0.0.1:9002 --agent sockeye --cases "$CASES" --strict --timeout 2400 "$@" \
     -- target/release/sockeye echo --deflate --listen 127.0.0.1:{port} || status=1
-  bash "$HARNESS" server ws://127.0.0.1:9002 --agent sockeye-tokio --cases "$CASES" --strict --timeout 2400 "$@" \
-    -- target/release/sockeye echo --engine tokio --deflate --listen 127.0.0.1:{port} || status=1
   bash "$HARNESS" server ws://127.0.0.1:9002 --agent sockeye-library --cases "$CASES" --strict --timeout 2400 "$@" \
     -- target/release/examples/echo_server --deflate --listen 127.0.0.1:{port} || status=1
 fi

@@ -18,6 +18,10 @@ step "unit, integration, interop and doc tests"
 cargo test --locked --workspace --all-targets
 cargo test --locked --workspace --doc
 
+step "fuzz harness: the oracles build, clippy-clean, and pass on their seed corpora"
+(cd fuzz && cargo fmt -- --check && cargo clippy --locked --all-targets -- -D warnings \
+  && cargo test --locked --test seeds)
+
 step "the library crates with default features off (each feature alone, then none)"
 cargo clippy --locked -p sockeye -p sockeye-proto --no-default-features --all-targets -- -D warnings
 cargo test --locked -p sockeye-proto --no-default-features

@@ -1,15 +1,14 @@
 //! Shared oracles of the Sockeye fuzz targets. Each target asserts "accepted, or a
 //! documented error", never just "does not panic".
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sockeye_proto::bytes::{Buf, BytesMut};
 use sockeye_proto::frame::{FrameHeader, OpCode};
 use sockeye_proto::mask::apply_mask;
 use sockeye_proto::{
-    CloseFrame, Config, Connection, Deflate, DeflateConfig, DeflateParams, Error, Message, Role,
-    State,
+    CloseFrame, Config, Connection, Deflate, DeflateConfig, DeflateParams, Error, MaskSource,
+    Message, Role, State,
 };
 
 /// The connection targets' size limit: small, so that the fuzzer reaches it.
@@ -64,7 +63,7 @@ fn connection_with(role: Role, data: &[u8], deflate: bool) {
         skip_utf8_validation: flags & 2 != 0,
         auto_pong: flags & 4 == 0,
         close_timeout: Duration::from_secs(1),
-        generate_mask: Some(Arc::new(|| CLIENT_KEY)),
+        generate_mask: MaskSource::custom(|| CLIENT_KEY),
         heartbeat: None,
         send_queue: Default::default(),
         deliver_fragments: flags & 0x80 != 0,
@@ -290,12 +289,11 @@ fn check_echo(config: &Config, received: Option<&CloseFrame>, echo: &[u8]) {
 /// size; every piece is sent straight back (`send_fragment`), with the server's own pings
 /// now and then. The echo must parse as whole frames, one data frame out per data frame
 /// in, give back the same messages, answer only pings that came, and end with the close.
-/// With bit 2 of byte 0 the server reads with `read_echo`, as `sockeye echo`'s event loop
-/// does (whole frames sent back in place, the rest returned and relayed), and its queue
-/// is written out after each read.
+/// With bit 2 of byte 0 the server's queue is written out after each read, as a server
+/// on a transport does; without it, once at the end.
 ///
-/// Input: byte 0 picks the read size granularity (bits 0-1), `read_echo` (bit 2), and
-/// seeds the read sizes;
+/// Input: byte 0 picks the read size granularity (bits 0-1), writing after each read
+/// (bit 2), and seeds the read sizes;
 /// then 3-byte ops: `op % 4` 0 or 1: a data frame (bit 2: text for a message's first
 /// frame, bit 3: fin) of `u16 % 40_001` bytes; 2: a ping of `byte % 126` bytes; 3: the
 /// server pings after the next piece it relays.
@@ -306,7 +304,7 @@ pub fn relay(data: &[u8]) {
     };
     let now = Instant::now();
     let config = Config {
-        generate_mask: Some(Arc::new(|| CLIENT_KEY)),
+        generate_mask: MaskSource::custom(|| CLIENT_KEY),
         ..Config::default()
     };
     let mut client = Connection::new(Role::Client, config.clone());
@@ -364,7 +362,7 @@ pub fn relay(data: &[u8]) {
         ..config.clone()
     };
     let mut server = Connection::new(Role::Server, server_config);
-    let echo = flags & 4 != 0;
+    let write_each_read = flags & 4 != 0;
     let mut out = Vec::new();
     let max_chunk = [7, 600, 9000, 70_000][usize::from(flags & 3)];
     let mut rng = u32::from(*flags) | 0x100;
@@ -382,12 +380,7 @@ pub fn relay(data: &[u8]) {
         input.extend_from_slice(&wire[at..at + n]);
         at += n;
         loop {
-            let read = if echo {
-                server.read_echo(&mut input, || now)
-            } else {
-                server.read(&mut input, now)
-            };
-            match read {
+            match server.read(&mut input, now) {
                 Ok(Some(Message::Fragment(piece))) => {
                     assert!(!closed, "data after the close");
                     pieces += 1;
@@ -407,9 +400,7 @@ pub fn relay(data: &[u8]) {
                 Err(e) => panic!("a valid stream failed: {e:?}"),
             }
         }
-        if echo {
-            // Written before the next read: a frame sent back in place holds on to the
-            // read buffer until then.
+        if write_each_read {
             out.extend_from_slice(&server.transmit().take_all());
             server.transmit().shrink();
         }
@@ -433,7 +424,10 @@ pub fn relay(data: &[u8]) {
     }
     assert_eq!(data_frames, frames_in, "one frame out per frame in");
     assert_eq!(pings, own_pings);
-    assert!(pongs.iter().all(|p| pings_in.contains(p)), "pongs answer pings");
+    assert!(
+        pongs.iter().all(|p| pings_in.contains(p)),
+        "pongs answer pings"
+    );
     if !pings_in.is_empty() {
         assert!(!pongs.is_empty(), "the latest ping is answered");
     }

@@ -1,8 +1,7 @@
 //! `sockeye`: serve a demo page with echo and chat, run a bare echo server, or connect
 //! to a WebSocket server interactively.
 
-// One reviewed exception: `bench::event_loop::recv` (reads into a buffer's spare capacity).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 /// mimalloc: size classes with no per-block header and naturally aligned blocks, so
 /// tokio's 128-byte-aligned task and I/O allocations leave no holes (glibc's memalign
@@ -14,7 +13,6 @@ mod bench;
 mod connect;
 mod echo;
 mod serve;
-mod socket;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,28 +62,6 @@ struct ServerArgs {
     /// Time a client gets to send its upgrade request, in seconds (answered 408 after).
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     handshake_timeout: Duration,
-}
-
-/// `--engine` of `bench` and `echo`: the event loop over the protocol core (`loop`), the
-/// library's tokio side (`tokio`), or the loop where it applies (`auto`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Engine {
-    Auto,
-    Loop,
-    Tokio,
-}
-
-impl Engine {
-    /// Whether to run the event loop, given whether it can serve this run; `--engine
-    /// loop` where it cannot is an error saying `why_not`.
-    fn use_loop(self, can: bool, why_not: &str) -> anyhow::Result<bool> {
-        match self {
-            Engine::Auto => Ok(can),
-            Engine::Loop if can => Ok(true),
-            Engine::Loop => anyhow::bail!("{why_not}; use --engine tokio"),
-            Engine::Tokio => Ok(false),
-        }
-    }
 }
 
 /// A positive number of seconds.

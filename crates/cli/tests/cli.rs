@@ -256,16 +256,11 @@ async fn bad_arguments_fail_with_an_error() {
 
 // ---- sockeye echo ----------------------------------------------------------------------------
 
-/// `sockeye echo`'s two engines: the event loop (the default here) and tokio.
-const ENGINES: [&str; 2] = ["loop", "tokio"];
-
 #[tokio::test]
 async fn echo_echoes_text_and_binary_on_any_path() {
-    for engine in ENGINES {
-        let server = echo_server(&["--engine", engine]).await;
-        echo_round_trips(&format!("ws://{}/", server.addr)).await;
-        echo_round_trips(&format!("ws://{}/any/path?x=1", server.addr)).await;
-    }
+    let server = echo_server(&[]).await;
+    echo_round_trips(&format!("ws://{}/", server.addr)).await;
+    echo_round_trips(&format!("ws://{}/any/path?x=1", server.addr)).await;
 }
 
 /// `sockeye echo` forwards binary messages piece by piece as they arrive, each frame as
@@ -273,13 +268,7 @@ async fn echo_echoes_text_and_binary_on_any_path() {
 /// back equal, and the 4 MiB frame as one frame.
 #[tokio::test]
 async fn echo_streams_large_and_fragmented_messages() {
-    for engine in ENGINES {
-        echo_streams_large_and_fragmented_messages_with(engine).await;
-    }
-}
-
-async fn echo_streams_large_and_fragmented_messages_with(engine: &str) {
-    let server = echo_server(&["--engine", engine]).await;
+    let server = echo_server(&[]).await;
     let mut ws = connect(&format!("ws://{}/", server.addr)).await;
     let large: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     ws.send_binary(&large).await.unwrap();
@@ -330,10 +319,8 @@ async fn echo_streams_large_and_fragmented_messages_with(engine: &str) {
 }
 
 /// A burst written at once, so that the server reads several frames per read: whole
-/// binary frames of every length form (the event loop sends the first of each read back
-/// from its read buffer, the rest by copy), a fragmented binary message with a ping
-/// inside, text in one frame and in two, and a 100 KiB frame. Both engines must send
-/// back every data frame as it came (same boundaries, unmasked), answer the ping, and
+/// binary frames of every length form, a fragmented binary message with a ping inside,
+/// text in one frame and in two, and a 100 KiB frame. The server must send back every data frame as it came (same boundaries, unmasked), answer the ping, and
 /// the text whole.
 #[tokio::test]
 async fn echo_answers_a_pipelined_burst_frame_for_frame() {
@@ -341,110 +328,100 @@ async fn echo_answers_a_pipelined_burst_frame_for_frame() {
     use sockeye::proto::handshake::client::ClientRequest;
     use sockeye::proto::{Config, Connection, Role};
 
-    for engine in ENGINES {
-        let server = echo_server(&["--engine", engine]).await;
-        let mut tcp = tokio::time::timeout(STEP, TcpStream::connect(server.addr))
+    let server = echo_server(&[]).await;
+    let mut tcp = tokio::time::timeout(STEP, TcpStream::connect(server.addr))
+        .await
+        .expect("connect in time")
+        .unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let request = ClientRequest {
+        host: server.addr.to_string(),
+        path: "/".into(),
+        ..ClientRequest::default()
+    };
+    let (bytes, expect) = request.encode();
+    tcp.write_all(&bytes).await.unwrap();
+    let mut input = BytesMut::new();
+    let head_end = loop {
+        if let Some((response, len)) = expect.parse(&input, &Default::default()).unwrap() {
+            expect
+                .validate(response)
+                .expect("a 101 that accepts the key");
+            break len;
+        }
+        let n = tokio::time::timeout(STEP, tcp.read_buf(&mut input))
             .await
-            .expect("connect in time")
+            .expect("the 101 in time")
             .unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let request = ClientRequest {
-            host: server.addr.to_string(),
-            path: "/".into(),
-            ..ClientRequest::default()
-        };
-        let (bytes, expect) = request.encode();
-        tcp.write_all(&bytes).await.unwrap();
-        let mut input = BytesMut::new();
-        let head_end = loop {
-            if let Some((response, len)) = expect.parse(&input, &Default::default()).unwrap() {
-                expect
-                    .validate(response)
-                    .expect("a 101 that accepts the key");
-                break len;
-            }
-            let n = tokio::time::timeout(STEP, tcp.read_buf(&mut input))
-                .await
-                .expect("the 101 in time")
-                .unwrap();
-            assert!(n > 0, "the server closed during the handshake");
-        };
-        input.advance(head_end);
+        assert!(n > 0, "the server closed during the handshake");
+    };
+    input.advance(head_end);
 
-        let config = Config {
-            deliver_fragments: true,
-            ..Config::default()
-        };
-        let mut client = Connection::new(Role::Client, config);
-        let mut expected: Vec<(bool, bool, Vec<u8>)> = Vec::new(); // (text, fin, payload)
-        for len in [0usize, 20, 125, 126, 1000, 16 * 1024, 70_000] {
-            let payload: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
-            client.send(DataKind::Binary, &payload, true).unwrap();
-            expected.push((false, true, payload));
-        }
-        client.send(DataKind::Binary, b"first", false).unwrap();
-        client.ping(b"inside").unwrap();
-        client.send(DataKind::Binary, b"second", false).unwrap();
-        client.send(DataKind::Binary, b"last", true).unwrap();
-        for part in ["first", "second", "last"] {
-            expected.push((false, part == "last", part.as_bytes().to_vec()));
-        }
-        client.send_text("one frame ✓").unwrap();
-        expected.push((true, true, "one frame ✓".as_bytes().to_vec()));
-        client
-            .send(DataKind::Text, "two ".as_bytes(), false)
-            .unwrap();
-        client
-            .send(DataKind::Text, "frames ✓".as_bytes(), true)
-            .unwrap();
-        expected.push((true, true, "two frames ✓".as_bytes().to_vec()));
-        let large: Vec<u8> = (0..100 * 1024u32).map(|i| (i % 241) as u8).collect();
-        client.send(DataKind::Binary, &large, true).unwrap();
-        expected.push((false, true, large));
-        let burst = client.transmit().take_all();
-        tcp.write_all(&burst).await.unwrap();
+    let config = Config {
+        deliver_fragments: true,
+        ..Config::default()
+    };
+    let mut client = Connection::new(Role::Client, config);
+    let mut expected: Vec<(bool, bool, Vec<u8>)> = Vec::new(); // (text, fin, payload)
+    for len in [0usize, 20, 125, 126, 1000, 16 * 1024, 70_000] {
+        let payload: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        client.send(DataKind::Binary, &payload, true).unwrap();
+        expected.push((false, true, payload));
+    }
+    client.send(DataKind::Binary, b"first", false).unwrap();
+    client.ping(b"inside").unwrap();
+    client.send(DataKind::Binary, b"second", false).unwrap();
+    client.send(DataKind::Binary, b"last", true).unwrap();
+    for part in ["first", "second", "last"] {
+        expected.push((false, part == "last", part.as_bytes().to_vec()));
+    }
+    client.send_text("one frame ✓").unwrap();
+    expected.push((true, true, "one frame ✓".as_bytes().to_vec()));
+    client
+        .send(DataKind::Text, "two ".as_bytes(), false)
+        .unwrap();
+    client
+        .send(DataKind::Text, "frames ✓".as_bytes(), true)
+        .unwrap();
+    expected.push((true, true, "two frames ✓".as_bytes().to_vec()));
+    let large: Vec<u8> = (0..100 * 1024u32).map(|i| (i % 241) as u8).collect();
+    client.send(DataKind::Binary, &large, true).unwrap();
+    expected.push((false, true, large));
+    let burst = client.transmit().take_all();
+    tcp.write_all(&burst).await.unwrap();
 
-        // Frame for frame: without stream_frames the client reads each frame whole.
-        let mut got: Vec<(bool, bool, Vec<u8>)> = Vec::new();
-        let mut pong = false;
-        while got.len() < expected.len() {
-            let message = match client.read(&mut input, std::time::Instant::now()).unwrap() {
-                Some(message) => message,
-                None => {
-                    let n = tokio::time::timeout(STEP, tcp.read_buf(&mut input))
-                        .await
-                        .unwrap_or_else(|_| panic!("{engine}: stalled after {got:?}"))
-                        .unwrap();
-                    assert!(n > 0, "{engine}: closed after {} frames", got.len());
-                    continue;
-                }
-            };
-            match message {
-                Message::Pong(data) => {
-                    assert_eq!(&data[..], b"inside");
-                    pong = true;
-                }
-                Message::Fragment(fragment) => got.push((
-                    fragment.kind == DataKind::Text,
-                    fragment.fin,
-                    fragment.data.to_vec(),
-                )),
-                other => panic!("{engine}: unexpected {other:?}"),
+    // Frame for frame: without stream_frames the client reads each frame whole.
+    let mut got: Vec<(bool, bool, Vec<u8>)> = Vec::new();
+    let mut pong = false;
+    while got.len() < expected.len() {
+        let message = match client.read(&mut input, std::time::Instant::now()).unwrap() {
+            Some(message) => message,
+            None => {
+                let n = tokio::time::timeout(STEP, tcp.read_buf(&mut input))
+                    .await
+                    .unwrap_or_else(|_| panic!("stalled after {got:?}"))
+                    .unwrap();
+                assert!(n > 0, "closed after {} frames", got.len());
+                continue;
             }
+        };
+        match message {
+            Message::Pong(data) => {
+                assert_eq!(&data[..], b"inside");
+                pong = true;
+            }
+            Message::Fragment(fragment) => got.push((
+                fragment.kind == DataKind::Text,
+                fragment.fin,
+                fragment.data.to_vec(),
+            )),
+            other => panic!("unexpected {other:?}"),
         }
-        assert!(pong, "{engine}: the ping inside the message was answered");
-        assert_eq!(
-            got.len(),
-            expected.len(),
-            "{engine}: one frame out per frame in"
-        );
-        for (i, (got, want)) in got.iter().zip(&expected).enumerate() {
-            assert!(
-                got == want,
-                "{engine}: frame {i} differs ({} bytes)",
-                want.2.len()
-            );
-        }
+    }
+    assert!(pong, "the ping inside the message was answered");
+    assert_eq!(got.len(), expected.len(), "one frame out per frame in");
+    for (i, (got, want)) in got.iter().zip(&expected).enumerate() {
+        assert!(got == want, "frame {i} differs ({} bytes)", want.2.len());
     }
 }
 
@@ -458,79 +435,51 @@ async fn echo_multi_threaded() {
 
 #[tokio::test]
 async fn echo_max_payload_closes_with_1009() {
-    for engine in ENGINES {
-        let server = echo_server(&["--max-payload", "100", "--engine", engine]).await;
-        over_max_payload_is_1009(&format!("ws://{}/", server.addr), 100).await;
-        // The server itself is still up.
-        let mut ws = connect(&format!("ws://{}/", server.addr)).await;
-        ws.send_text("still here").await.unwrap();
-        assert_eq!(next(&mut ws).await.as_text(), Some("still here"));
-        close(ws).await;
-    }
+    let server = echo_server(&["--max-payload", "100"]).await;
+    over_max_payload_is_1009(&format!("ws://{}/", server.addr), 100).await;
+    // The server itself is still up.
+    let mut ws = connect(&format!("ws://{}/", server.addr)).await;
+    ws.send_text("still here").await.unwrap();
+    assert_eq!(next(&mut ws).await.as_text(), Some("still here"));
+    close(ws).await;
 }
 
-/// The event loop serves plain ws:// on one thread only, and says so.
-#[tokio::test]
-async fn echo_engine_loop_refuses_what_it_cannot_serve() {
-    let output = tokio::time::timeout(
-        STEP,
-        sockeye()
-            .args(["echo", "--engine", "loop", "--threads", "2"])
-            .args(["--listen", "127.0.0.1:0"])
-            .output(),
-    )
-    .await
-    .expect("exits in time")
-    .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--engine tokio"), "{stderr}");
-}
-
-/// Both engines answer a request that is not an upgrade with the error status and
+/// A request that is not an upgrade gets an error status and a close, and a request
 /// close, and a request head that does not arrive within --handshake-timeout with 408.
 #[tokio::test]
 async fn echo_refuses_bad_requests_and_slow_handshakes() {
-    let mut statuses = Vec::new();
-    for engine in ENGINES {
-        let server = echo_server(&["--engine", engine, "--handshake-timeout", "0.5"]).await;
-        let (status, head, _body) = http_get(server.addr, "/").await;
-        assert!(head.contains("connection: close"), "{engine}: {head}");
-        statuses.push(status);
+    let server = echo_server(&["--handshake-timeout", "0.5"]).await;
+    let (status, head, _body) = http_get(server.addr, "/").await;
+    assert!(head.contains("connection: close"), "{head}");
+    assert!((400..500).contains(&status), "{status}");
 
-        // Half a request head, then nothing: 408 after the timeout, then the close.
-        let mut stream = TcpStream::connect(server.addr).await.unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .unwrap();
-        let started = std::time::Instant::now();
-        let mut data = Vec::new();
-        tokio::time::timeout(STEP, stream.read_to_end(&mut data))
-            .await
-            .expect("the server answers and closes in time")
-            .unwrap();
-        let waited = started.elapsed();
-        let text = String::from_utf8_lossy(&data);
-        assert!(text.starts_with("HTTP/1.1 408"), "{engine}: {text}");
-        assert!(waited >= Duration::from_millis(400), "{engine}: {waited:?}");
+    // Half a request head, then nothing: 408 after the timeout, then the close.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut data = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut data))
+        .await
+        .expect("the server answers and closes in time")
+        .unwrap();
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&data);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(waited >= Duration::from_millis(400), "{waited:?}");
 
-        // The server is still up.
-        echo_round_trips(&format!("ws://{}/", server.addr)).await;
-    }
-    assert_eq!(
-        statuses[0], statuses[1],
-        "both engines answer the same status"
-    );
-    assert!((400..500).contains(&statuses[0]), "{statuses:?}");
+    // The server is still up.
+    echo_round_trips(&format!("ws://{}/", server.addr)).await;
 }
 
-/// The event loop keeps accepting after it ran out of descriptors: a connection that
+/// The server keeps accepting after it ran out of descriptors: a connection that
 /// waited in the listen backlog meanwhile (and so raises no new event) is served once
 /// descriptors are free again.
 #[cfg(unix)]
 #[tokio::test]
-async fn echo_loop_accepts_again_after_running_out_of_descriptors() {
+async fn echo_accepts_again_after_running_out_of_descriptors() {
     let mut command = Command::new("sh");
     command
         .arg("-c")
@@ -581,47 +530,38 @@ fn rss(pid: u32) -> u64 {
 async fn echo_pauses_reading_for_a_client_that_does_not_read() {
     const MESSAGES: usize = 64;
     const SIZE: usize = 1024 * 1024;
-    for engine in ENGINES {
-        let server = echo_server(&["--engine", engine]).await;
-        let pid = server._child.id().expect("running");
-        let before = rss(pid);
-        let ws = connect(&format!("ws://{}/", server.addr)).await;
-        let (writer, mut reader) = ws.split();
-        let sender = tokio::spawn(async move {
-            for i in 0..MESSAGES {
-                writer.send_binary(&vec![i as u8; SIZE]).await.unwrap();
-            }
-            writer
-        });
-        // Long enough for the sender to fill every buffer on the way and stall.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert!(
-            !sender.is_finished(),
-            "{engine}: 64 MiB went through unread"
-        );
-        let grown = rss(pid).saturating_sub(before);
-        assert!(
-            grown < 32 * 1024 * 1024,
-            "{engine}: the server grew by {grown} bytes for a client that does not read"
-        );
+    let server = echo_server(&[]).await;
+    let pid = server._child.id().expect("running");
+    let before = rss(pid);
+    let ws = connect(&format!("ws://{}/", server.addr)).await;
+    let (writer, mut reader) = ws.split();
+    let sender = tokio::spawn(async move {
         for i in 0..MESSAGES {
-            let message = tokio::time::timeout(STEP, reader.next())
-                .await
-                .unwrap_or_else(|_| panic!("{engine}: echo #{i} in time"))
-                .expect("open")
-                .expect("no error");
-            assert_eq!(
-                message,
-                Message::binary(vec![i as u8; SIZE]),
-                "{engine}: #{i}"
-            );
+            writer.send_binary(&vec![i as u8; SIZE]).await.unwrap();
         }
-        let writer = tokio::time::timeout(STEP, sender)
+        writer
+    });
+    // Long enough for the sender to fill every buffer on the way and stall.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!sender.is_finished(), "64 MiB went through unread");
+    let grown = rss(pid).saturating_sub(before);
+    assert!(
+        grown < 32 * 1024 * 1024,
+        "the server grew by {grown} bytes for a client that does not read"
+    );
+    for i in 0..MESSAGES {
+        let message = tokio::time::timeout(STEP, reader.next())
             .await
-            .expect("the sender finishes once echoes are read")
-            .unwrap();
-        close(WebSocket::reunite(writer, reader)).await;
+            .unwrap_or_else(|_| panic!("echo #{i} in time"))
+            .expect("open")
+            .expect("no error");
+        assert_eq!(message, Message::binary(vec![i as u8; SIZE]), "#{i}");
     }
+    let writer = tokio::time::timeout(STEP, sender)
+        .await
+        .expect("the sender finishes once echoes are read")
+        .unwrap();
+    close(WebSocket::reunite(writer, reader)).await;
 }
 
 // ---- sockeye serve ---------------------------------------------------------------------------
@@ -881,9 +821,8 @@ async fn echo_deflate_flag_negotiates_compression() {
     let big = "compress me ".repeat(1000);
     for (extra, expect_deflate) in [
         (&["--deflate"][..], true),
-        (&["--deflate", "--engine", "tokio"][..], true),
         (&[][..], false),
-        (&["--engine", "tokio"][..], false),
+        (&["--threads", "2"][..], false),
     ] {
         let server = echo_server(extra).await;
         let mut ws = connect(&format!("ws://{}/", server.addr)).await;
@@ -1019,33 +958,22 @@ async fn bench_reports_rate_and_latency() {
     assert!(String::from_utf8_lossy(&failed.stderr).contains("cannot connect"));
 }
 
-/// Both engines pace to `--rate` (messages per second over all connections).
+/// `sockeye bench` paces to `--rate` (messages per second over all connections).
 #[tokio::test]
-async fn bench_engines_pace_to_the_rate() {
+async fn bench_paces_to_the_rate() {
     let server = echo_server(&[]).await;
     let url = format!("ws://{}/", server.addr);
-    for engine in ["loop", "tokio"] {
-        let summary = bench_json(
-            &url,
-            &[
-                "-c", "2", "-s", "2000", "-r", "1500", "-d", "1", "--warmup", "0", "--engine",
-                engine,
-            ],
-        )
-        .await;
-        assert_eq!(summary["errors"], 0, "{engine}: {summary}");
-        let rate = summary["msgs_per_s"].as_f64().unwrap();
-        // A message every 1.33 ms per connection: timer lateness must not add up.
-        assert!((1400.0..=1505.0).contains(&rate), "{engine}: {summary}");
-    }
-    // The event loop drives plain ws:// only: asked for anything else, it says so.
-    let refused = sockeye()
-        .args(["bench", "wss://127.0.0.1:1/", "--engine", "loop", "-d", "1"])
-        .output()
-        .await
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--engine tokio"));
+    let summary = bench_json(
+        &url,
+        &[
+            "-c", "2", "-s", "2000", "-r", "1500", "-d", "1", "--warmup", "0",
+        ],
+    )
+    .await;
+    assert_eq!(summary["errors"], 0, "{summary}");
+    let rate = summary["msgs_per_s"].as_f64().unwrap();
+    // A message every 1.33 ms per connection: timer lateness must not add up.
+    assert!((1400.0..=1505.0).contains(&rate), "{summary}");
 }
 
 /// An echo server for the bench tests, in this process: pings before every echo, counts
@@ -1090,25 +1018,21 @@ async fn pinging_server_that_quits(
 }
 
 /// `sockeye bench` answers pings, and a server that stops echoing shows as errors and a
-/// failed run, whichever engine drives the connections.
+/// failed run.
 #[tokio::test]
 async fn bench_answers_pings_and_reports_a_server_that_quits() {
-    for engine in ["loop", "tokio"] {
-        let (addr, mut pongs) = pinging_server_that_quits(5).await;
-        let (ok, summary, _) = bench_run(
-            &format!("ws://{addr}/"),
-            &[
-                "--engine", engine, "-c", "2", "-s", "64", "-d", "2", "--warmup", "0",
-            ],
-        )
-        .await;
-        assert!(!ok, "{engine}");
-        assert_eq!(summary["errors"], 2, "{engine}: {summary}");
-        assert!(summary["messages"].as_u64().unwrap() <= 10, "{summary}");
-        for _ in 0..2 {
-            let answered = tokio::time::timeout(STEP, pongs.recv()).await.unwrap();
-            assert_eq!(answered, Some(5), "{engine}: every ping answered");
-        }
+    let (addr, mut pongs) = pinging_server_that_quits(5).await;
+    let (ok, summary, _) = bench_run(
+        &format!("ws://{addr}/"),
+        &["-c", "2", "-s", "64", "-d", "2", "--warmup", "0"],
+    )
+    .await;
+    assert!(!ok);
+    assert_eq!(summary["errors"], 2, "{summary}");
+    assert!(summary["messages"].as_u64().unwrap() <= 10, "{summary}");
+    for _ in 0..2 {
+        let answered = tokio::time::timeout(STEP, pongs.recv()).await.unwrap();
+        assert_eq!(answered, Some(5), "every ping answered");
     }
 }
 

@@ -1,6 +1,6 @@
 //! One table of upgrade requests, good and bad, sent over loopback to every server front
 //! end: `sockeye::accept` on a `TcpStream`, `WebSocketServer`, `sockeye::upgrade`,
-//! `sockeye-hyper`, `sockeye-axum`, and `sockeye echo --engine loop` as a process. They
+//! `sockeye-hyper`, `sockeye-axum`, and `sockeye echo` as a process. They
 //! all decide through the same server policy (`sockeye_proto::handshake::policy`), so
 //! each row must get the same status line, body and handshake-relevant headers from
 //! every front end. The library front ends share one `ServerConfig` with every hook
@@ -103,7 +103,7 @@ fn hooked_config() -> ServerConfig {
     config
 }
 
-/// Whether a row applies to the CLI's event loop.
+/// Whether a row applies to `sockeye echo`.
 #[derive(Clone, Copy, Debug)]
 enum Cli {
     /// The same answer as every other front end.
@@ -431,9 +431,9 @@ async fn axum_front_end() -> SocketAddr {
     addr
 }
 
-/// `sockeye echo --engine loop --deflate` as a child process (killed when dropped).
+/// `sockeye echo --deflate` as a child process (killed when dropped).
 async fn cli_front_end() -> (SocketAddr, Child) {
-    common::echo_process(&["--engine", "loop", "--deflate"]).await
+    common::echo_process(&["--deflate"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,7 +458,7 @@ async fn every_front_end_answers_every_request_alike() {
         }
         let mut front_ends: Vec<(&str, SocketAddr)> = library[1..].to_vec();
         match row.cli {
-            Cli::Same => front_ends.push(("sockeye echo --engine loop", cli_addr)),
+            Cli::Same => front_ends.push(("sockeye echo", cli_addr)),
             Cli::NotApplicable(why) => eprintln!("{name}: not run on the CLI: {why}"),
         }
         for (front_end, addr) in front_ends {

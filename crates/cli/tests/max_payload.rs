@@ -1,12 +1,12 @@
-//! `max_payload` at its boundary, over real loopback sockets, on every server engine and
-//! in the client role: a message of `max_payload - 1` and of exactly `max_payload` bytes
+//! `max_payload` at its boundary, over real loopback sockets, on `sockeye echo`, on the
+//! library's server as a user writes it, and in the client role: a message of `max_payload - 1` and of exactly `max_payload` bytes
 //! is delivered whole; one of `max_payload + 1` fails the connection with 1009
 //! (`WS_ERR_UNSUPPORTED_MESSAGE_LENGTH`), after which the peer gets the close frame and
 //! then the end of the stream, never a reset. Each size is sent in one frame and in
 //! 64 KiB fragments, as text and as binary, compressed (permessage-deflate) and not.
 //!
 //! The limit is 1 MiB, large enough that the message does not arrive in one read, that
-//! the echo engines relay it in pieces while it is still arriving, and that the sender
+//! `sockeye echo` relays it in pieces while it is still arriving, and that the sender
 //! is still writing when the receiver fails it (so a receiver that dropped the connection
 //! with bytes unread would reset it, and the close frame would be lost).
 
@@ -108,12 +108,12 @@ enum Seen {
     Hang,
 }
 
-// ---- servers: sockeye echo on both engines, and the library's server ---------------------------
+// ---- servers: sockeye echo, and the library's server ------------------------------------------
 
-/// `sockeye echo --engine ENGINE --max-payload MAX [--deflate]`; killed when dropped.
-async fn echo_process(engine: &str, deflate: bool) -> (SocketAddr, Child) {
+/// `sockeye echo --max-payload MAX [--deflate]`; killed when dropped.
+async fn echo_process(deflate: bool) -> (SocketAddr, Child) {
     let max = MAX.to_string();
-    let mut args = vec!["--engine", engine, "--max-payload", &max];
+    let mut args = vec!["--max-payload", &max];
     if deflate {
         args.push("--deflate");
     }
@@ -259,24 +259,15 @@ async fn every_case_against(addr_of: impl AsyncFn(bool) -> SocketAddr, what: &st
     );
 }
 
-async fn every_case_against_echo(engine: &str) {
-    let (plain, _plain_child) = echo_process(engine, false).await;
-    let (deflate, _deflate_child) = echo_process(engine, true).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_at_the_limit() {
+    let (plain, _plain_child) = echo_process(false).await;
+    let (deflate, _deflate_child) = echo_process(true).await;
     every_case_against(
         async |compressed| if compressed { deflate } else { plain },
-        &format!("sockeye echo --engine {engine}"),
+        "sockeye echo",
     )
     .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn echo_event_loop_at_the_limit() {
-    every_case_against_echo("loop").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn echo_tokio_engine_at_the_limit() {
-    every_case_against_echo("tokio").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,15 +13,11 @@
 //!
 //! # Memory per idle connection
 //!
-//! What `sockeye echo` holds for each idle upgraded connection:
-//!
-//! - on its default engine, the event loop straight over this crate: one allocation (the
-//!   loop's record with the [`crate::Connection`] inline, at most 320 bytes) and a pointer
-//!   in its table;
-//! - on the library's tokio server (`--engine tokio`): tokio's I/O registration (256
-//!   bytes) and task (256 bytes, the echo loop's state included) and one allocation of
-//!   Sockeye's shared connection state (`Arc` counts, the [`crate::Connection`] of at most
-//!   184 bytes, the transport and wakers: at most 384 bytes). Tests hold both budgets.
+//! What the library's tokio server (`sockeye::WebSocketServer`, and so `sockeye echo`)
+//! holds for each idle upgraded connection: tokio's I/O registration (256 bytes) and task
+//! (256 bytes, the handler's state included) and one allocation of Sockeye's shared
+//! connection state (`Arc` counts, the [`crate::Connection`] of at most 184 bytes, the
+//! transport and wakers: at most 384 bytes). A test holds that budget.
 //!
 //! Nothing else stays allocated while a connection idles:
 //!
@@ -99,7 +95,7 @@
 //! [`crate::handshake::server::ServerHandshake`] and lets
 //! [`crate::handshake::policy::ServerPolicy`] decide on it: every check and hook of the
 //! server runs there, in one order, so every front end (the tokio crate's `accept` and
-//! `upgrade`, the hyper and axum adapters, the CLI's event loop) answers a request the
+//! `upgrade`, the hyper and axum adapters) answers a request the
 //! same way. `verify_client` may be asynchronous: the decision stops at
 //! [`crate::handshake::policy::Decision::Verify`] for its verdict.
 //!

@@ -32,9 +32,6 @@ pub struct Transmit {
     segments: Option<Box<VecDeque<Segment>>>,
     /// Encoded frames after the last segment.
     tail: BytesMut,
-    /// `tail` is a frame handed over by [`Transmit::set_tail`] (part of a read buffer):
-    /// let go once written, never kept for the next frame.
-    tail_shared: bool,
 }
 
 /// A frame whose payload is referenced, with whatever was encoded before it.
@@ -144,18 +141,12 @@ impl Transmit {
     /// Frees the memory held while nothing is queued (for idle connections), but for
     /// a buffer of at most [`KEEP_TAIL`] bytes that is this queue's alone: that one is
     /// kept for the next frame, so that small messages do not cost an allocation each.
-    /// Anything else is let go, whatever capacity it has left: a larger buffer, and the
-    /// end of a frame sent in place (`Connection::read_echo`), which shares the read
-    /// buffer it lies in.
+    /// A larger buffer is let go, whatever capacity it has left.
     #[inline]
     pub fn shrink(&mut self) {
         // The common case, after every small message: nothing queued, nothing shared,
         // and a buffer small enough to keep. Nothing to do, and no call.
-        if self.segments.is_none()
-            && self.tail.is_empty()
-            && !self.tail_shared
-            && self.tail.capacity() <= KEEP_TAIL
-        {
+        if self.segments.is_none() && self.tail.is_empty() && self.tail.capacity() <= KEEP_TAIL {
             return;
         }
         self.shrink_slow();
@@ -165,22 +156,20 @@ impl Transmit {
     #[inline(never)]
     fn shrink_slow(&mut self) {
         if self.is_empty() {
-            if self.tail_shared || !(self.tail.try_reclaim(1) && self.tail.capacity() <= KEEP_TAIL)
-            {
+            if !(self.tail.try_reclaim(1) && self.tail.capacity() <= KEEP_TAIL) {
                 self.tail = BytesMut::new();
-                self.tail_shared = false;
             }
             self.segments = None;
         }
     }
 
     /// Takes the buffer frames are encoded into, emptied, when nothing is queued and it
-    /// is this queue's own (not a frame handed over by `set_tail`) and larger than the
+    /// is larger than the
     /// [`KEEP_TAIL`] bytes the queue keeps itself: for a transport wrapper to keep
     /// between messages elsewhere (a per-thread spare) rather than free.
     #[inline]
     pub fn take_buffer(&mut self) -> Option<BytesMut> {
-        if !self.is_empty() || self.tail_shared || self.tail.capacity() <= KEEP_TAIL {
+        if !self.is_empty() || self.tail.capacity() <= KEEP_TAIL {
             return None;
         }
         self.segments = None;
@@ -191,7 +180,7 @@ impl Transmit {
     /// and this queue's own buffer has less room; returns what is not used (`buffer`,
     /// or the smaller buffer it replaced).
     pub fn lend_buffer(&mut self, mut buffer: BytesMut) -> Option<BytesMut> {
-        if !self.is_empty() || self.tail_shared || buffer.capacity() <= self.tail.capacity() {
+        if !self.is_empty() || buffer.capacity() <= self.tail.capacity() {
             return Some(buffer);
         }
         buffer.clear();
@@ -202,13 +191,6 @@ impl Transmit {
     /// The buffer that encoded frames are appended to.
     pub(crate) fn tail(&mut self) -> &mut BytesMut {
         &mut self.tail
-    }
-
-    /// Makes `frame`, encoded, the whole queue, without a copy; for an empty queue.
-    pub(crate) fn set_tail(&mut self, frame: BytesMut) {
-        debug_assert!(self.is_empty(), "set_tail on a queue with bytes in it");
-        self.tail = frame;
-        self.tail_shared = true;
     }
 
     /// Queues a frame header and a referenced payload after everything queued.
@@ -354,15 +336,6 @@ mod tests {
         t.advance(KEEP_TAIL + 1);
         t.shrink();
         assert_eq!(t.tail.capacity(), 0, "a larger buffer is let go");
-
-        let mut read = BytesMut::from(&[4u8; 64][..]);
-        let frame = read.split_to(30);
-        t.set_tail(frame);
-        t.advance(30);
-        t.shrink();
-        assert_eq!(t.tail.capacity(), 0, "a shared buffer is let go");
-        read.clear();
-        assert!(read.try_reclaim(64), "and the read buffer is whole again");
     }
 
     /// A whole write empties the buffer in place: the next frame goes where the last
@@ -390,28 +363,7 @@ mod tests {
         assert!(t.tail.capacity() > 0);
     }
 
-    /// A frame handed over by `set_tail` is let go once written, even when emptied in
-    /// place, and even if a frame was encoded after it.
-    #[test]
-    fn a_handed_over_frame_is_never_kept() {
-        let mut read = BytesMut::from(&[4u8; 64][..]);
-        let mut t = Transmit::new();
-        t.set_tail(read.split_to(30));
-        t.advance(30);
-        t.tail().put_slice(&[5; 10]);
-        t.advance(10);
-        t.shrink();
-        assert_eq!(t.tail.capacity(), 0, "let go");
-        read.clear();
-        assert!(read.try_reclaim(64), "and the read buffer is whole again");
-        t.tail().put_slice(&[6; 10]);
-        t.advance(10);
-        t.shrink();
-        assert!(t.tail.capacity() > 0, "its own buffer is kept again");
-    }
-
-    /// A lent buffer is encoded into and can be taken back once written out; a frame
-    /// handed over by `set_tail` is never taken.
+    /// A lent buffer is encoded into and can be taken back once written out.
     #[test]
     fn lend_and_take_the_buffer() {
         let mut t = Transmit::new();
@@ -438,17 +390,6 @@ mod tests {
             t.take_buffer().is_none(),
             "a buffer of KEEP_TAIL is the queue's"
         );
-
-        let mut read = BytesMut::from(&[4u8; 64][..]);
-        let frame = read.split_to(30);
-        let mut t = Transmit::new();
-        t.set_tail(frame);
-        t.advance(30);
-        assert!(
-            t.take_buffer().is_none(),
-            "a handed-over frame is not taken"
-        );
-        assert!(t.lend_buffer(BytesMut::with_capacity(4096)).is_some());
     }
 
     #[test]

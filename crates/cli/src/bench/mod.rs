@@ -2,15 +2,8 @@
 //! benchmark): each connection sends a binary message, waits for its echo, and repeats,
 //! optionally paced to a total rate.
 //!
-//! Two engines drive the connections: the event loop ([`event_loop`], the default for
-//! plain `ws://`), `mio` straight over the protocol core, and the library's async client
-//! on tokio (`--engine tokio`, and for `wss://`, `ws+unix:` and `--deflate`).
-
-mod event_loop;
-
-/// The blocking opening handshake on a connected stream, for the echo loop's tests.
-#[cfg(test)]
-pub(crate) use event_loop::upgrade;
+//! The connections are the library's async client, a task each on one current-thread
+//! tokio runtime.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +14,6 @@ use anyhow::Context as _;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use sockeye::{ClientConfig, DataKind, Message, Target};
-
-use crate::Engine;
 
 /// `sockeye bench` options.
 #[derive(Debug, clap::Args)]
@@ -48,11 +39,6 @@ pub struct Args {
     /// Offer permessage-deflate (off: benchmark the framing, not zlib).
     #[arg(long)]
     deflate: bool,
-    /// What drives the connections: `loop` (one thread, mio over the protocol core; plain
-    /// ws:// without --deflate), `tokio` (the library's async client), or `auto` (loop
-    /// where it can).
-    #[arg(long, value_enum, default_value_t = Engine::Auto)]
-    engine: Engine,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -112,7 +98,7 @@ impl Received {
     }
 }
 
-/// The protocol settings of both engines: echoes counted as they arrive, not kept.
+/// The protocol settings: echoes counted as they arrive, not kept.
 fn echo_config(size: usize) -> sockeye::proto::Config {
     let mut config = sockeye::proto::Config::default();
     config.max_payload = size.max(1024) * 2;
@@ -121,11 +107,9 @@ fn echo_config(size: usize) -> sockeye::proto::Config {
     config
 }
 
-/// What every engine runs: the load and its clock.
+/// The load and its clock.
 #[derive(Clone)]
 struct Plan {
-    url: String,
-    connections: usize,
     payload: Arc<[u8]>,
     /// Paced: the time between two messages of one connection.
     interval: Option<Duration>,
@@ -143,8 +127,6 @@ impl Plan {
     fn new(args: &Args) -> Plan {
         let now = Instant::now();
         Plan {
-            url: args.url.clone(),
-            connections: args.connections,
             payload: (0..args.size)
                 .map(|i| (i % 251) as u8)
                 .collect::<Vec<u8>>()
@@ -228,20 +210,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.duration > 0.0 && args.warmup >= 0.0,
         "--duration must be positive"
     );
-    let target = Target::parse(&args.url)?;
-    let looped = event_loop::supports(&target, args.deflate);
-    let use_loop = args
-        .engine
-        .use_loop(looped, "--engine loop drives plain ws:// without --deflate")?;
+    Target::parse(&args.url)?;
     let mut plan = Plan::new(&args);
-    let total = if use_loop {
-        event_loop::run(&mut plan, &target)?
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(bench(&args, &mut plan))?
-    };
+    let total = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench(&args, &mut plan))?;
     let cpu = cpu_seconds()
         .zip(plan.cpu_start)
         .map(|(end, start)| end - start);
@@ -257,7 +231,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The tokio engine: a task per connection over the library's client.
+/// A task per connection over the library's client.
 async fn bench(args: &Args, plan: &mut Plan) -> anyhow::Result<Outcome> {
     let mut config = ClientConfig::default();
     config.handshake_timeout = Some(Duration::from_secs(10));

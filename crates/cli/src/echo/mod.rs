@@ -1,29 +1,22 @@
 //! `sockeye echo`: a bare echo server for conformance runs and benchmarks.
 //!
-//! Two engines serve it: the event loop ([`event_loop`], the default for plain `ws://` on
-//! one thread: `mio` straight over the protocol core) and the library's tokio server
-//! (`--engine tokio`, and always for TLS or `--threads` above 1). Both echo the same way:
+//! It is the library's [`WebSocketServer`], on a current-thread tokio runtime by default
+//! (`--threads N` for a multi-thread one), with a task per connection.
 //!
 //! Binary messages are forwarded piece by piece as they arrive (`deliver_fragments` +
 //! `stream_frames`): a large message goes back out while it is still coming in, and is
 //! never held whole. Each frame goes back as one frame of the same length: the pieces
 //! carry what is left of their frame (`Fragment::rest`), so the header with the whole
 //! length goes first. Text is echoed once the whole message has proven to be UTF-8.
-//!
-//! The event loop reads with `Connection::read_echo`: a frame that arrives whole (binary,
-//! or a text message in one frame) goes back from the read buffer itself, its header
-//! rewritten in place, without a copy; what that does not cover comes back to it as
-//! above.
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use futures_util::StreamExt;
 use sockeye::proto::bytes::BytesMut;
 use sockeye::proto::Fragment;
 use sockeye::{DataKind, Message, ServerConfig, WebSocket, WebSocketServer};
 
-use crate::{Engine, ServerArgs};
+use crate::ServerArgs;
 
 /// `sockeye echo` options.
 #[derive(Debug, clap::Args)]
@@ -36,16 +29,9 @@ pub struct Args {
     /// Accept permessage-deflate (RFC 7692) offers; off by default, as in ws.
     #[arg(long)]
     deflate: bool,
-    /// What serves the connections: `loop` (one thread, mio over the protocol core; plain
-    /// ws:// with one thread), `tokio` (the library's server), or `auto` (loop where it
-    /// can).
-    #[arg(long, value_enum, default_value_t = Engine::Auto)]
-    engine: Engine,
 }
 
-mod event_loop;
-
-/// The server configuration both engines use.
+/// The server configuration.
 fn config(args: &Args) -> ServerConfig {
     let mut config = ServerConfig::default();
     config.websocket.max_payload = args.server.max_payload;
@@ -60,28 +46,6 @@ fn config(args: &Args) -> ServerConfig {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let tls = args.server.tls_cert.is_some();
-    let looped = !tls && args.threads <= 1;
-    let use_loop = args
-        .engine
-        .use_loop(looped, "--engine loop serves plain ws:// on one thread")?;
-    if use_loop {
-        let config = config(&args);
-        let listener = event_loop::bind(args.server.listen, config.backlog)
-            .with_context(|| format!("cannot listen on {}", args.server.listen))?;
-        println!("sockeye echo listening on ws://{}", listener.local_addr()?);
-        event_loop::serve(
-            listener,
-            event_loop::Settings {
-                websocket: std::sync::Arc::new(config.websocket),
-                deflate: config.per_message_deflate,
-                handshake_timeout: config.handshake_timeout,
-                head_limits: config.head_limits,
-                send_buffer: None,
-            },
-        )?;
-        return Ok(ExitCode::SUCCESS);
-    }
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -132,7 +96,7 @@ where
     }
 }
 
-/// What both engines send back for each piece of a data frame.
+/// What goes back for each piece of a data frame.
 #[derive(Default)]
 struct Echo {
     /// A text message arriving in several pieces, until it is complete. Boxed and made

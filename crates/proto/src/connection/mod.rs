@@ -26,7 +26,7 @@
 //! # Files
 //!
 //! The [`Connection`] type, its state and accessors are here; its methods are in a file
-//! per concept: `read` (frames in: parsing, checks, messages, the echo in place),
+//! per concept: `read` (frames in: parsing, checks, messages),
 //! `send` (frames out: data frames whole or in pieces, control frames, the transmit
 //! queue), `closing` (the close handshake, failing the connection, end of stream),
 //! `timers` (the close timeout and the heartbeat: `poll_timeout`, `handle_timeout`) and

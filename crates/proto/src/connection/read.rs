@@ -1,5 +1,5 @@
 //! Reading: frames decoded from the caller's buffer, checked (RFC 6455 §5.1–§5.5, RFC
-//! 7692 §6), and turned into messages, fragments or control frames; the echo in place.
+//! 7692 §6), and turned into messages, fragments or control frames.
 
 use std::time::Instant;
 
@@ -65,45 +65,6 @@ impl Connection {
                 clock: &mut clock,
                 at: None,
             },
-            false,
-        )
-    }
-
-    /// [`Connection::read_with`] for a server that sends every data frame back as it
-    /// came: an echo. A frame that arrives whole in `input`, uncompressed, of a binary
-    /// message or of a text message in one frame, is checked as `read_with` checks it
-    /// and then queued back in place, when nothing else is queued: its payload stays
-    /// where it was read, the reply's header is written over the end of the peer's
-    /// header (4 bytes longer: the masking key), and those bytes become the transmit
-    /// queue. No copy and no allocation.
-    ///
-    /// Everything else is returned as `read_with` returns it, for the caller to answer
-    /// as it would have: the pieces of a frame that arrives in parts
-    /// ([`Config::stream_frames`](crate::Config::stream_frames)), text messages in several frames, compressed
-    /// messages, frames that come while something else is queued, and control frames
-    /// (pings are answered here as always). Replies sent either way keep the peer's
-    /// frame boundaries, so the two mix within a message. A client, or a connection
-    /// without [`Config::deliver_fragments`](crate::Config::deliver_fragments), echoes nothing itself: every message is
-    /// returned.
-    ///
-    /// Keep the queue written out before the next read, as an echo does anyway: a frame
-    /// echoed in place holds on to the read buffer it came in until it is written.
-    ///
-    /// # Errors
-    /// As [`Connection::read`].
-    pub fn read_echo(
-        &mut self,
-        input: &mut BytesMut,
-        mut clock: impl FnMut() -> Instant,
-    ) -> Result<Option<Message>, Error> {
-        let echo = self.role == Role::Server && self.config.deliver_fragments;
-        self.read_at(
-            input,
-            &mut Now {
-                clock: &mut clock,
-                at: None,
-            },
-            echo,
         )
     }
 
@@ -160,7 +121,6 @@ impl Connection {
         &mut self,
         input: &mut BytesMut,
         now: &mut Now<'_>,
-        echo: bool,
     ) -> Result<Option<Message>, Error> {
         if let Some(heartbeat) = self.heartbeat.as_mut() {
             if heartbeat.last_activity.is_none() {
@@ -179,12 +139,8 @@ impl Connection {
                         heartbeat.last_activity = Some(now.get());
                         heartbeat.ping_sent = None;
                     }
-                    if echo && room > 0 && self.echoes_in_place(&header) {
-                        self.echo_in_place(&header, frame, room).map(|()| None)
-                    } else {
-                        frame.advance(room);
-                        self.on_frame(header, frame, now)
-                    }
+                    frame.advance(room);
+                    self.on_frame(header, frame, now)
                 }
                 Ok(None) => return Ok(None),
                 Err(e) => Err(e),
@@ -247,71 +203,6 @@ impl Connection {
         let frame = input.split_to(hlen + len);
         self.header = None;
         Ok(Some((header, frame, hlen)))
-    }
-
-    /// Whether [`Connection::read_echo`] sends the whole data frame `header` back in
-    /// place: see there. The reply must go out as the same frame (opcode, FIN) that
-    /// [`Connection::send_fragment`] would make of it, so that replies in place and
-    /// replies the caller sends keep one message consistent.
-    fn echoes_in_place(&self, header: &FrameHeader) -> bool {
-        if self.reading_compressed
-            || self.deflate.is_some()
-            || self.frame_out.is_some()
-            || !self.transmit.is_empty()
-            || self.state != State::Open
-            || self.close_sent
-        {
-            return false;
-        }
-        let kind = match header.opcode {
-            OpCode::Binary => DataKind::Binary,
-            // A text message in one frame: its UTF-8 is checked whole before it goes
-            // back. One in several frames is returned, to be answered whole.
-            OpCode::Text if header.fin => DataKind::Text,
-            OpCode::Continuation => match &self.incoming {
-                Some(incoming) if incoming.kind == DataKind::Binary => DataKind::Binary,
-                _ => return false,
-            },
-            _ => return false,
-        };
-        self.next_opcode(kind) == Some(header.opcode)
-    }
-
-    /// Sends the whole, unmasked data frame `frame` (`room` header bytes, then the
-    /// payload) back from where it lies, after the bookkeeping [`Connection::on_data`]
-    /// does for a frame it delivers as a fragment.
-    fn echo_in_place(
-        &mut self,
-        header: &FrameHeader,
-        mut frame: BytesMut,
-        room: usize,
-    ) -> Result<(), Error> {
-        let len = frame.len() - room;
-        let mut incoming = self.start_data(header);
-        incoming.received += len;
-        let kind = incoming.kind;
-        // A whole frame: the message ends with it if it is the last.
-        self.end_fragment(incoming, header.fin)?;
-        let reply = FrameHeader {
-            fin: header.fin,
-            rsv1: false,
-            opcode: header.opcode,
-            mask: None,
-            payload_len: len as u64,
-        };
-        let mut encoded = [0u8; MAX_HEADER_LEN];
-        let hlen = reply.encode(&mut encoded);
-        // The peer's header had the same length field and a masking key more.
-        debug_assert_eq!(hlen + 4, room);
-        let start = room - hlen;
-        frame[start..room].copy_from_slice(&encoded[..hlen]);
-        frame.advance(start);
-        if header.opcode != OpCode::Continuation {
-            self.sending_compressed = false;
-        }
-        self.outgoing = (!header.fin).then_some(kind);
-        self.transmit.set_tail(frame);
-        Ok(())
     }
 
     /// Whether the frame in progress is handed out in pieces (`stream_frames`).

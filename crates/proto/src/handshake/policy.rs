@@ -1,5 +1,5 @@
 //! The server's decision on an upgrade request: one policy that every front end applies,
-//! whether it read the request itself (`sockeye::accept`, the CLI's event loop) or got it
+//! whether it read the request itself (`sockeye::accept`, `sockeye::WebSocketServer`) or got it
 //! from an HTTP server (`sockeye::upgrade`, `sockeye-hyper`, `sockeye-axum`).
 //!
 //! [`ServerPolicy::decide`] takes a parsed request and runs the checks in this order:
