@@ -27,6 +27,13 @@ const MAX_WRITE_SLICES: usize = 32;
 /// The largest single reservation for a frame's payload.
 const MAX_READ_RESERVE: usize = 4 * 1024 * 1024;
 
+/// Room reserved past the end of the frame in progress. The read that completes a
+/// large frame then comes back shorter than the buffer, which tells tokio that the
+/// socket is drained (it clears the readiness on a short read). Filled exactly, the
+/// next read, after the reply, costs a system call that finds nothing (`EAGAIN`): one
+/// more per large message.
+const READ_SLACK: usize = 4 * 1024;
+
 pub(crate) struct Shared<S> {
     pub(super) info: Info,
     pub(super) inner: Mutex<Inner<S>>,
@@ -559,6 +566,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         let want = self
             .conn
             .read_hint(&self.read_buf)
+            .saturating_add(READ_SLACK)
             .clamp(read_pool::READ_CHUNK, MAX_READ_RESERVE);
         read_pool::reserve(&mut self.read_buf, &mut self.read_buf_big, want);
         let n = match tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.read_buf) {
