@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 
 REFERENCES = ["raw-epoll", "fastwebsockets"]
-DEFAULT = ["sockeye", "sockeye-tokio", "sockeye-example-ct", "sockeye-example-mt"]
+DEFAULT = ["sockeye", "sockeye-example-ct", "sockeye-example-mt"]
 
 
 def load(path):
