@@ -258,15 +258,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketServer<S> {
 
     /// Stops accepting, sends 1001 (going away) to every open connection, waits up to
     /// `grace` for them to close, terminates the rest, and reports.
+    ///
+    /// The connections are closed side by side, under one deadline: a peer that does
+    /// not read (its close frame stuck behind a full send queue) or does not answer
+    /// holds up only itself, and the whole takes at most `grace` and a few milliseconds,
+    /// however many connections there are.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.close();
         let clients = self.clients.snapshot();
         let total = clients.len();
-        let going_away = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
-        for client in &clients {
-            let _ = tokio::time::timeout(grace, client.close(Some(going_away.clone()))).await;
-        }
         let deadline = tokio::time::Instant::now() + grace;
+        let going_away = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
+        // Each close future writes its own connection's queue; polled together, every
+        // close frame goes out as soon as its transport takes it.
+        let closes = clients
+            .iter()
+            .map(|client| client.close(Some(going_away.clone())));
+        let _ = tokio::time::timeout_at(deadline, futures_util::future::join_all(closes)).await;
         while tokio::time::Instant::now() < deadline
             && clients.iter().any(|c| c.is_open_or_closing())
         {

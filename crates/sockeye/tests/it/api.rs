@@ -418,6 +418,100 @@ async fn graceful_shutdown() {
     assert!(refused.is_err());
 }
 
+/// Shutdown closes connections side by side: of 1,000 connections, 500 answer the close and
+/// 500 neither read nor answer (their close frame stuck behind a full send queue, so its
+/// write never completes). All of it ends within the grace period and a small constant,
+/// not 500 grace periods one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_connections_in_parallel() {
+    const EACH: usize = 500;
+    const GRACE: Duration = Duration::from_millis(500);
+    let server = Arc::new(server(ServerConfig::default()).await);
+    let addr = server.local_addr();
+    let (blocked_tx, mut blocked_rx) = tokio::sync::mpsc::unbounded_channel();
+    // The server's handlers: read until the end; on /stuck, first send until the
+    // transport stops taking it (the peer does not read).
+    let handlers = tokio::spawn({
+        let server = server.clone();
+        async move {
+            for _ in 0..2 * EACH {
+                let (ws, request) = server.accept().await.unwrap().unwrap();
+                let stuck = request.uri().path() == "/stuck";
+                let blocked_tx = blocked_tx.clone();
+                tokio::spawn(async move {
+                    let (writer, mut reader) = ws.split();
+                    if stuck {
+                        let chunk = vec![7u8; 64 * 1024];
+                        loop {
+                            let send = writer.send_binary(&chunk);
+                            if tokio::time::timeout(Duration::from_millis(100), send)
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        blocked_tx.send(()).unwrap();
+                    }
+                    while reader.next().await.is_some() {}
+                });
+            }
+        }
+    });
+    let mut polite = Vec::new();
+    for _ in 0..EACH {
+        let (mut ws, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+        polite.push(tokio::spawn(async move {
+            let first = ws.next().await;
+            while ws.next().await.is_some() {}
+            first
+        }));
+    }
+    let mut stuck = Vec::new();
+    for _ in 0..EACH {
+        // A small receive window, so that a little data fills the path to it.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        let request = format!(
+            "GET /stuck HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        stuck.push(stream);
+    }
+    within("every handler", handlers).await.unwrap();
+    for _ in 0..EACH {
+        within("a stuck connection's send blocks", blocked_rx.recv()).await;
+    }
+    assert_eq!(server.clients().len(), 2 * EACH);
+
+    let started = Instant::now();
+    let report = server.shutdown(GRACE).await;
+    let took = started.elapsed();
+    assert_eq!(
+        report,
+        sockeye::ShutdownReport {
+            closed: EACH,
+            terminated: EACH
+        }
+    );
+    assert!(took >= GRACE, "waited for the silent ones: {took:?}");
+    assert!(
+        took < GRACE + Duration::from_millis(1500),
+        "closed side by side: {took:?}"
+    );
+    for client in polite {
+        let first = within("the close", client).await.unwrap();
+        assert_eq!(
+            first.unwrap().unwrap(),
+            Message::Close(Some(CloseFrame::new(1001, "server shutting down")))
+        );
+    }
+    drop(stuck);
+}
+
 // `max_payload` on a client, and `generate_mask`: the frames carry the custom key.
 #[tokio::test]
 async fn client_max_payload_and_custom_mask() {
