@@ -29,10 +29,11 @@ impl Heartbeat {
     }
 }
 
-/// What a non-waiting send does when the send queue is over its high-water mark.
+/// What a data send does when the send queue is at or over its high-water mark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WhenFull {
-    /// Refuse the message (`try_send` returns `QueueFull`); async sends wait for room.
+    /// Wait for room: `try_send` refuses with `QueueFull`; the async sends hold the
+    /// message in their future and queue it once the queue is below the mark.
     Wait,
     /// Drop the message and count it.
     Drop,
@@ -48,7 +49,7 @@ pub struct SendQueue {
     pub high_water: usize,
     /// `drained()` resolves once the queue is at or below this. Default 64 KiB.
     pub low_water: usize,
-    /// The policy of non-waiting sends over the high-water mark. Default `Wait`.
+    /// What data sends do at or over the high-water mark. Default `Wait`.
     pub when_full: WhenFull,
 }
 

@@ -123,7 +123,9 @@ impl Default for SendOptions {
 /// # Cancel safety
 /// A `send*` future dropped before completion leaves its frame queued whole: it is written
 /// by the next operation, never torn or duplicated, and the other tasks waiting to send
-/// still wake up as the transport drains. `recv` is cancel safe.
+/// still wake up as the transport drains. A send held because the send queue was full is
+/// not sent if dropped before it was queued (see [`WebSocketWriter`], "Bounded sends").
+/// `recv` is cancel safe.
 pub struct WebSocket<S> {
     writer: WebSocketWriter<S>,
 }
@@ -229,7 +231,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// As [`WebSocketWriter::send`].
     ///
     /// # Cancel safety
-    /// As [`WebSocketWriter::send`]: the message is queued whole when `send` is called.
+    /// As [`WebSocketWriter::send`]: the message is queued whole when `send` is called,
+    /// unless the send queue is full and it is held for room.
     pub fn send(&self, message: impl Into<Message>) -> Sending<'_, S> {
         self.writer.send(message)
     }

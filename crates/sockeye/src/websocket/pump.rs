@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::{Mutex, MutexGuard};
 use sockeye_proto::{CloseCode, CloseFrame, Connection, DataKind, Message, State, WhenFull};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -33,6 +33,41 @@ const MAX_READ_RESERVE: usize = 4 * 1024 * 1024;
 /// next read, after the reply, costs a system call that finds nothing (`EAGAIN`): one
 /// more per large message.
 const READ_SLACK: usize = 4 * 1024;
+
+/// A data send held back while the send queue is full, queued when its future is
+/// polled with room.
+pub(crate) enum Held {
+    /// A whole message, its payload handed over.
+    Message(Message),
+    /// One frame of a message, its payload copied (the caller lent it).
+    Frame {
+        kind: DataKind,
+        data: Bytes,
+        fin: bool,
+        compress: bool,
+    },
+}
+
+impl Held {
+    fn queue<S: AsyncRead + AsyncWrite + Unpin>(self, inner: &mut Inner<S>) -> Result<(), Error> {
+        match self {
+            Held::Message(message) => inner.queue(message),
+            Held::Frame {
+                kind,
+                data,
+                fin,
+                compress,
+            } => inner.with_conn(|conn| conn.send_with(kind, &data, fin, compress)),
+        }
+    }
+}
+
+/// What [`Shared::send_bounded`] did: queued (whether written at once, or the error),
+/// or held for the future to queue.
+pub(crate) enum Bounded {
+    Queued(Result<bool, Error>),
+    Held(Box<Held>),
+}
 
 pub(crate) struct Shared<S> {
     pub(super) info: Info,
@@ -131,9 +166,66 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
         queue: impl FnOnce(&mut Inner<S>) -> Result<(), Error>,
     ) -> Result<bool, Error> {
         let mut inner = self.lock();
-        let was_idle = inner.conn.transmit().is_empty();
-        queue(&mut inner)?;
-        Ok(was_idle && inner.try_write_now())
+        inner.queue_and_write(queue)
+    }
+
+    /// A data send of `send` under the send queue's bound: below the high-water mark it
+    /// is queued (and written at once when it can be) by `queue`; at or over it, the
+    /// connection's [`WhenFull`] policy decides: `Wait` makes it [`Held`] with `hold`,
+    /// for the [`Sending`](super::Sending) future to queue once there is room, `Drop`
+    /// discards it and counts it, `Close` starts closing with 1008.
+    pub(super) fn send_bounded<T>(
+        &self,
+        send: T,
+        queue: impl FnOnce(&mut Inner<S>, T) -> Result<(), Error>,
+        hold: impl FnOnce(T) -> Held,
+    ) -> Bounded {
+        let mut inner = self.lock();
+        let send_queue = inner.conn.config().send_queue;
+        if inner.conn.transmit_len() < send_queue.high_water {
+            return Bounded::Queued(inner.queue_and_write(|inner| queue(inner, send)));
+        }
+        // Over the mark: a connection that is over refuses as an immediate send would.
+        if let Err(e) = inner.with_conn(|_| Ok(())) {
+            return Bounded::Queued(Err(e));
+        }
+        match send_queue.when_full {
+            WhenFull::Wait => Bounded::Held(Box::new(hold(send))),
+            WhenFull::Drop => {
+                inner.rare().dropped += 1;
+                Bounded::Queued(Ok(true))
+            }
+            WhenFull::Close => {
+                inner.close_full();
+                Bounded::Queued(Err(Error::QueueFull))
+            }
+        }
+    }
+
+    /// Queues a held send once the queue is under its high-water mark, writing the
+    /// queue out meanwhile; then ready with whether it was written at once.
+    pub(super) fn poll_queue_held(
+        &self,
+        held: &mut Option<Box<Held>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<bool, Error>> {
+        let mut inner = self.lock();
+        loop {
+            if inner.conn.transmit_len() < inner.conn.config().send_queue.high_water {
+                let held = held.take().expect("polled while held");
+                return Poll::Ready(inner.queue_and_write(|inner| held.queue(inner)));
+            }
+            match inner.poll_flush_transmit(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(inner.write_error(e))),
+                Poll::Pending => {
+                    if inner.conn.transmit_len() < inner.conn.config().send_queue.high_water {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
     }
 
     pub(super) fn ready_state(&self) -> ReadyState {
@@ -206,9 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
                     return Ok(TrySend::Dropped);
                 }
                 WhenFull::Close => {
-                    let slow = CloseFrame::new(CloseCode::POLICY_VIOLATION, "send queue full");
-                    let _ = inner.conn.close(Some(&slow), Instant::now());
-                    inner.wake_reader();
+                    inner.close_full();
                     return Err(Error::QueueFull);
                 }
             }
@@ -298,6 +388,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             self.wake_reader();
         }
         result
+    }
+
+    /// Queues with `queue` and, if nothing was queued before it, writes at once; returns
+    /// whether it was all written.
+    fn queue_and_write(
+        &mut self,
+        queue: impl FnOnce(&mut Inner<S>) -> Result<(), Error>,
+    ) -> Result<bool, Error> {
+        let was_idle = self.conn.transmit().is_empty();
+        queue(self)?;
+        Ok(was_idle && self.try_write_now())
+    }
+
+    /// `WhenFull::Close`: the send queue is full, so the slow peer is closed with 1008.
+    fn close_full(&mut self) {
+        let slow = CloseFrame::new(CloseCode::POLICY_VIOLATION, "send queue full");
+        let _ = self.conn.close(Some(&slow), Instant::now());
+        self.wake_reader();
     }
 
     /// Encodes a message into the transmit buffer.

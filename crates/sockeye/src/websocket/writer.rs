@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures_util::Sink;
 use sockeye_proto::{CloseFrame, DataKind, Message, Role};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::pump::Shared;
+use super::pump::{Held, Shared};
 use super::{ReadyState, SendOptions, Sending, TrySend};
 use crate::error::Error;
 
@@ -21,9 +22,20 @@ use crate::error::Error;
 /// [`WebSocket::writer`](super::WebSocket::writer) hand out, and what a `WebSocket`
 /// derefs to for its sending methods. Clone it to send from several tasks.
 ///
+/// # Bounded sends
+/// Every data send (`send`, `send_text`, `send_binary`, `send_frame`, `send_with`,
+/// `try_send`, the `Sink`) applies the send queue's bound
+/// ([`SendQueue`](sockeye_proto::SendQueue)): at or over `high_water`, `WhenFull::Wait`
+/// holds the message in its future until the queue is below the mark, `Drop` discards
+/// it (counted in [`Self::dropped_messages`]), `Close` closes with 1008. So sends that
+/// are not awaited, or many writers at once, queue at most the mark and one message.
+/// Control frames (ping, pong, close) are never held or dropped.
+///
 /// # Cancel safety
 /// A `send*` future dropped before completion leaves its frame queued whole: it is
-/// written by the next operation, never torn or duplicated.
+/// written by the next operation, never torn or duplicated. The exception is a send
+/// held for room (the queue was full when it was called): dropped before it was
+/// queued, it is not sent, as with a bounded channel's `send`.
 pub struct WebSocketWriter<S> {
     pub(super) shared: Arc<Shared<S>>,
 }
@@ -40,7 +52,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
     /// Sends a message (text, binary, ping, pong or close): queues it at once and
     /// returns a future that completes when it is written to the transport. A
     /// `Bytes` payload of 64 KiB or more is written from without a copy (a client
-    /// masks it in place when nothing else refers to it).
+    /// masks it in place when nothing else refers to it). While the send queue is at
+    /// its high-water mark, a data message follows its `WhenFull` policy instead (see
+    /// "Bounded sends" above): by default the future holds it and queues it once there
+    /// is room.
     ///
     /// When nothing is queued before it and the transport has room, `send` (and
     /// `send_text`, `send_binary`, `send_frame`, `send_with`) also writes it at
@@ -52,13 +67,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
     /// [`Error::Closed`] once the connection is over ([`Error::HeartbeatTimeout`] if
     /// the heartbeat ended it); [`Error::Io`] or [`Error::Tls`] if the transport fails.
     ///
+    /// [`Error::QueueFull`] under `WhenFull::Close` when the queue is full.
+    ///
     /// # Cancel safety
     /// The message is queued whole when `send` is called; if the future is dropped
-    /// it is still written by the next operation, never torn or duplicated.
+    /// it is still written by the next operation, never torn or duplicated. A message
+    /// held for room is queued only as the future is polled: dropped before, it is not
+    /// sent.
     pub fn send(&self, message: impl Into<Message>) -> Sending<'_, S> {
         let message = message.into();
-        let queued = self.shared.queue_and_write(|inner| inner.queue(message));
-        Sending::written(&self.shared, queued)
+        if matches!(
+            message,
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_)
+        ) {
+            // Control frames are never held back or dropped (at most 125 bytes each).
+            let queued = self.shared.queue_and_write(|inner| inner.queue(message));
+            return Sending::written(&self.shared, queued);
+        }
+        let bounded = self
+            .shared
+            .send_bounded(message, |inner, m| inner.queue(m), Held::Message);
+        Sending::bounded(&self.shared, bounded)
     }
 
     /// Sends a text message.
@@ -83,10 +112,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
     /// # Errors
     /// As [`Self::send`].
     pub fn send_frame(&self, kind: DataKind, data: &[u8], fin: bool) -> Sending<'_, S> {
-        let queued = self
-            .shared
-            .queue_and_write(|inner| inner.with_conn(|conn| conn.send(kind, data, fin)));
-        Sending::written(&self.shared, queued)
+        self.send_with(
+            kind,
+            data,
+            SendOptions {
+                fin,
+                compress: true,
+            },
+        )
     }
 
     /// Sends one frame with `ws`'s `send(data, { fin, compress })` options: with
@@ -96,10 +129,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
     /// # Errors
     /// As [`Self::send`].
     pub fn send_with(&self, kind: DataKind, data: &[u8], options: SendOptions) -> Sending<'_, S> {
-        let queued = self.shared.queue_and_write(|inner| {
-            inner.with_conn(|conn| conn.send_with(kind, data, options.fin, options.compress))
-        });
-        Sending::written(&self.shared, queued)
+        let SendOptions { fin, compress } = options;
+        let bounded = self.shared.send_bounded(
+            data,
+            |inner, data| inner.with_conn(|conn| conn.send_with(kind, data, fin, compress)),
+            |data| Held::Frame {
+                kind,
+                data: Bytes::copy_from_slice(data),
+                fin,
+                compress,
+            },
+        );
+        Sending::bounded(&self.shared, bounded)
     }
 
     /// Sends a ping (at most 125 bytes).

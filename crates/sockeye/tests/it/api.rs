@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use sockeye::proto::ApiMisuse;
 use sockeye::{
     ClientConfig, CloseCode, CloseFrame, DataKind, Error, Message, ReadyState, ServerConfig,
@@ -996,6 +996,179 @@ async fn bounded_send_queue_policies() {
     }
 }
 
+/// A server whose client does not read yet, with a 64 KiB high-water mark and `policy`:
+/// the server's writer, and the client to read with later.
+async fn full_queue_pair(
+    policy: sockeye::proto::WhenFull,
+) -> (
+    sockeye::WebSocketWriter<tokio::net::TcpStream>,
+    sockeye::WebSocket<tokio::net::TcpStream>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut config = ServerConfig::default();
+    config.websocket.send_queue.high_water = 64 * 1024;
+    config.websocket.send_queue.low_water = 16 * 1024;
+    config.websocket.send_queue.when_full = policy;
+    let server = server(config).await;
+    let (client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let peer = accept_one(&server).await;
+    let (writer, mut reader) = peer.split();
+    let reading = tokio::spawn(async move { while let Some(Ok(_)) = reader.next().await {} });
+    (writer, client, reading)
+}
+
+/// Reads `count` binary messages of `len` bytes from `client` and returns their first bytes.
+async fn read_binary(
+    client: &mut sockeye::WebSocket<tokio::net::TcpStream>,
+    count: usize,
+    len: usize,
+) -> Vec<u8> {
+    let mut firsts = Vec::with_capacity(count);
+    while firsts.len() < count {
+        match next(client).await {
+            Message::Binary(data) => {
+                assert_eq!(data.len(), len);
+                firsts.push(data[0]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    firsts
+}
+
+/// Every send is bounded, not only `try_send`: 1,000 sends that are not awaited, through
+/// each sending method, against a peer that does not read, leave at most the high-water
+/// mark and one message queued (the rest wait in their futures), and all arrive in order
+/// once the peer reads and the futures are awaited.
+#[tokio::test]
+async fn unawaited_sends_stay_within_the_high_water_mark() {
+    use sockeye::proto::WhenFull;
+    use sockeye::{DataKind, SendOptions};
+    const CHUNK: usize = 16 * 1024;
+    let (writer, mut client, reading) = full_queue_pair(WhenFull::Wait).await;
+    let chunks: Vec<Vec<u8>> = (0..1000).map(|i| vec![(i % 251) as u8; CHUNK]).collect();
+    let mut sends = Vec::new();
+    let mut peak = 0;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let send = match i % 4 {
+            0 => writer.send(Message::binary(chunk.clone())),
+            1 => writer.send_binary(chunk),
+            2 => writer.send_frame(DataKind::Binary, chunk, true),
+            _ => writer.send_with(DataKind::Binary, chunk, SendOptions::default()),
+        };
+        sends.push(send);
+        peak = peak.max(writer.buffered_amount());
+    }
+    assert!(
+        peak <= 64 * 1024 + CHUNK + 16,
+        "peak queue {peak} bytes for 16 MB offered"
+    );
+    let reader = async {
+        let firsts = read_binary(&mut client, 1000, CHUNK).await;
+        let expected: Vec<u8> = (0..1000).map(|i| (i % 251) as u8).collect();
+        assert_eq!(firsts, expected, "in order");
+    };
+    let writer_side = async {
+        for send in sends {
+            send.await.unwrap();
+        }
+    };
+    within(
+        "all sent and read",
+        futures_util::future::join(reader, writer_side),
+    )
+    .await;
+    reading.abort();
+}
+
+/// 50 tasks sending at once to a peer that does not read: the queue stays within the
+/// high-water mark and one message, and every message arrives once the peer reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_stay_within_the_high_water_mark() {
+    use sockeye::proto::WhenFull;
+    const CHUNK: usize = 16 * 1024;
+    const WRITERS: usize = 50;
+    const EACH: usize = 20;
+    let (writer, mut client, reading) = full_queue_pair(WhenFull::Wait).await;
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (writer, peak) = (writer.clone(), peak.clone());
+            tokio::spawn(async move {
+                let chunk = vec![w as u8; CHUNK];
+                for _ in 0..EACH {
+                    writer.send_binary(&chunk).await.unwrap();
+                    peak.fetch_max(writer.buffered_amount(), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // Let the writers fill everything while nobody reads.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    peak.fetch_max(writer.buffered_amount(), Ordering::Relaxed);
+    let firsts = within(
+        "every message",
+        read_binary(&mut client, WRITERS * EACH, CHUNK),
+    )
+    .await;
+    for task in tasks {
+        within("writer", task).await.unwrap();
+    }
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(peak <= 64 * 1024 + CHUNK + 16, "peak queue {peak}");
+    for w in 0..WRITERS {
+        let n = firsts.iter().filter(|&&b| usize::from(b) == w).count();
+        assert_eq!(n, EACH, "writer {w}");
+    }
+    reading.abort();
+}
+
+/// Over the high-water mark, `send` follows the policy as `try_send` does: `Drop`
+/// discards and counts, `Close` refuses with `QueueFull` and closes with 1008.
+#[tokio::test]
+async fn sends_over_the_mark_follow_drop_and_close() {
+    use sockeye::proto::WhenFull;
+    let chunk = vec![1u8; 16 * 1024];
+
+    let (writer, _client, reading) = full_queue_pair(WhenFull::Drop).await;
+    let mut sends = Vec::new();
+    for _ in 0..1000 {
+        sends.push(writer.send_binary(&chunk));
+    }
+    assert!(writer.buffered_amount() <= 64 * 1024 + chunk.len() + 16);
+    assert!(
+        writer.dropped_messages() > 500,
+        "{}",
+        writer.dropped_messages()
+    );
+    drop(sends);
+    reading.abort();
+
+    let (writer, mut client, reading) = full_queue_pair(WhenFull::Close).await;
+    let mut refused = None;
+    for _ in 0..1000 {
+        // Polled once: queued (and maybe written), or refused at once.
+        if let Some(Err(e)) = writer.send_binary(&chunk).now_or_never() {
+            refused = Some(e);
+            break;
+        }
+    }
+    assert!(matches!(refused, Some(Error::QueueFull)), "{refused:?}");
+    assert!(writer.buffered_amount() <= 64 * 1024 + chunk.len() + 16);
+    let close = within("the close", async {
+        loop {
+            match client.next().await {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::POLICY_VIOLATION));
+    reading.abort();
+}
+
 // Per-connection user data, seen from every handle, e.g. to broadcast to a room.
 #[tokio::test]
 async fn per_connection_user_data() {
@@ -1053,7 +1226,11 @@ async fn address_family() {
 // that polled it last, so a writer that gives up passes the wakeup on.
 #[tokio::test]
 async fn dropped_send_does_not_strand_other_writers() {
-    let server = server(ServerConfig::default()).await;
+    // A send queue that takes both frames: both are queued when sent (a send held for
+    // room, dropped, would not be sent at all).
+    let mut config = ServerConfig::default();
+    config.websocket.send_queue.high_water = 64 << 20;
+    let server = server(config).await;
     let mut raw = raw_client(server.local_addr(), "/").await;
     let peer = accept_one(&server).await;
     // More than loopback's socket buffers hold: both sends wait for the peer to read.
