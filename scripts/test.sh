@@ -28,6 +28,7 @@ cargo test --locked -p sockeye-proto --no-default-features
 cargo test --locked -p sockeye --no-default-features
 cargo test --locked -p sockeye --no-default-features --features deflate
 cargo test --locked -p sockeye --no-default-features --features rustls
+cargo test --locked -p sockeye --features metrics --test metrics
 
 step "Autobahn|Testsuite, server and client role (strict)"
 conformance/autobahn.sh both

@@ -62,6 +62,10 @@ struct ServerArgs {
     /// Time a client gets to send its upgrade request, in seconds (answered 408 after).
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     handshake_timeout: Duration,
+    /// Serve the library's counters (connections, messages, bytes, close codes,
+    /// handshake failures ...) in Prometheus' text format at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// A positive number of seconds.
@@ -75,6 +79,20 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
 }
 
 impl ServerArgs {
+    /// Starts the Prometheus endpoint of --metrics, if given, before any connection
+    /// registers its counters.
+    fn serve_metrics(&self) -> anyhow::Result<()> {
+        let Some(addr) = self.metrics else {
+            return Ok(());
+        };
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("--metrics {addr}: cannot serve metrics"))?;
+        eprintln!("sockeye: metrics at http://{addr}/metrics");
+        Ok(())
+    }
+
     /// The TLS configuration from --tls-cert and --tls-key, if given.
     fn tls(&self) -> anyhow::Result<Option<Arc<sockeye::rustls::ServerConfig>>> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {

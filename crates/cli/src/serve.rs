@@ -38,12 +38,14 @@ impl Default for Args {
                 tls_cert: None,
                 tls_key: None,
                 handshake_timeout: sockeye::ServerConfig::default().handshake_timeout,
+                metrics: None,
             },
         }
     }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    args.server.serve_metrics()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -158,7 +158,7 @@ impl ServerConfig {
     pub async fn resolve(&self, decision: Decision<'_>, secure: bool) -> Result<Accept, Refusal> {
         let verify = match decision {
             Decision::Accept(accept) => return Ok(accept),
-            Decision::Refuse(refusal) => return Err(refusal),
+            Decision::Refuse(refusal) => return Err(refused(refusal)),
             Decision::Verify(verify) => verify,
         };
         let verdict = match &self.verify_client {
@@ -172,8 +172,19 @@ impl ServerConfig {
             // The policy asks for a verdict only when `verify_client` is set.
             None => Ok(()),
         };
-        verify.verdict(verdict)
+        verify.verdict(verdict).map_err(refused)
     }
+}
+
+/// Counts and logs a refused upgrade request.
+fn refused(refusal: Refusal) -> Refusal {
+    crate::metrics::handshake_failed(refusal.status.as_u16());
+    tracing::debug!(
+        status = refusal.status.as_u16(),
+        error = %refusal.error,
+        "upgrade refused"
+    );
+    refusal
 }
 
 /// Performs the server side of the opening handshake on `io`: reads the upgrade request
@@ -308,6 +319,7 @@ where
         protocol,
         url: None,
         deflate: deflate.zip(config.per_message_deflate.clone()),
+        span: Some(crate::websocket::request_span(&request)),
     };
     let websocket = websocket.map_or_else(|| Arc::new(config.websocket.clone()), Arc::clone);
     let ws = WebSocket::with_info(io, Role::Server, websocket, read_buf, negotiated);

@@ -726,6 +726,7 @@ where
                 protocol: accepted.protocol,
                 url: Some(url.to_owned()),
                 deflate: accepted.deflate.zip(config.per_message_deflate.clone()),
+                span: None,
             };
             let ws = WebSocket::with_info(
                 io,

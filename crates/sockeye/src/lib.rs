@@ -54,6 +54,7 @@
 mod accept;
 mod client;
 mod error;
+pub mod metrics;
 mod server;
 mod stream;
 pub mod tls;

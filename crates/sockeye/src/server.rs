@@ -426,18 +426,21 @@ async fn accept_loop<S: Transport>(
         let tls = tls.clone();
         let failed = failed.clone();
         let websocket = websocket.clone();
-        tokio::spawn(async move {
+        // The handshake runs in a span with the peer's address, which the connection's
+        // own span (made on upgrade) then has as its parent.
+        let span = tracing::debug_span!("accepted", %peer);
+        let handshake = async move {
             let fail = || failed.fetch_add(1, Ordering::Relaxed);
             let tls_handshake = S::from_tcp(stream, tls);
             let io = match tokio::time::timeout(config.handshake_timeout, tls_handshake).await {
                 Ok(Ok(io)) => io,
                 Ok(Err(e)) => {
                     fail();
-                    return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return tracing::debug!(error = %e, "TLS handshake failed");
                 }
                 Err(_) => {
                     fail();
-                    return tracing::debug!(%peer, "TLS handshake timed out");
+                    return tracing::debug!("TLS handshake timed out");
                 }
             };
             let secure = io.is_tls();
@@ -451,10 +454,14 @@ async fn accept_loop<S: Transport>(
                 }
                 Err(e) => {
                     fail();
-                    tracing::debug!(%peer, error = %e, "handshake failed");
+                    // A refusal was logged with its status where it was decided.
+                    if !matches!(e, Error::Handshake(_)) {
+                        tracing::debug!(error = %e, "handshake failed");
+                    }
                 }
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(handshake, span));
     }
 }
 

@@ -46,6 +46,7 @@ fn config(args: &Args) -> ServerConfig {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    args.server.serve_metrics()?;
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

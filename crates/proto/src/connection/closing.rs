@@ -145,6 +145,7 @@ impl Connection {
             }
         };
         self.close_received = true;
+        self.peer_closed_first = !self.close_sent;
         self.read_closed = true;
         if !self.close_sent {
             // Echo the code and reason, as ws does (RFC 6455 §5.5.1).

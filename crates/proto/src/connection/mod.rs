@@ -137,6 +137,8 @@ pub struct Connection {
     transmit: Transmit,
     close_sent: bool,
     close_received: bool,
+    /// The peer's close frame came before ours.
+    peer_closed_first: bool,
     /// The close timeout: for the peer's close frame (or its end of stream, on a
     /// client), or for what is left to write once the transport is to be closed.
     deadline: Option<Instant>,
@@ -182,6 +184,7 @@ impl Connection {
             transmit: Transmit::new(),
             close_sent: false,
             close_received: false,
+            peer_closed_first: false,
             deadline: None,
             close_transport: false,
             draining: false,
@@ -226,6 +229,20 @@ impl Connection {
     /// Whether a close frame was sent.
     pub fn close_sent(&self) -> bool {
         self.close_sent
+    }
+
+    /// Who started the close handshake: `Some(true)` the peer (its close frame came
+    /// before ours), `Some(false)` this end, `None` when no close frame went either way.
+    pub fn closed_by_peer(&self) -> Option<bool> {
+        if self.peer_closed_first {
+            Some(true)
+        } else if self.close_sent {
+            Some(false)
+        } else if self.close_received {
+            Some(true)
+        } else {
+            None
+        }
     }
 
     /// The bytes of the fragmented message being received that are buffered so far (0

@@ -78,6 +78,29 @@ pub(crate) struct Negotiated {
     pub(crate) protocol: Option<String>,
     pub(crate) url: Option<String>,
     pub(crate) deflate: Option<(DeflateParams, DeflateConfig)>,
+    /// The connection's span, made by a front end that knows the request
+    /// ([`request_span`]); `None`: one is made here.
+    pub(crate) span: Option<tracing::Span>,
+}
+
+/// The `tracing` span of a server connection upgraded from `request`: a `websocket`
+/// span at debug level with the path and HTTP version; the rest of its fields (`id`,
+/// `role`, `url`, `protocol`, `extensions`, and at the end `close_code` and
+/// `closed_by`) are recorded as they are known. Disabled, and free, when no subscriber
+/// wants it.
+pub(crate) fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
+    tracing::debug_span!(
+        "websocket",
+        id = tracing::field::Empty,
+        role = tracing::field::Empty,
+        path = %request.uri().path(),
+        http = ?request.version(),
+        url = tracing::field::Empty,
+        protocol = tracing::field::Empty,
+        extensions = tracing::field::Empty,
+        close_code = tracing::field::Empty,
+        closed_by = tracing::field::Empty,
+    )
 }
 
 /// What [`WebSocketWriter::try_send`] did with a message.
@@ -163,6 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             protocol,
             url: None,
             deflate,
+            span: None,
         };
         Self::with_info(io, role, config.into(), read_buf, negotiated)
     }
@@ -194,8 +218,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             role,
             agreed,
         };
+        let span = negotiated.span.unwrap_or_else(|| {
+            tracing::debug_span!(
+                "websocket",
+                id = tracing::field::Empty,
+                role = tracing::field::Empty,
+                path = tracing::field::Empty,
+                http = tracing::field::Empty,
+                url = tracing::field::Empty,
+                protocol = tracing::field::Empty,
+                extensions = tracing::field::Empty,
+                close_code = tracing::field::Empty,
+                closed_by = tracing::field::Empty,
+            )
+        });
+        // Kept only when a subscriber is interested: an idle connection carries
+        // nothing for it otherwise.
+        let span = (!span.is_disabled()).then(|| {
+            span.record("id", info.id);
+            span.record(
+                "role",
+                if role == Role::Server {
+                    "server"
+                } else {
+                    "client"
+                },
+            );
+            if let Some(agreed) = &info.agreed {
+                if let Some(url) = &agreed.url {
+                    span.record("url", url.as_str());
+                }
+                if let Some(protocol) = &agreed.protocol {
+                    span.record("protocol", protocol.as_str());
+                }
+                span.record("extensions", agreed.extensions.as_str());
+            }
+            tracing::debug!(parent: &span, "connection open");
+            span
+        });
+        let shared = Shared::new(info, io, conn, read_buf, span);
         WebSocket {
-            writer: WebSocketWriter::from_shared(Arc::new(Shared::new(info, io, conn, read_buf))),
+            writer: WebSocketWriter::from_shared(Arc::new(shared)),
         }
     }
 

@@ -20,6 +20,7 @@ use super::wakers::Writers;
 use super::{read_pool, write_pool};
 use super::{Info, ReadyState, TrySend};
 use crate::error::{CloseInfo, Error};
+use crate::metrics;
 
 /// At most this many slices per vectored write.
 const MAX_WRITE_SLICES: usize = 32;
@@ -57,7 +58,7 @@ impl Held {
                 data,
                 fin,
                 compress,
-            } => inner.with_conn(|conn| conn.send_with(kind, &data, fin, compress)),
+            } => inner.send_frame(kind, &data, fin, compress),
         }
     }
 }
@@ -89,6 +90,8 @@ pub(super) struct Inner<S> {
     pub(super) writers: Option<Arc<Writers>>,
     pub(super) timer: Option<Pin<Box<Sleep>>>,
     pub(super) ended: bool,
+    /// The end was counted and logged ([`Inner::record_end`]).
+    pub(super) end_recorded: bool,
     /// `pause()`d: the transport is not read until `resume()`.
     pub(super) paused: bool,
     /// The reader parked on the transport, woken when `try_send` queues bytes for it to
@@ -111,12 +114,27 @@ pub(super) struct Rare {
     pub(super) dropped: u64,
     /// Per-connection user data (`WebSocketWriter::insert_data`).
     pub(super) data: http::Extensions,
+    /// The connection's `tracing` span, kept only when a subscriber is interested.
+    pub(super) span: Option<tracing::Span>,
 }
 
 impl<S> Shared<S> {
     /// The state of a connection whose opening handshake is done on `io`; `read_buf`
     /// holds the bytes read past the handshake.
-    pub(super) fn new(info: Info, io: S, conn: Connection, read_buf: BytesMut) -> Self {
+    pub(super) fn new(
+        info: Info,
+        io: S,
+        conn: Connection,
+        read_buf: BytesMut,
+        span: Option<tracing::Span>,
+    ) -> Self {
+        metrics::opened(info.role);
+        let rare = span.map(|span| {
+            Box::new(Rare {
+                span: Some(span),
+                ..Rare::default()
+            })
+        });
         let inner = Inner {
             io: Some(io),
             conn,
@@ -126,9 +144,10 @@ impl<S> Shared<S> {
             writers: None,
             timer: None,
             ended: false,
+            end_recorded: false,
             paused: false,
             reader_waker: None,
-            rare: None,
+            rare,
         };
         Shared {
             info,
@@ -193,6 +212,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
             WhenFull::Wait => Bounded::Held(Box::new(hold(send))),
             WhenFull::Drop => {
                 inner.rare().dropped += 1;
+                metrics::send_dropped();
                 Bounded::Queued(Ok(true))
             }
             WhenFull::Close => {
@@ -295,6 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
                 WhenFull::Wait => return Err(Error::QueueFull),
                 WhenFull::Drop => {
                     inner.rare().dropped += 1;
+                    metrics::send_dropped();
                     return Ok(TrySend::Dropped);
                 }
                 WhenFull::Close => {
@@ -403,14 +424,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// `WhenFull::Close`: the send queue is full, so the slow peer is closed with 1008.
     fn close_full(&mut self) {
+        metrics::send_queue_full_close();
         let slow = CloseFrame::new(CloseCode::POLICY_VIOLATION, "send queue full");
         let _ = self.conn.close(Some(&slow), Instant::now());
         self.wake_reader();
     }
 
+    /// Encodes one frame of a data message (`send_with`) into the transmit buffer.
+    pub(super) fn send_frame(
+        &mut self,
+        kind: DataKind,
+        data: &[u8],
+        fin: bool,
+        compress: bool,
+    ) -> Result<(), Error> {
+        self.with_conn(|conn| conn.send_with(kind, data, fin, compress))?;
+        metrics::message_sent(data.len(), fin);
+        Ok(())
+    }
+
     /// Encodes a message into the transmit buffer.
     /// The payload is handed over: large ones are written from it without a copy.
     pub(super) fn queue(&mut self, message: Message) -> Result<(), Error> {
+        let sent = match &message {
+            Message::Text(text) => Some((text.len(), true)),
+            Message::UncheckedText(data) | Message::Binary(data) => Some((data.len(), true)),
+            Message::Fragment(fragment) => Some((fragment.data.len(), fragment.ends_message())),
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => None,
+        };
+        self.queue_message(message)?;
+        if let Some((len, ends)) = sent {
+            metrics::message_sent(len, ends);
+        }
+        Ok(())
+    }
+
+    fn queue_message(&mut self, message: Message) -> Result<(), Error> {
         self.with_conn(|conn| match message {
             Message::Text(text) => {
                 write_pool::lend(conn.transmit(), text.len());
@@ -451,7 +500,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         let mut cx = Context::from_waker(Waker::noop());
         let transmit = self.conn.transmit();
         match poll_write_some(io, transmit, &mut cx) {
-            Poll::Ready(Ok(n)) if n > 0 => transmit.advance(n),
+            Poll::Ready(Ok(n)) if n > 0 => {
+                metrics::written(n);
+                transmit.advance(n);
+            }
             _ => return false,
         }
         if !transmit.is_empty() || !matches!(Pin::new(io).poll_flush(&mut cx), Poll::Ready(Ok(())))
@@ -493,6 +545,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 Poll::Ready(Ok(n)) => {
+                    metrics::written(n);
                     transmit.advance(n);
                     progress = true;
                 }
@@ -557,6 +610,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             // queued for it drains, so automatic pongs cannot pile up without bound. The
             // flush above registered for the wakeup.
             if self.conn.should_pause_reading() {
+                metrics::reads_paused();
                 self.park_reader(cx);
                 return Poll::Pending;
             }
@@ -565,10 +619,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 // server's data frames without a heartbeat).
                 match self.conn.read_with(&mut self.read_buf, Instant::now) {
                     Ok(Some(message)) => {
-                        if let Message::Close(frame) = &message {
-                            if frame.is_some() {
-                                self.rare().received = frame.clone();
+                        match &message {
+                            Message::Close(frame) => {
+                                if frame.is_some() {
+                                    self.rare().received = frame.clone();
+                                }
                             }
+                            Message::Text(text) => metrics::message_received(text.len(), true),
+                            Message::Binary(data) | Message::UncheckedText(data) => {
+                                metrics::message_received(data.len(), true);
+                            }
+                            Message::Fragment(piece) => {
+                                metrics::message_received(piece.data.len(), piece.ends_message());
+                            }
+                            Message::Ping(_) | Message::Pong(_) => {}
                         }
                         // Answer at once (pong, close reply) and, on a server whose close
                         // handshake just ended, close TCP now (RFC 6455 §7.1.1).
@@ -587,6 +651,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     }
                     Ok(None) => {}
                     Err(e) => {
+                        metrics::protocol_error(e.close_code().map_or(1002, |code| code.0));
+                        tracing::debug!(parent: &self.span(), error = %e, "failing the connection");
                         self.rare().failure = Some(Error::Protocol(e));
                         continue;
                     }
@@ -659,6 +725,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             self.timer = None;
             self.conn.handle_timeout(Instant::now());
             if self.conn.heartbeat_expired() {
+                metrics::heartbeat_timeout();
                 self.rare().failure.get_or_insert(Error::HeartbeatTimeout);
             }
         }
@@ -688,6 +755,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 return Poll::Pending;
             }
         };
+        metrics::read(n);
         if n == 0 {
             if let Some(abnormal) = self.conn.handle_eof(Instant::now()) {
                 let sent = self.conn.close_sent();
@@ -756,6 +824,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     fn finish(&mut self) -> Poll<Option<Result<Message, Error>>> {
         self.ended = true;
+        self.record_end();
         self.timer = None;
         self.read_buf = BytesMut::new();
         write_pool::release(self.conn.transmit());
@@ -767,8 +836,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.conn.terminate();
         self.io = None;
         self.ended = true;
+        self.record_end();
         Writers::wake_all(&self.writers);
         Error::from(e)
+    }
+}
+
+impl<S> Inner<S> {
+    /// The connection's span, or a disabled one.
+    fn span(&self) -> tracing::Span {
+        self.rare
+            .as_ref()
+            .and_then(|rare| rare.span.clone())
+            .unwrap_or_else(tracing::Span::none)
+    }
+
+    /// Counts and logs the end of the connection, once: the close code received and who
+    /// sent the first close frame.
+    fn record_end(&mut self) {
+        if std::mem::replace(&mut self.end_recorded, true) {
+            return;
+        }
+        let code = self
+            .rare
+            .as_ref()
+            .and_then(|r| r.received.as_ref())
+            .map(|frame| frame.code.0);
+        let abnormal = !self.conn.close_received();
+        let by = match self.conn.closed_by_peer() {
+            Some(true) => "peer",
+            Some(false) => "local",
+            None => "none",
+        };
+        metrics::closed(self.conn.role(), code, abnormal, by);
+        let span = self.span();
+        span.record("close_code", code);
+        span.record("closed_by", by);
+        tracing::debug!(
+            parent: &span,
+            close_code = code,
+            closed_by = by,
+            "connection ended"
+        );
+    }
+}
+
+/// A connection dropped before its stream ended (its handles all gone) is counted and
+/// logged as ended here.
+impl<S> Drop for Inner<S> {
+    fn drop(&mut self) {
+        self.record_end();
     }
 }
 

@@ -132,7 +132,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
         let SendOptions { fin, compress } = options;
         let bounded = self.shared.send_bounded(
             data,
-            |inner, data| inner.with_conn(|conn| conn.send_with(kind, data, fin, compress)),
+            |inner, data| inner.send_frame(kind, data, fin, compress),
             |data| Held::Frame {
                 kind,
                 data: Bytes::copy_from_slice(data),

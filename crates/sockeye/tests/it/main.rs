@@ -11,6 +11,7 @@ mod features;
 mod frames;
 mod handshake;
 mod interop;
+mod observability;
 #[cfg(feature = "rustls")]
 mod tls;
 mod ws_errors;
