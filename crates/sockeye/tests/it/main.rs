@@ -7,6 +7,7 @@ mod api;
 mod client;
 #[cfg(feature = "deflate")]
 mod deflate;
+mod faults;
 mod features;
 mod frames;
 mod handshake;
