@@ -193,6 +193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
     /// connection's [`WhenFull`] policy decides: `Wait` makes it [`Held`] with `hold`,
     /// for the [`Sending`](super::Sending) future to queue once there is room, `Drop`
     /// discards it and counts it, `Close` starts closing with 1008.
+    #[inline]
     pub(super) fn send_bounded<T>(
         &self,
         send: T,
@@ -394,6 +395,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     }
 
     /// Runs a command on the connection, unless it is over and its transport gone.
+    /// Always inlined: on the path of every send, where a call costs more than the
+    /// check.
+    #[inline(always)]
     pub(super) fn with_conn<T>(
         &mut self,
         f: impl FnOnce(&mut Connection) -> Result<T, sockeye_proto::Error>,
@@ -413,6 +417,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// Queues with `queue` and, if nothing was queued before it, writes at once; returns
     /// whether it was all written.
+    #[inline]
     fn queue_and_write(
         &mut self,
         queue: impl FnOnce(&mut Inner<S>) -> Result<(), Error>,
@@ -445,39 +450,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// Encodes a message into the transmit buffer.
     /// The payload is handed over: large ones are written from it without a copy.
+    #[inline]
     pub(super) fn queue(&mut self, message: Message) -> Result<(), Error> {
+        #[cfg(feature = "metrics")]
         let sent = match &message {
             Message::Text(text) => Some((text.len(), true)),
             Message::UncheckedText(data) | Message::Binary(data) => Some((data.len(), true)),
             Message::Fragment(fragment) => Some((fragment.data.len(), fragment.ends_message())),
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => None,
         };
-        self.queue_message(message)?;
+        self.with_conn(
+            #[inline(always)]
+            |conn| match message {
+                Message::Text(text) => {
+                    write_pool::lend(conn.transmit(), text.len());
+                    conn.send_bytes(DataKind::Text, text.into_bytes(), true, true)
+                }
+                Message::UncheckedText(data) => {
+                    write_pool::lend(conn.transmit(), data.len());
+                    conn.send_bytes(DataKind::Text, data, true, true)
+                }
+                Message::Binary(data) => {
+                    write_pool::lend(conn.transmit(), data.len());
+                    conn.send_bytes(DataKind::Binary, data, true, true)
+                }
+                Message::Ping(data) => conn.ping(&data),
+                Message::Pong(data) => conn.pong(&data),
+                Message::Close(frame) => conn.close(frame.as_ref(), Instant::now()),
+                Message::Fragment(fragment) => conn.send_fragment(fragment, true),
+            },
+        )?;
+        #[cfg(feature = "metrics")]
         if let Some((len, ends)) = sent {
             metrics::message_sent(len, ends);
         }
         Ok(())
-    }
-
-    fn queue_message(&mut self, message: Message) -> Result<(), Error> {
-        self.with_conn(|conn| match message {
-            Message::Text(text) => {
-                write_pool::lend(conn.transmit(), text.len());
-                conn.send_bytes(DataKind::Text, text.into_bytes(), true, true)
-            }
-            Message::UncheckedText(data) => {
-                write_pool::lend(conn.transmit(), data.len());
-                conn.send_bytes(DataKind::Text, data, true, true)
-            }
-            Message::Binary(data) => {
-                write_pool::lend(conn.transmit(), data.len());
-                conn.send_bytes(DataKind::Binary, data, true, true)
-            }
-            Message::Ping(data) => conn.ping(&data),
-            Message::Pong(data) => conn.pong(&data),
-            Message::Close(frame) => conn.close(frame.as_ref(), Instant::now()),
-            Message::Fragment(fragment) => conn.send_fragment(fragment, true),
-        })
     }
 
     pub(super) fn rare(&mut self) -> &mut Rare {
@@ -490,6 +497,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// which the send's future runs with its task's waker, and which registers that
     /// waker in place of this one. Not tried while a task waits to write: the
     /// transport holds the waker for it, which this attempt would replace.
+    #[inline(always)]
     fn try_write_now(&mut self) -> bool {
         if Writers::any_waiting(&self.writers) {
             return false;

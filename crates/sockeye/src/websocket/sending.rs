@@ -19,11 +19,15 @@ use crate::error::Error;
 pub struct Sending<'a, S> {
     /// The connection to write out; `None` when the send was written out at once.
     shared: Option<&'a Shared<S>>,
-    /// Boxed, as is `held`: the future stays three words, so tasks that await sends
-    /// stay small.
-    refused: Option<Box<Error>>,
-    /// A send waiting for room in the queue.
-    held: Option<Box<Held>>,
+    /// What is not the common case, boxed: the future stays two words, so tasks that
+    /// await sends stay small, and dropping it checks one word.
+    rare: Option<Box<Rare>>,
+}
+
+/// A send refused at once, or held for room in the queue.
+enum Rare {
+    Refused(Error),
+    Held(Option<Box<Held>>),
 }
 
 impl<'a, S> Sending<'a, S> {
@@ -33,29 +37,28 @@ impl<'a, S> Sending<'a, S> {
     }
 
     /// `queued`: whether the frame was queued, and then whether it is written already.
+    #[inline]
     pub(super) fn written(shared: &'a Shared<S>, queued: Result<bool, Error>) -> Self {
         match queued {
             Ok(written) => Sending {
                 shared: (!written).then_some(shared),
-                refused: None,
-                held: None,
+                rare: None,
             },
             Err(error) => Sending {
                 shared: Some(shared),
-                refused: Some(Box::new(error)),
-                held: None,
+                rare: Some(Box::new(Rare::Refused(error))),
             },
         }
     }
 
     /// What [`Shared::send_bounded`] did, for the future to finish.
+    #[inline]
     pub(super) fn bounded(shared: &'a Shared<S>, bounded: Bounded) -> Self {
         match bounded {
             Bounded::Queued(queued) => Self::written(shared, queued),
             Bounded::Held(held) => Sending {
                 shared: Some(shared),
-                refused: None,
-                held: Some(held),
+                rare: Some(Box::new(Rare::Held(Some(held)))),
             },
         }
     }
@@ -65,21 +68,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Sending<'_, S> {
     type Output = Result<(), Error>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if let Some(error) = this.refused.take() {
-            return Poll::Ready(Err(*error));
-        }
         let Some(shared) = this.shared else {
             return Poll::Ready(Ok(()));
         };
-        if this.held.is_some() {
-            match shared.poll_queue_held(&mut this.held, cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(true)) => {
+        if let Some(rare) = this.rare.as_deref_mut() {
+            match rare {
+                Rare::Refused(_) => {
+                    let Some(Rare::Refused(error)) = this.rare.take().map(|rare| *rare) else {
+                        unreachable!("matched above")
+                    };
                     this.shared = None;
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(Err(error));
                 }
-                Poll::Ready(Ok(false)) => {}
+                Rare::Held(held) => match shared.poll_queue_held(held, cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(result) => {
+                        this.rare = None;
+                        match result {
+                            Err(e) => {
+                                this.shared = None;
+                                return Poll::Ready(Err(e));
+                            }
+                            Ok(true) => {
+                                this.shared = None;
+                                return Poll::Ready(Ok(()));
+                            }
+                            Ok(false) => {}
+                        }
+                    }
+                },
             }
         }
         shared.poll_flush(cx)
@@ -88,9 +105,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Sending<'_, S> {
 
 impl<S> std::fmt::Debug for Sending<'_, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sending")
-            .field("refused", &self.refused)
-            .field("held", &self.held.is_some())
-            .finish_non_exhaustive()
+        let mut debug = f.debug_struct("Sending");
+        match self.rare.as_deref() {
+            Some(Rare::Refused(error)) => debug.field("refused", error),
+            Some(Rare::Held(_)) => debug.field("held", &true),
+            None => &mut debug,
+        };
+        debug.finish_non_exhaustive()
     }
 }
