@@ -135,6 +135,8 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::from(2));
         }
+        // The URL error names the URL already.
+        Err(e @ Error::Url(_)) => return Err(e.into()),
         Err(e) => {
             return Err(anyhow::Error::new(e).context(format!("cannot connect to {}", args.url)))
         }

@@ -49,8 +49,9 @@ enum Command {
 /// Options shared by the servers.
 #[derive(Debug, clap::Args)]
 struct ServerArgs {
-    /// The address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// The address to listen on: IP:PORT or HOST:PORT (a name such as localhost is
+    /// resolved; its first IPv4 address is used, if any).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     listen: SocketAddr,
     /// The largest message accepted, in bytes (0: no limit).
     #[arg(long, default_value_t = sockeye::proto::limits::DEFAULT_MAX_PAYLOAD)]
@@ -86,6 +87,24 @@ impl Engine {
             Engine::Tokio => Ok(false),
         }
     }
+}
+
+/// `--listen`: an address, or a host name and port resolved to the name's first IPv4
+/// address (else its first address): `localhost` is then 127.0.0.1, as clients that
+/// try 127.0.0.1 expect, rather than whichever family the resolver lists first.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("{text}: expected IP:PORT or HOST:PORT ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text}: the name has no address"))
 }
 
 /// A positive number of seconds.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sockeye::proto::handshake::server::{parse_request, reject};
@@ -52,7 +53,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let tls = args.server.tls()?;
-    let listener = TcpListener::bind(args.server.listen).await?;
+    let listener = TcpListener::bind(args.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.server.listen))?;
     println!(
         "sockeye serve: open {}://{}/ (Ctrl-C to stop)",
         if tls.is_some() { "https" } else { "http" },
