@@ -28,7 +28,14 @@ use clap::{Parser, Subcommand};
 
 /// Sockeye: a WebSocket server and client.
 #[derive(Debug, Parser)]
-#[command(name = "sockeye", version, about)]
+#[command(
+    name = "sockeye",
+    version,
+    about,
+    after_help = "With no command, `sockeye` runs `sockeye serve`: the demo page, echo and \
+                  chat at http://127.0.0.1:8080/ (Ctrl-C to stop).\n\
+                  Try: sockeye connect ws://127.0.0.1:8080/echo"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -36,7 +43,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the demo page at / with a WebSocket echo (/echo) and chat room (/chat).
+    /// Serve the demo page at / with a WebSocket echo (/echo) and chat room (/chat); the
+    /// default command.
     Serve(serve::Args),
     /// A bare echo server: every text or binary message goes back as it came, on any path.
     Echo(echo::Args),
