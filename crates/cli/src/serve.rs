@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sockeye::proto::handshake::server::{parse_request, reject};
 use sockeye::proto::http::{HeaderMap, StatusCode};
-use sockeye::{CloseCode, CloseFrame, HeadLimits, Message, ServerConfig, ServerStream};
+use sockeye::{Clients, CloseCode, CloseFrame, HeadLimits, Message, ServerConfig, ServerStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -68,12 +68,16 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     config.per_message_deflate = Some(sockeye::DeflateConfig::default());
     let config = Arc::new(config);
     let room = Room::default();
+    let clients = Clients::default();
+    let stop = stop_signal()?;
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let (config, room, tls) = (config.clone(), room.clone(), tls.clone());
+                let clients = clients.clone();
                 tokio::spawn(async move {
                     let stream = match tls {
                         Some(tls) => {
@@ -85,20 +89,60 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
                         }
                         None => ServerStream::Plain(stream),
                     };
-                    handle(stream, config, room).await;
+                    handle(stream, config, room, clients).await;
                 });
             }
-            _ = tokio::signal::ctrl_c() => {
-                println!("sockeye serve: stopping");
+            signal = &mut stop => {
+                // Stop accepting, then close every WebSocket with 1001 (going away).
+                drop(listener);
+                println!(
+                    "sockeye serve: {signal}: closing {} connection(s) (1001 going away), \
+                     waiting up to {} s",
+                    clients.len(),
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                let report = clients.shutdown(SHUTDOWN_GRACE).await;
+                println!(
+                    "sockeye serve: stopped ({} closed, {} terminated)",
+                    report.closed, report.terminated
+                );
                 return Ok(ExitCode::SUCCESS);
             }
         }
     }
 }
 
+/// How long the WebSockets get to answer the 1001 close on Ctrl-C before they are
+/// terminated.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves with the signal's name at the first SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupted",
+            _ = term.recv() => "terminated",
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupted"
+        }
+    })
+}
+
 /// Reads one request: an upgrade goes to the WebSocket routes, anything else gets the
 /// page or a 404.
-async fn handle(mut stream: ServerStream, config: Arc<ServerConfig>, room: Room) {
+async fn handle(
+    mut stream: ServerStream,
+    config: Arc<ServerConfig>,
+    room: Room,
+    clients: Clients<ServerStream>,
+) {
     let limits = HeadLimits::default();
     let mut buf = sockeye::proto::bytes::BytesMut::with_capacity(1024);
     let head = tokio::time::timeout(config.handshake_timeout, async {
@@ -130,6 +174,7 @@ async fn handle(mut stream: ServerStream, config: Arc<ServerConfig>, room: Room)
         let Ok((ws, _request)) = sockeye::upgrade(stream, request, buf, &config).await else {
             return;
         };
+        clients.insert(&ws);
         if path == "/echo" {
             echo(ws).await;
         } else {
@@ -172,9 +217,16 @@ struct Room {
     members: Arc<Mutex<HashMap<u64, Member>>>,
 }
 
-/// A chat member: the name and the queue of lines to send, drained in order by the
-/// member's writer task.
-type Member = (String, mpsc::Sender<Arc<str>>);
+/// A chat member.
+struct Member {
+    /// `guest-ID` until the member says hello with a name.
+    name: String,
+    /// Whether the member has said hello: the first hello joins, a later one with
+    /// another name renames.
+    named: bool,
+    /// The lines to send, drained in order by the member's writer task.
+    queue: mpsc::Sender<Arc<str>>,
+}
 
 /// Lines queued for one member; a member that falls this far behind is disconnected
 /// (1008) rather than buffered without bound.
@@ -195,10 +247,12 @@ impl Room {
             let too_slow = CloseFrame::new(CloseCode::POLICY_VIOLATION, "too slow to keep up");
             let _ = writer.close(Some(too_slow)).await;
         });
-        self.members
-            .lock()
-            .expect("room lock")
-            .insert(id, (format!("guest-{id}"), queue));
+        let member = Member {
+            name: format!("guest-{id}"),
+            named: false,
+            queue,
+        };
+        self.members.lock().expect("room lock").insert(id, member);
         while let Some(Ok(message)) = reader.next().await {
             let Message::Text(text) = message else {
                 continue;
@@ -209,14 +263,27 @@ impl Room {
             match value["type"].as_str() {
                 Some("hello") => {
                     let name = clip(value["name"].as_str().unwrap_or("guest"), MAX_NAME);
-                    let count = {
+                    let (before, count) = {
                         let mut members = self.members.lock().expect("room lock");
-                        if let Some(member) = members.get_mut(&id) {
-                            member.0 = name.clone();
-                        }
-                        members.len()
+                        let before = members.get_mut(&id).map(|member| {
+                            let before = member.named.then(|| member.name.clone());
+                            member.name = name.clone();
+                            member.named = true;
+                            before
+                        });
+                        (before, members.len())
                     };
-                    self.broadcast(json!({"type": "joined", "name": name, "count": count}));
+                    match before {
+                        // Not in the room any more (dropped as too slow).
+                        None => {}
+                        Some(None) => {
+                            self.broadcast(json!({"type": "joined", "name": name, "count": count}))
+                        }
+                        Some(Some(old)) if old != name => self.broadcast(
+                            json!({"type": "renamed", "from": old, "to": name, "count": count}),
+                        ),
+                        Some(Some(_)) => {}
+                    }
                 }
                 Some("say") => {
                     let text = clip(value["text"].as_str().unwrap_or(""), MAX_TEXT);
@@ -225,7 +292,7 @@ impl Room {
                         .lock()
                         .expect("room lock")
                         .get(&id)
-                        .map(|m| m.0.clone());
+                        .map(|m| m.name.clone());
                     let at = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
@@ -236,7 +303,7 @@ impl Room {
         }
         let (left, count) = {
             let mut members = self.members.lock().expect("room lock");
-            (members.remove(&id).map(|m| m.0), members.len())
+            (members.remove(&id).map(|m| m.name), members.len())
         };
         sender.abort();
         if let Some(name) = left {
@@ -249,7 +316,7 @@ impl Room {
     fn broadcast(&self, value: Value) {
         let text: Arc<str> = value.to_string().into();
         let mut members = self.members.lock().expect("room lock");
-        members.retain(|_, (_, queue)| queue.try_send(text.clone()).is_ok());
+        members.retain(|_, member| member.queue.try_send(text.clone()).is_ok());
     }
 }
 

@@ -120,7 +120,11 @@ impl<S> Default for Clients<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Clients<S> {
-    fn insert(&self, ws: &WebSocket<S>) {
+    /// Tracks `ws` (held weakly: the set keeps no connection open) until it closes. A
+    /// [`WebSocketServer`] tracks what it accepts; a front end that upgrades connections
+    /// itself ([`crate::upgrade`], [`crate::accept`]) tracks them here, for
+    /// [`Clients::snapshot`] and [`Clients::shutdown`].
+    pub fn insert(&self, ws: &WebSocket<S>) {
         let writer = ws.writer();
         let mut clients = self.map.lock().unwrap_or_else(|p| p.into_inner());
         clients.insert(writer.id(), writer.downgrade());
@@ -149,6 +153,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Clients<S> {
     /// Whether no connection is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Sends 1001 (going away) to every open connection, waits up to `grace` for them to
+    /// close, terminates the rest, and reports. Connections tracked after the call
+    /// starts are not included: stop accepting first.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let clients = self.snapshot();
+        let total = clients.len();
+        let going_away = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
+        for client in &clients {
+            let _ = tokio::time::timeout(grace, client.close(Some(going_away.clone()))).await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline
+            && clients.iter().any(|c| c.is_open_or_closing())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut terminated = 0;
+        for client in &clients {
+            if client.is_open_or_closing() {
+                client.terminate();
+                terminated += 1;
+            }
+        }
+        ShutdownReport {
+            closed: total - terminated,
+            terminated,
+        }
     }
 }
 
@@ -260,29 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketServer<S> {
     /// `grace` for them to close, terminates the rest, and reports.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.close();
-        let clients = self.clients.snapshot();
-        let total = clients.len();
-        let going_away = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
-        for client in &clients {
-            let _ = tokio::time::timeout(grace, client.close(Some(going_away.clone()))).await;
-        }
-        let deadline = tokio::time::Instant::now() + grace;
-        while tokio::time::Instant::now() < deadline
-            && clients.iter().any(|c| c.is_open_or_closing())
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let mut terminated = 0;
-        for client in &clients {
-            if client.is_open_or_closing() {
-                client.terminate();
-                terminated += 1;
-            }
-        }
-        ShutdownReport {
-            closed: total - terminated,
-            terminated,
-        }
+        self.clients.shutdown(grace).await
     }
 }
 

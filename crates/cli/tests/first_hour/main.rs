@@ -4,6 +4,7 @@
 
 mod help;
 mod messages;
+mod serve;
 
 use std::net::SocketAddr;
 use std::process::{Output, Stdio};
@@ -39,8 +40,8 @@ fn stderr(output: &Output) -> String {
 /// A server process (killed when dropped) and the address it announced.
 struct Server {
     addr: SocketAddr,
-    _child: Child,
-    _stdout: Lines<BufReader<ChildStdout>>,
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
 }
 
 /// Starts `sockeye <args>` (a server with its own `--listen`), and reads the address from
@@ -70,8 +71,8 @@ async fn start(args: &[&str], prefix: &str) -> Server {
         .unwrap_or_else(|_| panic!("no address in {line:?}"));
     Server {
         addr,
-        _child: child,
-        _stdout: stdout,
+        child,
+        stdout,
     }
 }
 
