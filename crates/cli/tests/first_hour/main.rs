@@ -2,6 +2,7 @@
 //! sockets: the messages a mistake gets, `connect`'s interactive session, `serve`'s
 //! shutdown, `bench`'s report, the help. Every wait is bounded.
 
+mod connect;
 mod help;
 mod messages;
 mod serve;
