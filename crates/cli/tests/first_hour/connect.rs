@@ -9,7 +9,7 @@ use sockeye::{CloseFrame, Message, ServerConfig, WebSocketServer};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::{echo_server, run, sockeye, start, stderr, STEP};
+use super::{echo_server, on_a_terminal, run, sockeye, start, stderr, STEP};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -185,50 +185,13 @@ async fn a_server_going_away_prints_the_close_line() {
     );
 }
 
-/// Runs `sockeye connect URL` under a pseudo-terminal (util-linux `script`) typing
-/// `input`; returns everything the terminal showed, or `None` without `script`.
-async fn on_a_terminal(url: &str, input: &str, no_color: bool) -> Option<String> {
-    let found = std::process::Command::new("script")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("skipped: util-linux `script` is not installed");
-        return None;
-    }
-    let command = format!("{} connect {url}", env!("CARGO_BIN_EXE_sockeye"));
-    let mut script = tokio::process::Command::new("script");
-    script
-        .args(["-qec", &command, "/dev/null"])
-        .env_remove("NO_COLOR")
-        .env_remove("CLICOLOR_FORCE")
-        .env("TERM", "xterm")
-        .kill_on_drop(true)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if no_color {
-        script.env("NO_COLOR", "1");
-    }
-    let mut child = script.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut stdin, input.as_bytes())
-        .await
-        .unwrap();
-    drop(stdin);
-    let output = tokio::time::timeout(STEP, child.wait_with_output())
-        .await
-        .expect("the terminal session ends in time")
-        .unwrap();
-    Some(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 #[tokio::test]
 async fn a_terminal_gets_a_prompt_and_colour_unless_no_color() {
     let server = echo_server(&[]).await;
     let url = format!("ws://{}/", server.addr);
     let input = "hello\n/close\n";
-    let Some(shown) = on_a_terminal(&url, input, false).await else {
+    let command = format!("{} connect {url}", env!("CARGO_BIN_EXE_sockeye"));
+    let Some(shown) = on_a_terminal(&command, input, &[]).await else {
         return;
     };
     assert!(shown.contains("> "), "{shown:?}");
@@ -238,7 +201,9 @@ async fn a_terminal_gets_a_prompt_and_colour_unless_no_color() {
     assert!(shown.contains("\x1b[36m< hello"), "{shown:?}");
     assert!(shown.contains("closed 1000"), "{shown:?}");
 
-    let shown = on_a_terminal(&url, input, true).await.unwrap();
+    let shown = on_a_terminal(&command, input, &[("NO_COLOR", "1")])
+        .await
+        .unwrap();
     assert!(shown.contains("> "), "{shown:?}");
     assert!(shown.contains("< hello"), "{shown:?}");
     assert!(!shown.contains("\x1b[3"), "NO_COLOR: no colour: {shown:?}");

@@ -2,6 +2,7 @@
 //! sockets: the messages a mistake gets, `connect`'s interactive session, `serve`'s
 //! shutdown, `bench`'s report, the help. Every wait is bounded.
 
+mod bench;
 mod connect;
 mod help;
 mod messages;
@@ -121,4 +122,104 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// PEM files in a temporary directory: a certificate for localhost and 127.0.0.1, its
+/// key, and (from [`ca_signed`]) the CA that signed it.
+struct Pem {
+    _dir: TempDir,
+    cert: String,
+    key: String,
+    ca: Option<String>,
+}
+
+/// A self-signed certificate for localhost; `ca`: marked as a CA (a CA used as the
+/// server's own certificate, a common first attempt).
+fn self_signed(ca: bool) -> Pem {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".into()]).unwrap();
+    if ca {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    }
+    let cert = params.self_signed(&key).unwrap();
+    let dir = TempDir::new("pem");
+    Pem {
+        cert: dir.write("cert.pem", &cert.pem()),
+        key: dir.write("key.pem", &key.serialize_pem()),
+        ca: None,
+        _dir: dir,
+    }
+}
+
+/// A CA and a server certificate it signed for localhost and 127.0.0.1.
+fn ca_signed() -> Pem {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let dir = TempDir::new("pki");
+    Pem {
+        cert: dir.write("cert.pem", &cert.pem()),
+        key: dir.write("key.pem", &key.serialize_pem()),
+        ca: Some(dir.write("ca.pem", &ca.pem())),
+        _dir: dir,
+    }
+}
+
+/// `sockeye echo` serving wss:// with `pem`.
+async fn tls_echo(pem: &Pem) -> Server {
+    start(
+        &[
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &pem.cert,
+            "--tls-key",
+            &pem.key,
+        ],
+        "sockeye echo listening on wss://",
+    )
+    .await
+}
+
+/// Runs `command` under a pseudo-terminal (util-linux `script`), typing `input`;
+/// returns everything the terminal showed, or `None` where `script` is not installed.
+async fn on_a_terminal(command: &str, input: &str, env: &[(&str, &str)]) -> Option<String> {
+    let found = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipped: util-linux `script` is not installed");
+        return None;
+    }
+    let mut script = Command::new("script");
+    script
+        .args(["-qec", command, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .env("TERM", "xterm")
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = script.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, input.as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(STEP, child.wait_with_output())
+        .await
+        .expect("the terminal session ends in time")
+        .unwrap();
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
 }

@@ -1,6 +1,6 @@
 //! Each mistake a newcomer makes gets one message naming its cause once, in words.
 
-use super::{echo_server, free_port, run, start, stderr, TempDir};
+use super::{echo_server, free_port, run, self_signed, start, stderr, tls_echo};
 
 /// Whether `needle` occurs exactly once in `text`.
 fn once(text: &str, needle: &str) -> bool {
@@ -42,47 +42,6 @@ async fn wss_to_a_plain_port_says_the_port_does_not_speak_tls() {
     assert!(text.contains("does not speak TLS"), "{text}");
     assert!(text.contains("plain ws://"), "{text}");
     assert_no_debug_dump(&text);
-}
-
-/// A certificate pair written to a temporary directory.
-struct Pem {
-    _dir: TempDir,
-    cert: String,
-    key: String,
-}
-
-/// A self-signed certificate for localhost; `ca`: marked as a CA (a CA used as the
-/// server's own certificate, a common first attempt).
-fn self_signed(ca: bool) -> Pem {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".into()]).unwrap();
-    if ca {
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    }
-    let cert = params.self_signed(&key).unwrap();
-    let dir = TempDir::new("pem");
-    Pem {
-        cert: dir.write("cert.pem", &cert.pem()),
-        key: dir.write("key.pem", &key.serialize_pem()),
-        _dir: dir,
-    }
-}
-
-async fn tls_echo(pem: &Pem) -> super::Server {
-    start(
-        &[
-            "echo",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &pem.cert,
-            "--tls-key",
-            &pem.key,
-        ],
-        "sockeye echo listening on wss://",
-    )
-    .await
 }
 
 #[tokio::test]
