@@ -6,6 +6,7 @@ mod bench;
 mod connect;
 mod help;
 mod messages;
+mod readme;
 mod serve;
 
 use std::net::SocketAddr;
