@@ -97,7 +97,7 @@ const HELP: &str = "\
 /close [CODE [REASON]]    close (default 1000) and exit once the server answers
 /help                     this list
 //TEXT                    send /TEXT as text (a line that starts with /)
-Ctrl-D closes with 1000.";
+Ctrl-D or Ctrl-C closes with 1000.";
 
 /// One line of input: a message to send or a command.
 #[derive(Debug, PartialEq)]
@@ -252,6 +252,30 @@ impl Console {
     }
 }
 
+/// Ctrl-C (SIGINT), caught from when this is made: on Unix the handler is installed at
+/// once, so a Ctrl-C right after "connected" is not lost to the default action.
+struct Interrupts {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> std::io::Result<Interrupts> {
+        Ok(Interrupts {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next Ctrl-C.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        self.signal.recv().await;
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// The line that says how the connection ended: `closed 1000`, `closed 1001 going away:
 /// server shutting down`.
 fn closed_line(frame: Option<&CloseFrame>) -> String {
@@ -359,6 +383,7 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let interactive = args.execute.is_empty();
+    let mut interrupts = Interrupts::new()?;
     let mut console = Console::new(interactive);
     let protocol = ws
         .protocol()
@@ -370,7 +395,7 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
     };
     let status = response.status().as_u16();
     let hint = if console.prompt {
-        " (Ctrl-D or /close to quit, /help for commands)"
+        " (Ctrl-D, Ctrl-C or /close to quit; /help for commands)"
     } else {
         ""
     };
@@ -392,6 +417,7 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
     let wait = tokio::time::sleep(Duration::MAX);
     tokio::pin!(wait);
     let mut waiting = false;
+    let mut interrupted = false;
     let mut code = ExitCode::SUCCESS;
     loop {
         let next_line = async {
@@ -438,6 +464,22 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
                 if input_open {
                     console.prompt().await?;
                 }
+            },
+            // Ctrl-C closes with 1000 as end of input does (the handler replaces the
+            // default of ending the process at once); a second one quits without waiting.
+            () = interrupts.next() => {
+                if interrupted {
+                    console.unprompt().await?;
+                    return Ok(ExitCode::from(130));
+                }
+                interrupted = true;
+                input_open = false;
+                waiting = false;
+                console.prompt = false;
+                console
+                    .status(STATUS, "closing (Ctrl-C again to quit without waiting)")
+                    .await?;
+                let _ = writer.close(Some(CloseFrame::new(CloseCode::NORMAL_CLOSURE, ""))).await;
             },
             () = &mut wait, if waiting => {
                 waiting = false;

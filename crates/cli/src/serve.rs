@@ -56,6 +56,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(args.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.server.listen))?;
+    let stop = stop_signal()?;
     println!(
         "sockeye serve: open {}://{}/ (Ctrl-C to stop)",
         if tls.is_some() { "https" } else { "http" },
@@ -69,7 +70,6 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let config = Arc::new(config);
     let room = Room::default();
     let clients = Clients::default();
-    let stop = stop_signal()?;
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -117,14 +117,19 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Resolves with the signal's name at the first SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+/// On Unix both handlers are installed by this call, before the banner invites a Ctrl-C.
 fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
     #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot watch for SIGTERM")?;
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let int = signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?;
+        let term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+        (int, term)
+    };
     Ok(async move {
         #[cfg(unix)]
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => "interrupted",
+            _ = int.recv() => "interrupted",
             _ = term.recv() => "terminated",
         }
         #[cfg(not(unix))]

@@ -208,3 +208,49 @@ async fn a_terminal_gets_a_prompt_and_colour_unless_no_color() {
     assert!(shown.contains("< hello"), "{shown:?}");
     assert!(!shown.contains("\x1b[3"), "NO_COLOR: no colour: {shown:?}");
 }
+
+/// Ctrl-C (SIGINT) closes with 1000 and waits for the server's answer, as end of input
+/// does, rather than dropping the connection.
+#[tokio::test]
+async fn ctrl_c_closes_with_1000() {
+    let (url, mut seen) = recording_server(Duration::ZERO).await;
+    let mut client = sockeye()
+        .args(["connect", &url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = client.stderr.take().unwrap();
+    let mut text = String::new();
+    let mut buf = [0; 256];
+    while !text.contains("connected to") {
+        let n = tokio::time::timeout(STEP, err.read(&mut buf))
+            .await
+            .expect("connected in time")
+            .unwrap();
+        assert_ne!(n, 0, "{text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let pid = client.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = tokio::time::timeout(STEP, client.wait())
+        .await
+        .expect("connect exits in time")
+        .unwrap();
+    tokio::time::timeout(STEP, err.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}: {text}");
+    assert!(text.lines().any(|l| l == "closed 1000"), "{text}");
+    let message = tokio::time::timeout(STEP, seen.recv()).await.unwrap();
+    assert_eq!(
+        message,
+        Some(Message::Close(Some(CloseFrame::new(1000, ""))))
+    );
+}
