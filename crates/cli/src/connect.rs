@@ -122,7 +122,7 @@ impl Input {
         let (name, rest) = command.split_once(' ').unwrap_or((command, ""));
         let control = |what: &str| {
             if rest.len() > 125 {
-                Err(format!("/{what}: at most 125 bytes of data (RFC 6455 5.5)"))
+                Err(format!("/{what}: at most 125 bytes of data (RFC 6455 §5.5)"))
             } else {
                 Ok(rest.as_bytes().to_vec())
             }
@@ -149,7 +149,7 @@ impl Input {
                         })?,
                 };
                 if reason.len() > 123 {
-                    return Err("/close: the reason is at most 123 bytes (RFC 6455 5.5)".into());
+                    return Err("/close: the reason is at most 123 bytes (RFC 6455 §5.5)".into());
                 }
                 Ok(Input::Close(CloseFrame::new(code, reason)))
             }
