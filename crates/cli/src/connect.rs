@@ -89,8 +89,9 @@ fn parse_wait(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// The commands, as `/help` prints them.
-const HELP: &str = "\
+/// The commands, as `/help` and `sockeye connect --help` print them.
+pub const HELP: &str = "\
+Lines starting with / are commands:
 /ping [DATA]              send a ping (the pong is printed)
 /pong [DATA]              send an unsolicited pong
 /binary TEXT              send TEXT's bytes as a binary message
@@ -122,7 +123,9 @@ impl Input {
         let (name, rest) = command.split_once(' ').unwrap_or((command, ""));
         let control = |what: &str| {
             if rest.len() > 125 {
-                Err(format!("/{what}: at most 125 bytes of data (RFC 6455 §5.5)"))
+                Err(format!(
+                    "/{what}: at most 125 bytes of data (RFC 6455 §5.5)"
+                ))
             } else {
                 Ok(rest.as_bytes().to_vec())
             }

@@ -49,6 +49,7 @@ enum Command {
     /// A bare echo server: every text or binary message goes back as it came, on any path.
     Echo(echo::Args),
     /// Connect to a WebSocket server: typed lines are sent as text, messages are printed.
+    #[command(after_help = connect::HELP)]
     Connect(connect::Args),
     /// Load an echo server: connections in a closed loop; prints rate and latency.
     Bench(bench::Args),

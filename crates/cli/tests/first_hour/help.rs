@@ -57,3 +57,20 @@ async fn no_command_starts_serve() {
     }
     let _ = child.kill().await;
 }
+
+/// `sockeye connect --help` lists the commands a line of input can be.
+#[tokio::test]
+async fn connect_help_lists_the_slash_commands() {
+    let output = run(&["connect", "--help"]).await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    for command in [
+        "/ping [DATA]",
+        "/binary TEXT",
+        "/close [CODE [REASON]]",
+        "/help",
+        "//TEXT",
+    ] {
+        assert!(text.contains(command), "{command}: {text}");
+    }
+}
