@@ -56,7 +56,7 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(args.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.server.listen))?;
-    let stop = stop_signal()?;
+    let mut stop = StopSignals::new()?;
     println!(
         "sockeye serve: open {}://{}/ (Ctrl-C to stop)",
         if tls.is_some() { "https" } else { "http" },
@@ -70,7 +70,6 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let config = Arc::new(config);
     let room = Room::default();
     let clients = Clients::default();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -92,16 +91,22 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
                     handle(stream, config, room, clients).await;
                 });
             }
-            signal = &mut stop => {
+            signal = stop.next() => {
                 // Stop accepting, then close every WebSocket with 1001 (going away).
                 drop(listener);
                 println!(
                     "sockeye serve: {signal}: closing {} connection(s) (1001 going away), \
-                     waiting up to {} s",
+                     waiting up to {} s (Ctrl-C again to stop at once)",
                     clients.len(),
                     SHUTDOWN_GRACE.as_secs()
                 );
-                let report = clients.shutdown(SHUTDOWN_GRACE).await;
+                let report = tokio::select! {
+                    report = clients.shutdown(SHUTDOWN_GRACE) => report,
+                    signal = stop.next() => {
+                        println!("sockeye serve: {signal} again: stopped without waiting");
+                        return Ok(ExitCode::from(130));
+                    }
+                };
                 println!(
                     "sockeye serve: stopped ({} closed, {} terminated)",
                     report.closed, report.terminated
@@ -116,28 +121,42 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
 /// terminated.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Resolves with the signal's name at the first SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-/// On Unix both handlers are installed by this call, before the banner invites a Ctrl-C.
-fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+/// SIGINT (Ctrl-C) and, on Unix, SIGTERM: the signals that stop the server. On Unix both
+/// handlers are installed when this is made, before the banner invites a Ctrl-C.
+struct StopSignals {
     #[cfg(unix)]
-    let (mut int, mut term) = {
-        use tokio::signal::unix::{signal, SignalKind};
-        let int = signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?;
-        let term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
-        (int, term)
-    };
-    Ok(async move {
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignals {
+                interrupt: signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// The next stop signal's name ("interrupted", "terminated").
+    async fn next(&mut self) -> &'static str {
         #[cfg(unix)]
         tokio::select! {
-            _ = int.recv() => "interrupted",
-            _ = term.recv() => "terminated",
+            _ = self.interrupt.recv() => "interrupted",
+            _ = self.terminate.recv() => "terminated",
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
             "interrupted"
         }
-    })
+    }
 }
 
 /// Reads one request: an upgrade goes to the WebSocket routes, anything else gets the

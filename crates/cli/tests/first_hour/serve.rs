@@ -140,6 +140,33 @@ async fn sigterm_waits_a_bounded_time_for_a_client_that_does_not_answer() {
     );
 }
 
+/// A second Ctrl-C during the grace stops at once (exit 130) instead of waiting it out.
+#[tokio::test]
+async fn a_second_sigint_stops_without_waiting() {
+    let mut server = serve_server().await;
+    let _silent = connect(&format!("ws://{}/echo", server.addr)).await;
+    let pid = server.child.id().expect("running");
+    signal(pid, "INT");
+    let line = tokio::time::timeout(STEP, server.stdout.next_line())
+        .await
+        .expect("the closing line in time")
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.contains("interrupted: closing 1 connection(s)"),
+        "{line}"
+    );
+    signal(pid, "INT");
+    let (status, took) = exit_of(&mut server, STEP).await;
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(took < GRACE, "{took:?}");
+    let stdout = rest_of_stdout(&mut server).await;
+    assert!(
+        stdout.contains("interrupted again: stopped without waiting"),
+        "{stdout}"
+    );
+}
+
 #[tokio::test]
 async fn a_rename_in_the_chat_is_shown_as_a_rename() {
     let server = serve_server().await;
