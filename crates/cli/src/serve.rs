@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -69,14 +70,14 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     config.per_message_deflate = Some(sockeye::DeflateConfig::default());
     let config = Arc::new(config);
     let room = Room::default();
-    let clients = Clients::default();
+    let tracked = Tracked::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let (config, room, tls) = (config.clone(), room.clone(), tls.clone());
-                let clients = clients.clone();
+                let tracked = tracked.clone();
                 tokio::spawn(async move {
                     let stream = match tls {
                         Some(tls) => {
@@ -88,20 +89,24 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
                         }
                         None => ServerStream::Plain(stream),
                     };
-                    handle(stream, config, room, clients).await;
+                    handle(stream, config, room, tracked).await;
                 });
             }
             signal = stop.next() => {
-                // Stop accepting, then close every WebSocket with 1001 (going away).
+                // Stop accepting, let the upgrades under way finish, then close every
+                // WebSocket with 1001 (going away), all within the grace.
                 drop(listener);
+                let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+                tracked.settle(deadline).await;
                 println!(
                     "sockeye serve: {signal}: closing {} connection(s) (1001 going away), \
                      waiting up to {} s (Ctrl-C again to stop at once)",
-                    clients.len(),
+                    tracked.clients.len(),
                     SHUTDOWN_GRACE.as_secs()
                 );
+                let grace = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let report = tokio::select! {
-                    report = clients.shutdown(SHUTDOWN_GRACE) => report,
+                    report = tracked.clients.shutdown(grace) => report,
                     signal = stop.next() => {
                         println!("sockeye serve: {signal} again: stopped without waiting");
                         return Ok(ExitCode::from(130));
@@ -120,6 +125,39 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
 /// How long the WebSockets get to answer the 1001 close on Ctrl-C before they are
 /// terminated.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The WebSockets to close at shutdown: those upgraded, tracked in the library's
+/// [`Clients`], and a count of upgrades under way, whose 101 may already be on its way
+/// to a client that will count on the close handshake.
+#[derive(Clone, Default)]
+struct Tracked {
+    clients: Clients<ServerStream>,
+    upgrading: Arc<AtomicUsize>,
+}
+
+/// An upgrade under way, counted in [`Tracked::upgrading`] until dropped.
+struct Upgrading(Arc<AtomicUsize>);
+
+impl Drop for Upgrading {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Tracked {
+    fn upgrading(&self) -> Upgrading {
+        self.upgrading.fetch_add(1, Ordering::AcqRel);
+        Upgrading(self.upgrading.clone())
+    }
+
+    /// Waits until no upgrade is under way (each is bounded by the write of its 101), or
+    /// until `deadline`.
+    async fn settle(&self, deadline: tokio::time::Instant) {
+        while self.upgrading.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
 
 /// SIGINT (Ctrl-C) and, on Unix, SIGTERM: the signals that stop the server. On Unix both
 /// handlers are installed when this is made, before the banner invites a Ctrl-C.
@@ -161,12 +199,7 @@ impl StopSignals {
 
 /// Reads one request: an upgrade goes to the WebSocket routes, anything else gets the
 /// page or a 404.
-async fn handle(
-    mut stream: ServerStream,
-    config: Arc<ServerConfig>,
-    room: Room,
-    clients: Clients<ServerStream>,
-) {
+async fn handle(mut stream: ServerStream, config: Arc<ServerConfig>, room: Room, tracked: Tracked) {
     let limits = HeadLimits::default();
     let mut buf = sockeye::proto::bytes::BytesMut::with_capacity(1024);
     let head = tokio::time::timeout(config.handshake_timeout, async {
@@ -195,10 +228,12 @@ async fn handle(
         if path != "/echo" && path != "/chat" {
             return respond_error(stream, &sockeye::proto::HandshakeError::NotFound).await;
         }
+        let upgrading = tracked.upgrading();
         let Ok((ws, _request)) = sockeye::upgrade(stream, request, buf, &config).await else {
             return;
         };
-        clients.insert(&ws);
+        tracked.clients.insert(&ws);
+        drop(upgrading);
         if path == "/echo" {
             echo(ws).await;
         } else {
