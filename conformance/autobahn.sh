@@ -8,14 +8,13 @@
 # agent `sockeye-library`); the client is the autobahn_client example, which offers
 # permessage-deflate like ws. By default: every case of sections 1-10, plus a fixed
 # subset of the compression sections that covers every parameter combination (see CASES).
-# Needs an external Autobahn harness script, AUTOBAHN_HARNESS (default
-# ../shared/autobahn/autobahn.sh from the repository root, where the test machines keep it): it
-# sets up wstest (autobahntestsuite, Python 2.7) in a virtualenv on first use, runs the cases
-# against the command after `--`, and exits non-zero when a case is not OK (with --strict, also
-# when one is NON-STRICT or UNIMPLEMENTED).
+# The harness is conformance/harness.sh (AUTOBAHN_HARNESS names another): it sets up wstest
+# (autobahntestsuite, which needs a Python 2.7: see the README) in a virtualenv under target/
+# on first use, runs the cases against the command after `--`, and exits non-zero when a case
+# is not OK (with --strict, also when one is NON-STRICT or UNIMPLEMENTED).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HARNESS="${AUTOBAHN_HARNESS:-../shared/autobahn/autobahn.sh}"
+HARNESS="${AUTOBAHN_HARNESS:-conformance/harness.sh}"
 [ -f "$HARNESS" ] || { echo "conformance: error: $HARNESS not found (set AUTOBAHN_HARNESS)"; exit 2; }
 MODE="${1:-both}"; [ $# -gt 0 ] && shift
 

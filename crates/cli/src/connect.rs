@@ -1,4 +1,10 @@
 //! `sockeye connect`: an interactive client, like wscat.
+//!
+//! Typed lines are sent as text; a line that starts with `/` is a command (`/ping`,
+//! `/pong`, `/binary`, `/close`, `/help`; `//` sends a line that starts with `/`).
+//! Received messages go to stdout (`< text`), everything else to stderr. On a terminal
+//! there is a `> ` prompt and colour; colour follows anstream's rules (off when the
+//! stream is not a terminal or `NO_COLOR` is set, on with `CLICOLOR_FORCE`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,13 +66,251 @@ pub struct Args {
     /// The most redirects followed with --follow-redirects.
     #[arg(long, value_name = "N", default_value_t = 10)]
     max_redirects: usize,
+    /// Send this line once connected (a message, or a command such as "/ping"; repeat
+    /// for several), then close with 1000 and exit instead of reading stdin.
+    #[arg(long, short = 'x', value_name = "LINE")]
+    execute: Vec<String>,
+    /// With --execute: keep printing what arrives for this many seconds before closing.
+    #[arg(long, short = 'w', value_name = "SECS", default_value = "0", requires = "execute",
+          value_parser = parse_wait)]
+    wait: Duration,
+    /// Print the pings received (pongs are always printed).
+    #[arg(long, short = 'P')]
+    show_ping_pong: bool,
+}
+
+/// `--wait`: a number of seconds, 0 or more.
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs >= 0.0 => {
+            Duration::try_from_secs_f64(secs).map_err(|e| format!("{text}: {e}"))
+        }
+        _ => Err(format!("{text}: a number of seconds (0 or more) expected")),
+    }
+}
+
+/// The commands, as `/help` and `sockeye connect --help` print them.
+pub const HELP: &str = "\
+Lines starting with / are commands:
+/ping [DATA]              send a ping (the pong is printed)
+/pong [DATA]              send an unsolicited pong
+/binary TEXT              send TEXT's bytes as a binary message
+/close [CODE [REASON]]    close (default 1000) and exit once the server answers
+/help                     this list
+//TEXT                    send /TEXT as text (a line that starts with /)
+Ctrl-D or Ctrl-C closes with 1000.";
+
+/// One line of input: a message to send or a command.
+#[derive(Debug, PartialEq)]
+enum Input {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(CloseFrame),
+    Help,
+}
+
+impl Input {
+    /// Parses a typed (or --execute) line; `Err` says what is wrong with a command.
+    fn parse(line: &str) -> Result<Input, String> {
+        let Some(command) = line.strip_prefix('/') else {
+            return Ok(Input::Text(line.to_owned()));
+        };
+        if command.starts_with('/') {
+            return Ok(Input::Text(command.to_owned()));
+        }
+        let (name, rest) = command.split_once(' ').unwrap_or((command, ""));
+        let control = |what: &str| {
+            if rest.len() > 125 {
+                Err(format!(
+                    "/{what}: at most 125 bytes of data (RFC 6455 §5.5)"
+                ))
+            } else {
+                Ok(rest.as_bytes().to_vec())
+            }
+        };
+        match name {
+            "ping" => control("ping").map(Input::Ping),
+            "pong" => control("pong").map(Input::Pong),
+            "binary" => Ok(Input::Binary(rest.as_bytes().to_vec())),
+            "help" => Ok(Input::Help),
+            "close" => {
+                let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+                let code = match code {
+                    "" => CloseCode::NORMAL_CLOSURE,
+                    code => code
+                        .parse::<u16>()
+                        .ok()
+                        .map(CloseCode)
+                        .filter(|c| c.is_sendable())
+                        .ok_or_else(|| {
+                            format!(
+                                "/close: {code} is not a close code that may be sent \
+                                 (1000-1003, 1007-1014, 3000-4999)"
+                            )
+                        })?,
+                };
+                if reason.len() > 123 {
+                    return Err("/close: the reason is at most 123 bytes (RFC 6455 §5.5)".into());
+                }
+                Ok(Input::Close(CloseFrame::new(code, reason)))
+            }
+            _ => Err(format!(
+                "unknown command /{name} (/help lists them; // sends a line that starts with /)"
+            )),
+        }
+    }
+}
+
+/// Where and how the session prints: received messages on stdout, the rest on stderr,
+/// each in colour only where anstream's rules allow it, and a prompt when both stdin and
+/// stdout are terminals.
+struct Console {
+    stdout: tokio::io::Stdout,
+    out_color: bool,
+    err_color: bool,
+    prompt: bool,
+    /// Whether "> " is on the screen, to be erased before the next line.
+    prompting: bool,
+}
+
+/// The styles of what is printed.
+const RECEIVED: anstyle::Style = anstyle::AnsiColor::Cyan.on_default();
+const CONTROL: anstyle::Style = anstyle::AnsiColor::Blue.on_default();
+const STATUS: anstyle::Style = anstyle::AnsiColor::Green.on_default();
+const CLOSED: anstyle::Style = anstyle::AnsiColor::Yellow.on_default();
+const PROBLEM: anstyle::Style = anstyle::AnsiColor::Red.on_default().bold();
+
+impl Console {
+    fn new(interactive: bool) -> Console {
+        use std::io::IsTerminal;
+        let color = |choice| choice != anstream::ColorChoice::Never;
+        Console {
+            stdout: tokio::io::stdout(),
+            out_color: color(anstream::AutoStream::choice(&std::io::stdout())),
+            err_color: color(anstream::AutoStream::choice(&std::io::stderr())),
+            prompt: interactive
+                && std::io::stdin().is_terminal()
+                && std::io::stdout().is_terminal(),
+            prompting: false,
+        }
+    }
+
+    fn paint(on: bool, style: anstyle::Style, text: &str) -> String {
+        if on {
+            format!("{style}{text}{style:#}")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    /// Erases the prompt, if shown, so that a line can take its place.
+    async fn unprompt(&mut self) -> std::io::Result<()> {
+        if self.prompting {
+            self.prompting = false;
+            self.stdout.write_all(b"\r\x1b[K").await?;
+            self.stdout.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Shows the prompt (on a terminal).
+    async fn prompt(&mut self) -> std::io::Result<()> {
+        if self.prompt && !self.prompting {
+            self.prompting = true;
+            let prompt = Self::paint(self.out_color, STATUS, "> ");
+            self.stdout.write_all(prompt.as_bytes()).await?;
+            self.stdout.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// A received message on stdout: `< text`.
+    async fn received(&mut self, style: anstyle::Style, text: &str) -> std::io::Result<()> {
+        self.unprompt().await?;
+        let line = format!(
+            "{}\n",
+            Self::paint(self.out_color, style, &format!("< {text}"))
+        );
+        self.stdout.write_all(line.as_bytes()).await?;
+        self.stdout.flush().await?;
+        self.prompt().await
+    }
+
+    /// A status line on stderr.
+    async fn status(&mut self, style: anstyle::Style, text: &str) -> std::io::Result<()> {
+        self.unprompt().await?;
+        eprintln!("{}", Self::paint(self.err_color, style, text));
+        self.prompt().await
+    }
+
+    /// The text to print for a received ping or pong's data.
+    fn control(kind: &str, data: &[u8]) -> String {
+        if data.is_empty() {
+            format!("[{kind}]")
+        } else {
+            format!("[{kind}] {}", String::from_utf8_lossy(data))
+        }
+    }
+}
+
+/// Ctrl-C (SIGINT), caught from when this is made: on Unix the handler is installed at
+/// once, so a Ctrl-C right after "connected" is not lost to the default action.
+struct Interrupts {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> std::io::Result<Interrupts> {
+        Ok(Interrupts {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next Ctrl-C.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        self.signal.recv().await;
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The line that says how the connection ended: `closed 1000`, `closed 1001 going away:
+/// server shutting down`.
+fn closed_line(frame: Option<&CloseFrame>) -> String {
+    match frame {
+        None => format!(
+            "closed {} (no status code)",
+            CloseCode::NO_STATUS_RECEIVED.0
+        ),
+        Some(f) if f.code == CloseCode::NORMAL_CLOSURE && f.reason.is_empty() => {
+            "closed 1000".to_owned()
+        }
+        Some(f) => {
+            let mut line = format!("closed {} {}", f.code.0, f.code.description());
+            if !f.reason.is_empty() {
+                line.push_str(": ");
+                line.push_str(&f.reason);
+            }
+            line
+        }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(session(args))
+    let result = runtime.block_on(session(args));
+    // Without waiting for the blocking read of stdin that tokio's stdin may have in
+    // flight: it ends only at the next line or end of input, which may never come once
+    // the server has closed.
+    runtime.shutdown_background();
+    result
 }
 
 fn config(args: &Args) -> anyhow::Result<ClientConfig> {
@@ -135,11 +379,15 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::from(2));
         }
+        // The URL error names the URL already.
+        Err(e @ Error::Url(_)) => return Err(e.into()),
         Err(e) => {
             return Err(anyhow::Error::new(e).context(format!("cannot connect to {}", args.url)))
         }
     };
-    let mut stdout = tokio::io::stdout();
+    let interactive = args.execute.is_empty();
+    let mut interrupts = Interrupts::new()?;
+    let mut console = Console::new(interactive);
     let protocol = ws
         .protocol()
         .map(|p| format!(" (subprotocol {p})"))
@@ -149,43 +397,170 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
         e => format!(" ({e})"),
     };
     let status = response.status().as_u16();
-    eprintln!("connected to {} [{status}]{protocol}{extensions}", args.url);
+    let hint = if console.prompt {
+        " (Ctrl-D, Ctrl-C or /close to quit; /help for commands)"
+    } else {
+        ""
+    };
+    console
+        .status(
+            STATUS,
+            &format!(
+                "connected to {} [{status}]{protocol}{extensions}{hint}",
+                args.url
+            ),
+        )
+        .await?;
     let (writer, mut reader) = ws.split();
+
+    // Where input comes from: --execute's lines, then the close after --wait; or stdin.
+    let mut execute = args.execute.iter();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut stdin_open = true;
+    let mut input_open = true;
+    let wait = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(wait);
+    let mut waiting = false;
+    let mut interrupted = false;
     let mut code = ExitCode::SUCCESS;
     loop {
+        let next_line = async {
+            if interactive {
+                lines.next_line().await
+            } else {
+                Ok(execute.next().cloned())
+            }
+        };
         tokio::select! {
-            line = lines.next_line(), if stdin_open => match line? {
-                Some(line) => writer.send_text(&line).await?,
-                None => {
-                    stdin_open = false;
-                    writer.close(Some(CloseFrame::new(CloseCode::NORMAL_CLOSURE, ""))).await?;
-                }
-            },
-            message = reader.next() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    stdout.write_all(format!("< {text}\n").as_bytes()).await?;
-                    stdout.flush().await?;
-                }
-                Some(Ok(Message::UncheckedText(data) | Message::Binary(data))) => {
-                    stdout.write_all(format!("< [binary, {} bytes]\n", data.len()).as_bytes()).await?;
-                    stdout.flush().await?;
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Fragment(_))) => {}
-                Some(Ok(Message::Close(frame))) => {
-                    match frame {
-                        Some(f) => eprintln!("disconnected ({} {})", f.code.0, f.reason),
-                        None => eprintln!("disconnected (1005)"),
+            line = next_line, if input_open => {
+                let Some(line) = line? else {
+                    input_open = false;
+                    if interactive {
+                        writer.close(Some(CloseFrame::new(CloseCode::NORMAL_CLOSURE, ""))).await?;
+                    } else {
+                        wait.as_mut().reset(tokio::time::Instant::now() + args.wait);
+                        waiting = true;
+                    }
+                    continue;
+                };
+                // Enter moved the cursor past the prompt.
+                console.prompting = false;
+                match Input::parse(&line) {
+                    Ok(Input::Text(text)) => writer.send_text(&text).await?,
+                    Ok(Input::Binary(data)) => writer.send_binary(&data).await?,
+                    Ok(Input::Ping(data)) => writer.ping(&data).await?,
+                    Ok(Input::Pong(data)) => writer.pong(&data).await?,
+                    Ok(Input::Close(frame)) => {
+                        input_open = false;
+                        writer.close(Some(frame)).await?;
+                    }
+                    Ok(Input::Help) => {
+                        console.unprompt().await?;
+                        eprintln!("{HELP}");
+                    }
+                    Err(why) => {
+                        console.status(PROBLEM, &format!("sockeye: {why}")).await?;
+                        if !interactive {
+                            code = ExitCode::FAILURE;
+                        }
                     }
                 }
+                if input_open {
+                    console.prompt().await?;
+                }
+            },
+            // Ctrl-C closes with 1000 as end of input does (the handler replaces the
+            // default of ending the process at once); a second one quits without waiting.
+            () = interrupts.next() => {
+                if interrupted {
+                    console.unprompt().await?;
+                    return Ok(ExitCode::from(130));
+                }
+                interrupted = true;
+                input_open = false;
+                waiting = false;
+                console.prompt = false;
+                console
+                    .status(STATUS, "closing (Ctrl-C again to quit without waiting)")
+                    .await?;
+                let _ = writer.close(Some(CloseFrame::new(CloseCode::NORMAL_CLOSURE, ""))).await;
+            },
+            () = &mut wait, if waiting => {
+                waiting = false;
+                writer.close(Some(CloseFrame::new(CloseCode::NORMAL_CLOSURE, ""))).await?;
+            },
+            message = reader.next() => match message {
+                Some(Ok(Message::Text(text))) => console.received(RECEIVED, &text).await?,
+                Some(Ok(Message::UncheckedText(data) | Message::Binary(data))) => {
+                    console
+                        .received(RECEIVED, &format!("[binary, {} bytes]", data.len()))
+                        .await?;
+                }
+                Some(Ok(Message::Pong(data))) => {
+                    console.received(CONTROL, &Console::control("pong", &data)).await?;
+                }
+                Some(Ok(Message::Ping(data))) => {
+                    if args.show_ping_pong {
+                        console.received(CONTROL, &Console::control("ping", &data)).await?;
+                    }
+                }
+                Some(Ok(Message::Fragment(_))) => {}
+                Some(Ok(Message::Close(frame))) => {
+                    console.prompt = false;
+                    console.status(CLOSED, &closed_line(frame.as_ref())).await?;
+                    input_open = false;
+                    waiting = false;
+                }
                 Some(Err(e)) => {
-                    eprintln!("sockeye: error: {e}");
+                    console.status(PROBLEM, &format!("sockeye: error: {e}")).await?;
                     code = ExitCode::FAILURE;
                 }
                 None => break,
             },
         }
     }
+    console.unprompt().await?;
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_commands() {
+        assert_eq!(Input::parse("hi /x"), Ok(Input::Text("hi /x".into())));
+        assert_eq!(Input::parse("//x"), Ok(Input::Text("/x".into())));
+        assert_eq!(Input::parse("/ping"), Ok(Input::Ping(vec![])));
+        assert_eq!(Input::parse("/ping a b"), Ok(Input::Ping(b"a b".to_vec())));
+        assert_eq!(
+            Input::parse("/binary ab"),
+            Ok(Input::Binary(b"ab".to_vec()))
+        );
+        assert_eq!(
+            Input::parse("/close"),
+            Ok(Input::Close(CloseFrame::new(1000, "")))
+        );
+        assert_eq!(
+            Input::parse("/close 4000 all done"),
+            Ok(Input::Close(CloseFrame::new(4000, "all done")))
+        );
+        assert!(Input::parse("/close 1005").is_err());
+        assert!(Input::parse("/close x").is_err());
+        assert!(Input::parse(&format!("/ping {}", "x".repeat(126))).is_err());
+        assert!(Input::parse("/frobnicate").is_err());
+    }
+
+    #[test]
+    fn close_lines() {
+        assert_eq!(closed_line(Some(&CloseFrame::new(1000, ""))), "closed 1000");
+        assert_eq!(
+            closed_line(Some(&CloseFrame::new(1001, ""))),
+            "closed 1001 going away"
+        );
+        assert_eq!(
+            closed_line(Some(&CloseFrame::new(4000, "done"))),
+            "closed 4000 private application code: done"
+        );
+        assert_eq!(closed_line(None), "closed 1005 (no status code)");
+    }
 }

@@ -26,7 +26,14 @@ use clap::{Parser, Subcommand};
 
 /// Sockeye: a WebSocket server and client.
 #[derive(Debug, Parser)]
-#[command(name = "sockeye", version, about)]
+#[command(
+    name = "sockeye",
+    version,
+    about,
+    after_help = "With no command, `sockeye` runs `sockeye serve`: the demo page, echo and \
+                  chat at http://127.0.0.1:8080/ (Ctrl-C to stop).\n\
+                  Try: sockeye connect ws://127.0.0.1:8080/echo"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -34,11 +41,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the demo page at / with a WebSocket echo (/echo) and chat room (/chat).
+    /// Serve the demo page at / with a WebSocket echo (/echo) and chat room (/chat); the
+    /// default command.
     Serve(serve::Args),
     /// A bare echo server: every text or binary message goes back as it came, on any path.
     Echo(echo::Args),
     /// Connect to a WebSocket server: typed lines are sent as text, messages are printed.
+    #[command(after_help = connect::HELP)]
     Connect(connect::Args),
     /// Load an echo server: connections in a closed loop; prints rate and latency.
     Bench(bench::Args),
@@ -47,8 +56,9 @@ enum Command {
 /// Options shared by the servers.
 #[derive(Debug, clap::Args)]
 struct ServerArgs {
-    /// The address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// The address to listen on: IP:PORT or HOST:PORT (a name such as localhost is
+    /// resolved; its first IPv4 address is used, if any).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     listen: SocketAddr,
     /// The largest message accepted, in bytes (0: no limit).
     #[arg(long, default_value_t = sockeye::proto::limits::DEFAULT_MAX_PAYLOAD)]
@@ -66,6 +76,24 @@ struct ServerArgs {
     /// handshake failures ...) in Prometheus' text format at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+}
+
+/// `--listen`: an address, or a host name and port resolved to the name's first IPv4
+/// address (else its first address): `localhost` is then 127.0.0.1, as clients that
+/// try 127.0.0.1 expect, rather than whichever family the resolver lists first.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("{text}: expected IP:PORT or HOST:PORT ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text}: the name has no address"))
 }
 
 /// A positive number of seconds.

@@ -3,14 +3,16 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sockeye::proto::handshake::server::{parse_request, reject};
 use sockeye::proto::http::{HeaderMap, StatusCode};
-use sockeye::{CloseCode, CloseFrame, HeadLimits, Message, ServerConfig, ServerStream};
+use sockeye::{Clients, CloseCode, CloseFrame, HeadLimits, Message, ServerConfig, ServerStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -54,7 +56,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let tls = args.server.tls()?;
-    let listener = TcpListener::bind(args.server.listen).await?;
+    let listener = TcpListener::bind(args.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.server.listen))?;
+    let mut stop = StopSignals::new()?;
     println!(
         "sockeye serve: open {}://{}/ (Ctrl-C to stop)",
         if tls.is_some() { "https" } else { "http" },
@@ -67,12 +72,14 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     config.per_message_deflate = Some(sockeye::DeflateConfig::default());
     let config = Arc::new(config);
     let room = Room::default();
+    let tracked = Tracked::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let (config, room, tls) = (config.clone(), room.clone(), tls.clone());
+                let tracked = tracked.clone();
                 tokio::spawn(async move {
                     let stream = match tls {
                         Some(tls) => {
@@ -84,20 +91,117 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
                         }
                         None => ServerStream::Plain(stream),
                     };
-                    handle(stream, config, room).await;
+                    handle(stream, config, room, tracked).await;
                 });
             }
-            _ = tokio::signal::ctrl_c() => {
-                println!("sockeye serve: stopping");
+            signal = stop.next() => {
+                // Stop accepting, let the upgrades under way finish, then close every
+                // WebSocket with 1001 (going away), all within the grace.
+                drop(listener);
+                let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+                tracked.settle(deadline).await;
+                println!(
+                    "sockeye serve: {signal}: closing {} connection(s) (1001 going away), \
+                     waiting up to {} s (Ctrl-C again to stop at once)",
+                    tracked.clients.len(),
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                let grace = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let report = tokio::select! {
+                    report = tracked.clients.shutdown(grace) => report,
+                    signal = stop.next() => {
+                        println!("sockeye serve: {signal} again: stopped without waiting");
+                        return Ok(ExitCode::from(130));
+                    }
+                };
+                println!(
+                    "sockeye serve: stopped ({} closed, {} terminated)",
+                    report.closed, report.terminated
+                );
                 return Ok(ExitCode::SUCCESS);
             }
         }
     }
 }
 
+/// How long the WebSockets get to answer the 1001 close on Ctrl-C before they are
+/// terminated.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The WebSockets to close at shutdown: those upgraded, tracked in the library's
+/// [`Clients`], and a count of upgrades under way, whose 101 may already be on its way
+/// to a client that will count on the close handshake.
+#[derive(Clone, Default)]
+struct Tracked {
+    clients: Clients<ServerStream>,
+    upgrading: Arc<AtomicUsize>,
+}
+
+/// An upgrade under way, counted in [`Tracked::upgrading`] until dropped.
+struct Upgrading(Arc<AtomicUsize>);
+
+impl Drop for Upgrading {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Tracked {
+    fn upgrading(&self) -> Upgrading {
+        self.upgrading.fetch_add(1, Ordering::AcqRel);
+        Upgrading(self.upgrading.clone())
+    }
+
+    /// Waits until no upgrade is under way (each is bounded by the write of its 101), or
+    /// until `deadline`.
+    async fn settle(&self, deadline: tokio::time::Instant) {
+        while self.upgrading.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// SIGINT (Ctrl-C) and, on Unix, SIGTERM: the signals that stop the server. On Unix both
+/// handlers are installed when this is made, before the banner invites a Ctrl-C.
+struct StopSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignals {
+                interrupt: signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// The next stop signal's name ("interrupted", "terminated").
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => "interrupted",
+            _ = self.terminate.recv() => "terminated",
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupted"
+        }
+    }
+}
+
 /// Reads one request: an upgrade goes to the WebSocket routes, anything else gets the
 /// page or a 404.
-async fn handle(mut stream: ServerStream, config: Arc<ServerConfig>, room: Room) {
+async fn handle(mut stream: ServerStream, config: Arc<ServerConfig>, room: Room, tracked: Tracked) {
     let limits = HeadLimits::default();
     let mut buf = sockeye::proto::bytes::BytesMut::with_capacity(1024);
     let head = tokio::time::timeout(config.handshake_timeout, async {
@@ -126,9 +230,12 @@ async fn handle(mut stream: ServerStream, config: Arc<ServerConfig>, room: Room)
         if path != "/echo" && path != "/chat" {
             return respond_error(stream, &sockeye::proto::HandshakeError::NotFound).await;
         }
+        let upgrading = tracked.upgrading();
         let Ok((ws, _request)) = sockeye::upgrade(stream, request, buf, &config).await else {
             return;
         };
+        tracked.clients.insert(&ws);
+        drop(upgrading);
         if path == "/echo" {
             echo(ws).await;
         } else {
@@ -171,9 +278,16 @@ struct Room {
     members: Arc<Mutex<HashMap<u64, Member>>>,
 }
 
-/// A chat member: the name and the queue of lines to send, drained in order by the
-/// member's writer task.
-type Member = (String, mpsc::Sender<Arc<str>>);
+/// A chat member.
+struct Member {
+    /// `guest-ID` until the member says hello with a name.
+    name: String,
+    /// Whether the member has said hello: the first hello joins, a later one with
+    /// another name renames.
+    named: bool,
+    /// The lines to send, drained in order by the member's writer task.
+    queue: mpsc::Sender<Arc<str>>,
+}
 
 /// Lines queued for one member; a member that falls this far behind is disconnected
 /// (1008) rather than buffered without bound.
@@ -194,10 +308,12 @@ impl Room {
             let too_slow = CloseFrame::new(CloseCode::POLICY_VIOLATION, "too slow to keep up");
             let _ = writer.close(Some(too_slow)).await;
         });
-        self.members
-            .lock()
-            .expect("room lock")
-            .insert(id, (format!("guest-{id}"), queue));
+        let member = Member {
+            name: format!("guest-{id}"),
+            named: false,
+            queue,
+        };
+        self.members.lock().expect("room lock").insert(id, member);
         while let Some(Ok(message)) = reader.next().await {
             let Message::Text(text) = message else {
                 continue;
@@ -208,14 +324,27 @@ impl Room {
             match value["type"].as_str() {
                 Some("hello") => {
                     let name = clip(value["name"].as_str().unwrap_or("guest"), MAX_NAME);
-                    let count = {
+                    let (before, count) = {
                         let mut members = self.members.lock().expect("room lock");
-                        if let Some(member) = members.get_mut(&id) {
-                            member.0 = name.clone();
-                        }
-                        members.len()
+                        let before = members.get_mut(&id).map(|member| {
+                            let before = member.named.then(|| member.name.clone());
+                            member.name = name.clone();
+                            member.named = true;
+                            before
+                        });
+                        (before, members.len())
                     };
-                    self.broadcast(json!({"type": "joined", "name": name, "count": count}));
+                    match before {
+                        // Not in the room any more (dropped as too slow).
+                        None => {}
+                        Some(None) => {
+                            self.broadcast(json!({"type": "joined", "name": name, "count": count}))
+                        }
+                        Some(Some(old)) if old != name => self.broadcast(
+                            json!({"type": "renamed", "from": old, "to": name, "count": count}),
+                        ),
+                        Some(Some(_)) => {}
+                    }
                 }
                 Some("say") => {
                     let text = clip(value["text"].as_str().unwrap_or(""), MAX_TEXT);
@@ -224,7 +353,7 @@ impl Room {
                         .lock()
                         .expect("room lock")
                         .get(&id)
-                        .map(|m| m.0.clone());
+                        .map(|m| m.name.clone());
                     let at = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
@@ -235,7 +364,7 @@ impl Room {
         }
         let (left, count) = {
             let mut members = self.members.lock().expect("room lock");
-            (members.remove(&id).map(|m| m.0), members.len())
+            (members.remove(&id).map(|m| m.name), members.len())
         };
         sender.abort();
         if let Some(name) = left {
@@ -248,7 +377,7 @@ impl Room {
     fn broadcast(&self, value: Value) {
         let text: Arc<str> = value.to_string().into();
         let mut members = self.members.lock().expect("room lock");
-        members.retain(|_, (_, queue)| queue.try_send(text.clone()).is_ok());
+        members.retain(|_, member| member.queue.try_send(text.clone()).is_ok());
     }
 }
 

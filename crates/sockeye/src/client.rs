@@ -168,6 +168,14 @@ impl Target {
     /// [`Error::Url`] for a URL that is not `ws://` or `wss://` (or `http://`, `https://`)
     /// with a host, nor `ws+unix:` with a socket path, or that has a fragment.
     pub fn parse(url: &str) -> Result<Target, Error> {
+        // `localhost:8080` parses as the scheme `localhost`, `127.0.0.1:8080` not at all:
+        // name what is missing instead of either.
+        if !url.contains("://") && !url.starts_with("ws+unix:") {
+            return Err(Error::Url(format!(
+                "{url}: no scheme: a WebSocket URL starts with ws:// or wss://, \
+                 as in ws://{url}"
+            )));
+        }
         let parsed = url::Url::parse(url).map_err(|e| Error::Url(format!("{url}: {e}")))?;
         if parsed.fragment().is_some() {
             return Err(Error::Url(format!(
@@ -180,7 +188,7 @@ impl Target {
             "ws+unix" => return Target::parse_unix(url, &parsed),
             other => {
                 return Err(Error::Url(format!(
-                    "{url}: the scheme must be ws, wss or ws+unix, not {other}"
+                    "{url}: the scheme must be ws, wss, http, https or ws+unix, not {other}"
                 )))
             }
         };

@@ -7,6 +7,12 @@ use bytes::Bytes;
 use sockeye_proto::{ApiMisuse, CloseFrame, HandshakeError};
 
 /// Any error of a WebSocket, its handshake or its server.
+///
+/// `Display` names the cause in words, including the message of the error a variant wraps
+/// (an I/O error's "Connection refused"); `source()` then gives only what that message
+/// does not already say (the wrapped error's own source, if any), so a report that walks
+/// the chain, such as anyhow's `{:#}`, names each cause once. The wording is not a
+/// contract; [`Error::ws_code`], [`Error::close_code`] and the variants are.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -64,20 +70,87 @@ impl fmt::Display for TlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             #[cfg(feature = "rustls")]
-            TlsError::Rustls(e) => fmt::Display::fmt(e, f),
+            TlsError::Rustls(e) => describe_rustls(e, f),
             TlsError::InvalidConfig(why) => write!(f, "invalid TLS settings: {why}"),
         }
     }
 }
 
-impl std::error::Error for TlsError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            #[cfg(feature = "rustls")]
-            TlsError::Rustls(e) => Some(e),
-            TlsError::InvalidConfig(_) => None,
+/// The `Display` of a [`TlsError`] says what rustls refused in plain words, so
+/// `source()` has nothing to add: the rustls error itself stays in
+/// [`TlsError::Rustls`].
+impl std::error::Error for TlsError {}
+
+/// rustls's refusal in words a user can act on. rustls prints some causes as `Debug`
+/// (`InvalidContentType`, `Other(OtherError(CaUsedAsEndEntity))`); the common ones are
+/// described here, the rest fall back to rustls's own `Display`.
+#[cfg(feature = "rustls")]
+fn describe_rustls(e: &rustls::Error, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    use rustls::{AlertDescription, CertificateError};
+    match e {
+        // The first bytes were not a TLS record: a plain HTTP/WebSocket server answered
+        // the ClientHello (or a plain client spoke to a TLS server).
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => f.write_str(
+            "the peer does not speak TLS (a wss:// or https:// URL for a plain ws:// port?)",
+        ),
+        rustls::Error::InvalidCertificate(cert) => {
+            f.write_str("the certificate was refused: ")?;
+            match cert {
+                CertificateError::UnknownIssuer => f.write_str(
+                    "it is not signed by a trusted certificate authority (self-signed, \
+                     or signed by a CA that is not among the trusted roots)",
+                ),
+                CertificateError::BadSignature => f.write_str("its signature is not valid"),
+                CertificateError::Revoked => f.write_str("it is revoked"),
+                CertificateError::Other(other) => match webpki_cause(other) {
+                    Some(words) => f.write_str(words),
+                    None => write!(f, "{}", other.0),
+                },
+                // rustls's own words name the names, dates and usages involved.
+                other => write!(f, "{other}"),
+            }
         }
+        rustls::Error::AlertReceived(alert) => {
+            f.write_str("the peer ended the TLS handshake: ")?;
+            match alert {
+                AlertDescription::BadCertificate
+                | AlertDescription::UnknownCA
+                | AlertDescription::CertificateUnknown => {
+                    f.write_str("it does not accept this end's certificate")
+                }
+                AlertDescription::CertificateRequired => {
+                    f.write_str("it requires a client certificate")
+                }
+                AlertDescription::HandshakeFailure => {
+                    f.write_str("no TLS version or cipher suite in common")
+                }
+                AlertDescription::ProtocolVersion => f.write_str("no TLS version in common"),
+                other => write!(f, "alert {other:?}"),
+            }
+        }
+        rustls::Error::NoCertificatesPresented => {
+            f.write_str("the peer sent no certificate, and one is required")
+        }
+        other => write!(f, "{other}"),
     }
+}
+
+/// The certificate-path errors of rustls's verifier (webpki), which print as `Debug`.
+#[cfg(feature = "rustls")]
+fn webpki_cause(other: &rustls::OtherError) -> Option<&'static str> {
+    let cause = other.0.downcast_ref::<webpki::Error>()?;
+    Some(match cause {
+        webpki::Error::CaUsedAsEndEntity => {
+            "it is a CA certificate presented as the peer's own (serve a certificate the CA \
+             signed, not the CA itself)"
+        }
+        webpki::Error::EndEntityUsedAsCa => "a server certificate is used as a CA in the chain",
+        webpki::Error::CertNotValidForName(_) => "it is not valid for this host name",
+        webpki::Error::CertExpired { .. } => "it has expired",
+        webpki::Error::CertNotValidYet { .. } => "it is not valid yet",
+        webpki::Error::UnknownIssuer => "it is not signed by a trusted certificate authority",
+        _ => return None,
+    })
 }
 
 /// How a connection ended.
@@ -165,14 +238,16 @@ impl fmt::Display for Error {
     }
 }
 
+/// `Display` already prints the wrapped error's message; `source()` continues the chain
+/// below it (see [`Error`]).
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io(e) => Some(e),
-            Error::Tls(e) => Some(e),
-            Error::Protocol(e) => Some(e),
-            Error::Misuse(e) => Some(e),
-            Error::Handshake(e) => Some(e),
+            Error::Io(e) => e.source(),
+            Error::Tls(e) => e.source(),
+            Error::Protocol(e) => e.source(),
+            Error::Misuse(e) => e.source(),
+            Error::Handshake(e) => e.source(),
             _ => None,
         }
     }
@@ -237,5 +312,53 @@ impl From<sockeye_proto::Error> for Error {
             sockeye_proto::Error::Misuse(m) => Error::Misuse(m),
             other => Error::Protocol(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message and every source below it, as a report that walks the chain prints
+    /// them (anyhow's `{:#}`).
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut next = e.source();
+        while let Some(cause) = next {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        text
+    }
+
+    #[test]
+    fn a_wrapped_error_is_named_once_in_the_chain() {
+        let refused = Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let text = chain(&refused);
+        assert_eq!(text.matches("refused").count(), 1, "{text}");
+
+        // An I/O error that wraps another: each message once, in order.
+        let inner = Error::Url("ws://x/#f: the URL contains a fragment identifier".into());
+        let wrapped = Error::Io(io::Error::other(inner));
+        let text = chain(&wrapped);
+        assert_eq!(text.matches("fragment").count(), 1, "{text}");
+        assert!(text.starts_with("I/O error: invalid URL"), "{text}");
+    }
+
+    #[cfg(feature = "rustls")]
+    #[test]
+    fn tls_refusals_are_described_in_words() {
+        let plain = Error::Tls(TlsError::Rustls(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        )));
+        assert!(chain(&plain).contains("does not speak TLS"), "{plain}");
+        let ca = rustls::OtherError(std::sync::Arc::new(webpki::Error::CaUsedAsEndEntity));
+        let ca = Error::Tls(TlsError::Rustls(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(ca),
+        )));
+        let text = chain(&ca);
+        assert!(text.contains("a CA certificate"), "{text}");
+        assert!(!text.contains("CaUsedAsEndEntity"), "{text}");
     }
 }

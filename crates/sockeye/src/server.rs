@@ -120,7 +120,11 @@ impl<S> Default for Clients<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Clients<S> {
-    fn insert(&self, ws: &WebSocket<S>) {
+    /// Tracks `ws` (held weakly: the set keeps no connection open) until it closes. A
+    /// [`WebSocketServer`] tracks what it accepts; a front end that upgrades connections
+    /// itself ([`crate::upgrade`], [`crate::accept`]) tracks them here, for
+    /// [`Clients::snapshot`] and [`Clients::shutdown`].
+    pub fn insert(&self, ws: &WebSocket<S>) {
         let writer = ws.writer();
         let mut clients = self.map.lock().unwrap_or_else(|p| p.into_inner());
         clients.insert(writer.id(), writer.downgrade());
@@ -149,6 +153,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Clients<S> {
     /// Whether no connection is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Sends 1001 (going away) to every open connection, waits up to `grace` for them to
+    /// close, terminates the rest, and reports. Connections tracked after the call
+    /// starts are not included: stop accepting first.
+    ///
+    /// The connections are closed side by side, under one deadline: a peer that does
+    /// not read (its close frame stuck behind a full send queue) or does not answer
+    /// holds up only itself, and the whole takes at most `grace` and a few milliseconds,
+    /// however many connections there are.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let clients = self.snapshot();
+        let total = clients.len();
+        let deadline = tokio::time::Instant::now() + grace;
+        let going_away = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
+        // Each close future writes its own connection's queue; polled together, every
+        // close frame goes out as soon as its transport takes it.
+        let closes = clients
+            .iter()
+            .map(|client| client.close(Some(going_away.clone())));
+        let _ = tokio::time::timeout_at(deadline, futures_util::future::join_all(closes)).await;
+        while tokio::time::Instant::now() < deadline
+            && clients.iter().any(|c| c.is_open_or_closing())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut terminated = 0;
+        for client in &clients {
+            if client.is_open_or_closing() {
+                client.terminate();
+                terminated += 1;
+            }
+        }
+        ShutdownReport {
+            closed: total - terminated,
+            terminated,
+        }
     }
 }
 
@@ -265,32 +306,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketServer<S> {
     /// however many connections there are.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.close();
-        let clients = self.clients.snapshot();
-        let total = clients.len();
-        let deadline = tokio::time::Instant::now() + grace;
-        let going_away = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
-        // Each close future writes its own connection's queue; polled together, every
-        // close frame goes out as soon as its transport takes it.
-        let closes = clients
-            .iter()
-            .map(|client| client.close(Some(going_away.clone())));
-        let _ = tokio::time::timeout_at(deadline, futures_util::future::join_all(closes)).await;
-        while tokio::time::Instant::now() < deadline
-            && clients.iter().any(|c| c.is_open_or_closing())
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let mut terminated = 0;
-        for client in &clients {
-            if client.is_open_or_closing() {
-                client.terminate();
-                terminated += 1;
-            }
-        }
-        ShutdownReport {
-            closed: total - terminated,
-            terminated,
-        }
+        self.clients.shutdown(grace).await
     }
 }
 

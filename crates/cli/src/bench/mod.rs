@@ -5,6 +5,7 @@
 //! The connections are the library's async client, a task each on one current-thread
 //! tokio runtime.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,12 +43,22 @@ pub struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// For wss://: trust the CA certificates in FILE (PEM) instead of the built-in roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+    /// For wss://: accept any server certificate without checking it (DANGEROUS: the
+    /// connection is not authenticated).
+    #[arg(long, short = 'k')]
+    insecure: bool,
 }
 
 /// What one connection measured, or all together.
 struct Outcome {
     messages: u64,
+    /// Connections that failed (each ends at its first error).
     errors: u64,
+    /// Why: the reason's words and how many connections failed so.
+    reasons: BTreeMap<String, u64>,
     latency_us: Histogram<u64>,
 }
 
@@ -56,8 +67,30 @@ impl Outcome {
         Outcome {
             messages: 0,
             errors: 0,
+            reasons: BTreeMap::new(),
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
         }
+    }
+
+    /// Counts a failed connection and why.
+    fn failed(&mut self, reason: impl Into<String>) {
+        self.errors += 1;
+        *self.reasons.entry(reason.into()).or_default() += 1;
+    }
+
+    /// Adds what another connection measured.
+    fn add(&mut self, other: Outcome) {
+        self.messages += other.messages;
+        self.errors += other.errors;
+        for (reason, count) in other.reasons {
+            *self.reasons.entry(reason).or_default() += count;
+        }
+        self.latency_us.add(&other.latency_us).expect("same bounds");
+    }
+
+    /// Each reason with its count.
+    fn reasons(&self) -> Vec<(String, u64)> {
+        self.reasons.iter().map(|(r, n)| (r.clone(), *n)).collect()
     }
 
     /// Counts an echo that arrived whole, if its message went out in the measured window.
@@ -152,27 +185,45 @@ impl Plan {
     }
 }
 
-/// The spinner with the live rate, refreshed every 250 ms.
+/// What the run shows while it goes: on a terminal (stderr), a bar of the elapsed time
+/// over the total (warm-up and measured) with the live rate, redrawn every 250 ms;
+/// otherwise a plain line every second.
 struct Progress {
-    bar: indicatif::ProgressBar,
+    bar: Option<indicatif::ProgressBar>,
+    start: Instant,
+    total: Duration,
     measure_from: Instant,
+    every: Duration,
     next: Instant,
     last: (Instant, u64),
 }
 
 impl Progress {
-    const EVERY: Duration = Duration::from_millis(250);
-
     fn new(plan: &Plan) -> Progress {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("template"),
-        );
+        use std::io::IsTerminal;
+        let total = plan.end.saturating_duration_since(plan.start);
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("[{bar:30.cyan/blue}] {msg}")
+                    .expect("template")
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        let every = if bar.is_some() {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(1)
+        };
         let now = Instant::now();
         Progress {
             bar,
+            start: plan.start,
+            total,
             measure_from: plan.measure_from,
-            next: now + Self::EVERY,
+            every,
+            next: now + every,
             last: (now, 0),
         }
     }
@@ -181,7 +232,8 @@ impl Progress {
         self.next
     }
 
-    /// Shows the rate since the last refresh, if one is due; `count`: echoes so far.
+    /// Shows the time and the rate since the last refresh, if one is due; `count`:
+    /// echoes so far.
     fn tick(&mut self, now: Instant, count: u64) {
         if now < self.next {
             return;
@@ -192,15 +244,27 @@ impl Progress {
         } else {
             "measuring"
         };
-        self.bar
-            .set_message(format!("{phase}: {rate:>10.0} msgs/s"));
-        self.bar.tick();
+        let elapsed = now.saturating_duration_since(self.start).min(self.total);
+        let line = format!(
+            "{:.1} s / {:.1} s  {phase}  {rate:.0} msgs/s",
+            elapsed.as_secs_f64(),
+            self.total.as_secs_f64()
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(elapsed.as_millis() as u64);
+                bar.set_message(line);
+            }
+            None => eprintln!("sockeye bench: {line}"),
+        }
         self.last = (now, count);
-        self.next = now + Self::EVERY;
+        self.next = now + self.every;
     }
 
     fn finish(&self) {
-        self.bar.finish_and_clear();
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -210,7 +274,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.duration > 0.0 && args.warmup >= 0.0,
         "--duration must be positive"
     );
-    Target::parse(&args.url)?;
+    let target = Target::parse(&args.url)?;
+    if (args.ca.is_some() || args.insecure) && !target.tls {
+        anyhow::bail!("--ca and --insecure are for wss:// URLs");
+    }
+    if args.insecure {
+        eprintln!(
+            "sockeye: warning: --insecure: the server's certificate is not checked \
+             (dangerous_accept_any_certificate)"
+        );
+    }
     let mut plan = Plan::new(&args);
     let total = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -239,6 +312,10 @@ async fn bench(args: &Args, plan: &mut Plan) -> anyhow::Result<Outcome> {
     if !args.deflate {
         config.per_message_deflate = None;
     }
+    if let Some(ca) = &args.ca {
+        config.tls.ca_pem = Some(crate::read(ca, "--ca")?);
+    }
+    config.tls.dangerous_accept_any_certificate = args.insecure;
     let mut sockets = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         let (ws, _) = sockeye::connect_maybe_tls_with(&args.url, config.clone())
@@ -262,13 +339,7 @@ async fn bench(args: &Args, plan: &mut Plan) -> anyhow::Result<Outcome> {
 
     let mut total = Outcome::new();
     for task in tasks {
-        let outcome = task.await?;
-        total.messages += outcome.messages;
-        total.errors += outcome.errors;
-        total
-            .latency_us
-            .add(&outcome.latency_us)
-            .expect("same bounds");
+        total.add(task.await?);
     }
     Ok(total)
 }
@@ -302,44 +373,72 @@ async fn connection(
             if sent >= plan.end {
                 return;
             }
-            if ws.send_binary(&plan.payload).await.is_err() {
-                outcome.errors += 1;
+            if let Err(e) = ws.send_binary(&plan.payload).await {
+                outcome.failed(format!("sending failed: {e}"));
                 return;
             }
             let mut received = 0;
             let echo = loop {
-                let Some(Ok(message)) = ws.next().await else {
-                    break None;
+                let message = match ws.next().await {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => break Err(format!("the connection failed: {e}")),
+                    None => break Err("the server closed the connection".to_owned()),
                 };
                 match Received::of(&message) {
                     Received::Echo { len, fin } => {
                         received += len;
                         if fin {
-                            break Some(received);
+                            break Ok(received);
                         }
                     }
                     Received::Control => {}
-                    Received::Other => break None,
+                    Received::Other => break Err(not_an_echo(&message)),
                 }
             };
             match echo {
-                Some(len) if len == plan.payload.len() => {
+                Ok(len) if len == plan.payload.len() => {
                     live.fetch_add(1, Ordering::Relaxed);
                     now = Instant::now();
                     outcome.echoed(&plan, sent, now);
                 }
-                _ => {
-                    outcome.errors += 1;
+                Ok(len) => {
+                    outcome.failed(format!(
+                        "the echo had {len} bytes, not the {} sent",
+                        plan.payload.len()
+                    ));
+                    return;
+                }
+                Err(reason) => {
+                    outcome.failed(reason);
                     return;
                 }
             }
         }
     };
     if tokio::time::timeout_at(give_up, run).await.is_err() {
-        outcome.errors += 1;
+        outcome.failed("the server did not echo (nothing within 5 s after the end of the run)");
     }
     let _ = ws.close(None).await;
     outcome
+}
+
+/// Why a message that is not the echo ends the closed loop.
+fn not_an_echo(message: &Message) -> String {
+    match message {
+        Message::Close(Some(frame)) => format!(
+            "the server closed the connection ({} {})",
+            frame.code.0,
+            frame.code.description()
+        ),
+        Message::Close(None) => "the server closed the connection".to_owned(),
+        Message::Fragment(piece) if piece.kind == DataKind::Text => {
+            "the server answered with text: it did not echo the binary message".to_owned()
+        }
+        Message::Text(_) | Message::UncheckedText(_) => {
+            "the server answered with text: it did not echo the binary message".to_owned()
+        }
+        _ => "the server did not echo: another message came instead".to_owned(),
+    }
 }
 
 fn report(args: &Args, total: &Outcome, cpu_share: Option<f64>) {
@@ -363,38 +462,63 @@ fn report(args: &Args, total: &Outcome, cpu_share: Option<f64>) {
                 "mean": (h.mean() * 10.0).round() / 10.0,
             },
             "errors": total.errors,
+            "error_reasons": total
+                .reasons()
+                .into_iter()
+                .map(|(reason, count)| serde_json::json!({"reason": reason, "count": count}))
+                .collect::<Vec<_>>(),
             "client_cpu_percent": cpu_share.map(|c| (c * 1000.0).round() / 10.0),
         });
         println!("{json}");
         return;
     }
-    println!(
-        "sockeye bench {}: {} connections x {} B, {:.1} s",
-        args.url, args.connections, args.size, args.duration
-    );
-    println!(
-        "  messages  {:>12}   {:>10.0} msgs/s   {:.2} MB/s",
-        total.messages, per_s, mb_per_s
-    );
-    println!(
-        "  latency   p50 {} µs   p99 {} µs   p999 {} µs   max {} µs",
-        h.value_at_quantile(0.5),
-        h.value_at_quantile(0.99),
-        h.value_at_quantile(0.999),
-        h.max()
-    );
+    let mut rows = vec![
+        ("messages", total.messages.to_string(), ""),
+        ("rate", format!("{per_s:.0}"), "msgs/s"),
+        ("throughput", format!("{mb_per_s:.2}"), "MB/s"),
+        ("latency p50", h.value_at_quantile(0.5).to_string(), "µs"),
+        ("latency p99", h.value_at_quantile(0.99).to_string(), "µs"),
+        (
+            "latency p99.9",
+            h.value_at_quantile(0.999).to_string(),
+            "µs",
+        ),
+        ("latency max", h.max().to_string(), "µs"),
+        ("latency mean", format!("{:.1}", h.mean()), "µs"),
+    ];
     if let Some(cpu) = cpu_share {
         let per_message = if total.messages > 0 {
             cpu * (args.duration + args.warmup) / total.messages as f64 * 1e6
         } else {
             0.0
         };
-        println!(
-            "  client    {:.0}% of one core, {per_message:.2} µs CPU per message",
-            cpu * 100.0
-        );
+        rows.push(("client CPU", format!("{:.0}", cpu * 100.0), "% of one core"));
+        rows.push(("CPU per message", format!("{per_message:.2}"), "µs"));
     }
-    println!("  errors    {}", total.errors);
+    rows.push(("errors", total.errors.to_string(), ""));
+    println!(
+        "sockeye bench {}: {} connections x {} B, {:.1} s measured after {:.1} s warm-up",
+        args.url, args.connections, args.size, args.duration, args.warmup
+    );
+    print!("{}", table(&rows));
+    for (reason, count) in total.reasons() {
+        println!("  {count} x {reason}");
+    }
+}
+
+/// The summary table: names left-aligned, figures right-aligned, then their units, each
+/// column as wide as its widest cell.
+fn table(rows: &[(&str, String, &str)]) -> String {
+    let width = |cell: &dyn Fn(&(&str, String, &str)) -> usize| rows.iter().map(cell).max();
+    let names = width(&|r| r.0.chars().count()).unwrap_or(0);
+    let figures = width(&|r| r.1.chars().count()).unwrap_or(0);
+    let mut out = String::new();
+    for (name, figure, unit) in rows {
+        let line = format!("  {name:<names$}  {figure:>figures$} {unit}");
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// User + system CPU seconds of this process (Linux /proc; `None` elsewhere).

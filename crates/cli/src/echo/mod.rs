@@ -11,6 +11,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use futures_util::StreamExt;
 use sockeye::proto::bytes::BytesMut;
 use sockeye::proto::Fragment;
@@ -24,11 +25,19 @@ pub struct Args {
     #[command(flatten)]
     server: ServerArgs,
     /// Worker threads (1: a single-threaded runtime, as the benchmark harness expects).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = parse_threads)]
     threads: usize,
     /// Accept permessage-deflate (RFC 7692) offers; off by default, as in ws.
     #[arg(long)]
     deflate: bool,
+}
+
+/// `--threads`: a whole number, at least 1.
+fn parse_threads(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text}: a number of threads, at least 1, expected")),
+    }
 }
 
 /// The server configuration.
@@ -64,7 +73,9 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let config = config(&args);
     let tls = args.server.tls()?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let server = WebSocketServer::bind_tls(args.server.listen, config, tls).await?;
+    let server = WebSocketServer::bind_tls(args.server.listen, config, tls)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.server.listen))?;
     println!(
         "sockeye echo listening on {scheme}://{}",
         server.local_addr()
