@@ -8,6 +8,9 @@
 //! - [`WebSocket`]: a `Stream` of [`Message`]s and a `Sink` of them, with `send*` methods
 //!   on `&self` and [`WebSocket::split`] for a reader task and writer tasks.
 //!
+//! - [`Hub`]: pub/sub topics; a message published once to every subscribed connection,
+//!   encoded (and compressed) once, with a byte budget per subscriber ([`hub`]).
+//!
 //! The protocol itself lives in [`sockeye_proto`], which does no I/O; this crate only
 //! moves bytes between a transport and it.
 //!
@@ -54,6 +57,7 @@
 mod accept;
 mod client;
 mod error;
+pub mod hub;
 mod server;
 mod stream;
 pub mod tls;
@@ -69,6 +73,7 @@ pub use client::{
     Target,
 };
 pub use error::{CloseInfo, Error, TlsError};
+pub use hub::{Hub, HubConfig, HubError, OverBudget, PublishReport};
 pub use server::{Clients, ShutdownReport, WebSocketServer};
 pub use stream::ByteStream;
 #[cfg(feature = "rustls")]

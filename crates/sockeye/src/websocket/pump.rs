@@ -69,7 +69,14 @@ pub(super) struct Rare {
     pub(super) dropped: u64,
     /// Per-connection user data (`WebSocketWriter::insert_data`).
     pub(super) data: http::Extensions,
+    /// Called once when the connection ends (`Shared::on_end`): a hub forgets the
+    /// connection's subscriptions.
+    pub(super) on_end: Vec<EndHook>,
 }
+
+/// What runs when a connection ends. It runs under the connection's lock, so it must not
+/// lock another connection (a hub only records the id, for later).
+pub(crate) type EndHook = Box<dyn FnOnce() + Send>;
 
 impl<S> Shared<S> {
     /// The state of a connection whose opening handshake is done on `io`; `read_buf`
@@ -146,6 +153,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
         inner.conn.terminate();
         inner.io = None;
         Writers::wake_all(&inner.writers);
+        // A reader parked on the transport would wait forever: its registration went
+        // with the transport. Woken, it finds the connection aborted and ends.
+        inner.wake_reader();
+        inner.run_end_hooks();
+    }
+
+    /// Runs `hook` once when the connection ends (its stream finished, its transport
+    /// failed, or `terminate`). Returns `false`, without keeping it, if the connection
+    /// has ended already.
+    pub(crate) fn on_end(&self, hook: EndHook) -> bool {
+        let mut inner = self.lock();
+        if inner.ended || inner.io.is_none() {
+            return false;
+        }
+        inner.rare().on_end.push(hook);
+        true
     }
 
     pub(super) fn wake_writers(&self) {
@@ -316,6 +339,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         })
     }
 
+    /// Runs (and forgets) the hooks registered with `Shared::on_end`.
+    pub(super) fn run_end_hooks(&mut self) {
+        if let Some(rare) = self.rare.as_mut() {
+            for hook in std::mem::take(&mut rare.on_end) {
+                hook();
+            }
+        }
+    }
+
     pub(super) fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_default()
     }
@@ -326,7 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// which the send's future runs with its task's waker, and which registers that
     /// waker in place of this one. Not tried while a task waits to write: the
     /// transport holds the waker for it, which this attempt would replace.
-    fn try_write_now(&mut self) -> bool {
+    pub(super) fn try_write_now(&mut self) -> bool {
         if Writers::any_waiting(&self.writers) {
             return false;
         }
@@ -640,6 +672,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     fn finish(&mut self) -> Poll<Option<Result<Message, Error>>> {
         self.ended = true;
+        self.run_end_hooks();
         self.timer = None;
         self.read_buf = BytesMut::new();
         write_pool::release(self.conn.transmit());
@@ -651,6 +684,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.conn.terminate();
         self.io = None;
         self.ended = true;
+        self.run_end_hooks();
         Writers::wake_all(&self.writers);
         Error::from(e)
     }

@@ -10,6 +10,7 @@ mod deflate;
 mod features;
 mod frames;
 mod handshake;
+mod hub;
 mod interop;
 #[cfg(feature = "rustls")]
 mod tls;
