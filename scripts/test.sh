@@ -18,6 +18,12 @@ step "unit, integration, interop and doc tests"
 cargo test --locked --workspace --all-targets
 cargo test --locked --workspace --doc
 
+step "the Redis brokers (feature redis) against a real redis-server"
+command -v redis-server >/dev/null || { echo "test: error: redis-server is required for the Redis broker tests (apt-get install redis-server)"; exit 1; }
+cargo clippy --locked -p sockeye --features redis --all-targets -- -D warnings
+cargo test --locked -p sockeye --features redis --test it redis
+cargo test --locked -p sockeye --features redis --lib
+
 step "the library crates with default features off (each feature alone, then none)"
 cargo clippy --locked -p sockeye -p sockeye-proto --no-default-features --all-targets -- -D warnings
 cargo test --locked -p sockeye-proto --no-default-features

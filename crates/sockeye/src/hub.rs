@@ -258,6 +258,23 @@ pub(crate) struct Publication {
     pub(crate) payload: Bytes,
 }
 
+impl Publication {
+    /// A text or binary message's kind and payload.
+    pub(crate) fn from_message(message: Message) -> Result<Publication, HubError> {
+        match message {
+            Message::Text(text) => Ok(Publication {
+                kind: DataKind::Text,
+                payload: text.into_bytes(),
+            }),
+            Message::Binary(payload) => Ok(Publication {
+                kind: DataKind::Binary,
+                payload,
+            }),
+            _ => Err(HubError::NotDataMessage),
+        }
+    }
+}
+
 /// The frames of one publication, each encoded the first time a subscriber needs it.
 #[derive(Default)]
 pub(crate) struct Frames {
@@ -405,17 +422,7 @@ impl Hub {
         message: impl Into<Message>,
     ) -> Result<PublishReport, HubError> {
         self.check_topic(topic)?;
-        let publication = match message.into() {
-            Message::Text(text) => Publication {
-                kind: DataKind::Text,
-                payload: text.into_bytes(),
-            },
-            Message::Binary(payload) => Publication {
-                kind: DataKind::Binary,
-                payload,
-            },
-            _ => return Err(HubError::NotDataMessage),
-        };
+        let publication = Publication::from_message(message.into())?;
         self.forget_ended();
         let subscribers = match self.inner.state.lock().topics.get(topic) {
             Some(topic) => topic.subscribers.clone(),
@@ -477,7 +484,8 @@ impl Hub {
         })
     }
 
-    fn check_topic(&self, topic: &str) -> Result<(), HubError> {
+    /// Whether `topic` is a valid name under the hub's limits.
+    pub(crate) fn check_topic(&self, topic: &str) -> Result<(), HubError> {
         let max = self.inner.config.max_topic_len;
         if topic.is_empty() {
             Err(HubError::EmptyTopic)

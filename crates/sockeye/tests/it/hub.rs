@@ -20,14 +20,18 @@ const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 /// A server whose accepted connections are subscribed to `topics` and read until they
 /// end; each subscription is announced on the returned channel, each end too.
-struct HubServer {
-    addr: SocketAddr,
-    hub: Hub,
+pub(crate) struct HubServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) hub: Hub,
     subscribed: mpsc::UnboundedReceiver<u64>,
     ended: mpsc::UnboundedReceiver<u64>,
 }
 
-async fn hub_server(hub: Hub, config: ServerConfig, topics: &[&'static str]) -> HubServer {
+pub(crate) async fn hub_server(
+    hub: Hub,
+    config: ServerConfig,
+    topics: &[&'static str],
+) -> HubServer {
     let server: WebSocketServer = server(config).await;
     let addr = server.local_addr();
     let (subscribed_tx, subscribed) = mpsc::unbounded_channel();
@@ -57,7 +61,7 @@ async fn hub_server(hub: Hub, config: ServerConfig, topics: &[&'static str]) -> 
 }
 
 impl HubServer {
-    async fn await_subscribed(&mut self, n: usize) {
+    pub(crate) async fn await_subscribed(&mut self, n: usize) {
         for _ in 0..n {
             within("a subscription", self.subscribed.recv())
                 .await
@@ -65,12 +69,12 @@ impl HubServer {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("ws://{}/", self.addr)
     }
 }
 
-async fn recv_text(ws: &mut WebSocket<TcpStream>) -> String {
+pub(crate) async fn recv_text(ws: &mut WebSocket<TcpStream>) -> String {
     match within("a message", ws.recv()).await {
         Some(Ok(Message::Text(text))) => text.as_str().to_owned(),
         other => panic!("expected text, got {other:?}"),

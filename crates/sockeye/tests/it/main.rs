@@ -12,6 +12,8 @@ mod frames;
 mod handshake;
 mod hub;
 mod interop;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "rustls")]
 mod tls;
 mod ws_errors;
