@@ -285,12 +285,10 @@ pub(crate) struct Frames {
 
 impl Frames {
     /// The uncompressed frame (the payload referenced, not copied).
-    pub(crate) fn plain(&mut self, publication: &Publication) -> PreparedFrame {
-        self.plain
-            .get_or_insert_with(|| {
-                PreparedFrame::new(publication.kind, publication.payload.clone())
-            })
-            .clone()
+    pub(crate) fn plain(&mut self, publication: &Publication) -> &PreparedFrame {
+        self.plain.get_or_insert_with(|| {
+            PreparedFrame::new(publication.kind, publication.payload.clone())
+        })
     }
 
     /// The frame compressed with `shared`, compressed once.
@@ -298,13 +296,20 @@ impl Frames {
         &mut self,
         publication: &Publication,
         shared: SharedDeflate,
-    ) -> PreparedFrame {
-        if let Some(frame) = self.deflated.iter().find(|f| f.deflate() == Some(shared)) {
-            return frame.clone();
-        }
-        let frame = PreparedFrame::deflated(publication.kind, &publication.payload, shared);
-        self.deflated.push(frame.clone());
-        frame
+    ) -> &PreparedFrame {
+        let at = match self
+            .deflated
+            .iter()
+            .position(|f| f.deflate() == Some(shared))
+        {
+            Some(at) => at,
+            None => {
+                let frame = PreparedFrame::deflated(publication.kind, &publication.payload, shared);
+                self.deflated.push(frame);
+                self.deflated.len() - 1
+            }
+        };
+        &self.deflated[at]
     }
 }
 
@@ -618,19 +623,16 @@ mod tests {
             payload: Bytes::from("compress me once, please. ".repeat(100)),
         };
         let mut frames = Frames::default();
-        let plain = frames.plain(&publication);
-        assert_eq!(plain.payload().as_ptr(), publication.payload.as_ptr());
-        assert_eq!(
-            frames.plain(&publication).payload().as_ptr(),
-            publication.payload.as_ptr()
-        );
-        let first = frames.deflated(&publication, wide);
+        let plain = frames.plain(&publication).payload().as_ptr();
+        assert_eq!(plain, publication.payload.as_ptr(), "referenced, not copied");
+        assert_eq!(frames.plain(&publication).payload().as_ptr(), plain);
+        let first = frames.deflated(&publication, wide).payload().as_ptr();
         for _ in 0..10 {
-            let again = frames.deflated(&publication, wide);
-            assert_eq!(again.payload().as_ptr(), first.payload().as_ptr());
+            let again = frames.deflated(&publication, wide).payload().as_ptr();
+            assert_eq!(again, first);
         }
-        let other = frames.deflated(&publication, narrow);
-        assert_ne!(other.payload().as_ptr(), first.payload().as_ptr());
+        let other = frames.deflated(&publication, narrow).payload().as_ptr();
+        assert_ne!(other, first);
         assert_eq!(frames.deflated.len(), 2, "two groups, two compressions");
     }
 }

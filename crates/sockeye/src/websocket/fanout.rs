@@ -34,10 +34,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Subscriber for Weak<Sha
 }
 
 /// How a connection takes a published message.
-enum Encoding {
+enum Encoding<'a> {
     /// The shared frame: uncompressed, or compressed once for every connection with the
     /// same settings.
-    Prepared(PreparedFrame),
+    Prepared(&'a PreparedFrame),
     /// Encoded by the connection itself: a client (which masks each frame), or a
     /// compressor that keeps context between messages.
     Own,
@@ -93,7 +93,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
                 let inner = &mut *inner;
                 let may_write = !Writers::any_waiting(&inner.writers);
                 let io = &mut inner.io;
-                inner.conn.send_prepared(&frame, |frame| match io {
+                inner.conn.send_prepared(frame, |frame| match io {
                     Some(io) if may_write => write_through(io, frame),
                     _ => 0,
                 })
