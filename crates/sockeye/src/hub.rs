@@ -624,7 +624,11 @@ mod tests {
         };
         let mut frames = Frames::default();
         let plain = frames.plain(&publication).payload().as_ptr();
-        assert_eq!(plain, publication.payload.as_ptr(), "referenced, not copied");
+        assert_eq!(
+            plain,
+            publication.payload.as_ptr(),
+            "referenced, not copied"
+        );
         assert_eq!(frames.plain(&publication).payload().as_ptr(), plain);
         let first = frames.deflated(&publication, wide).payload().as_ptr();
         for _ in 0..10 {
