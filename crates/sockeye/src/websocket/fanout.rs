@@ -93,10 +93,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
                 let inner = &mut *inner;
                 let may_write = !Writers::any_waiting(&inner.writers);
                 let io = &mut inner.io;
-                inner.conn.send_prepared(frame, |frame| match io {
-                    Some(io) if may_write => write_through(io, frame),
+                let mut wrote = false;
+                let queued = inner.conn.send_prepared(frame, |frame| match io.as_mut() {
+                    Some(io) if may_write => {
+                        let n = write_through(io, frame);
+                        wrote = n > 0;
+                        n
+                    }
                     _ => 0,
-                })
+                });
+                if wrote && !flushed(io) {
+                    inner.unflushed = true;
+                    inner.wake_reader();
+                }
+                queued
             }
             Encoding::Own => {
                 let was_idle = inner.conn.transmit().is_empty();
@@ -122,16 +132,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
 }
 
 /// Writes as much of `frame` as the transport takes without waiting: one vectored write
-/// of header and payload. Only where writes are vectored (TCP), whose flush is a no-op;
-/// elsewhere (TLS buffers and must be flushed) everything is queued for the reading task.
+/// of header and payload (only the header, where writes are not vectored).
 fn write_through<S: AsyncWrite + Unpin>(io: &mut S, frame: &PreparedFrame) -> usize {
-    if !io.is_write_vectored() {
-        return 0;
-    }
     let mut cx = Context::from_waker(Waker::noop());
-    let slices = [IoSlice::new(frame.header()), IoSlice::new(frame.payload())];
-    match Pin::new(io).poll_write_vectored(&mut cx, &slices) {
+    let written = if io.is_write_vectored() {
+        let slices = [IoSlice::new(frame.header()), IoSlice::new(frame.payload())];
+        Pin::new(io).poll_write_vectored(&mut cx, &slices)
+    } else {
+        Pin::new(io).poll_write(&mut cx, frame.header())
+    };
+    match written {
         Poll::Ready(Ok(n)) => n,
         _ => 0,
     }
+}
+
+/// Whether the transport's flush completes without waiting (at once on TCP; TLS may
+/// still hold records the socket did not take).
+fn flushed<S: AsyncWrite + Unpin>(io: &mut Option<S>) -> bool {
+    let Some(io) = io.as_mut() else {
+        return true;
+    };
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(Pin::new(io).poll_flush(&mut cx), Poll::Ready(Ok(())))
 }

@@ -49,6 +49,10 @@ pub(super) struct Inner<S> {
     pub(super) ended: bool,
     /// `pause()`d: the transport is not read until `resume()`.
     pub(super) paused: bool,
+    /// Bytes went to the transport outside the transmit queue (a hub's write at publish
+    /// time) and its flush did not complete (TLS holds records until the socket takes
+    /// them): the reading task flushes it, even with nothing queued.
+    pub(super) unflushed: bool,
     /// The reader parked on the transport, woken when `try_send` queues bytes for it to
     /// write.
     pub(super) reader_waker: Option<Waker>,
@@ -92,6 +96,7 @@ impl<S> Shared<S> {
             timer: None,
             ended: false,
             paused: false,
+            unflushed: false,
             reader_waker: None,
             rare: None,
         };
@@ -442,6 +447,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             Poll::Pending => return Poll::Pending,
         }
         // Written out: an idle connection holds no write buffer (beyond a small one).
+        self.unflushed = false;
         write_pool::release(self.conn.transmit());
         Writers::wake_all(&self.writers);
         Poll::Ready(Ok(()))
@@ -533,7 +539,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// Writes queued bytes if there are any; `Ready(Ok)` also when nothing was queued.
     fn poll_flush_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.conn.transmit().is_empty() {
+        if self.conn.transmit().is_empty() && !self.unflushed {
             return Poll::Ready(Ok(()));
         }
         self.poll_flush_transmit(cx)
