@@ -368,10 +368,11 @@ impl Hub {
             if let Some(conn) = state.conns.get_mut(&id) {
                 conn.topics.push(name.clone());
             }
+            let hook_target = new_conn.then(|| target.clone());
             let topic = state.topics.entry(name).or_default();
             topic.positions.insert(id, topic.subscribers.len());
             Arc::make_mut(&mut topic.subscribers).push(Entry { id, target });
-            new_conn.then(|| state.conns[&id].target.clone())
+            hook_target
         };
         if let Some(target) = new_conn {
             // Outside the state lock: the hook registration locks the connection.

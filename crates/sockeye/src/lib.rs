@@ -43,7 +43,7 @@
 //!   [`tls::NoTls`], which has no values. A server behind another TLS terminator, or
 //!   [`accept_tls`] on a TLS stream of your own, needs no `rustls`.
 //!
-//! - `redis`: the Redis brokers of [`broker::redis`] (PUB/SUB and Streams), with the
+//! - `redis`: the Redis brokers of `broker::redis` (PUB/SUB and Streams), with the
 //!   `redis` crate on tokio, so that a [`Hub`] publish reaches the subscribers of every
 //!   process. Without it, [`broker`] has the [`Broker`] trait and [`LocalBroker`].
 //!

@@ -3,7 +3,7 @@
 //! Each process keeps its own [`Hub`] for its own connections; a broker carries what is
 //! published to every process connected to it, whose relay then publishes it to its
 //! local hub. [`LocalBroker`] is the in-process default (a publish goes straight to the
-//! hub). With the `redis` feature, [`redis`](self::redis) has two backends:
+//! hub). With the `redis` feature, the module `redis` has two backends:
 //!
 //! - `RedisPubSub`: Redis PUB/SUB. **At most once**: what is published while a process
 //!   is disconnected from Redis never reaches that process's subscribers. The loss is
@@ -41,6 +41,10 @@ pub trait Broker: Send + Sync {
     /// # Errors
     /// [`BrokerError::Hub`] for a topic or message the hub refuses,
     /// [`BrokerError::Unavailable`] when the broker cannot be reached in time.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a future dropped before it completes may or may not have
+    /// published the message (the command may be on its way already).
     fn publish<'a>(
         &'a self,
         topic: &'a str,
@@ -51,13 +55,21 @@ pub trait Broker: Send + Sync {
     /// first local connection subscribes; again is harmless).
     ///
     /// # Errors
-    /// As [`Broker::publish`].
+    /// As [`Broker::publish`]. A Redis relay that is reconnecting records the topic
+    /// first, and subscribes to it once connected, even when this call timed out.
+    ///
+    /// # Cancel safety
+    /// As the error case: a topic recorded is subscribed to by the relay.
     fn subscribe<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, Result<(), BrokerError>>;
 
     /// Stops relaying `topic` to this process (once it has no local subscribers).
     ///
     /// # Errors
     /// As [`Broker::publish`].
+    ///
+    /// # Cancel safety
+    /// The topic is forgotten first; a relay that did not confirm yet stops relaying it
+    /// when it can.
     fn unsubscribe<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, Result<(), BrokerError>>;
 
     /// The hub this broker delivers to.

@@ -210,6 +210,9 @@ impl RedisPubSub {
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] if Redis cannot be reached within the timeouts.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a broker not returned is dropped, and its relay stopped.
     pub async fn connect(url: &str, hub: Hub, config: RedisConfig) -> Result<Self, BrokerError> {
         let client = open(url)?;
         let commands = Commands::new(client.clone(), &config, Duration::ZERO);
@@ -499,6 +502,9 @@ impl RedisStreams {
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] if Redis cannot be reached within the timeouts.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a broker not returned is dropped, and its relay stopped.
     pub async fn connect(url: &str, hub: Hub, config: RedisConfig) -> Result<Self, BrokerError> {
         Self::connect_with_format(url, hub, config, Arc::new(|m| m.message.clone())).await
     }
@@ -508,6 +514,9 @@ impl RedisStreams {
     ///
     /// # Errors
     /// As [`RedisStreams::connect`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a broker not returned is dropped, and its relay stopped.
     pub async fn connect_with_format(
         url: &str,
         hub: Hub,
@@ -552,6 +561,9 @@ impl RedisStreams {
     /// [`RecoverError::Trimmed`] when messages after it were trimmed,
     /// [`RecoverError::Ahead`] for a position past the end, and
     /// [`RecoverError::Broker`] when Redis cannot be asked.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     pub async fn recover(
         &self,
         topic: &str,
@@ -626,6 +638,9 @@ impl RedisStreams {
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when Redis cannot be asked.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     pub async fn position(&self, topic: &str) -> Result<Option<StreamPosition>, BrokerError> {
         let (epoch, offset) = self.shared.meta(topic).await?;
         Ok(epoch.map(|epoch| StreamPosition { epoch, offset }))
