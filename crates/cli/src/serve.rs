@@ -266,7 +266,8 @@ impl Room {
                         names.insert(id, name.clone());
                         names.len()
                     };
-                    self.broadcast(json!({"type": "joined", "name": name, "count": count}))
+                    let _ = self
+                        .broadcast(json!({"type": "joined", "name": name, "count": count}))
                         .await;
                 }
                 Some("say") => {
@@ -275,8 +276,15 @@ impl Room {
                     let at = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
-                    self.broadcast(json!({"type": "said", "name": name, "text": text, "at": at}))
-                        .await;
+                    let line = json!({"type": "said", "name": name, "text": text, "at": at});
+                    if let Err(e) = self.broadcast(line).await {
+                        // The speaker learns that the line did not go out.
+                        let unsent =
+                            json!({"type": "unsent", "text": text, "reason": e.to_string()});
+                        if writer.send_text(&unsent.to_string()).await.is_err() {
+                            break;
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -286,7 +294,8 @@ impl Room {
             (names.remove(&id), names.len())
         };
         if let Some(name) = left {
-            self.broadcast(json!({"type": "left", "name": name, "count": count}))
+            let _ = self
+                .broadcast(json!({"type": "left", "name": name, "count": count}))
                 .await;
         }
     }
@@ -326,12 +335,14 @@ impl Room {
     }
 
     /// Publishes a line to the room (every process's, with `--redis`). A Redis outage
-    /// loses the line, and says so on stderr.
-    async fn broadcast(&self, value: Value) {
+    /// loses the line: the error says so (and stderr), and a speaker is told.
+    async fn broadcast(&self, value: Value) -> Result<(), sockeye::BrokerError> {
         let line = Message::text(value.to_string());
-        if let Err(e) = self.broker.publish(TOPIC, line).await {
+        let published = self.broker.publish(TOPIC, line).await;
+        if let Err(e) = &published {
             eprintln!("sockeye serve: chat line not sent: {e}");
         }
+        published.map(|_| ())
     }
 }
 
