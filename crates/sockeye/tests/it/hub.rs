@@ -629,3 +629,75 @@ async fn what_the_socket_did_not_take_is_written_by_the_reader() {
     let frame = within("the whole frame", rx).await.unwrap();
     assert_eq!((frame.opcode, frame.payload.len()), (2, payload.len()));
 }
+
+/// Publishers on two threads while connections subscribe, unsubscribe, are terminated
+/// and end: no deadlock between the hub's locks and the connections' (each connection's
+/// end hook runs under its lock), and every publish reports each subscriber once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_while_subscriptions_change_does_not_deadlock() {
+    const CONNECTIONS: usize = 40;
+    const PUBLISHES: usize = 300;
+    let hub = Hub::default();
+    let listener = server(ServerConfig::default()).await;
+    let url = format!("ws://{}/", listener.local_addr());
+    let mut clients = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (mut client, _) = sockeye::connect(&url).await.unwrap();
+        let (mut ws, _) = within("accept", listener.accept()).await.unwrap().unwrap();
+        hub.subscribe(&ws, "t").unwrap();
+        let writer = ws.writer();
+        tokio::spawn(async move { while ws.recv().await.is_some() {} });
+        clients.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = client.recv().await {}
+        }));
+        servers.push(writer);
+    }
+    let publishers: Vec<_> = (0..2)
+        .map(|_| {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                for _ in 0..PUBLISHES {
+                    let report = hub.publish("t", "x").unwrap();
+                    assert!(report.subscribers() <= CONNECTIONS, "{report:?}");
+                }
+            })
+        })
+        .collect();
+    for (i, writer) in servers.iter().enumerate() {
+        match i % 4 {
+            0 => writer.terminate(),
+            1 => {
+                hub.unsubscribe(writer, "t");
+                hub.subscribe(writer, "t").unwrap();
+            }
+            2 => {
+                let _ = hub.subscribe(writer, "other");
+                hub.unsubscribe_all(writer);
+            }
+            _ => drop(writer.close(None)),
+        }
+        tokio::task::yield_now().await;
+    }
+    within(
+        "the publishers finish",
+        tokio::task::spawn_blocking(move || {
+            for publisher in publishers {
+                publisher.join().unwrap();
+            }
+        }),
+    )
+    .await
+    .unwrap();
+    // Terminated and unsubscribed ones are gone; the resubscribed ones are there; the
+    // closing ones are there until their close handshake ends.
+    let count = hub.subscriber_count("t");
+    assert!(
+        (CONNECTIONS / 4..=CONNECTIONS / 2).contains(&count),
+        "{count}"
+    );
+    assert_eq!(hub.subscriber_count("other"), 0);
+    for client in clients {
+        client.abort();
+    }
+}
