@@ -125,7 +125,8 @@ pub struct PublishReport {
     /// Queued on the connection (and, where the transport took it at once, written).
     pub delivered: usize,
     /// Not sent: over the budget under [`OverBudget::Drop`], or the connection was in the
-    /// middle of a fragmented message of its own.
+    /// middle of a fragmented message of its own (RFC 6455 §5.4: messages do not
+    /// interleave).
     pub dropped: usize,
     /// Not sent, and the connection closed for being over its budget.
     pub cut_off: usize,

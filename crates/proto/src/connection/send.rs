@@ -139,7 +139,7 @@ impl Connection {
             return Err(ApiMisuse::PreparedFrameOnClient.into());
         }
         self.check_open()?;
-        if self.outgoing.is_some() || self.frame_out.is_some() {
+        if self.is_mid_message() {
             return Err(ApiMisuse::PreparedFrameMismatch.into());
         }
         if let Some(with) = frame.deflate() {
@@ -213,6 +213,13 @@ impl Connection {
     /// Whether a frame is being sent in pieces (its header is out, pieces are to come).
     pub fn is_mid_frame(&self) -> bool {
         self.frame_out.is_some()
+    }
+
+    /// Whether a message is being sent in several frames (`fin: false` sent, its last
+    /// frame not yet) or a frame in pieces: another whole message cannot be sent now
+    /// (RFC 6455 §5.4: the frames of a message are not interleaved with another's).
+    pub fn is_mid_message(&self) -> bool {
+        self.outgoing.is_some() || self.frame_out.is_some()
     }
 
     fn send_payload(

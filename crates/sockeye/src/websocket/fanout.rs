@@ -61,6 +61,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
         {
             return Outcome::Closed;
         }
+        if inner.conn.is_mid_message() {
+            // The application is streaming a fragmented message on this connection: a
+            // whole message cannot go in between (RFC 6455 §5.4).
+            return Outcome::Dropped;
+        }
         let len = publication.payload.len();
         let encoding = match (inner.conn.role(), inner.conn.deflate()) {
             (Role::Client, _) => Encoding::Own,
@@ -112,15 +117,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
                 let was_idle = inner.conn.transmit().is_empty();
                 let payload = publication.payload.clone();
                 let queued = inner.conn.send_bytes(publication.kind, payload, true, true);
-                if queued.is_ok() && was_idle {
-                    inner.try_write_now();
+                if queued.is_ok() && was_idle && !inner.try_write_now() {
+                    // Not all written, or not flushed (TLS): the reader finishes it.
+                    inner.unflushed = true;
+                    inner.wake_reader();
                 }
                 queued
             }
         };
         if queued.is_err() {
-            // Mid-message (the application streams a fragmented message on this
-            // connection): a whole message cannot go in between.
+            // Checked above (open, not mid-message); nothing else refuses a whole
+            // message.
             return Outcome::Dropped;
         }
         if !inner.conn.transmit().is_empty() {

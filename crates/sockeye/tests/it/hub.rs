@@ -701,3 +701,53 @@ async fn publishing_while_subscriptions_change_does_not_deadlock() {
         client.abort();
     }
 }
+
+/// A publish while the application streams a fragmented message on a subscriber is not
+/// slipped in between its frames (RFC 6455 §5.4): it is dropped for that subscriber,
+/// and the application's message arrives whole.
+#[tokio::test]
+async fn a_publish_never_interleaves_with_a_fragmented_message() {
+    let hub = Hub::default();
+    let listener = server(ServerConfig::default()).await;
+    let (mut client, _) = sockeye::connect(&format!("ws://{}/", listener.local_addr()))
+        .await
+        .unwrap();
+    let (ws, _) = within("accept", listener.accept()).await.unwrap().unwrap();
+    hub.subscribe(&ws, "t").unwrap();
+    ws.send_frame(sockeye::DataKind::Binary, b"first ", false)
+        .await
+        .unwrap();
+    let report = hub
+        .publish("t", Message::binary(&b"published"[..]))
+        .unwrap();
+    assert_eq!((report.dropped, report.delivered), (1, 0), "{report:?}");
+    ws.send_frame(sockeye::DataKind::Binary, b"last", true)
+        .await
+        .unwrap();
+    assert_eq!(hub.publish("t", "after").unwrap().delivered, 1);
+    match within("the message", client.recv()).await {
+        Some(Ok(Message::Binary(data))) => assert_eq!(&data[..], b"first last"),
+        other => panic!("expected the whole message, got {other:?}"),
+    }
+    assert_eq!(recv_text(&mut client).await, "after");
+
+    // The same on a client connection, which encodes (masks) a published message itself.
+    let hub = Hub::default();
+    hub.subscribe(&client, "t").unwrap();
+    let mut ws = ws;
+    client
+        .send_frame(sockeye::DataKind::Text, b"first ", false)
+        .await
+        .unwrap();
+    let report = hub.publish("t", "published").unwrap();
+    assert_eq!((report.dropped, report.delivered), (1, 0), "{report:?}");
+    client
+        .send_frame(sockeye::DataKind::Text, b"last", true)
+        .await
+        .unwrap();
+    assert_eq!(hub.publish("t", "after").unwrap().delivered, 1);
+    let reading = tokio::spawn(async move { while client.recv().await.is_some() {} });
+    assert_eq!(recv_text(&mut ws).await, "first last");
+    assert_eq!(recv_text(&mut ws).await, "after");
+    reading.abort();
+}
