@@ -484,11 +484,14 @@ struct Cursor {
     last: u64,
 }
 
-/// The atomic publish: KEYS stream, meta; ARGV new epoch, retention, message.
+/// The atomic publish: KEYS stream, meta; ARGV new epoch, retention, message. A topic
+/// without an epoch starts a new stream (any old entries, whose metadata was lost, go:
+/// their offsets would clash with the new epoch's).
 const PUBLISH_SCRIPT: &str = r"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[1]
+  redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'epoch', epoch)
 end
 local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)

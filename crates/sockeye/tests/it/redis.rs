@@ -466,3 +466,37 @@ async fn streams_report_a_lost_stream() {
         })
     );
 }
+
+/// A topic whose metadata was lost (deleted here; evicted, in life) starts a new epoch
+/// and a new stream: publishing goes on, offsets start over, and the old position is
+/// refused as another epoch's.
+#[tokio::test]
+async fn streams_start_over_when_their_metadata_is_lost() {
+    let redis = RedisServer::start(false).await;
+    let broker = streams(&redis, Hub::default(), quick_config()).await;
+    let first = broker.publish("t", Message::text("one")).await.unwrap();
+    broker.publish("t", Message::text("two")).await.unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("DEL")
+        .arg("sockeye:m:t")
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+    let again = broker.publish("t", Message::text("three")).await.unwrap();
+    let position = again.position.unwrap();
+    assert_eq!(position.offset, 1);
+    let first = first.position.unwrap();
+    assert_ne!(position.epoch, first.epoch);
+    assert!(matches!(
+        broker.recover("t", &first).await,
+        Err(RecoverError::EpochChanged { .. })
+    ));
+    let since_start = StreamPosition {
+        epoch: position.epoch,
+        offset: 0,
+    };
+    let all = broker.recover("t", &since_start).await.unwrap();
+    assert_eq!(all.len(), 1, "only the new epoch's entries");
+    assert_eq!(all[0].message, Message::text("three"));
+}
