@@ -1,441 +1,21 @@
-//! Redis brokers (the `redis` feature): [`RedisPubSub`] (at most once) and
-//! [`RedisStreams`] (ordered, positioned, recoverable). See the [broker docs](super).
-//!
-//! # Keys and channels
-//! With the default prefix `sockeye:`, topic `room` is the PUB/SUB channel
-//! `sockeye:room`, or the stream `sockeye:s:room` with its metadata hash
-//! `sockeye:m:room` (`epoch`, and `offset`: the last offset given). A message is its kind
-//! (`t` text, `b` binary) and its bytes, one Redis string.
-//!
-//! # Relays
-//! Each broker runs one task, its relay, that reads from Redis and publishes to the local
-//! hub; it reconnects by itself (waiting at most [`RedisConfig::reconnect_max_delay`]
-//! between tries) and stops when the broker is dropped. It reports what happened to the
-//! connection on [`RedisPubSub::events`] / [`RedisStreams::events`].
+//! [`RedisStreams`]: a Redis stream per topic; positions, order and recovery.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError, Value};
-use sockeye_proto::{DataKind, Message};
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
-use tokio::task::JoinHandle;
+use redis::Value;
+use sockeye_proto::Message;
+use tokio::sync::{broadcast, Notify};
 
-use super::{
+use super::{backoff, decode, encode, open, Commands, RedisConfig, Relay};
+use crate::broker::{
     Broker, BrokerError, BrokerEvent, BrokerFuture, Published, RecoverError, StreamMessage,
     StreamPosition,
 };
 use crate::hub::{Hub, Publication};
-
-/// Settings of the Redis brokers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RedisConfig {
-    /// Prepended to every channel and key. Default `sockeye:`.
-    pub prefix: String,
-    /// The longest wait for an answer from Redis (a publish, a recovery, a
-    /// subscription); past it the call fails with [`BrokerError::Unavailable`]. Default
-    /// 2 s.
-    pub response_timeout: Duration,
-    /// The longest wait to connect. Default 2 s.
-    pub connection_timeout: Duration,
-    /// The longest pause between two reconnection tries of a relay (they start at 20 ms
-    /// and double). Default 1 s.
-    pub reconnect_max_delay: Duration,
-    /// Streams: the messages kept per topic (exactly; older ones are trimmed, and can no
-    /// longer be recovered). Default 10,000.
-    pub retention: usize,
-    /// Streams: how long one read of the relay waits for new messages. It also bounds
-    /// how long the relay takes to notice that a stream was lost while idle. Default
-    /// 250 ms.
-    pub poll_interval: Duration,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            prefix: "sockeye:".to_owned(),
-            response_timeout: Duration::from_secs(2),
-            connection_timeout: Duration::from_secs(2),
-            reconnect_max_delay: Duration::from_secs(1),
-            retention: 10_000,
-            poll_interval: Duration::from_millis(250),
-        }
-    }
-}
-
-/// A connection for commands, opened on first use and again after a failure.
-struct Commands {
-    client: Client,
-    config: AsyncConnectionConfig,
-    connection: Mutex<Option<MultiplexedConnection>>,
-}
-
-impl Commands {
-    fn new(client: Client, config: &RedisConfig, extra_wait: Duration) -> Commands {
-        let config = AsyncConnectionConfig::new()
-            .set_response_timeout(config.response_timeout + extra_wait)
-            .set_connection_timeout(config.connection_timeout);
-        Commands {
-            client,
-            config,
-            connection: Mutex::new(None),
-        }
-    }
-
-    async fn get(&self) -> Result<MultiplexedConnection, BrokerError> {
-        if let Some(connection) = self.connection.lock().clone() {
-            return Ok(connection);
-        }
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await
-            .map_err(unavailable)?;
-        *self.connection.lock() = Some(connection.clone());
-        Ok(connection)
-    }
-
-    /// Runs a command (or script) with `run`; a connection that failed is dropped, for
-    /// the next call to open another.
-    async fn run<T, F>(
-        &self,
-        run: impl FnOnce(MultiplexedConnection) -> F,
-    ) -> Result<T, BrokerError>
-    where
-        F: std::future::Future<Output = Result<T, RedisError>>,
-    {
-        let connection = self.get().await?;
-        run(connection).await.map_err(|e| {
-            if is_outage(&e) {
-                *self.connection.lock() = None;
-                unavailable(e)
-            } else {
-                BrokerError::Protocol(e.to_string())
-            }
-        })
-    }
-}
-
-fn is_outage(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
-}
-
-fn unavailable(e: RedisError) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
-}
-
-fn open(url: &str) -> Result<Client, BrokerError> {
-    Client::open(url).map_err(|e| BrokerError::Unavailable(format!("{url}: {e}")))
-}
-
-/// A message as stored in Redis: its kind, then its bytes.
-fn encode(publication: &Publication) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + publication.payload.len());
-    out.push(match publication.kind {
-        DataKind::Text => b't',
-        DataKind::Binary => b'b',
-    });
-    out.extend_from_slice(&publication.payload);
-    out
-}
-
-/// The message stored as `data`; `None` for bytes no broker of this module wrote.
-fn decode(data: &[u8]) -> Option<Message> {
-    let (&kind, rest) = data.split_first()?;
-    match kind {
-        b't' => Some(Message::text(std::str::from_utf8(rest).ok()?)),
-        b'b' => Some(Message::Binary(Bytes::copy_from_slice(rest))),
-        _ => None,
-    }
-}
-
-/// Aborts the relay when the broker is dropped.
-struct Relay(JoinHandle<()>);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Waits before the next reconnection try: 20 ms, doubling up to `max`.
-async fn backoff(attempt: &mut u32, max: Duration) {
-    let delay = Duration::from_millis(20)
-        .saturating_mul(1 << (*attempt).min(10))
-        .min(max);
-    *attempt += 1;
-    tokio::time::sleep(delay).await;
-}
-
-/// Redis PUB/SUB: every process's relay subscribes to the topics its connections want,
-/// and Redis hands each published message to the relays connected at that moment.
-///
-/// **At most once.** A process that is disconnected from Redis (a network failure, Redis
-/// restarting) misses what is published meanwhile, and nothing can recover it. The relay
-/// reconnects and subscribes again by itself, and reports the gap on [`Self::events`]:
-/// [`BrokerEvent::Disconnected`] when it happens, [`BrokerEvent::Resubscribed`] when it is
-/// over. A publish while this process cannot reach Redis fails with
-/// [`BrokerError::Unavailable`] within [`RedisConfig::response_timeout`].
-pub struct RedisPubSub {
-    shared: Arc<PubSubShared>,
-    _relay: Relay,
-}
-
-struct PubSubShared {
-    hub: Hub,
-    config: RedisConfig,
-    commands: Commands,
-    /// The topics to be subscribed (again, after a reconnection).
-    topics: Mutex<HashSet<String>>,
-    requests: mpsc::UnboundedSender<Request>,
-    events: broadcast::Sender<BrokerEvent>,
-}
-
-/// A change of subscription for the relay, answered once Redis confirmed it.
-enum Request {
-    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
-    Unsubscribe(String, oneshot::Sender<Result<(), BrokerError>>),
-}
-
-impl RedisPubSub {
-    /// Connects to Redis at `url` (`redis://host:port/db`) and starts the relay into
-    /// `hub`.
-    ///
-    /// # Errors
-    /// [`BrokerError::Unavailable`] if Redis cannot be reached within the timeouts.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: a broker not returned is dropped, and its relay stopped.
-    pub async fn connect(url: &str, hub: Hub, config: RedisConfig) -> Result<Self, BrokerError> {
-        let client = open(url)?;
-        let commands = Commands::new(client.clone(), &config, Duration::ZERO);
-        commands
-            .run(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
-            .await?;
-        let (requests, requests_rx) = mpsc::unbounded_channel();
-        let (events, _) = broadcast::channel(256);
-        let shared = Arc::new(PubSubShared {
-            hub,
-            config,
-            commands,
-            topics: Mutex::default(),
-            requests,
-            events,
-        });
-        let (ready, connected) = oneshot::channel();
-        let relay = tokio::spawn(pubsub_relay(
-            client,
-            Arc::downgrade(&shared),
-            requests_rx,
-            ready,
-        ));
-        let relay = Relay(relay);
-        match tokio::time::timeout(shared.config.connection_timeout * 2, connected).await {
-            Ok(Ok(())) => Ok(RedisPubSub {
-                shared,
-                _relay: relay,
-            }),
-            _ => Err(BrokerError::Unavailable(
-                "the PUB/SUB connection did not open in time".into(),
-            )),
-        }
-    }
-
-    /// What the relay reports: disconnections, and the gaps they leave.
-    pub fn events(&self) -> broadcast::Receiver<BrokerEvent> {
-        self.shared.events.subscribe()
-    }
-
-    fn channel(&self, topic: &str) -> String {
-        format!("{}{topic}", self.shared.config.prefix)
-    }
-
-    async fn request(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), BrokerError>>) -> Request,
-    ) -> Result<(), BrokerError> {
-        let (done, answer) = oneshot::channel();
-        if self.shared.requests.send(make(done)).is_err() {
-            return Err(BrokerError::Unavailable("the relay stopped".into()));
-        }
-        let timeout = self.shared.config.response_timeout;
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(BrokerError::Unavailable("the relay stopped".into())),
-            // Still to be done: the relay subscribes to it once it is connected again.
-            Err(_) => Err(BrokerError::Unavailable(
-                "Redis did not confirm the subscription in time".into(),
-            )),
-        }
-    }
-}
-
-impl Broker for RedisPubSub {
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        message: Message,
-    ) -> BrokerFuture<'a, Result<Published, BrokerError>> {
-        Box::pin(async move {
-            self.shared.hub.check_topic(topic)?;
-            let data = encode(&Publication::from_message(message)?);
-            let channel = self.channel(topic);
-            let receivers: usize = self
-                .shared
-                .commands
-                .run(|mut c| async move {
-                    redis::cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(data)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
-            Ok(Published {
-                receivers: Some(receivers),
-                ..Published::default()
-            })
-        })
-    }
-
-    fn subscribe<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move {
-            self.shared.hub.check_topic(topic)?;
-            self.shared.topics.lock().insert(topic.to_owned());
-            self.request(|done| Request::Subscribe(self.channel(topic), done))
-                .await
-        })
-    }
-
-    fn unsubscribe<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move {
-            if !self.shared.topics.lock().remove(topic) {
-                return Ok(());
-            }
-            self.request(|done| Request::Unsubscribe(self.channel(topic), done))
-                .await
-        })
-    }
-
-    fn hub(&self) -> &Hub {
-        &self.shared.hub
-    }
-}
-
-/// The PUB/SUB relay: (re)connects, subscribes to every wanted topic, and publishes what
-/// arrives to the hub, until the broker is dropped.
-async fn pubsub_relay(
-    client: Client,
-    shared: std::sync::Weak<PubSubShared>,
-    mut requests: mpsc::UnboundedReceiver<Request>,
-    ready: oneshot::Sender<()>,
-) {
-    let mut ready = Some(ready);
-    let mut attempt = 0;
-    let mut disconnected = false;
-    loop {
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        let config = strong.config.clone();
-        let opened = tokio::time::timeout(config.connection_timeout, client.get_async_pubsub());
-        let pubsub = match opened.await {
-            Ok(Ok(pubsub)) => pubsub,
-            Ok(Err(e)) => {
-                report_disconnect(&strong, &mut disconnected, e.to_string());
-                drop(strong);
-                backoff(&mut attempt, config.reconnect_max_delay).await;
-                continue;
-            }
-            Err(_) => {
-                report_disconnect(&strong, &mut disconnected, "connect timed out".into());
-                drop(strong);
-                backoff(&mut attempt, config.reconnect_max_delay).await;
-                continue;
-            }
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        let channels: Vec<String> = strong
-            .topics
-            .lock()
-            .iter()
-            .map(|topic| format!("{}{topic}", config.prefix))
-            .collect();
-        if !channels.is_empty() {
-            if let Err(e) = sink.subscribe(&channels).await {
-                report_disconnect(&strong, &mut disconnected, e.to_string());
-                drop(strong);
-                backoff(&mut attempt, config.reconnect_max_delay).await;
-                continue;
-            }
-        }
-        attempt = 0;
-        if std::mem::take(&mut disconnected) {
-            let _ = strong.events.send(BrokerEvent::Resubscribed {
-                topics: channels.len(),
-            });
-        }
-        if let Some(ready) = ready.take() {
-            let _ = ready.send(());
-        }
-        let hub = strong.hub.clone();
-        let prefix_len = config.prefix.len();
-        drop(strong);
-        let why = loop {
-            tokio::select! {
-                request = requests.recv() => {
-                    let (result, done) = match request {
-                        None => return,
-                        Some(Request::Subscribe(channel, done)) => {
-                            (sink.subscribe(&channel).await, done)
-                        }
-                        Some(Request::Unsubscribe(channel, done)) => {
-                            (sink.unsubscribe(&channel).await, done)
-                        }
-                    };
-                    match result {
-                        Ok(()) => {
-                            let _ = done.send(Ok(()));
-                        }
-                        Err(e) => {
-                            let why = e.to_string();
-                            let _ = done.send(Err(unavailable(e)));
-                            break why;
-                        }
-                    }
-                }
-                message = stream.next() => {
-                    let Some(message) = message else {
-                        break "the connection to Redis ended".to_owned();
-                    };
-                    let topic = message.get_channel_name().get(prefix_len..).unwrap_or("");
-                    if let Some(message) = decode(message.get_payload_bytes()) {
-                        // The topic was checked by the publisher's hub; another
-                        // process's limits may differ: then the hub refuses it here.
-                        let _ = hub.publish(topic, message);
-                    }
-                }
-            }
-        };
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        report_disconnect(&strong, &mut disconnected, why);
-    }
-}
-
-fn report_disconnect(shared: &PubSubShared, disconnected: &mut bool, error: String) {
-    if !std::mem::replace(disconnected, true) {
-        let _ = shared.events.send(BrokerEvent::Disconnected { error });
-    }
-}
 
 /// Turns a relayed stream message into what the hub publishes: by default the message
 /// itself; an application that lets its clients recover by position puts the position in
@@ -970,9 +550,20 @@ fn relay_entries(shared: &StreamsShared, topic: &str, entries: Vec<Entry>) {
 /// start. Returns the number of topics.
 async fn check_epochs(shared: &StreamsShared) -> Result<usize, BrokerError> {
     let topics: Vec<String> = shared.cursors.lock().keys().cloned().collect();
+    if topics.is_empty() {
+        return Ok(0);
+    }
+    // One round trip for all topics.
+    let mut pipe = redis::pipe();
     for topic in &topics {
-        let (epoch, _) = shared.meta(topic).await?;
-        let mut cursors = shared.cursors.lock();
+        pipe.cmd("HGET").arg(shared.meta_key(topic)).arg("epoch");
+    }
+    let epochs: Vec<Option<String>> = shared
+        .commands
+        .run(|mut c| async move { pipe.query_async(&mut c).await })
+        .await?;
+    let mut cursors = shared.cursors.lock();
+    for (topic, epoch) in topics.iter().zip(epochs) {
         let Some(cursor) = cursors.get_mut(topic) else {
             continue;
         };
@@ -993,30 +584,9 @@ async fn check_epochs(shared: &StreamsShared) -> Result<usize, BrokerError> {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
     use redis::Value;
-    use sockeye_proto::{DataKind, Message};
 
-    use super::{decode, encode, parse_entries, parse_read};
-    use crate::hub::Publication;
-
-    #[test]
-    fn messages_round_trip_and_foreign_bytes_are_skipped() {
-        for (kind, payload) in [(DataKind::Text, "héllo"), (DataKind::Binary, "\u{0}\u{1}")] {
-            let publication = Publication {
-                kind,
-                payload: Bytes::from(payload),
-            };
-            let expected = match kind {
-                DataKind::Text => Message::text(payload),
-                DataKind::Binary => Message::Binary(Bytes::from(payload)),
-            };
-            assert_eq!(decode(&encode(&publication)), Some(expected));
-        }
-        assert_eq!(decode(b""), None);
-        assert_eq!(decode(b"xdata"), None, "unknown kind");
-        assert_eq!(decode(b"t\xff\xfe"), None, "text that is not UTF-8");
-    }
+    use super::{parse_entries, parse_read};
 
     #[test]
     fn malformed_replies_are_errors_not_panics() {
