@@ -494,3 +494,43 @@ async fn three_processes_300_members_a_process_and_redis_killed() {
         }
     }
 }
+
+/// `sockeye bench --fanout` drives the chat of two `serve --redis` processes: its
+/// subscribers, spread over both, get every line the publisher said on one.
+#[tokio::test]
+async fn bench_fanout_across_two_serve_processes() {
+    let redis = Redis::start(false).await;
+    let a = serve(&redis).await;
+    let b = serve(&redis).await;
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(env!("CARGO_BIN_EXE_sockeye"))
+            .args([
+                "bench", "--fanout", "--json", "-c", "20", "-r", "50", "-d", "1",
+            ])
+            .arg(format!("ws://{}/chat", a.addr))
+            .arg("--subscribe")
+            .arg(format!("ws://{}/chat", a.addr))
+            .arg("--subscribe")
+            .arg(format!("ws://{}/chat", b.addr))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the bench ends in time")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["lines"], 50, "{summary}");
+    assert_eq!(summary["delivered"], 1000, "{summary}");
+    assert_eq!(summary["missing"], 0, "{summary}");
+    assert!(
+        summary["delay_us"]["p50"].as_u64().is_some_and(|p| p > 0),
+        "{summary}"
+    );
+}

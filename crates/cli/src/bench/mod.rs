@@ -1,12 +1,14 @@
 //! `sockeye bench`: a closed-loop WebSocket load generator (the client side of an echo
 //! benchmark): each connection sends a binary message, waits for its echo, and repeats,
-//! optionally paced to a total rate.
+//! optionally paced to a total rate. With `--fanout`, a fan-out benchmark of `sockeye
+//! serve`'s chat room instead ([`fanout`]).
 //!
 //! Two engines drive the connections: the event loop ([`event_loop`], the default for
 //! plain `ws://`), `mio` straight over the protocol core, and the library's async client
 //! on tokio (`--engine tokio`, and for `wss://`, `ws+unix:` and `--deflate`).
 
 mod event_loop;
+mod fanout;
 
 /// The blocking opening handshake on a connected stream, for the echo loop's tests.
 #[cfg(test)]
@@ -56,6 +58,15 @@ pub struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Fan-out instead of echo: URL is a `sockeye serve` chat room (`/chat`); one
+    /// publisher says --rate lines per second there for --duration, and --connections
+    /// subscribers (on the --subscribe URLs in turn) measure each line's delay.
+    #[arg(long)]
+    fanout: bool,
+    /// With --fanout: a chat room URL for subscribers (repeat it to spread them over
+    /// several `sockeye serve --redis` processes); default: URL.
+    #[arg(long, value_name = "URL", requires = "fanout")]
+    subscribe: Vec<String>,
 }
 
 /// What one connection measured, or all together.
@@ -228,6 +239,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.duration > 0.0 && args.warmup >= 0.0,
         "--duration must be positive"
     );
+    if args.fanout {
+        let complete = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(fanout::run(&args))?;
+        return Ok(if complete {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let target = Target::parse(&args.url)?;
     let looped = event_loop::supports(&target, args.deflate);
     let use_loop = args
