@@ -52,6 +52,9 @@ step "Node ws peer for the interop tests (npm ci)"
 command -v node >/dev/null || { echo "test: error: node is required for the interop tests (apt-get install nodejs npm)"; exit 1; }
 (cd crates/sockeye/tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 
+# The Redis broker tests (the library's, and `sockeye serve --redis`) start their own.
+command -v redis-server >/dev/null || { echo "test: error: redis-server is required for the Redis broker tests (apt-get install redis-server)"; exit 1; }
+
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
@@ -63,6 +66,11 @@ cargo test --locked --workspace --doc
 step "fuzz harness: the oracles build, clippy-clean, and pass on their seed corpora"
 (cd fuzz && cargo fmt -- --check && cargo clippy --locked --all-targets -- -D warnings \
   && cargo test --locked --test seeds)
+
+step "the Redis brokers (feature redis) against a real redis-server"
+cargo clippy --locked -p sockeye --features redis --all-targets -- -D warnings
+cargo test --locked -p sockeye --features redis --test it redis
+cargo test --locked -p sockeye --features redis --lib
 
 step "the library crates with default features off (each feature alone, then none)"
 cargo clippy --locked -p sockeye -p sockeye-proto --no-default-features --all-targets -- -D warnings

@@ -1,5 +1,6 @@
 //! `sockeye serve`: the demo. One port serves the page at `/`, a WebSocket echo at
-//! `/echo` and a chat room at `/chat` shared by everyone connected.
+//! `/echo` and a chat room at `/chat` shared by everyone connected (with `--redis`, by
+//! everyone connected to any `sockeye serve` on that Redis).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -10,12 +11,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use sockeye::broker::redis::{RedisConfig, RedisStreams};
+use sockeye::broker::StreamMessage;
 use sockeye::proto::handshake::server::{parse_request, reject};
 use sockeye::proto::http::{HeaderMap, StatusCode};
-use sockeye::{Clients, CloseCode, CloseFrame, HeadLimits, Message, ServerConfig, ServerStream};
+use sockeye::{
+    Broker, Clients, HeadLimits, Hub, HubConfig, LocalBroker, Message, OverBudget, ServerConfig,
+    ServerStream, StreamPosition,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 use crate::ServerArgs;
 
@@ -29,6 +34,10 @@ const MAX_TEXT: usize = 2000;
 pub struct Args {
     #[command(flatten)]
     server: ServerArgs,
+    /// Share the chat room with every `sockeye serve` on this Redis (Redis Streams: a
+    /// page that reconnects, to any of them, gets the lines it missed).
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 impl Default for Args {
@@ -42,6 +51,7 @@ impl Default for Args {
                 handshake_timeout: sockeye::ServerConfig::default().handshake_timeout,
                 metrics: None,
             },
+            redis: None,
         }
     }
 }
@@ -68,10 +78,14 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::default();
     config.websocket.max_payload = args.server.max_payload;
     config.handshake_timeout = args.server.handshake_timeout;
-    // Browsers offer permessage-deflate; the demo accepts it.
-    config.per_message_deflate = Some(sockeye::DeflateConfig::default());
+    // Browsers offer permessage-deflate; the demo accepts it, without context takeover,
+    // so that a chat line is compressed once for all members (the hub's groups).
+    config.per_message_deflate = Some(sockeye::DeflateConfig {
+        server_no_context_takeover: true,
+        ..sockeye::DeflateConfig::default()
+    });
     let config = Arc::new(config);
-    let room = Room::default();
+    let room = Room::new(args.redis.as_deref()).await?;
     let tracked = Tracked::default();
     loop {
         tokio::select! {
@@ -272,48 +286,80 @@ async fn echo(mut ws: sockeye::WebSocket<ServerStream>) {
     }
 }
 
-/// The chat room: everyone connected to /chat, by connection id.
-#[derive(Clone, Default)]
+/// The chat's topic.
+const TOPIC: &str = "chat";
+
+/// The chat room: everyone connected to /chat, subscribed to one topic of a [`Hub`].
+/// Lines go out through the broker: straight to the hub, or with `--redis` through Redis
+/// Streams to the hub of every `sockeye serve` process on that Redis, with a position
+/// ("pos": epoch and offset) that a page that reconnects sends back to recover what it
+/// missed.
+#[derive(Clone)]
 struct Room {
-    members: Arc<Mutex<HashMap<u64, Member>>>,
+    hub: Hub,
+    broker: Arc<dyn Broker>,
+    /// With `--redis`: the broker that can recover missed lines.
+    streams: Option<Arc<RedisStreams>>,
+    /// This process's members, by connection id.
+    names: Arc<Mutex<HashMap<u64, Member>>>,
 }
 
-/// A chat member.
+/// A chat member of this process.
 struct Member {
     /// `guest-ID` until the member says hello with a name.
     name: String,
     /// Whether the member has said hello: the first hello joins, a later one with
     /// another name renames.
     named: bool,
-    /// The lines to send, drained in order by the member's writer task.
-    queue: mpsc::Sender<Arc<str>>,
 }
 
-/// Lines queued for one member; a member that falls this far behind is disconnected
-/// (1008) rather than buffered without bound.
-const MEMBER_QUEUE: usize = 1024;
-
 impl Room {
+    /// An in-process room, or one shared through Redis at `redis`.
+    async fn new(redis: Option<&str>) -> anyhow::Result<Room> {
+        let mut config = HubConfig::default();
+        // A member that stops reading is disconnected rather than buffered for.
+        config.over_budget = OverBudget::ClosePolicyViolation;
+        let hub = Hub::new(config);
+        let Some(url) = redis else {
+            return Ok(Room {
+                broker: Arc::new(LocalBroker::new(hub.clone())),
+                hub,
+                streams: None,
+                names: Arc::default(),
+            });
+        };
+        let streams = RedisStreams::connect_with_format(
+            url,
+            hub.clone(),
+            RedisConfig::default(),
+            Arc::new(with_position),
+        )
+        .await
+        .with_context(|| format!("--redis {url}"))?;
+        streams
+            .subscribe(TOPIC)
+            .await
+            .context("--redis: subscribing")?;
+        let streams = Arc::new(streams);
+        Ok(Room {
+            hub,
+            broker: streams.clone(),
+            streams: Some(streams),
+            names: Arc::default(),
+        })
+    }
+
     async fn join(&self, ws: sockeye::WebSocket<ServerStream>) {
         let id = ws.id();
+        self.names.lock().expect("room lock").insert(
+            id,
+            Member {
+                name: format!("guest-{id}"),
+                named: false,
+            },
+        );
         let (writer, mut reader) = ws.split();
-        let (queue, mut lines) = mpsc::channel::<Arc<str>>(MEMBER_QUEUE);
-        let sender = tokio::spawn(async move {
-            while let Some(line) = lines.recv().await {
-                if writer.send_text(&line).await.is_err() {
-                    return;
-                }
-            }
-            // The room dropped this member's queue: it fell too far behind.
-            let too_slow = CloseFrame::new(CloseCode::POLICY_VIOLATION, "too slow to keep up");
-            let _ = writer.close(Some(too_slow)).await;
-        });
-        let member = Member {
-            name: format!("guest-{id}"),
-            named: false,
-            queue,
-        };
-        self.members.lock().expect("room lock").insert(id, member);
+        let mut subscribed = false;
         while let Some(Ok(message)) = reader.next().await {
             let Message::Text(text) = message else {
                 continue;
@@ -321,64 +367,134 @@ impl Room {
             let Ok(value) = serde_json::from_str::<Value>(&text) else {
                 continue;
             };
+            if !subscribed {
+                // The first line: a page that comes back says where it was. Subscribed
+                // first, then recovered: a line is either live or in the recovery (or
+                // both: the page drops a position it has seen), never in neither.
+                subscribed = true;
+                if self.hub.subscribe(&writer, TOPIC).is_err()
+                    || self.recover(&writer, &value["since"]).await.is_err()
+                {
+                    break;
+                }
+            }
             match value["type"].as_str() {
                 Some("hello") => {
                     let name = clip(value["name"].as_str().unwrap_or("guest"), MAX_NAME);
                     let (before, count) = {
-                        let mut members = self.members.lock().expect("room lock");
-                        let before = members.get_mut(&id).map(|member| {
+                        let mut names = self.names.lock().expect("room lock");
+                        let before = names.get_mut(&id).map(|member| {
                             let before = member.named.then(|| member.name.clone());
                             member.name = name.clone();
                             member.named = true;
                             before
                         });
-                        (before, members.len())
+                        (before, names.len())
                     };
-                    match before {
-                        // Not in the room any more (dropped as too slow).
-                        None => {}
-                        Some(None) => {
-                            self.broadcast(json!({"type": "joined", "name": name, "count": count}))
-                        }
-                        Some(Some(old)) if old != name => self.broadcast(
+                    let line = match before {
+                        None => None,
+                        Some(None) => Some(json!({"type": "joined", "name": name, "count": count})),
+                        Some(Some(old)) if old != name => Some(
                             json!({"type": "renamed", "from": old, "to": name, "count": count}),
                         ),
-                        Some(Some(_)) => {}
+                        Some(Some(_)) => None,
+                    };
+                    if let Some(line) = line {
+                        let _ = self.broadcast(line).await;
                     }
                 }
                 Some("say") => {
                     let text = clip(value["text"].as_str().unwrap_or(""), MAX_TEXT);
                     let name = self
-                        .members
+                        .names
                         .lock()
                         .expect("room lock")
                         .get(&id)
-                        .map(|m| m.name.clone());
+                        .map(|member| member.name.clone());
                     let at = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
-                    self.broadcast(json!({"type": "said", "name": name, "text": text, "at": at}));
+                    let line = json!({"type": "said", "name": name, "text": text, "at": at});
+                    if let Err(e) = self.broadcast(line).await {
+                        // The speaker learns that the line did not go out.
+                        let unsent =
+                            json!({"type": "unsent", "text": text, "reason": e.to_string()});
+                        if writer.send_text(&unsent.to_string()).await.is_err() {
+                            break;
+                        }
+                    }
                 }
                 _ => {}
             }
         }
         let (left, count) = {
-            let mut members = self.members.lock().expect("room lock");
-            (members.remove(&id).map(|m| m.name), members.len())
+            let mut names = self.names.lock().expect("room lock");
+            (names.remove(&id).map(|member| member.name), names.len())
         };
-        sender.abort();
         if let Some(name) = left {
-            self.broadcast(json!({"type": "left", "name": name, "count": count}));
+            let _ = self
+                .broadcast(json!({"type": "left", "name": name, "count": count}))
+                .await;
         }
     }
 
-    /// Queues a line for every member, in order; a member whose queue is full (a reader
-    /// that stopped reading) is dropped from the room and its connection closed.
-    fn broadcast(&self, value: Value) {
-        let text: Arc<str> = value.to_string().into();
-        let mut members = self.members.lock().expect("room lock");
-        members.retain(|_, member| member.queue.try_send(text.clone()).is_ok());
+    /// Sends a member that came back with `since` (`{"epoch", "offset"}`, from the
+    /// "pos" of the last line it saw) what it missed, then `recovered`; or
+    /// `unrecoverable` with the reason. Nothing without `--redis` or `since`.
+    async fn recover(
+        &self,
+        writer: &sockeye::WebSocketWriter<ServerStream>,
+        since: &Value,
+    ) -> Result<(), sockeye::Error> {
+        let (Some(streams), Some(epoch), Some(offset)) = (
+            &self.streams,
+            since["epoch"].as_str(),
+            since["offset"].as_u64(),
+        ) else {
+            return Ok(());
+        };
+        let since = StreamPosition {
+            epoch: epoch.to_owned(),
+            offset,
+        };
+        match streams.recover(TOPIC, &since).await {
+            Ok(missed) => {
+                for message in &missed {
+                    writer.send(with_position(message)).await?;
+                }
+                let done = json!({"type": "recovered", "count": missed.len()});
+                writer.send_text(&done.to_string()).await
+            }
+            Err(e) => {
+                let why = json!({"type": "unrecoverable", "reason": e.to_string()});
+                writer.send_text(&why.to_string()).await
+            }
+        }
     }
+
+    /// Publishes a line to the room (every process's, with `--redis`). A Redis outage
+    /// loses the line: the error says so (and stderr), and a speaker is told.
+    async fn broadcast(&self, value: Value) -> Result<(), sockeye::BrokerError> {
+        let line = Message::text(value.to_string());
+        let published = self.broker.publish(TOPIC, line).await;
+        if let Err(e) = &published {
+            eprintln!("sockeye serve: chat line not sent: {e}");
+        }
+        published.map(|_| ())
+    }
+}
+
+/// A chat line read from the room's stream, with its position added as "pos", for the
+/// page to send back when it reconnects.
+fn with_position(message: &StreamMessage) -> Message {
+    let Some(Ok(mut value)) = message.message.as_text().map(serde_json::from_str::<Value>) else {
+        return message.message.clone();
+    };
+    value["pos"] = json!({
+        "epoch": message.position.epoch,
+        "offset": message.position.offset,
+    });
+    Message::text(value.to_string())
 }
 
 fn clip(s: &str, max: usize) -> String {

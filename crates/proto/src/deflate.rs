@@ -39,12 +39,12 @@ pub const NAME: &str = "permessage-deflate";
 /// The proof that the codec is compiled in, held by every [`DeflateParams`]: without the
 /// `deflate` feature it has no values, and so neither have `DeflateParams` nor [`Deflate`].
 #[cfg(feature = "deflate")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Compiled;
 
 /// Without the `deflate` feature: no values.
 #[cfg(not(feature = "deflate"))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Compiled {}
 
 /// `Some` when the codec is compiled in: the only way to make [`DeflateParams`].
@@ -149,6 +149,55 @@ impl DeflateParams {
             name: NAME.to_owned(),
             params,
         })
+    }
+}
+
+/// How a server's codec compresses every message when it keeps no context between
+/// messages (`server_no_context_takeover`, RFC 7692 §7.1.1.1): a fresh deflate stream
+/// with this window and level. Connections with equal `SharedDeflate` compress a message
+/// to the same bytes, and each of their peers inflates those bytes alone, so one
+/// compressed frame ([`crate::PreparedFrame::deflated`]) serves them all: a pub/sub hub
+/// compresses a message once per such group instead of once per connection.
+///
+/// Only [`Deflate::shared`] makes one (there are none without the `deflate` feature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SharedDeflate {
+    /// The window, in bits (9-15: what the server's codec uses for the agreed
+    /// `server_max_window_bits`).
+    window_bits: u8,
+    /// The zlib level, 0-9.
+    level: u32,
+    compiled: Compiled,
+}
+
+impl SharedDeflate {
+    /// The compression window, in bits.
+    pub fn window_bits(&self) -> u8 {
+        self.window_bits
+    }
+
+    /// The zlib level.
+    pub fn level(&self) -> u32 {
+        self.level
+    }
+
+    /// Compresses a whole message as a fresh deflate stream with the sync-flush tail
+    /// removed (RFC 7692 §7.2.1): the payload of its frame, RSV1 set.
+    pub fn compress(&self, input: &[u8]) -> Vec<u8> {
+        #[cfg(feature = "deflate")]
+        {
+            let mut compressor = pool::take_compressor(self.window_bits, self.level);
+            let mut out = Vec::new();
+            compress_sync(&mut compressor, input, &mut out);
+            finish_message(&mut out);
+            pool::give_compressor(self.window_bits, self.level, compressor);
+            out
+        }
+        #[cfg(not(feature = "deflate"))]
+        {
+            let _ = input;
+            match self.compiled {}
+        }
     }
 }
 
@@ -406,30 +455,9 @@ impl Deflate {
             .compressor
             .get_or_insert_with(|| pool::take_compressor(bits, level));
         self.scratch.clear();
-        let mut rest = input;
-        loop {
-            if self.scratch.capacity() - self.scratch.len() < 64 {
-                self.scratch.reserve(rest.len() / 2 + 64);
-            }
-            let before = compressor.total_in();
-            compressor
-                .compress_vec(rest, &mut self.scratch, FlushCompress::Sync)
-                .expect("deflate never fails on valid state");
-            rest = &rest[(compressor.total_in() - before) as usize..];
-            // Done when all input is in and the flush completed (space left over).
-            if rest.is_empty() && self.scratch.capacity() > self.scratch.len() {
-                break;
-            }
-        }
+        compress_sync(compressor, input, &mut self.scratch);
         if fin {
-            if self.scratch.ends_with(&TAIL) {
-                self.scratch.truncate(self.scratch.len() - TAIL.len());
-            } else if self.scratch.is_empty() {
-                // Nothing to flush since the previous piece (an empty last piece): send
-                // an empty stored block's header, which the receiver's appended tail
-                // completes (RFC 7692 §7.2.1, §7.2.3.6).
-                self.scratch.push(0x00);
-            }
+            finish_message(&mut self.scratch);
             if reset {
                 // No context takeover: hold no compressor between messages.
                 if let Some(compressor) = self.compressor.take() {
@@ -438,6 +466,18 @@ impl Deflate {
             }
         }
         &self.scratch
+    }
+
+    /// The settings this codec compresses every message with, when it is a server's
+    /// that keeps no context between messages; `None` otherwise (a client masks each
+    /// frame, and context takeover makes each connection's output its own).
+    pub fn shared(&self) -> Option<SharedDeflate> {
+        let (bits, reset) = self.own_window_and_reset();
+        (self.role == Role::Server && reset).then_some(SharedDeflate {
+            window_bits: bits.clamp(9, 15),
+            level: self.level,
+            compiled: Compiled,
+        })
     }
 
     /// Inflates one frame's payload of a compressed message into `out`, then, at the end
@@ -584,6 +624,38 @@ pub(crate) mod pool {
     }
 }
 
+/// Compresses `input` into `out` (appended) and sync-flushes it.
+#[cfg(feature = "deflate")]
+fn compress_sync(compressor: &mut Compress, input: &[u8], out: &mut Vec<u8>) {
+    let mut rest = input;
+    loop {
+        if out.capacity() - out.len() < 64 {
+            out.reserve(rest.len() / 2 + 64);
+        }
+        let before = compressor.total_in();
+        compressor
+            .compress_vec(rest, out, FlushCompress::Sync)
+            .expect("deflate never fails on valid state");
+        rest = &rest[(compressor.total_in() - before) as usize..];
+        // Done when all input is in and the flush completed (space left over).
+        if rest.is_empty() && out.capacity() > out.len() {
+            break;
+        }
+    }
+}
+
+/// Ends a message's compressed bytes: the sync-flush tail removed (RFC 7692 §7.2.1), or,
+/// when nothing was flushed since the previous piece (an empty last piece), an empty
+/// stored block's header, which the receiver's appended tail completes (§7.2.3.6).
+#[cfg(feature = "deflate")]
+fn finish_message(out: &mut Vec<u8>) {
+    if out.ends_with(&TAIL) {
+        out.truncate(out.len() - TAIL.len());
+    } else if out.is_empty() {
+        out.push(0x00);
+    }
+}
+
 /// Inflates `input` into `out`; `Ok(true)` when the deflate stream ended (a block with
 /// BFINAL set), after which the rest of the input is not deflate data.
 #[cfg(feature = "deflate")]
@@ -687,6 +759,11 @@ mod stand_in {
             fin: bool,
         ) -> Result<(), Error> {
             let _ = (input, out, limit, fin);
+            match self.never {}
+        }
+
+        /// The settings this codec compresses every message with, if shared.
+        pub fn shared(&self) -> Option<SharedDeflate> {
             match self.never {}
         }
 

@@ -117,6 +117,14 @@ pub enum ApiMisuse {
     /// `fin`; and a first piece may not announce a frame over 2^53 - 1 bytes (the most a
     /// peer accepts, as `ws`).
     FramePieceMismatch,
+    /// A [`crate::PreparedFrame`] queued on a client connection: a client masks each
+    /// frame with a fresh key (RFC 6455 §5.3), so one encoded frame cannot serve it.
+    PreparedFrameOnClient,
+    /// A [`crate::PreparedFrame`] that this connection cannot send as it is: compressed
+    /// with other permessage-deflate settings than the connection's shared ones (or for
+    /// a connection that keeps compression context, or has none), or queued while a
+    /// fragmented message is being sent.
+    PreparedFrameMismatch,
 }
 
 impl Error {
@@ -298,6 +306,12 @@ impl fmt::Display for ApiMisuse {
             ApiMisuse::FragmentTypeMismatch => {
                 f.write_str("a fragmented message of another type is in progress")
             }
+            ApiMisuse::PreparedFrameOnClient => {
+                f.write_str("a prepared (unmasked) frame cannot be sent by a client")
+            }
+            ApiMisuse::PreparedFrameMismatch => f.write_str(
+                "the prepared frame does not fit this connection's compression or message state",
+            ),
             ApiMisuse::FramePieceMismatch => {
                 f.write_str("the piece does not fit the frame being sent in pieces")
             }

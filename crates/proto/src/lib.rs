@@ -14,7 +14,8 @@
 //!
 //! Modules: [`frame`] (header codec), [`mask`], [`utf8`] (incremental validation),
 //! [`close`] (codes and frames), [`message`], [`connection`] (the state machine),
-//! [`transmit`] (the queue of bytes to write),
+//! [`transmit`] (the queue of bytes to write), [`prepared`] (a frame encoded once for
+//! many connections),
 //! [`handshake`] (the HTTP/1.1 upgrade in both roles), [`limits`] and [`error`].
 //!
 //! ```
@@ -54,6 +55,7 @@ pub mod limits;
 pub mod manual;
 pub mod mask;
 pub mod message;
+pub mod prepared;
 pub mod transmit;
 pub mod utf8;
 
@@ -62,9 +64,10 @@ pub use http;
 
 pub use close::{CloseCode, CloseFrame};
 pub use connection::{Connection, DataKind, Role, State};
-pub use deflate::{Deflate, DeflateConfig, DeflateParams};
+pub use deflate::{Deflate, DeflateConfig, DeflateParams, SharedDeflate};
 pub use error::{ApiMisuse, Error, HandshakeError, InflateError, LimitError, ProtocolError};
 pub use frame::{FrameHeader, OpCode};
 pub use limits::{Config, Heartbeat, MaskGenerator, MaskSource, SendQueue, WhenFull};
 pub use message::{Fragment, Message, Utf8Bytes};
+pub use prepared::PreparedFrame;
 pub use transmit::Transmit;

@@ -8,6 +8,10 @@
 //! - [`WebSocket`]: a `Stream` of [`Message`]s and a `Sink` of them, with `send*` methods
 //!   on `&self` and [`WebSocket::split`] for a reader task and writer tasks.
 //!
+//! - [`Hub`]: pub/sub topics; a message published once to every subscribed connection,
+//!   encoded (and compressed) once, with a byte budget per subscriber ([`hub`]);
+//!   [`Broker`] carries it to other processes ([`broker`]).
+//!
 //! The protocol itself lives in [`sockeye_proto`], which does no I/O; this crate only
 //! moves bytes between a transport and it.
 //!
@@ -24,7 +28,7 @@
 //! ```
 //!
 //! # Features
-//! Both are on by default.
+//! `deflate` and `rustls` are on by default; `redis` is off.
 //! - `deflate`: permessage-deflate (RFC 7692), with `flate2` (`sockeye-proto`'s feature of
 //!   the same name). Without it, compression is never negotiated: a client offers nothing,
 //!   a server declines every offer, and the connection runs uncompressed. The
@@ -39,6 +43,10 @@
 //!   [`tls::NoTls`], which has no values. A server behind another TLS terminator, or
 //!   [`accept_tls`] on a TLS stream of your own, needs no `rustls`.
 //!
+//! - `redis`: the Redis brokers of `broker::redis` (PUB/SUB and Streams), with the
+//!   `redis` crate on tokio, so that a [`Hub`] publish reaches the subscribers of every
+//!   process. Without it, [`broker`] has the [`Broker`] trait and [`LocalBroker`].
+//!
 //! # Cancel safety
 //! Receiving is cancel safe. A `send*` future queues its frame whole before it first
 //! waits, so dropping it never tears a frame; the frame is written by the next operation.
@@ -52,8 +60,10 @@
 #![cfg_attr(not(feature = "rustls"), allow(rustdoc::broken_intra_doc_links))]
 
 mod accept;
+pub mod broker;
 mod client;
 mod error;
+pub mod hub;
 pub mod metrics;
 mod server;
 mod stream;
@@ -64,12 +74,14 @@ pub use accept::{
     accept, accept_tls, upgrade, verify_client, verify_client_async, HandleProtocols, HeadersHook,
     OnClientError, Rejection, ServerConfig, ShouldHandle, VerifyClient, VerifyInfo,
 };
+pub use broker::{Broker, BrokerError, BrokerEvent, LocalBroker, Published, StreamPosition};
 pub use client::{
     connect, connect_maybe_tls, connect_maybe_tls_with, connect_with,
     handshake as client_handshake, AddressFamily, ClientConfig, FinishRequest, RedirectHook,
     Target,
 };
 pub use error::{CloseInfo, Error, TlsError};
+pub use hub::{Hub, HubConfig, HubError, OverBudget, PublishReport};
 pub use server::{Clients, ShutdownReport, WebSocketServer};
 pub use stream::ByteStream;
 #[cfg(feature = "rustls")]

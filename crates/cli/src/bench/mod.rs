@@ -1,9 +1,12 @@
 //! `sockeye bench`: a closed-loop WebSocket load generator (the client side of an echo
 //! benchmark): each connection sends a binary message, waits for its echo, and repeats,
-//! optionally paced to a total rate.
+//! optionally paced to a total rate. With `--fanout`, a fan-out benchmark of `sockeye
+//! serve`'s chat room instead ([`fanout`]).
 //!
 //! The connections are the library's async client, a task each on one current-thread
 //! tokio runtime.
+
+mod fanout;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -50,6 +53,15 @@ pub struct Args {
     /// connection is not authenticated).
     #[arg(long, short = 'k')]
     insecure: bool,
+    /// Fan-out instead of echo: URL is a `sockeye serve` chat room (`/chat`); one
+    /// publisher says --rate lines per second there for --duration, and --connections
+    /// subscribers (on the --subscribe URLs in turn) measure each line's delay.
+    #[arg(long)]
+    fanout: bool,
+    /// With --fanout: a chat room URL for subscribers (repeat it to spread them over
+    /// several `sockeye serve --redis` processes); default: URL.
+    #[arg(long, value_name = "URL", requires = "fanout")]
+    subscribe: Vec<String>,
 }
 
 /// What one connection measured, or all together.
@@ -274,6 +286,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.duration > 0.0 && args.warmup >= 0.0,
         "--duration must be positive"
     );
+    if args.fanout {
+        let complete = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(fanout::run(&args))?;
+        return Ok(if complete {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let target = Target::parse(&args.url)?;
     if (args.ca.is_some() || args.insecure) && !target.tls {
         anyhow::bail!("--ca and --insecure are for wss:// URLs");

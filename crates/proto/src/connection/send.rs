@@ -9,6 +9,7 @@ use crate::error::{ApiMisuse, Error};
 use crate::frame::{FrameHeader, OpCode, MAX_FRAME_LEN, MAX_HEADER_LEN};
 use crate::mask::{apply_mask, extend_masked, rotate_key};
 use crate::message::Fragment;
+use crate::prepared::PreparedFrame;
 use crate::transmit::{Transmit, ZERO_COPY_MIN};
 
 /// A frame being sent in pieces: its header, with the whole length, is queued.
@@ -110,6 +111,58 @@ impl Connection {
         )
     }
 
+    /// Queues a [`PreparedFrame`]: a whole message encoded once, for any number of server
+    /// connections (a pub/sub fan-out). Nothing is encoded or copied here: the queue
+    /// references the frame's header and payload.
+    ///
+    /// When nothing is queued, `write_now` is first offered the frame to write straight to
+    /// the transport (a vectored write of [`PreparedFrame::header`] and
+    /// [`PreparedFrame::payload`], which must not wait); it returns how many of the
+    /// frame's bytes it wrote, and only the rest is queued. An idle connection thus takes
+    /// the frame with no allocation at all. Return 0 to queue it all.
+    ///
+    /// # Errors
+    /// [`ApiMisuse::PreparedFrameOnClient`] on a client connection (a client masks every
+    /// frame with its own key, RFC 6455 §5.3); [`ApiMisuse::PreparedFrameMismatch`] for a
+    /// compressed frame whose settings are not this connection's
+    /// [`Deflate::shared`](crate::Deflate::shared) ones (its peer might not inflate
+    /// it, or its compression context would no longer match the peer's), or while a
+    /// fragmented message is being sent; as [`Connection::send`] once closing. An
+    /// uncompressed frame is valid on any server connection, with or without
+    /// permessage-deflate (RSV1 clear: an uncompressed message, RFC 7692 §6).
+    pub fn send_prepared(
+        &mut self,
+        frame: &PreparedFrame,
+        write_now: impl FnOnce(&PreparedFrame) -> usize,
+    ) -> Result<(), Error> {
+        if self.role != Role::Server {
+            return Err(ApiMisuse::PreparedFrameOnClient.into());
+        }
+        self.check_open()?;
+        if self.is_mid_message() {
+            return Err(ApiMisuse::PreparedFrameMismatch.into());
+        }
+        if let Some(with) = frame.deflate() {
+            if self.deflate.as_ref().and_then(|d| d.shared()) != Some(with) {
+                return Err(ApiMisuse::PreparedFrameMismatch.into());
+            }
+        }
+        let written = if self.transmit.is_empty() {
+            write_now(frame).min(frame.len())
+        } else {
+            0
+        };
+        let header = frame.header();
+        if written < header.len() {
+            self.transmit
+                .push_shared(&header[written..], frame.payload().clone());
+        } else if written < frame.len() {
+            let rest = frame.payload().slice(written - header.len()..);
+            self.transmit.push_shared(&[], rest);
+        }
+        Ok(())
+    }
+
     /// Sends a whole text message.
     ///
     /// # Errors
@@ -160,6 +213,13 @@ impl Connection {
     /// Whether a frame is being sent in pieces (its header is out, pieces are to come).
     pub fn is_mid_frame(&self) -> bool {
         self.frame_out.is_some()
+    }
+
+    /// Whether a message is being sent in several frames (`fin: false` sent, its last
+    /// frame not yet) or a frame in pieces: another whole message cannot be sent now
+    /// (RFC 6455 §5.4: the frames of a message are not interleaved with another's).
+    pub fn is_mid_message(&self) -> bool {
+        self.outgoing.is_some() || self.frame_out.is_some()
     }
 
     fn send_payload(

@@ -9,7 +9,8 @@
 //! Files: `pump` (the shared state, and driving the transport against the core),
 //! `writer` (the sending handle, [`WebSocketWriter`], which a `WebSocket` derefs to),
 //! `sending` (the future of a send), `wakers` (the tasks waiting on the transport) and
-//! `read_pool` (the thread's spare read buffer).
+//! `read_pool` (the thread's spare read buffer), `fanout` (a connection's side of a
+//! [`Hub`](crate::Hub) publish).
 
 use std::future::poll_fn;
 use std::ops::Deref;
@@ -28,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::Error;
 
+mod fanout;
 mod pump;
 mod read_pool;
 mod sending;
@@ -35,7 +37,7 @@ mod wakers;
 mod write_pool;
 mod writer;
 
-pub(crate) use pump::Shared;
+pub(crate) use pump::{EndHook, Shared};
 pub use sending::Sending;
 pub use writer::WebSocketWriter;
 

@@ -94,6 +94,10 @@ pub(super) struct Inner<S> {
     pub(super) end_recorded: bool,
     /// `pause()`d: the transport is not read until `resume()`.
     pub(super) paused: bool,
+    /// Bytes went to the transport outside the transmit queue (a hub's write at publish
+    /// time) and its flush did not complete (TLS holds records until the socket takes
+    /// them): the reading task flushes it, even with nothing queued.
+    pub(super) unflushed: bool,
     /// The reader parked on the transport, woken when `try_send` queues bytes for it to
     /// write.
     pub(super) reader_waker: Option<Waker>,
@@ -116,7 +120,14 @@ pub(super) struct Rare {
     pub(super) data: http::Extensions,
     /// The connection's `tracing` span, kept only when a subscriber is interested.
     pub(super) span: Option<tracing::Span>,
+    /// Called once when the connection ends (`Shared::on_end`): a hub forgets the
+    /// connection's subscriptions.
+    pub(super) on_end: Vec<EndHook>,
 }
+
+/// What runs when a connection ends. It runs under the connection's lock, so it must not
+/// lock another connection (a hub only records the id, for later).
+pub(crate) type EndHook = Box<dyn FnOnce() + Send>;
 
 impl<S> Shared<S> {
     /// The state of a connection whose opening handshake is done on `io`; `read_buf`
@@ -146,6 +157,7 @@ impl<S> Shared<S> {
             ended: false,
             end_recorded: false,
             paused: false,
+            unflushed: false,
             reader_waker: None,
             rare,
         };
@@ -266,6 +278,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
         inner.conn.terminate();
         inner.io = None;
         Writers::wake_all(&inner.writers);
+        // A reader parked on the transport would wait forever: its registration went
+        // with the transport. Woken, it finds the connection aborted and ends.
+        inner.wake_reader();
+        inner.run_end_hooks();
+    }
+
+    /// Runs `hook` once when the connection ends (its stream finished, its transport
+    /// failed, or `terminate`). Returns `false`, without keeping it, if the connection
+    /// has ended already.
+    pub(crate) fn on_end(&self, hook: EndHook) -> bool {
+        let mut inner = self.lock();
+        if inner.ended || inner.io.is_none() {
+            return false;
+        }
+        inner.rare().on_end.push(hook);
+        true
     }
 
     pub(super) fn wake_writers(&self) {
@@ -487,6 +515,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         Ok(())
     }
 
+    /// Runs (and forgets) the hooks registered with `Shared::on_end`.
+    pub(super) fn run_end_hooks(&mut self) {
+        if let Some(rare) = self.rare.as_mut() {
+            for hook in std::mem::take(&mut rare.on_end) {
+                hook();
+            }
+        }
+    }
+
     pub(super) fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_default()
     }
@@ -498,7 +535,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// waker in place of this one. Not tried while a task waits to write: the
     /// transport holds the waker for it, which this attempt would replace.
     #[inline(always)]
-    fn try_write_now(&mut self) -> bool {
+    pub(super) fn try_write_now(&mut self) -> bool {
         if Writers::any_waiting(&self.writers) {
             return false;
         }
@@ -586,6 +623,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             Poll::Pending => return Poll::Pending,
         }
         // Written out: an idle connection holds no write buffer (beyond a small one).
+        self.unflushed = false;
         write_pool::release(self.conn.transmit());
         Writers::wake_all(&self.writers);
         Poll::Ready(Ok(()))
@@ -690,7 +728,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// Writes queued bytes if there are any; `Ready(Ok)` also when nothing was queued.
     fn poll_flush_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.conn.transmit().is_empty() {
+        if self.conn.transmit().is_empty() && !self.unflushed {
             return Poll::Ready(Ok(()));
         }
         self.poll_flush_transmit(cx)
@@ -833,6 +871,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     fn finish(&mut self) -> Poll<Option<Result<Message, Error>>> {
         self.ended = true;
         self.record_end();
+        self.run_end_hooks();
         self.timer = None;
         self.read_buf = BytesMut::new();
         write_pool::release(self.conn.transmit());
@@ -845,6 +884,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.io = None;
         self.ended = true;
         self.record_end();
+        self.run_end_hooks();
         Writers::wake_all(&self.writers);
         Error::from(e)
     }

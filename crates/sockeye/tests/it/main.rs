@@ -11,8 +11,11 @@ mod faults;
 mod features;
 mod frames;
 mod handshake;
+mod hub;
 mod interop;
 mod observability;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "rustls")]
 mod tls;
 mod ws_errors;

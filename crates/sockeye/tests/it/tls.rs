@@ -417,3 +417,46 @@ async fn a_plain_client_fails_the_server_handshake_with_a_tls_error() {
     assert_eq!(err.close_code(), None);
     within("the client", client).await.unwrap();
 }
+
+/// A hub publishing to a TLS subscriber whose reader is slower than the publisher:
+/// what TLS took from a write at publish time but could not send yet is flushed by the
+/// task reading the connection, so every message arrives (TLS buffers records; a
+/// plain socket has nothing to flush).
+#[tokio::test]
+async fn hub_messages_reach_a_tls_subscriber_whole() {
+    const MESSAGES: usize = 100;
+    const SIZE: usize = 40 * 1024;
+    let pki = pki();
+    let server = WebSocketServer::bind_tls(
+        "127.0.0.1:0",
+        ServerConfig::default(),
+        Some(server_tls(&pki)),
+    )
+    .await
+    .unwrap();
+    let url = format!("wss://localhost:{}/", server.local_addr().port());
+    let mut hub_config = sockeye::HubConfig::default();
+    hub_config.max_buffered = 64 * 1024 * 1024;
+    let hub = sockeye::Hub::new(hub_config);
+    let config = client_config(trusting(&pki));
+    let connecting =
+        tokio::spawn(async move { sockeye::connect_maybe_tls_with(&url, config).await });
+    let (mut ws, _) = within("accept", server.accept()).await.unwrap().unwrap();
+    let (mut client, _) = within("connect", connecting).await.unwrap().unwrap();
+    hub.subscribe(&ws, "t").unwrap();
+    tokio::spawn(async move { while ws.recv().await.is_some() {} });
+    for seq in 0..MESSAGES {
+        let mut data = vec![seq as u8; SIZE];
+        data[0] = seq as u8;
+        let report = hub.publish("t", data).unwrap();
+        assert_eq!(report.delivered, 1, "{report:?}");
+    }
+    for seq in 0..MESSAGES {
+        match within("a published message", client.next()).await {
+            Some(Ok(Message::Binary(data))) => {
+                assert_eq!((data.len(), data[0]), (SIZE, seq as u8));
+            }
+            other => panic!("expected message {seq}, got {other:?}"),
+        }
+    }
+}
