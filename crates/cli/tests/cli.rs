@@ -12,8 +12,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout, Command};
 
-/// Any single step longer than this is a hang.
-const STEP: Duration = Duration::from_secs(10);
+mod common;
+use common::STEP;
 
 fn sockeye() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sockeye"));
@@ -38,27 +38,9 @@ async fn start(args: &[&str], prefix: &str) -> Server {
 
 /// Runs `command` (a server listening on an ephemeral port) and reads the address from
 /// the first stdout line, which must start with `prefix` followed by the address.
-async fn start_command(mut command: Command, prefix: &str) -> Server {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sockeye");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(STEP, stdout.next_line())
-        .await
-        .expect("the server announces itself in time")
-        .unwrap()
-        .expect("a first line on stdout");
-    let rest = line
-        .strip_prefix(prefix)
-        .unwrap_or_else(|| panic!("{line:?} does not start with {prefix:?}"));
-    let addr_text = rest.split(['/', ' ']).next().unwrap();
-    let addr: SocketAddr = addr_text
-        .parse()
-        .unwrap_or_else(|_| panic!("no address in {line:?}"));
-    assert_ne!(addr.port(), 0, "the real port is printed: {line:?}");
+async fn start_command(command: Command, prefix: &str) -> Server {
+    let (addr, child, stdout) = common::spawn_announced(command, prefix).await;
+    assert_ne!(addr.port(), 0, "the real port is printed");
     Server {
         addr,
         _child: child,

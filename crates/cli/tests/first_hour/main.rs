@@ -9,15 +9,16 @@ mod messages;
 mod readme;
 mod serve;
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
 use std::process::{Output, Stdio};
-use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-/// Any single step longer than this is a hang.
-const STEP: Duration = Duration::from_secs(10);
+use common::STEP;
 
 /// The `sockeye` binary, killed when its handle is dropped, with colour left to the
 /// defaults (stdout and stderr are pipes here).
@@ -50,28 +51,9 @@ struct Server {
 /// Starts `sockeye <args>` (a server with its own `--listen`), and reads the address from
 /// its first stdout line, which starts with `prefix`.
 async fn start(args: &[&str], prefix: &str) -> Server {
-    let mut child = sockeye()
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sockeye");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(STEP, stdout.next_line())
-        .await
-        .expect("the server announces itself in time")
-        .unwrap()
-        .expect("a first line on stdout");
-    let rest = line
-        .strip_prefix(prefix)
-        .unwrap_or_else(|| panic!("{line:?} does not start with {prefix:?}"));
-    let addr = rest
-        .split(['/', ' '])
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|_| panic!("no address in {line:?}"));
+    let mut command = sockeye();
+    command.args(args);
+    let (addr, child, stdout) = common::spawn_announced(command, prefix).await;
     Server {
         addr,
         child,
