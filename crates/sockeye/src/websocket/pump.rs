@@ -243,22 +243,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
         cx: &mut Context<'_>,
     ) -> Poll<Result<bool, Error>> {
         let mut inner = self.lock();
-        loop {
-            if inner.conn.transmit_len() < inner.conn.config().send_queue.high_water {
-                let held = held.take().expect("polled while held");
-                return Poll::Ready(inner.queue_and_write(|inner| held.queue(inner)));
-            }
-            match inner.poll_flush_transmit(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(inner.write_error(e))),
-                Poll::Pending => {
-                    if inner.conn.transmit_len() < inner.conn.config().send_queue.high_water {
-                        continue;
-                    }
-                    return Poll::Pending;
-                }
-            }
-        }
+        let high_water = inner.conn.config().send_queue.high_water;
+        std::task::ready!(inner.poll_queue_within(|len| len < high_water, cx))?;
+        let held = held.take().expect("polled while held");
+        Poll::Ready(inner.queue_and_write(|inner| held.queue(inner)))
     }
 
     pub(super) fn ready_state(&self) -> ReadyState {
@@ -362,22 +350,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
     /// Ready once the queue is at or below the low-water mark.
     pub(super) fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut inner = self.lock();
-        loop {
-            if inner.conn.transmit_len() <= inner.conn.config().send_queue.low_water {
-                return Poll::Ready(Ok(()));
-            }
-            match inner.poll_flush_transmit(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(inner.write_error(e))),
-                Poll::Pending => {
-                    // Partly written: below the mark already?
-                    if inner.conn.transmit_len() <= inner.conn.config().send_queue.low_water {
-                        return Poll::Ready(Ok(()));
-                    }
-                    return Poll::Pending;
-                }
-            }
-        }
+        let low_water = inner.conn.config().send_queue.low_water;
+        inner.poll_queue_within(|len| len <= low_water, cx)
     }
 
     pub(super) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
@@ -453,6 +427,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         let was_idle = self.conn.transmit().is_empty();
         queue(self)?;
         Ok(was_idle && self.try_write_now())
+    }
+
+    /// Writes the queue out until its length (framing included) `fits`; ready at once
+    /// when it already does, or when a partial write brought it there.
+    fn poll_queue_within(
+        &mut self,
+        fits: impl Fn(usize) -> bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
+        loop {
+            if fits(self.conn.transmit_len()) {
+                return Poll::Ready(Ok(()));
+            }
+            match self.poll_flush_transmit(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(self.write_error(e))),
+                Poll::Pending if fits(self.conn.transmit_len()) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     /// `WhenFull::Close`: the send queue is full, so the slow peer is closed with 1008.
