@@ -54,6 +54,8 @@ command -v node >/dev/null || { echo "test: error: node is required for the inte
 
 # The Redis broker tests (the library's, and `sockeye serve --redis`) start their own.
 command -v redis-server >/dev/null || { echo "test: error: redis-server is required for the Redis broker tests (apt-get install redis-server)"; exit 1; }
+# The demo page's test drives a headless Chromium.
+command -v chromium >/dev/null || { echo "test: error: chromium is required for the browser test of the demo page (apt-get install chromium)"; exit 1; }
 
 step "format and lints"
 cargo fmt --all -- --check

@@ -15,6 +15,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout, Command};
 
+#[allow(dead_code)] // this file uses its browser only
+mod common;
+
 const STEP: Duration = Duration::from_secs(10);
 
 /// A `redis-server` of this test's own, killed on drop; `persist`: an append-only file
@@ -109,9 +112,14 @@ struct Serve {
 }
 
 async fn serve(redis: &Redis) -> Serve {
+    serve_at(redis, "127.0.0.1:0").await
+}
+
+/// `sockeye serve --redis URL --listen LISTEN`.
+async fn serve_at(redis: &Redis, listen: &str) -> Serve {
     let url = format!("redis://127.0.0.1:{}/", redis.port);
     let mut child = Command::new(env!("CARGO_BIN_EXE_sockeye"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--redis", &url])
+        .args(["serve", "--listen", listen, "--redis", &url])
         .kill_on_drop(true)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -577,4 +585,91 @@ async fn bench_fanout_across_two_serve_processes() {
         summary["delay_us"]["p50"].as_u64().is_some_and(|p| p > 0),
         "{summary}"
     );
+}
+
+/// The demo page in a real browser (headless Chromium over the DevTools protocol), on one
+/// of two `serve --redis` processes: a line typed in the page reaches a member of the
+/// other process; that member's lines show in the page; the page's process is killed
+/// while lines are said, and restarted on the same address; the page reconnects by
+/// itself, asks for what it missed (its last position) and shows the missed lines, each
+/// once, with a "recovered" notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_in_chromium_recovers_missed_lines_after_its_server_restarts() {
+    const LOG: &str = "document.querySelector('[data-testid=chat-log]').innerText";
+    let redis = Redis::start(false).await;
+    let mut a = serve(&redis).await;
+    let b = serve(&redis).await;
+    let mut page = common::chromium::Chromium::open(&format!("http://{}/", a.addr)).await;
+    let open = "document.querySelector('[data-testid=chat-state]').textContent === 'open'";
+    page.wait_for(open, STEP, "the chat opens", LOG).await;
+
+    let mut bot = Member {
+        ws: Member::join(&b, "bot".into(), None).await,
+        name: "bot".into(),
+        last: None,
+        said: Vec::new(),
+        positions: HashSet::new(),
+        reconnected: false,
+    };
+    bot.until(|l| l["type"] == "joined" && l["name"] == "bot")
+        .await;
+
+    // The page speaks: typed and sent with its button.
+    page.eval(
+        "(() => { const i = document.querySelector('[data-testid=chat-input]'); \
+         i.value = 'hello from the page'; \
+         document.querySelector('[data-testid=chat-send]').click(); return true; })()",
+    )
+    .await;
+    bot.until(|l| l["type"] == "said" && l["text"] == "hello from the page")
+        .await;
+    assert!(bot.say("hello from the bot").await);
+    page.wait_for(
+        &format!("{LOG}.includes('bot: hello from the bot')"),
+        STEP,
+        "the bot's line in the page",
+        LOG,
+    )
+    .await;
+
+    // The page's process dies; lines are said while the page is away.
+    let listen = a.addr.to_string();
+    a.child.kill().await.unwrap();
+    page.wait_for(
+        "document.querySelector('[data-testid=chat-state]').textContent.startsWith('closed')",
+        STEP,
+        "the page sees its connection closed",
+        LOG,
+    )
+    .await;
+    for n in 1..=3 {
+        assert!(bot.say(&format!("missed line {n}")).await);
+    }
+    a = serve_at(&redis, &listen).await;
+
+    // The page reconnects on its own (backoff 1 s, 2 s, 4 s ...) and recovers them.
+    page.wait_for(
+        &format!("{LOG}.includes('bot: missed line 3')"),
+        Duration::from_secs(30),
+        "the missed lines recovered in the page",
+        LOG,
+    )
+    .await;
+    let log = page.eval(LOG).await;
+    let log = log.as_str().unwrap();
+    // The missed lines come after the page saw its connection close, then the notice.
+    let closed = log
+        .find("closed (")
+        .unwrap_or_else(|| panic!("no close in the page: {log}"));
+    let recovered = log
+        .find("recovered 3 missed line(s)")
+        .unwrap_or_else(|| panic!("no recovery notice in the page: {log}"));
+    for n in 1..=3 {
+        let line = format!("bot: missed line {n}");
+        assert_eq!(log.matches(&line).count(), 1, "{line} once: {log}");
+        let at = log.find(&line).unwrap();
+        assert!(closed < at && at < recovered, "{line} recovered: {log}");
+    }
+    assert_eq!(log.matches("bot: hello from the bot").count(), 1, "{log}");
+    drop(a);
 }
