@@ -40,7 +40,8 @@ pub enum Error {
     /// Following redirects failed: more than `max_redirects` (`ws`'s "Maximum redirects
     /// exceeded").
     Redirect(String),
-    /// The HTTP proxy refused the `CONNECT` tunnel or did not answer it.
+    /// The HTTP proxy could not be reached, refused the `CONNECT` tunnel or did not
+    /// answer it.
     Proxy(String),
     /// The connection is closed; nothing more can be sent or received.
     Closed(CloseInfo),
