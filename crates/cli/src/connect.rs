@@ -4,7 +4,9 @@
 //! `/pong`, `/binary`, `/close`, `/help`; `//` sends a line that starts with `/`).
 //! Received messages go to stdout (`< text`), everything else to stderr. On a terminal
 //! there is a `> ` prompt and colour; colour follows anstream's rules (off when the
-//! stream is not a terminal or `NO_COLOR` is set, on with `CLICOLOR_FORCE`).
+//! stream is not a terminal or `NO_COLOR` is set, on with `CLICOLOR_FORCE`). At the
+//! prompt, the line is edited by [`LineEditor`], which draws what is being typed again
+//! below every message that arrives meanwhile.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +17,7 @@ use futures_util::StreamExt;
 use sockeye::{ClientConfig, CloseCode, CloseFrame, Error, Message};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use crate::line_editor::{Edit, LineEditor};
 use crate::read;
 
 /// `sockeye connect` options.
@@ -173,6 +176,9 @@ struct Console {
     prompt: bool,
     /// Whether "> " is on the screen, to be erased before the next line.
     prompting: bool,
+    /// The line being typed at the prompt, with the terminal in raw mode; dropped (the
+    /// terminal restored) when input ends.
+    editor: Option<LineEditor>,
 }
 
 /// The styles of what is printed.
@@ -194,7 +200,58 @@ impl Console {
                 && std::io::stdin().is_terminal()
                 && std::io::stdout().is_terminal(),
             prompting: false,
+            editor: None,
         }
+    }
+
+    /// The end of a printed line: in raw mode the terminal no longer turns `\n` into
+    /// `\r\n`.
+    fn newline(&self) -> &'static str {
+        if self.editor.is_some() {
+            "\r\n"
+        } else {
+            "\n"
+        }
+    }
+
+    /// `text` with its line breaks as the terminal needs them (see [`Console::newline`]).
+    fn lines<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.editor.is_some() && text.contains('\n') {
+            text.replace('\n', "\r\n").into()
+        } else {
+            text.into()
+        }
+    }
+
+    /// Stops editing: the terminal back in its own mode, for the end of the session.
+    async fn stop_editing(&mut self) -> std::io::Result<()> {
+        if self.editor.is_some() {
+            self.unprompt().await?;
+            self.editor = None;
+        }
+        Ok(())
+    }
+
+    /// Applies a key to the line being typed; draws it again if it changed. Enter puts
+    /// the line on its own row (it stays on the screen, as a terminal would show it).
+    async fn key(&mut self, key: crossterm::event::KeyEvent) -> std::io::Result<Edit> {
+        let Some(editor) = &mut self.editor else {
+            return Ok(Edit::Nothing);
+        };
+        let edit = editor.key(key);
+        match &edit {
+            Edit::Redraw => {
+                self.prompting = false;
+                self.prompt().await?;
+            }
+            Edit::Line(_) => {
+                self.stdout.write_all(b"\r\n").await?;
+                self.stdout.flush().await?;
+                self.prompting = false;
+            }
+            _ => {}
+        }
+        Ok(edit)
     }
 
     fn paint(on: bool, style: anstyle::Style, text: &str) -> String {
@@ -215,12 +272,23 @@ impl Console {
         Ok(())
     }
 
-    /// Shows the prompt (on a terminal).
+    /// Shows the prompt (on a terminal), and the line being typed after it.
     async fn prompt(&mut self) -> std::io::Result<()> {
         if self.prompt && !self.prompting {
             self.prompting = true;
             let prompt = Self::paint(self.out_color, STATUS, "> ");
-            self.stdout.write_all(prompt.as_bytes()).await?;
+            let shown = match &mut self.editor {
+                Some(editor) => {
+                    // A terminal that does not know its size (0 columns) is taken as 80 wide.
+                    let columns = match crossterm::terminal::size() {
+                        Ok((columns, _)) if columns > 0 => usize::from(columns),
+                        _ => 80,
+                    };
+                    editor.render(&prompt, 2, columns)
+                }
+                None => prompt,
+            };
+            self.stdout.write_all(shown.as_bytes()).await?;
             self.stdout.flush().await?;
         }
         Ok(())
@@ -230,8 +298,9 @@ impl Console {
     async fn received(&mut self, style: anstyle::Style, text: &str) -> std::io::Result<()> {
         self.unprompt().await?;
         let line = format!(
-            "{}\n",
-            Self::paint(self.out_color, style, &format!("< {text}"))
+            "{}{}",
+            Self::paint(self.out_color, style, &self.lines(&format!("< {text}"))),
+            self.newline()
         );
         self.stdout.write_all(line.as_bytes()).await?;
         self.stdout.flush().await?;
@@ -241,7 +310,11 @@ impl Console {
     /// A status line on stderr.
     async fn status(&mut self, style: anstyle::Style, text: &str) -> std::io::Result<()> {
         self.unprompt().await?;
-        eprintln!("{}", Self::paint(self.err_color, style, text));
+        eprint!(
+            "{}{}",
+            Self::paint(self.err_color, style, &self.lines(text)),
+            self.newline()
+        );
         self.prompt().await
     }
 
@@ -388,6 +461,12 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
     let interactive = args.execute.is_empty();
     let mut interrupts = Interrupts::new()?;
     let mut console = Console::new(interactive);
+    // At a terminal's prompt, keys are read as events and the line edited here.
+    let mut events = None;
+    if console.prompt {
+        console.editor = Some(LineEditor::on_terminal()?);
+        events = Some(crossterm::event::EventStream::new());
+    }
     let protocol = ws
         .protocol()
         .map(|p| format!(" (subprotocol {p})"))
@@ -421,19 +500,70 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
     tokio::pin!(wait);
     let mut waiting = false;
     let mut interrupted = false;
+    // A Ctrl-C to act on: a signal, or the key at the line editor.
+    let mut interrupt = false;
     let mut code = ExitCode::SUCCESS;
     loop {
-        let next_line = async {
-            if interactive {
-                lines.next_line().await
+        // Ctrl-C closes with 1000 as end of input does (the handler replaces the
+        // default of ending the process at once); a second one quits without waiting.
+        if std::mem::take(&mut interrupt) {
+            if interrupted {
+                console.stop_editing().await?;
+                console.unprompt().await?;
+                return Ok(ExitCode::from(130));
+            }
+            interrupted = true;
+            input_open = false;
+            waiting = false;
+            // The terminal back in its own mode: a second Ctrl-C is a signal again.
+            console.stop_editing().await?;
+            console.prompt = false;
+            console
+                .status(STATUS, "closing (Ctrl-C again to quit without waiting)")
+                .await?;
+            let _ = writer
+                .close(Some(CloseFrame::new(CloseCode::NORMAL_CLOSURE, "")))
+                .await;
+        }
+        let next_input = async {
+            if let Some(events) = events.as_mut() {
+                loop {
+                    match events.next().await {
+                        Some(Ok(crossterm::event::Event::Key(key))) => return Ok(Typed::Key(key)),
+                        Some(Ok(crossterm::event::Event::Resize(..))) => return Ok(Typed::Resize),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e),
+                        None => return Ok(Typed::Line(None)),
+                    }
+                }
+            } else if interactive {
+                lines.next_line().await.map(Typed::Line)
             } else {
-                Ok(execute.next().cloned())
+                Ok(Typed::Line(execute.next().cloned()))
             }
         };
         tokio::select! {
-            line = next_line, if input_open => {
-                let Some(line) = line? else {
+            typed = next_input, if input_open => {
+                let line = match typed? {
+                    Typed::Line(line) => line,
+                    Typed::Resize => {
+                        console.prompting = false;
+                        console.prompt().await?;
+                        continue;
+                    }
+                    Typed::Key(key) => match console.key(key).await? {
+                        Edit::Line(line) => Some(line),
+                        Edit::EndOfInput => None,
+                        Edit::Interrupt => {
+                            interrupt = true;
+                            continue;
+                        }
+                        Edit::Redraw | Edit::Nothing => continue,
+                    },
+                };
+                let Some(line) = line else {
                     input_open = false;
+                    console.stop_editing().await?;
                     if interactive {
                         writer.close(Some(CloseFrame::new(CloseCode::NORMAL_CLOSURE, ""))).await?;
                     } else {
@@ -451,11 +581,12 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
                     Ok(Input::Pong(data)) => writer.pong(&data).await?,
                     Ok(Input::Close(frame)) => {
                         input_open = false;
+                        console.stop_editing().await?;
                         writer.close(Some(frame)).await?;
                     }
                     Ok(Input::Help) => {
                         console.unprompt().await?;
-                        eprintln!("{HELP}");
+                        eprint!("{}{}", console.lines(HELP), console.newline());
                     }
                     Err(why) => {
                         console.status(PROBLEM, &format!("sockeye: {why}")).await?;
@@ -468,22 +599,7 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
                     console.prompt().await?;
                 }
             },
-            // Ctrl-C closes with 1000 as end of input does (the handler replaces the
-            // default of ending the process at once); a second one quits without waiting.
-            () = interrupts.next() => {
-                if interrupted {
-                    console.unprompt().await?;
-                    return Ok(ExitCode::from(130));
-                }
-                interrupted = true;
-                input_open = false;
-                waiting = false;
-                console.prompt = false;
-                console
-                    .status(STATUS, "closing (Ctrl-C again to quit without waiting)")
-                    .await?;
-                let _ = writer.close(Some(CloseFrame::new(CloseCode::NORMAL_CLOSURE, ""))).await;
-            },
+            () = interrupts.next() => interrupt = true,
             () = &mut wait, if waiting => {
                 waiting = false;
                 writer.close(Some(CloseFrame::new(CloseCode::NORMAL_CLOSURE, ""))).await?;
@@ -505,6 +621,7 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
                 }
                 Some(Ok(Message::Fragment(_))) => {}
                 Some(Ok(Message::Close(frame))) => {
+                    console.stop_editing().await?;
                     console.prompt = false;
                     console.status(CLOSED, &closed_line(frame.as_ref())).await?;
                     input_open = false;
@@ -518,8 +635,17 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
             },
         }
     }
+    console.stop_editing().await?;
     console.unprompt().await?;
     Ok(code)
+}
+
+/// What came from the user: a line (`None`: end of input), or at a terminal's prompt a
+/// key for the line editor, or a resized terminal.
+enum Typed {
+    Line(Option<String>),
+    Key(crossterm::event::KeyEvent),
+    Resize,
 }
 
 #[cfg(test)]

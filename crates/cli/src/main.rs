@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod connect;
 mod echo;
+mod line_editor;
 mod serve;
 
 use std::net::SocketAddr;

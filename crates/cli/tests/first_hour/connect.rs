@@ -206,7 +206,139 @@ async fn a_terminal_gets_a_prompt_and_colour_unless_no_color() {
         .unwrap();
     assert!(shown.contains("> "), "{shown:?}");
     assert!(shown.contains("< hello"), "{shown:?}");
-    assert!(!shown.contains("\x1b[3"), "NO_COLOR: no colour: {shown:?}");
+    let colours = (30..=37).map(|c| format!("\x1b[{c}m"));
+    for colour in colours.chain(["\x1b[1m".to_owned()]) {
+        assert!(!shown.contains(&colour), "NO_COLOR: no colour: {shown:?}");
+    }
+}
+
+/// On a terminal, a message that arrives while a line is being typed is printed above
+/// it, and the typed text is drawn again after the prompt: still on the screen, and
+/// sent whole at Enter.
+#[tokio::test]
+async fn a_message_arriving_while_typing_leaves_the_typed_text_on_screen() {
+    // A server that says "news" when told to, and reports what it receives.
+    let server = WebSocketServer::bind("127.0.0.1:0", ServerConfig::default())
+        .await
+        .unwrap();
+    let url = format!("ws://{}/", server.local_addr());
+    let (say, mut told) = mpsc::unbounded_channel::<()>();
+    let (seen, mut received) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let Some(Ok((ws, _))) = server.accept().await else {
+            return;
+        };
+        let (writer, mut reader) = ws.split();
+        tokio::spawn(async move {
+            while told.recv().await.is_some() {
+                let _ = writer.send_text("news").await;
+            }
+        });
+        while let Some(Ok(message)) = reader.next().await {
+            let _ = seen.send(message);
+        }
+    });
+
+    let command = format!("{} connect {url}", env!("CARGO_BIN_EXE_sockeye"));
+    let mut terminal = Terminal::start(&command).await;
+    terminal.until("connected to").await;
+    terminal.type_in("half a li").await;
+    terminal.until("> half a li").await;
+    // The message comes in the middle of the line.
+    say.send(()).unwrap();
+    let after = terminal.until("< news").await;
+    let redrawn = terminal.until("> half a li").await;
+    assert!(
+        redrawn > after,
+        "the typed text drawn again after the message"
+    );
+    terminal.type_in("ne\r").await;
+    let message = tokio::time::timeout(STEP, received.recv()).await.unwrap();
+    assert_eq!(message, Some(Message::text("half a line")));
+    terminal.type_in("/close\r").await;
+    terminal.until("closed 1000").await;
+}
+
+/// At a terminal's prompt Ctrl-C is a key (raw mode), and does what the signal does:
+/// the connection closes with 1000 and the close line is shown.
+#[tokio::test]
+async fn ctrl_c_at_the_prompt_closes_with_1000() {
+    let (url, mut seen) = recording_server(Duration::ZERO).await;
+    let command = format!("{} connect {url}", env!("CARGO_BIN_EXE_sockeye"));
+    let mut terminal = Terminal::start(&command).await;
+    terminal.until("connected to").await;
+    terminal.type_in("not sent\x03").await;
+    terminal.until("closing (Ctrl-C again").await;
+    terminal.until("closed 1000").await;
+    let message = tokio::time::timeout(STEP, seen.recv()).await.unwrap();
+    assert_eq!(
+        message,
+        Some(Message::Close(Some(CloseFrame::new(1000, ""))))
+    );
+}
+
+/// A command run under util-linux `script`, so that it has a terminal; what it shows is
+/// read as it comes, and keys are typed in at any time.
+struct Terminal {
+    _child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+    /// Everything shown so far.
+    shown: String,
+    /// Where the text `until` found last ends.
+    found: usize,
+}
+
+impl Terminal {
+    async fn start(command: &str) -> Terminal {
+        // `on_a_terminal` asserts that `script` exists, rather than skipping.
+        let mut child = tokio::process::Command::new("script")
+            .args(["-qec", command, "/dev/null"])
+            // Without colour, what is shown can be matched as plain text.
+            .env("NO_COLOR", "1")
+            .env_remove("CLICOLOR_FORCE")
+            .env("TERM", "xterm")
+            .kill_on_drop(true)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("util-linux `script` is required for the terminal tests (Debian: bsdutils)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        Terminal {
+            _child: child,
+            stdin,
+            stdout,
+            shown: String::new(),
+            found: 0,
+        }
+    }
+
+    async fn type_in(&mut self, keys: &str) {
+        tokio::io::AsyncWriteExt::write_all(&mut self.stdin, keys.as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// Reads until `text` is shown after what the previous call found; returns where
+    /// it starts in everything shown.
+    async fn until(&mut self, text: &str) -> usize {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(at) = self.shown[self.found..].find(text) {
+                let at = self.found + at;
+                self.found = at + text.len();
+                return at;
+            }
+            let n = tokio::time::timeout(STEP, self.stdout.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{text:?} not shown in time; shown: {:?}", self.shown))
+                .unwrap();
+            assert_ne!(n, 0, "{text:?} never shown; shown: {:?}", self.shown);
+            self.shown.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
 }
 
 /// Ctrl-C (SIGINT) closes with 1000 and waits for the server's answer, as end of input
