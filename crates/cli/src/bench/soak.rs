@@ -484,28 +484,27 @@ impl Session<'_> {
             None => return Err(Stop::Failed("the connection ended".to_owned())),
         };
         let who = format!("connection {} generation {}", self.id, self.generation);
-        let Some(&(seq, len)) = self.in_flight.front() else {
-            self.account.mismatch(
-                UNEXPECTED,
-                format!(
-                    "{who}: an echo of {} bytes with nothing in flight",
-                    data.len()
-                ),
-            );
-            return Err(Stop::Mismatch);
-        };
-        let expected = message(self.soak.seed, self.id, self.generation, seq, len);
-        if data[..] == expected[..] {
-            self.in_flight.pop_front();
-            self.account.echoed += 1;
-            self.soak.echoed.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+        let front = self.in_flight.front().copied();
+        let expected =
+            front.map(|(seq, len)| message(self.soak.seed, self.id, self.generation, seq, len));
+        if let (Some(expected), Some(_)) = (&expected, front) {
+            if data[..] == expected[..] {
+                self.in_flight.pop_front();
+                self.account.echoed += 1;
+                self.soak.echoed.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
         }
+        let wanted = match front {
+            Some((seq, _)) => format!("expected message {seq}"),
+            None => "nothing in flight".to_owned(),
+        };
+        let next = front.map_or(*self.seq, |(seq, _)| seq);
         let (kind, what) = match header(&data) {
             Some((id, generation, got))
-                if id == self.id && generation == self.generation && got != seq =>
+                if id == self.id && generation == self.generation && got != next =>
             {
-                if got < seq {
+                if got < next {
                     (DUPLICATED, format!("message {got} again"))
                 } else if self.in_flight.iter().any(|&(s, _)| s == got) {
                     (OUT_OF_ORDER, format!("message {got} before it"))
@@ -517,23 +516,29 @@ impl Session<'_> {
                 UNEXPECTED,
                 format!("a message of connection {id} generation {generation}"),
             ),
-            _ => {
-                let at = data
-                    .iter()
-                    .zip(expected.iter())
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(data.len().min(expected.len()));
-                (
-                    CORRUPTED,
-                    format!(
-                        "{} bytes (sent {len}), first difference at byte {at}",
-                        data.len()
-                    ),
-                )
-            }
+            _ => match (&expected, front) {
+                (Some(expected), Some((_, len))) => {
+                    let at = data
+                        .iter()
+                        .zip(expected.iter())
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(data.len().min(expected.len()));
+                    (
+                        CORRUPTED,
+                        format!(
+                            "{} bytes (sent {len}), first difference at byte {at}",
+                            data.len()
+                        ),
+                    )
+                }
+                _ => (
+                    UNEXPECTED,
+                    format!("{} bytes of no message sent", data.len()),
+                ),
+            },
         };
         self.account
-            .mismatch(kind, format!("{who}: expected message {seq}, got {what}"));
+            .mismatch(kind, format!("{who}: {wanted}, got {what}"));
         Err(Stop::Mismatch)
     }
 
