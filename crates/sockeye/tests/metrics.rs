@@ -77,7 +77,7 @@ async fn counters_move_as_traffic_flows() {
         let echoed = tokio::time::timeout(STEP, client.next()).await.unwrap();
         assert!(matches!(echoed, Some(Ok(Message::Text(_)))));
     }
-    let during = values(&snapshotter);
+    let during = values(snapshotter);
     assert_eq!(
         during["sockeye_connections_open{role=server}"], 1.0,
         "{during:#?}"
@@ -118,7 +118,7 @@ async fn counters_move_as_traffic_flows() {
 
     // A snapshot takes what moved since the last one: add them up.
     let mut after = during.clone();
-    for (name, value) in values(&snapshotter) {
+    for (name, value) in values(snapshotter) {
         *after.entry(name).or_default() += value;
     }
     assert_eq!(

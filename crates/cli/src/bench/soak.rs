@@ -23,10 +23,11 @@
 //! the connections depends on the scheduler).
 //!
 //! At the end each connection stops sending, waits for what is in flight and closes
-//! cleanly. The account: sent = echoed + lost at abrupt disconnects + lost at failures
-//! + unanswered at the end + abandoned after a mismatch. The run fails (exit 1) on any
-//! mismatch, any failure (a connection that could not connect, or ended without being
-//! asked to), any message unanswered at the end, or an account that does not add up.
+//! cleanly. The account: every message sent was echoed, lost at an abrupt disconnect,
+//! lost at a failure, unanswered at the end, or abandoned after a mismatch. The run
+//! fails (exit 1) on any mismatch, any failure (a connection that could not connect, or
+//! ended without being asked to), any message unanswered at the end, or an account
+//! that does not add up.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
