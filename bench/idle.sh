@@ -10,13 +10,14 @@
 #                        malloc), tokio's current-thread runtime
 #           example-mt   the same on the multi-thread runtime
 # env: SOCKEYE, EXAMPLE  the binaries (default target/release/..., built first)
-#      IDLE_SOURCES      loopback source addresses (default: one per 25,000 connections)
+#      IDLE_SOURCES      loopback source addresses (default: one per 5,000 connections)
 #      IDLE_HOLD         seconds the connections are held after the last one is open (10)
 #
 # Each process needs N descriptors and a few: the script raises `ulimit -n` to N + 64 and
 # stops with the limit to raise if it cannot (RLIMIT_NOFILE's hard limit; above 1,048,576
 # also fs.nr_open). Past about 28,000 connections an address pair runs out of ephemeral
-# ports (net.ipv4.ip_local_port_range), hence the several source addresses of --idle.
+# ports (net.ipv4.ip_local_port_range), and bind() slows down well before, hence the
+# several source addresses of --idle.
 # RSS is user space only: the kernel's socket memory (both ends' buffers and structures,
 # on loopback) is not in it.
 set -euo pipefail
@@ -26,6 +27,8 @@ N=${1:-10000}
 SERVER=${2:-echo}
 case "$N" in ''|*[!0-9]*) echo "usage: bench/idle.sh [N] [echo|example-ct|example-mt]" >&2; exit 2 ;; esac
 HOLD=${IDLE_HOLD:-10}
+case "$HOLD" in ''|*[!0-9]*) echo "idle: IDLE_HOLD is whole seconds" >&2; exit 2 ;; esac
+[ "$HOLD" -ge 5 ] || { echo "idle: IDLE_HOLD must be at least 5 (the readings take 2 s and more)" >&2; exit 2; }
 
 if [ -z "${SOCKEYE:-}" ]; then
   cargo build --release --locked -q -p sockeye-cli --bin sockeye
@@ -72,7 +75,7 @@ for _ in $(seq 100); do
 done
 [ -n "$addr" ] || { echo "idle: the server did not start:" >&2; cat "$OUT/server.err" >&2; exit 1; }
 
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 sleep 0.5
 rss_before=$(rss_kib "$server")
@@ -92,9 +95,9 @@ done
 summary=$(cat "$OUT/bench.json")
 # The last accepted connections' tasks settle; then the server is read.
 sleep 2
+client_rss=$(rss_kib "$bench")
 rss_held=$(rss_kib "$server")
 fds_held=$(fds "$server")
-client_rss=$(rss_kib "$bench")
 bench_ok=1
 wait "$bench" || bench_ok=0
 bench=""
@@ -109,6 +112,6 @@ awk -v n="$N" -v est="$established" -v secs="$(field establish_s)" -v rate="$(fi
     if (est > 0) printf "  server RSS %d KiB -> %d KiB: %.0f bytes per connection; %d descriptors\n", \
       before, held, (held - before) * 1024 / est, fds
     printf "  client (sockeye bench) RSS %d KiB: %.0f bytes per connection\n", client, client * 1024 / (est > 0 ? est : 1)
-    if (!ok) print "  FAILED: not all connections were established and held (see sockeye bench --idle)"
+    if (!ok) print "  FAILED: not all connections were established and held"
     exit !ok
-  }'
+  }' || { echo "  sockeye bench: $summary"; exit 1; }

@@ -86,7 +86,7 @@ pub struct Args {
     idle: Option<usize>,
     /// With --idle: bind the connections to this many loopback source addresses
     /// (127.0.0.2, 127.0.0.3 ...), each with its own range of ephemeral ports
-    /// (0: enough for N, at 25,000 connections an address).
+    /// (0: one per 5,000 connections).
     #[arg(long, value_name = "K", default_value_t = 0, requires = "idle")]
     sources: usize,
 }
