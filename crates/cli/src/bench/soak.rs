@@ -314,6 +314,8 @@ async fn connection(soak: Arc<Soak>, id: u32) -> Account {
     let mut seq = 0u64;
     let mut generation = 0u32;
     let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
+    // How the last session ended, counted once the next one is connected.
+    let mut reconnecting: Option<Ending> = None;
     while Instant::now() < soak.end {
         let ws = {
             let _turn = soak.connecting.acquire().await;
@@ -329,6 +331,11 @@ async fn connection(soak: Arc<Soak>, id: u32) -> Account {
             }
         };
         account.connects += 1;
+        match reconnecting.take() {
+            Some(Ending::Clean) => account.clean_reconnects += 1,
+            Some(Ending::Abrupt) => account.abrupt_reconnects += 1,
+            None => {}
+        }
         let (until, ending) = match soak.mean_session {
             Some(mean) => {
                 // Exponential: 1 - unit() is in (0, 1].
@@ -370,7 +377,7 @@ async fn connection(soak: Arc<Soak>, id: u32) -> Account {
             }
             Ok(()) if ending == Ending::Abrupt => {
                 account.lost_at_abrupt += in_flight.len() as u64;
-                account.abrupt_reconnects += 1;
+                reconnecting = Some(Ending::Abrupt);
                 in_flight.clear();
                 ws.terminate();
             }
@@ -388,7 +395,7 @@ async fn connection(soak: Arc<Soak>, id: u32) -> Account {
                     }
                     ws.terminate();
                 } else if until < soak.end {
-                    account.clean_reconnects += 1;
+                    reconnecting = Some(Ending::Clean);
                 }
             }
         }
