@@ -12,6 +12,7 @@
 #        SOAK_SEED       the seed of lengths, bodies and reconnects (default 1)
 #        SOAK_OUT        keep the raw files here (samples.tsv, summary.json, verdict.txt);
 #                        default: a temporary directory, removed at the end
+#        RSS_GROWTH_PERCENT, RSS_SLACK_KIB   the memory check's allowance (10, 2048; below)
 #
 # It passes (exit 0) when all three hold:
 # - every message is accounted for: `sockeye bench --soak` exits 0 (sent = echoed + lost at

@@ -313,6 +313,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.duration > 0.0 && args.warmup >= 0.0,
         "--duration must be positive"
     );
+    let target = Target::parse(&args.url)?;
+    if (args.ca.is_some() || args.insecure) && !target.tls {
+        anyhow::bail!("--ca and --insecure are for wss:// URLs");
+    }
+    if args.insecure {
+        eprintln!(
+            "sockeye: warning: --insecure: the server's certificate is not checked \
+             (dangerous_accept_any_certificate)"
+        );
+    }
+    // Every mode takes the URL and TLS checks above.
     if args.fanout || args.soak || args.idle.is_some() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -329,16 +340,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         });
-    }
-    let target = Target::parse(&args.url)?;
-    if (args.ca.is_some() || args.insecure) && !target.tls {
-        anyhow::bail!("--ca and --insecure are for wss:// URLs");
-    }
-    if args.insecure {
-        eprintln!(
-            "sockeye: warning: --insecure: the server's certificate is not checked \
-             (dangerous_accept_any_certificate)"
-        );
     }
     let mut plan = Plan::new(&args);
     let total = tokio::runtime::Builder::new_current_thread()
