@@ -4,7 +4,8 @@
 #
 # The Autobahn step needs a Python 2.7 (for wstest; see the README). SOCKEYE_SKIP_AUTOBAHN=1
 # skips that step alone, and says so at the start and at the end: conformance is then not
-# checked.
+# checked. SOAK_SCRIPT runs another script in place of bench/soak.sh (the README's test of
+# this script gives a stand-in).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,6 +82,12 @@ cargo test --locked -p sockeye --no-default-features
 cargo test --locked -p sockeye --no-default-features --features deflate
 cargo test --locked -p sockeye --no-default-features --features rustls
 cargo test --locked -p sockeye --features metrics --test metrics
+
+step "soak, small: 200 connections x 20 s of sockeye bench --soak against sockeye echo"
+# Every message accounted for through random reconnects, the server's descriptors back to
+# their count before, its memory flat (bench/soak.sh; BENCHMARKS.md has the full size).
+cargo build --locked -p sockeye-cli --bin sockeye
+SOCKEYE=target/debug/sockeye "${SOAK_SCRIPT:-bench/soak.sh}" 200 20
 
 if [ $skip_autobahn = 1 ]; then
   step "Autobahn|Testsuite: skipped"

@@ -78,6 +78,11 @@ async fn echo_serves_counters_that_move_with_traffic() {
         second["sockeye_wire_bytes_written_total"] - first["sockeye_wire_bytes_written_total"]
             >= 10_000.0
     );
+    // Every echo written out: nothing queued.
+    assert_eq!(
+        second["sockeye_send_queue_bytes{role=\"server\"}"], 0.0,
+        "{second:#?}"
+    );
 
     ws.close(None).await.unwrap();
     while ws.next().await.is_some() {}

@@ -8,6 +8,7 @@
 //! |---|---|---|---|
 //! | `sockeye_connections_opened_total` | counter | `role` | WebSockets opened (handshake done) |
 //! | `sockeye_connections_open` | gauge | `role` | WebSockets open now |
+//! | `sockeye_send_queue_bytes` | gauge | `role` | bytes queued to send and not yet written to the transports, framing included, over the open connections (each connection's `buffered_amount`, brought up to date as it queues and writes; a connection's part leaves the sum when it ends): memory held for slow readers |
 //! | `sockeye_connections_closed_total` | counter | `role`, `code`, `by` | connections ended: the close code received (`none`: no close frame, `abnormal`: the transport ended first) and who closed first (`local`, `peer`, `none`) |
 //! | `sockeye_handshake_failures_total` | counter | `status` | upgrade requests refused, by HTTP status |
 //! | `sockeye_messages_received_total`, `sockeye_messages_sent_total` | counter | | data messages (text and binary; a message in fragments counts once) |
@@ -43,6 +44,7 @@ mod enabled {
         heartbeat_timeouts: Counter,
         opened: [Counter; 2],
         open: [Gauge; 2],
+        send_queue: [Gauge; 2],
     }
 
     fn role_label(role: Role) -> &'static str {
@@ -76,6 +78,8 @@ mod enabled {
                 .map(|r| counter!("sockeye_connections_opened_total", "role" => role_label(r))),
             open: [Role::Server, Role::Client]
                 .map(|r| gauge!("sockeye_connections_open", "role" => role_label(r))),
+            send_queue: [Role::Server, Role::Client]
+                .map(|r| gauge!("sockeye_send_queue_bytes", "role" => role_label(r))),
         })
     }
 
@@ -146,6 +150,16 @@ mod enabled {
 
     pub(crate) fn heartbeat_timeout() {
         handles().heartbeat_timeouts.increment(1);
+    }
+
+    /// A connection's send queue went from `before` to `now` bytes.
+    pub(crate) fn send_queue(role: Role, before: usize, now: usize) {
+        let gauge = &handles().send_queue[role_index(role)];
+        if now >= before {
+            gauge.increment((now - before) as f64);
+        } else {
+            gauge.decrement((before - now) as f64);
+        }
     }
 }
 

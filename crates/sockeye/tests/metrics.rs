@@ -1,8 +1,10 @@
 //! The `metrics` feature: counters and gauges move as traffic flows over real loopback
 //! connections. Its own test binary, so that the recorder is installed before any
-//! connection registers its handles.
+//! connection registers its handles; its tests take turns ([`recorder`]), as the
+//! metrics are global.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -36,11 +38,25 @@ fn values(snapshotter: &Snapshotter) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The recorder, installed at the first call, and this test's turn: the metrics are the
+/// whole process's. What moved before the turn is taken out of the snapshotter.
+async fn recorder() -> (&'static Snapshotter, tokio::sync::MutexGuard<'static, ()>) {
+    static RECORDER: OnceLock<Snapshotter> = OnceLock::new();
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let turn = TURN.lock().await;
+    let snapshotter = RECORDER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().expect("the only recorder");
+        snapshotter
+    });
+    let _ = snapshotter.snapshot();
+    (snapshotter, turn)
+}
+
 #[tokio::test]
 async fn counters_move_as_traffic_flows() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder.install().expect("the only recorder");
+    let (snapshotter, _turn) = recorder().await;
 
     let server = WebSocketServer::bind("127.0.0.1:0", ServerConfig::default())
         .await
@@ -61,7 +77,7 @@ async fn counters_move_as_traffic_flows() {
         let echoed = tokio::time::timeout(STEP, client.next()).await.unwrap();
         assert!(matches!(echoed, Some(Ok(Message::Text(_)))));
     }
-    let during = values(&snapshotter);
+    let during = values(snapshotter);
     assert_eq!(
         during["sockeye_connections_open{role=server}"], 1.0,
         "{during:#?}"
@@ -102,7 +118,7 @@ async fn counters_move_as_traffic_flows() {
 
     // A snapshot takes what moved since the last one: add them up.
     let mut after = during.clone();
-    for (name, value) in values(&snapshotter) {
+    for (name, value) in values(snapshotter) {
         *after.entry(name).or_default() += value;
     }
     assert_eq!(
@@ -125,4 +141,79 @@ async fn counters_move_as_traffic_flows() {
         .map(|(_, v)| v)
         .sum();
     assert_eq!(refused, 1.0, "{after:#?}");
+}
+
+/// The send queue gauge follows a connection's `buffered_amount` as a peer that does not
+/// read lets it fill, and as it drains, and leaves nothing behind once the connection
+/// ends.
+#[tokio::test]
+async fn the_send_queue_gauge_follows_what_is_queued() {
+    let (snapshotter, _turn) = recorder().await;
+    let mut gauge = 0.0;
+    let mut queued = || {
+        for (name, value) in values(snapshotter) {
+            if name == "sockeye_send_queue_bytes{role=server}" {
+                gauge += value;
+            }
+        }
+        gauge
+    };
+
+    let server = WebSocketServer::bind("127.0.0.1:0", ServerConfig::default())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (mut client, _) = sockeye::connect(&format!("ws://{addr}/")).await.unwrap();
+    let (ws, _) = server.accept().await.unwrap().unwrap();
+    assert_eq!(queued(), 0.0);
+
+    // The client does not read: once the sockets' buffers are full, sends queue.
+    let chunk = vec![7u8; 64 * 1024];
+    let mut sent = 0;
+    while ws.buffered_amount() < 256 * 1024 {
+        assert!(sent < 4096, "256 KiB never queued");
+        match ws.try_send(Message::Binary(chunk.clone().into())) {
+            Ok(_) => sent += 1,
+            Err(sockeye::Error::QueueFull) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let buffered = ws.buffered_amount();
+    assert!(buffered > 0);
+    assert_eq!(queued(), buffered as f64);
+
+    // The client reads everything: the queue drains, and the gauge with it.
+    let reading = tokio::spawn(async move {
+        let mut got = 0;
+        while got < sent {
+            match client.next().await {
+                Some(Ok(Message::Binary(_))) => got += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        client
+    });
+    tokio::time::timeout(STEP, ws.drained())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut client = tokio::time::timeout(STEP, reading).await.unwrap().unwrap();
+    assert_eq!(ws.buffered_amount(), 0);
+    assert_eq!(queued(), 0.0);
+
+    // Queued again, then the connection ends with it unsent: its part leaves the gauge.
+    let mut more = 0;
+    while ws.buffered_amount() == 0 && more < 4096 {
+        ws.try_send(Message::Binary(chunk.clone().into())).unwrap();
+        more += 1;
+    }
+    assert!(queued() > 0.0);
+    ws.terminate();
+    drop(ws);
+    while tokio::time::timeout(STEP, client.next())
+        .await
+        .unwrap()
+        .is_some()
+    {}
+    assert_eq!(queued(), 0.0);
 }

@@ -7,6 +7,8 @@
 //! tokio runtime.
 
 mod fanout;
+mod idle;
+mod soak;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -62,6 +64,31 @@ pub struct Args {
     /// several `sockeye serve --redis` processes); default: URL.
     #[arg(long, value_name = "URL", requires = "fanout")]
     subscribe: Vec<String>,
+    /// Soak instead of throughput: each connection sends sequence-numbered messages of
+    /// random length up to --size and checks every echo is the next one expected,
+    /// reconnecting at random (--reconnect-rate); exits 1 unless every message is
+    /// accounted for and none mismatched.
+    #[arg(long, conflicts_with_all = ["fanout", "idle"])]
+    soak: bool,
+    /// With --soak: reconnects per second across all connections, half clean (close
+    /// handshake), half abrupt (the socket closed with messages in flight).
+    #[arg(long, value_name = "PER_SEC", default_value_t = 0.0, requires = "soak")]
+    reconnect_rate: f64,
+    /// With --soak: the seed of the message lengths and bodies and of the reconnects.
+    #[arg(long, default_value_t = 1, requires = "soak")]
+    seed: u64,
+    /// With --soak: messages in flight per connection at most.
+    #[arg(long, default_value_t = 4, requires = "soak")]
+    window: usize,
+    /// Idle connections instead of traffic: open N connections (handshake done),
+    /// report how long that took, and hold them for --duration seconds.
+    #[arg(long, value_name = "N", conflicts_with = "fanout")]
+    idle: Option<usize>,
+    /// With --idle: bind the connections to this many loopback source addresses
+    /// (127.0.0.2, 127.0.0.3 ...), each with its own range of ephemeral ports
+    /// (0: one per 5,000 connections).
+    #[arg(long, value_name = "K", default_value_t = 0, requires = "idle")]
+    sources: usize,
 }
 
 /// What one connection measured, or all together.
@@ -286,17 +313,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.duration > 0.0 && args.warmup >= 0.0,
         "--duration must be positive"
     );
-    if args.fanout {
-        let complete = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(fanout::run(&args))?;
-        return Ok(if complete {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
-    }
     let target = Target::parse(&args.url)?;
     if (args.ca.is_some() || args.insecure) && !target.tls {
         anyhow::bail!("--ca and --insecure are for wss:// URLs");
@@ -306,6 +322,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "sockeye: warning: --insecure: the server's certificate is not checked \
              (dangerous_accept_any_certificate)"
         );
+    }
+    // Every mode takes the URL and TLS checks above.
+    if args.fanout || args.soak || args.idle.is_some() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let complete = if args.soak {
+            runtime.block_on(soak::run(&args))?
+        } else if let Some(n) = args.idle {
+            runtime.block_on(idle::run(&args, n))?
+        } else {
+            runtime.block_on(fanout::run(&args))?
+        };
+        return Ok(if complete {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     let mut plan = Plan::new(&args);
     let total = tokio::runtime::Builder::new_current_thread()

@@ -108,8 +108,8 @@ async fn the_getting_started_commands_are_accepted() {
     assert!(checked >= 4, "{started}");
 }
 
-/// A directory of stand-ins for `cargo`, `node`, `npm` and a Python 2.7 that log their
-/// arguments to `log`.
+/// A directory of stand-ins for `cargo`, `node`, `npm`, a Python 2.7, the Autobahn
+/// harness and the soak script that log their arguments to `log`.
 struct Shims {
     dir: TempDir,
     log: PathBuf,
@@ -119,7 +119,7 @@ impl Shims {
     fn new() -> Shims {
         let dir = TempDir::new("shims");
         let log = dir.0.join("log");
-        for name in ["cargo", "node", "npm", "python2.7", "harness"] {
+        for name in ["cargo", "node", "npm", "python2.7", "harness", "soak"] {
             let script = format!("#!/bin/sh\necho \"{name} $*\" >> '{}'\n", log.display());
             let path = dir.write(name, &script);
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -142,6 +142,7 @@ impl Shims {
                 .env("PATH", format!("{}:/usr/bin:/bin", self.dir.0.display()))
                 .env("HOME", &home)
                 .env("AUTOBAHN_VENV", self.dir.0.join("no-venv"))
+                .env("SOAK_SCRIPT", self.dir.0.join("soak"))
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
@@ -185,6 +186,7 @@ async fn test_sh_skips_only_the_autobahn_step_and_says_so() {
         "cargo fmt",
         "cargo clippy",
         "cargo test --locked --workspace",
+        "soak 200 20",
     ] {
         assert!(asked.contains(step), "{step} skipped too:\n{asked}");
     }

@@ -130,6 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
             // message.
             return Outcome::Dropped;
         }
+        inner.count_queue();
         if !inner.conn.transmit().is_empty() {
             // The reading task writes the rest.
             inner.wake_reader();

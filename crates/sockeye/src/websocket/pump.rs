@@ -104,6 +104,10 @@ pub(super) struct Inner<S> {
     /// State most connections never use, allocated on first use: every idle
     /// connection would carry it otherwise.
     pub(super) rare: Option<Box<Rare>>,
+    /// This connection's part of the `sockeye_send_queue_bytes` gauge
+    /// ([`Inner::count_queue`]).
+    #[cfg(feature = "metrics")]
+    pub(super) queue_counted: usize,
 }
 
 #[derive(Default)]
@@ -160,6 +164,8 @@ impl<S> Shared<S> {
             unflushed: false,
             reader_waker: None,
             rare,
+            #[cfg(feature = "metrics")]
+            queue_counted: 0,
         };
         Shared {
             info,
@@ -409,6 +415,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
         let mid_frame = self.conn.is_mid_frame();
         let result = f(&mut self.conn).map_err(Error::from);
+        self.count_queue();
         if mid_frame && !self.conn.is_mid_frame() {
             // A frame sent in pieces ended: the control frames held for it, and a close
             // of the transport that waited for it, are the reader task's to carry out.
@@ -538,24 +545,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         };
         let mut cx = Context::from_waker(Waker::noop());
         let transmit = self.conn.transmit();
-        match poll_write_some(io, transmit, &mut cx) {
+        let wrote = match poll_write_some(io, transmit, &mut cx) {
             Poll::Ready(Ok(n)) if n > 0 => {
                 metrics::written(n);
                 transmit.advance(n);
+                true
             }
-            _ => return false,
+            _ => false,
+        };
+        let done = wrote
+            && transmit.is_empty()
+            && matches!(Pin::new(io).poll_flush(&mut cx), Poll::Ready(Ok(())));
+        if done {
+            // Written out: an idle connection holds no write buffer (beyond a small one).
+            write_pool::release(transmit);
         }
-        if !transmit.is_empty() || !matches!(Pin::new(io).poll_flush(&mut cx), Poll::Ready(Ok(())))
-        {
-            return false;
+        if wrote {
+            self.count_queue();
         }
-        // Written out: an idle connection holds no write buffer (beyond a small one).
-        write_pool::release(transmit);
-        true
+        done
     }
 
     /// Writes the transmit buffer out. Ready once it is empty and the transport flushed.
+    #[inline(always)]
     pub(super) fn poll_flush_transmit(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = self.write_transmit(cx);
+        self.count_queue();
+        flushed
+    }
+
+    /// Brings the `sockeye_send_queue_bytes` gauge up to this connection's queue (with
+    /// the `metrics` feature; nothing without it). Called where bytes are queued or
+    /// written; a path that changes the queue elsewhere is caught up by the next call.
+    /// Once the end is recorded the connection's part is out of the gauge for good.
+    #[inline(always)]
+    pub(super) fn count_queue(&mut self) {
+        #[cfg(feature = "metrics")]
+        if !self.end_recorded {
+            let now = self.conn.transmit_len();
+            if now != self.queue_counted {
+                metrics::send_queue(self.conn.role(), self.queue_counted, now);
+                self.queue_counted = now;
+            }
+        }
+    }
+
+    fn write_transmit(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(io) = self.io.as_mut() else {
             let empty = self.conn.transmit().is_empty();
             return Poll::Ready(if empty {
@@ -911,6 +946,11 @@ impl<S> Inner<S> {
             None => "none",
         };
         metrics::closed(self.conn.role(), code, abnormal, by);
+        #[cfg(feature = "metrics")]
+        {
+            metrics::send_queue(self.conn.role(), self.queue_counted, 0);
+            self.queue_counted = 0;
+        }
         let span = self.span();
         span.record("close_code", code);
         span.record("closed_by", by);

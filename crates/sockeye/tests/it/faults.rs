@@ -1,8 +1,9 @@
 //! Faults over real sockets: a peer that resets mid-message, one that dies mid-frame, a
 //! half-open connection (the peer vanishes without a FIN), and a flood of handshakes
-//! that never finish. Each ends in its documented error, and the server's tasks go back
-//! to what they were before.
+//! that never finish. Each ends in its documented error, the server's tasks go back to
+//! what they were before, and its memory does too ([`memory_checked`]).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -34,6 +35,84 @@ async fn back_to(baseline: usize) {
     }
 }
 
+/// Set in the process [`memory_checked`] starts for one scenario.
+const ISOLATED: &str = "SOCKEYE_FAULTS_MEMORY";
+
+/// How a scenario's memory is checked: `warmup` rounds fill the allocator's and the
+/// runtime's caches; over the `rounds` after them resident memory may grow by at most
+/// `tolerance_kib`, the noise seen when nothing is kept. What grows past it is kept
+/// per round: the rounds are chosen so that keeping one connection's state (about 1 KiB;
+/// much more with its buffers) per connection the rounds make exceeds the tolerance.
+struct Rounds {
+    warmup: usize,
+    rounds: usize,
+    tolerance_kib: u64,
+}
+
+/// This process's resident memory (Linux).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// Runs a fault scenario, then checks that repeating it does not grow memory.
+///
+/// Here the scenario runs once, with its own checks. Then the memory check runs in a
+/// process of its own, this test binary started again for this test alone: resident
+/// memory is the whole process's, and the other tests of this binary, running beside
+/// it, would move it by megabytes. There, with [`ISOLATED`] set, the scenario runs
+/// [`Rounds::warmup`] times, then [`Rounds::rounds`] times between two readings of
+/// VmRSS, which may differ by at most [`Rounds::tolerance_kib`].
+async fn memory_checked<F, Fut>(test: &str, check: Rounds, scenario: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let name = format!("faults::{test}");
+    if std::env::var_os(ISOLATED).is_some() {
+        let Rounds {
+            warmup,
+            rounds,
+            tolerance_kib,
+        } = check;
+        for _ in 0..warmup {
+            scenario().await;
+        }
+        let before = rss_kib();
+        for _ in 0..rounds {
+            scenario().await;
+        }
+        let after = rss_kib();
+        println!("{name}: RSS {before} KiB -> {after} KiB over {rounds} rounds");
+        assert!(
+            after <= before + tolerance_kib,
+            "{name}: RSS grew from {before} KiB to {after} KiB over {rounds} rounds \
+             (tolerance {tolerance_kib} KiB)"
+        );
+        return;
+    }
+    scenario().await;
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([&name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(ISOLATED, "1")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .expect("the memory check ends within 120 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Half of a 64 KiB masked binary frame: the header says 64 KiB, 32 KiB follow.
 fn half_a_frame() -> Vec<u8> {
     let mut frame = client_frame(true, 0x2, &vec![9u8; 64 * 1024]);
@@ -45,6 +124,20 @@ fn half_a_frame() -> Vec<u8> {
 /// message: the server's stream ends with the I/O error, once.
 #[tokio::test]
 async fn a_reset_mid_message_ends_the_stream_with_the_io_error() {
+    memory_checked(
+        "a_reset_mid_message_ends_the_stream_with_the_io_error",
+        // 1,000 connections: 512 KiB is 0.5 KiB each.
+        Rounds {
+            warmup: 100,
+            rounds: 1000,
+            tolerance_kib: 512,
+        },
+        reset_mid_message,
+    )
+    .await;
+}
+
+async fn reset_mid_message() {
     let server = server(ServerConfig::default()).await;
     let baseline = tasks();
     let raw = raw_client(server.local_addr(), "/").await;
@@ -71,6 +164,19 @@ async fn a_reset_mid_message_ends_the_stream_with_the_io_error() {
 /// (1006), reported as `Closed` with nothing received.
 #[tokio::test]
 async fn an_end_of_stream_mid_frame_is_an_abnormal_close() {
+    memory_checked(
+        "an_end_of_stream_mid_frame_is_an_abnormal_close",
+        Rounds {
+            warmup: 100,
+            rounds: 1000,
+            tolerance_kib: 512,
+        },
+        end_of_stream_mid_frame,
+    )
+    .await;
+}
+
+async fn end_of_stream_mid_frame() {
     let server = server(ServerConfig::default()).await;
     let baseline = tasks();
     let mut raw = raw_client(server.local_addr(), "/").await;
@@ -133,6 +239,25 @@ async fn blackhole_proxy(upstream: SocketAddr) -> (SocketAddr, tokio::sync::watc
 /// find it; it does, within its interval and timeout, with `HeartbeatTimeout`.
 #[tokio::test]
 async fn a_half_open_connection_is_found_by_the_heartbeat() {
+    memory_checked(
+        "a_half_open_connection_is_found_by_the_heartbeat",
+        // 40 connections: 512 KiB is 12.8 KiB each, less than a connection kept with
+        // its relay (two 16 KiB buffers).
+        Rounds {
+            warmup: 3,
+            rounds: 40,
+            tolerance_kib: 512,
+        },
+        || async {
+            let baseline = tasks();
+            half_open_found_by_the_heartbeat().await;
+            back_to(baseline).await;
+        },
+    )
+    .await;
+}
+
+async fn half_open_found_by_the_heartbeat() {
     let mut config = ServerConfig::default();
     config.websocket.heartbeat = Some(sockeye::Heartbeat::new(
         Duration::from_millis(150),
@@ -171,6 +296,22 @@ async fn a_half_open_connection_is_found_by_the_heartbeat() {
 /// the server holds no task for any of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_flood_is_timed_out_and_leaves_nothing_behind() {
+    memory_checked(
+        "a_handshake_flood_is_timed_out_and_leaves_nothing_behind",
+        // With two worker threads RSS moves by up to about 1 MiB from round to round
+        // after ten rounds, with no trend (over 80 rounds); 10 rounds of 500
+        // handshakes: 2 MiB is 0.4 KiB each.
+        Rounds {
+            warmup: 10,
+            rounds: 10,
+            tolerance_kib: 2048,
+        },
+        handshake_flood,
+    )
+    .await;
+}
+
+async fn handshake_flood() {
     const FLOOD: usize = 500;
     let mut config = ServerConfig::default();
     config.handshake_timeout = Duration::from_millis(500);
