@@ -80,6 +80,12 @@ pub struct ServerConfig {
     pub headers_hook: Option<HeadersHook>,
     /// `ws`'s `wsClientError`: a custom response to a failed handshake.
     pub on_client_error: Option<OnClientError>,
+    /// WebSocket over HTTP/2 (RFC 8441) on servers that speak it
+    /// (`WebSocketServer::bind_tls`, [`crate::http2::serve_connection`]): `mode` says
+    /// whether TLS offers `h2` in ALPN (default [`crate::http2::Http2Mode::IfOffered`]:
+    /// `h2` and `http/1.1`); the windows and stream limit. Only with the `http2` feature.
+    #[cfg(feature = "http2")]
+    pub http2: crate::http2::Http2Config,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +103,11 @@ impl Default for ServerConfig {
             verify_client: None,
             headers_hook: None,
             on_client_error: None,
+            #[cfg(feature = "http2")]
+            http2: crate::http2::Http2Config {
+                mode: crate::http2::Http2Mode::IfOffered,
+                ..Default::default()
+            },
         }
     }
 }
