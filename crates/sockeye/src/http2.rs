@@ -492,6 +492,44 @@ pub(crate) async fn client_exchange(
     }
 }
 
+/// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection starts with the HTTP/2 preface, looking without reading.
+/// Waits for as many bytes as tell it from an HTTP/1.1 request line.
+pub(crate) async fn peek_preface(tcp: &tokio::net::TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 || !PREFACE.starts_with(&buf[..n]) {
+            return Ok(false);
+        }
+        if n == PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface: `peek` returns at once while no more has come (the
+        // caller bounds the wait with the handshake timeout).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// `tls` with ALPN as `mode` says: `h2` and `http/1.1` for `IfOffered`, `h2` alone for
+/// `Required`, as it was for `Never`.
+#[cfg(feature = "rustls")]
+pub(crate) fn offer_in_alpn(
+    tls: Arc<rustls::ServerConfig>,
+    mode: Http2Mode,
+) -> Arc<rustls::ServerConfig> {
+    let alpn: &[&[u8]] = match mode {
+        Http2Mode::Never => return tls,
+        Http2Mode::IfOffered => &[b"h2", b"http/1.1"],
+        Http2Mode::Required => &[b"h2"],
+    };
+    let mut tls = Arc::unwrap_or_clone(tls);
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(tls)
+}
+
 /// What [`serve_connection`] does with each accepted WebSocket (in a task of its own).
 pub type OnWebSocket<S> = Arc<dyn Fn(WebSocket<S>, Request<()>) -> BoxFuture + Send + Sync>;
 
@@ -519,6 +557,22 @@ pub async fn serve_connection<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
+    serve_connection_as(io, config, secure, Some, on_websocket).await
+}
+
+/// [`serve_connection`] handing out each stream as `T` (`wrap`; a stream it gives `None`
+/// for is reset).
+pub(crate) async fn serve_connection_as<I, T>(
+    io: I,
+    config: Arc<ServerConfig>,
+    secure: bool,
+    wrap: fn(Http2Stream) -> Option<T>,
+    on_websocket: OnWebSocket<T>,
+) -> Result<(), Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let settings = &config.http2;
     let handshake = h2::server::Builder::new()
         .enable_connect_protocol()
@@ -537,20 +591,23 @@ where
         let config = config.clone();
         let on_websocket = on_websocket.clone();
         tokio::spawn(async move {
-            serve_stream(request, respond, &config, secure, on_websocket).await;
+            serve_stream(request, respond, &config, secure, wrap, on_websocket).await;
         });
     }
     Ok(())
 }
 
 /// Decides on one stream's request and answers it.
-async fn serve_stream(
+async fn serve_stream<T>(
     request: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     config: &ServerConfig,
     secure: bool,
-    on_websocket: OnWebSocket<Http2Stream>,
-) {
+    wrap: fn(Http2Stream) -> Option<T>,
+    on_websocket: OnWebSocket<T>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut parts, recv) = request.into_parts();
     if let Some(protocol) = parts.extensions.remove::<h2::ext::Protocol>() {
         let value = ConnectProtocol(protocol.as_str().to_owned());
@@ -558,12 +615,8 @@ async fn serve_stream(
     }
     let head = Request::from_parts(parts, ());
     let span = crate::websocket::request_span(&head);
-    let outcome = tokio::time::timeout(config.handshake_timeout, config.decide(head, secure))
-        .await
-        .unwrap_or_else(|_| {
-            let refusal = config.policy().refuse(HandshakeError::Timeout, None);
-            Err(refusal)
-        });
+    // `verify_client` runs within `handshake_timeout` (503 beyond); the rest is not I/O.
+    let outcome = config.decide(head, secure).await;
     match outcome {
         Ok(accept) => {
             let mut response = Response::new(());
@@ -583,8 +636,11 @@ async fn serve_stream(
                 deflate: deflate.zip(config.per_message_deflate.clone()),
                 span: Some(span),
             };
+            let Some(stream) = wrap(Http2Stream::new(send, recv)) else {
+                return;
+            };
             let ws = WebSocket::with_info(
-                Http2Stream::new(send, recv),
+                stream,
                 Role::Server,
                 Arc::new(config.websocket.clone()),
                 BytesMut::new(),

@@ -432,13 +432,19 @@ pub enum MaybeTlsStream {
     Http2(Box<crate::http2::Http2Stream>),
 }
 
-/// A server transport: plain TCP, or TLS over TCP on a server bound with TLS.
+/// A server transport: plain TCP, or TLS over TCP on a server bound with TLS, or a
+/// stream of an HTTP/2 connection over either.
 #[derive(Debug)]
 pub enum ServerStream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS over TCP (never, without the `rustls` feature).
     Tls(Box<ServerTlsStream>),
+    /// A stream of an HTTP/2 connection (RFC 8441): on a server bound with
+    /// [`crate::WebSocketServer::bind_tls`], a connection that chose `h2` in ALPN or
+    /// sent the HTTP/2 preface.
+    #[cfg(feature = "http2")]
+    Http2(Box<crate::http2::Http2Stream>),
 }
 
 impl MaybeTlsStream {
@@ -490,20 +496,40 @@ impl MaybeTlsStream {
 }
 
 impl ServerStream {
-    /// The TCP stream underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP stream underneath (`None` for an HTTP/2 stream, which shares its
+    /// connection).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            ServerStream::Plain(s) => s,
+            ServerStream::Plain(s) => Some(s),
             #[cfg(feature = "rustls")]
-            ServerStream::Tls(s) => s.get_ref().0,
+            ServerStream::Tls(s) => Some(s.get_ref().0),
             #[cfg(not(feature = "rustls"))]
             ServerStream::Tls(s) => match **s {},
+            #[cfg(feature = "http2")]
+            ServerStream::Http2(_) => None,
         }
     }
 
-    /// Whether this stream is TLS.
+    /// Whether this stream is TLS (an HTTP/2 stream: see [`ServerStream::is_http2`]).
     pub fn is_tls(&self) -> bool {
         matches!(self, ServerStream::Tls(_))
+    }
+
+    /// Whether this is a stream of an HTTP/2 connection (RFC 8441).
+    pub fn is_http2(&self) -> bool {
+        #[cfg(feature = "http2")]
+        return matches!(self, ServerStream::Http2(_));
+        #[cfg(not(feature = "http2"))]
+        return false;
+    }
+
+    /// The protocol the client and server agreed on in ALPN (TLS only).
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match self {
+            #[cfg(feature = "rustls")]
+            ServerStream::Tls(s) => s.get_ref().1.alpn_protocol(),
+            _ => None,
+        }
     }
 }
 
@@ -569,7 +595,7 @@ macro_rules! impl_stream {
 }
 
 impl_stream!(MaybeTlsStream: Plain, Tls, #[cfg(unix)] Unix, #[cfg(feature = "http2")] Http2);
-impl_stream!(ServerStream: Plain, Tls);
+impl_stream!(ServerStream: Plain, Tls, #[cfg(feature = "http2")] Http2);
 
 #[cfg(test)]
 mod tests {

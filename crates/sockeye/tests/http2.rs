@@ -1,0 +1,178 @@
+//! WebSocket over HTTP/2 (RFC 8441) through `WebSocketServer::bind_tls`, over loopback:
+//! HTTP/1.1 and HTTP/2 on one port (ALPN behind TLS, the preface without), several
+//! WebSockets on one connection, and the server's HTTP/2 mode.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sockeye::http2::{Http2Connection, Http2Mode};
+use sockeye::{ClientConfig, Error, Message, ServerConfig, ServerStream, WebSocketServer};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: timed out"))
+}
+
+/// A server whose WebSockets first say the HTTP version of their request, then echo.
+async fn echo_server(
+    tls: Option<Arc<sockeye::rustls::ServerConfig>>,
+    mode: Http2Mode,
+) -> Arc<WebSocketServer<ServerStream>> {
+    let mut config = ServerConfig::default();
+    config.handshake_timeout = Duration::from_secs(5);
+    config.http2.mode = mode;
+    let server = Arc::new(
+        WebSocketServer::bind_tls("127.0.0.1:0", config, tls)
+            .await
+            .unwrap(),
+    );
+    let accepting = server.clone();
+    tokio::spawn(async move {
+        while let Some(accepted) = accepting.accept().await {
+            let Ok((mut ws, request)) = accepted else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let version = format!("{:?}", request.version());
+                if ws.send_text(&version).await.is_err() {
+                    return;
+                }
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    server
+}
+
+type ClientWebSocket = sockeye::WebSocket<sockeye::MaybeTlsStream>;
+
+async fn next_text(ws: &mut ClientWebSocket) -> String {
+    match within("a message", ws.next()).await {
+        Some(Ok(Message::Text(text))) => text.as_str().to_owned(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// The version the server saw, then one echo of 300 kB.
+async fn version_and_echo(ws: &mut ClientWebSocket) -> String {
+    let version = next_text(ws).await;
+    let big = vec![3u8; 300_000];
+    ws.send_binary(&big).await.unwrap();
+    match within("the echo", ws.next()).await {
+        Some(Ok(Message::Binary(data))) => assert_eq!(data.as_ref(), big.as_slice()),
+        other => panic!("expected the binary echo, got {other:?}"),
+    }
+    version
+}
+
+fn tls_pair() -> (Arc<sockeye::rustls::ServerConfig>, sockeye::ClientTlsConfig) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let key_pem = cert.signing_key.serialize_pem();
+    let server =
+        sockeye::tls::server_config_from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+    let mut client = sockeye::ClientTlsConfig::default();
+    client.ca_pem = Some(cert_pem.into_bytes());
+    (server, client)
+}
+
+fn client_config(mode: Http2Mode) -> ClientConfig {
+    let mut config = ClientConfig::default();
+    config.handshake_timeout = Some(LIMIT);
+    config.http2.mode = mode;
+    config
+}
+
+#[tokio::test]
+async fn bind_tls_serves_http11_and_h2_on_one_port() {
+    let (server_tls, client_tls) = tls_pair();
+    let server = echo_server(Some(server_tls), Http2Mode::IfOffered).await;
+    let url = format!("wss://localhost:{}/", server.local_addr().port());
+    for (mode, version) in [
+        (Http2Mode::Never, "HTTP/1.1"),
+        (Http2Mode::IfOffered, "HTTP/2.0"),
+        (Http2Mode::Required, "HTTP/2.0"),
+    ] {
+        let mut config = client_config(mode);
+        config.tls = client_tls.clone();
+        let (mut ws, _) = within("connect", sockeye::connect_maybe_tls_with(&url, config))
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        assert_eq!(version_and_echo(&mut ws).await, version, "{mode:?}");
+        within("close", ws.close(None)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn plain_bind_tls_takes_h2c_with_prior_knowledge_and_multiplexes() {
+    let server = echo_server(None, Http2Mode::IfOffered).await;
+    let url = format!("ws://127.0.0.1:{}/", server.local_addr().port());
+    let (mut ws, _) = within(
+        "HTTP/1.1",
+        sockeye::connect_maybe_tls_with(&url, client_config(Http2Mode::Never)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(version_and_echo(&mut ws).await, "HTTP/1.1");
+
+    let config = client_config(Http2Mode::Required);
+    let connection = within("h2c", Http2Connection::connect(&url, &config))
+        .await
+        .unwrap();
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let (ws, response) = within("a stream", connection.websocket(&url, &config))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        sockets.push(ws);
+    }
+    assert_eq!(server.clients().len(), 4);
+    for ws in &mut sockets {
+        assert_eq!(version_and_echo(ws).await, "HTTP/2.0");
+    }
+    // Closing one leaves the others open.
+    within("close", sockets[0].close(None)).await.unwrap();
+    while let Some(message) = within("the end", sockets[0].next()).await {
+        assert!(matches!(message, Ok(Message::Close(_))), "{message:?}");
+    }
+    sockets[1].send_text("still here").await.unwrap();
+    assert_eq!(next_text(&mut sockets[1]).await, "still here");
+    for _ in 0..100 {
+        if server.clients().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.clients().len(), 3);
+}
+
+#[tokio::test]
+async fn a_server_without_http2_is_refused_when_required() {
+    let (server_tls, client_tls) = tls_pair();
+    let server = echo_server(Some(server_tls), Http2Mode::Never).await;
+    let url = format!("wss://localhost:{}/", server.local_addr().port());
+    let mut config = client_config(Http2Mode::IfOffered);
+    config.tls = client_tls.clone();
+    let (mut ws, _) = within("connect", sockeye::connect_maybe_tls_with(&url, config))
+        .await
+        .unwrap();
+    assert_eq!(version_and_echo(&mut ws).await, "HTTP/1.1");
+    // server_config_from_pem offers http/1.1 in ALPN: a client that wants h2 alone is
+    // refused in the TLS handshake or by the client's own check.
+    let mut config = client_config(Http2Mode::Required);
+    config.tls = client_tls;
+    match within("connect", sockeye::connect_maybe_tls_with(&url, config)).await {
+        Err(Error::Http2(_) | Error::Tls(_)) => {}
+        other => panic!("expected a refusal, got {:?}", other.map(|(_, r)| r)),
+    }
+}
