@@ -72,6 +72,13 @@ cargo clippy --locked -p sockeye --features redis --all-targets -- -D warnings
 cargo test --locked -p sockeye --features redis --test it redis
 cargo test --locked -p sockeye --features redis --lib
 
+step "WebSocket over HTTP/2 (feature http2): bind_tls, the client, Node's http2 module as peer"
+cargo clippy --locked -p sockeye --features http2 --all-targets -- -D warnings
+cargo clippy --locked -p sockeye --no-default-features --features http2 --all-targets -- -D warnings
+cargo test --locked -p sockeye --features http2 --test http2
+cargo test --locked -p sockeye --features http2 --lib
+cargo test --locked -p sockeye-hyper --test http2
+
 step "the library crates with default features off (each feature alone, then none)"
 cargo clippy --locked -p sockeye -p sockeye-proto --no-default-features --all-targets -- -D warnings
 cargo test --locked -p sockeye-proto --no-default-features

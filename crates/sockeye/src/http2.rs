@@ -84,6 +84,11 @@ pub struct Http2Config {
     /// The most bytes queued for sending on one stream beyond its window (default
     /// 400 KiB).
     pub max_send_buffer: usize,
+    /// Once this side has ended a stream (after the close handshake), how long the peer
+    /// has to end its side before the stream is reset (default 5 s). Until then what it
+    /// sends is read and dropped, so that the close frame it is still reading is not
+    /// lost to a reset, as a TCP server lingers before closing.
+    pub linger: Duration,
 }
 
 impl Default for Http2Config {
@@ -95,6 +100,7 @@ impl Default for Http2Config {
             max_concurrent_streams: 100,
             max_header_list_size: 16 * 1024,
             max_send_buffer: 400 * 1024,
+            linger: Duration::from_secs(5),
         }
     }
 }
@@ -105,23 +111,31 @@ impl Default for Http2Config {
 /// (flow control); its end (`END_STREAM`, or a reset with `NO_ERROR`/`CANCEL`) reads as
 /// end of file, another reset as [`io::ErrorKind::ConnectionReset`]. A write sends as
 /// much as the window allows and waits for window otherwise. `shutdown` ends the stream
-/// (`END_STREAM`).
+/// (`END_STREAM`). Dropped after `shutdown`, it lingers (see [`Http2Config::linger`])
+/// for the peer's end of the stream; dropped before, it resets the stream (`CANCEL`).
 pub struct Http2Stream {
     send: h2::SendStream<Bytes>,
-    recv: h2::RecvStream,
+    /// `None` only once dropped.
+    recv: Option<h2::RecvStream>,
     /// Received and not yet read.
     chunk: Bytes,
     ended: bool,
+    linger: Duration,
 }
 
 impl Http2Stream {
-    /// A stream from its two halves.
-    pub fn new(send: h2::SendStream<Bytes>, recv: h2::RecvStream) -> Http2Stream {
+    /// A stream from its two halves, lingering as long as [`Http2Config::linger`] says.
+    pub fn new(
+        send: h2::SendStream<Bytes>,
+        recv: h2::RecvStream,
+        config: &Http2Config,
+    ) -> Http2Stream {
         Http2Stream {
             send,
-            recv,
+            recv: Some(recv),
             chunk: Bytes::new(),
             ended: false,
+            linger: config.linger,
         }
     }
 
@@ -163,10 +177,14 @@ impl AsyncRead for Http2Stream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        while self.chunk.is_empty() {
-            match ready!(self.recv.poll_data(cx)) {
+        let this = &mut *self;
+        let Some(recv) = this.recv.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while this.chunk.is_empty() {
+            match ready!(recv.poll_data(cx)) {
                 None => return Poll::Ready(Ok(())),
-                Some(Ok(data)) => self.chunk = data,
+                Some(Ok(data)) => this.chunk = data,
                 Some(Err(error)) => {
                     return Poll::Ready(match error.reason() {
                         Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL) => Ok(()),
@@ -175,12 +193,36 @@ impl AsyncRead for Http2Stream {
                 }
             }
         }
-        let n = self.chunk.len().min(buf.remaining());
-        buf.put_slice(&self.chunk[..n]);
-        self.chunk.advance(n);
+        let n = this.chunk.len().min(buf.remaining());
+        buf.put_slice(&this.chunk[..n]);
+        this.chunk.advance(n);
         // Reopen the window only for what the reader took.
-        let _ = self.recv.flow_control().release_capacity(n);
+        let _ = recv.flow_control().release_capacity(n);
         Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Http2Stream {
+    fn drop(&mut self) {
+        let Some(mut recv) = self.recv.take() else {
+            return;
+        };
+        if !self.ended || recv.is_end_stream() {
+            return;
+        }
+        // This side is done; wait for the peer's END_STREAM (bounded), dropping its data.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let linger = self.linger;
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(linger, async {
+                while let Some(Ok(data)) = recv.data().await {
+                    let _ = recv.flow_control().release_capacity(data.len());
+                }
+            })
+            .await;
+        });
     }
 }
 
@@ -404,7 +446,7 @@ impl Http2Connection {
                     deflate: accepted.deflate.zip(config.per_message_deflate.clone()),
                     span: None,
                 };
-                let stream = Http2Stream::new(send_stream, recv);
+                let stream = Http2Stream::new(send_stream, recv, &config.http2);
                 let ws = WebSocket::with_info(
                     MaybeTlsStream::Http2(Box::new(stream)),
                     Role::Client,
@@ -636,7 +678,7 @@ async fn serve_stream<T>(
                 deflate: deflate.zip(config.per_message_deflate.clone()),
                 span: Some(span),
             };
-            let Some(stream) = wrap(Http2Stream::new(send, recv)) else {
+            let Some(stream) = wrap(Http2Stream::new(send, recv, &config.http2)) else {
                 return;
             };
             let ws = WebSocket::with_info(

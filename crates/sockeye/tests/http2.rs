@@ -2,6 +2,7 @@
 //! HTTP/1.1 and HTTP/2 on one port (ALPN behind TLS, the preface without), several
 //! WebSockets on one connection, and the server's HTTP/2 mode.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
         .await
         .unwrap_or_else(|_| panic!("{what}: timed out"))
 }
+
+/// How many of the server's WebSockets received a close frame with code 1000 and then
+/// ended without an error.
+static CLEAN_CLOSES: AtomicUsize = AtomicUsize::new(0);
 
 /// A server whose WebSockets first say the HTTP version of their request, then echo.
 async fn echo_server(
@@ -41,11 +46,24 @@ async fn echo_server(
                 if ws.send_text(&version).await.is_err() {
                     return;
                 }
-                while let Some(Ok(message)) = ws.next().await {
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
-                    {
-                        break;
+                let mut closed_with_1000 = false;
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Close(frame))) => {
+                            closed_with_1000 = frame.is_some_and(|f| f.code.0 == 1000);
+                        }
+                        Some(Ok(message)) if message.is_text() || message.is_binary() => {
+                            if ws.send(message).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) => return,
+                        None => break,
                     }
+                }
+                if closed_with_1000 {
+                    CLEAN_CLOSES.fetch_add(1, Ordering::SeqCst);
                 }
             });
         }
@@ -174,5 +192,134 @@ async fn a_server_without_http2_is_refused_when_required() {
     match within("connect", sockeye::connect_maybe_tls_with(&url, config)).await {
         Err(Error::Http2(_) | Error::Tls(_)) => {}
         other => panic!("expected a refusal, got {:?}", other.map(|(_, r)| r)),
+    }
+}
+
+// ---- Node's http2 module as the peer (crates/sockeye/tests/interop/h2.js) ---------------
+
+/// `crates/sockeye/tests/interop`, where `npm ci` installs ws.
+fn interop_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// `node h2.js <args>` with its stdout piped; fails loudly without node or ws.
+fn node(args: &[&str]) -> tokio::process::Child {
+    let dir = interop_dir();
+    assert!(
+        dir.join("node_modules/ws").is_dir(),
+        "ws is not installed: run `npm ci` in {}",
+        dir.display()
+    );
+    tokio::process::Command::new("node")
+        .arg("h2.js")
+        .args(args)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `node` ({e}): install Node.js 20+"))
+}
+
+#[tokio::test]
+async fn node_http2_client_against_bind_tls_h2c() {
+    use tokio::io::AsyncReadExt;
+    let server = echo_server(None, Http2Mode::IfOffered).await;
+    let port = server.local_addr().port().to_string();
+    let mut child = node(&["client", &port, "4"]);
+    let mut out = String::new();
+    let mut stdout = child.stdout.take().unwrap();
+    within("node's output", stdout.read_to_string(&mut out))
+        .await
+        .unwrap();
+    let status = within("node's exit", child.wait()).await.unwrap();
+    assert!(status.success(), "node failed: {out}");
+    // Node checked both echoes on each stream before closing it. (ws's own close code
+    // on a stream it runs as a client is 1000 or, when Node's stream closes before ws
+    // has read the close frame, 1006: seen with Node at both ends too.)
+    for i in 0..4 {
+        assert!(
+            out.contains(&format!("first i={i} text=HTTP/2.0\n")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("done i={i} code=")), "{out}");
+    }
+    assert!(out.contains("ok sessions=1\n"), "{out}");
+    // The server got each close frame (1000) and then the end of each stream.
+    for _ in 0..100 {
+        if CLEAN_CLOSES.load(Ordering::SeqCst) >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(CLEAN_CLOSES.load(Ordering::SeqCst) >= 4);
+}
+
+/// The next line node prints.
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    within("a line from node", lines.next_line())
+        .await
+        .unwrap()
+        .expect("node exited")
+}
+
+#[tokio::test]
+async fn sockeye_client_against_node_http2_server() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = node(&["server"]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = next_line(&mut lines).await;
+    let port = listening
+        .strip_prefix("listening port=")
+        .unwrap_or_else(|| panic!("{listening}"));
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut config = client_config(Http2Mode::Required);
+    config.protocols = vec!["chat".into(), "superchat".into()];
+    let connection = within("h2c", Http2Connection::connect(&url, &config))
+        .await
+        .unwrap();
+    let mut sockets = Vec::new();
+    for i in 0..3 {
+        let url = format!("ws://127.0.0.1:{port}/ws/{i}");
+        let (mut ws, response) = within("a stream", connection.websocket(&url, &config))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(ws.protocol(), Some("chat"));
+        assert_eq!(next_line(&mut lines).await, format!("open path=/ws/{i}"));
+        assert_eq!(next_text(&mut ws).await, format!("node-h2 /ws/{i}"));
+        sockets.push(ws);
+    }
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        ws.send_text(&format!("hi {i}")).await.unwrap();
+        assert_eq!(next_text(ws).await, format!("hi {i}"));
+        let big = vec![i as u8; 200_000];
+        ws.send_binary(&big).await.unwrap();
+        match within("the echo", ws.next()).await {
+            Some(Ok(Message::Binary(data))) => assert_eq!(data.as_ref(), big.as_slice()),
+            other => panic!("expected the binary echo, got {other:?}"),
+        }
+    }
+    // Each closes on its own; Node sees each close code.
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        within("close", ws.close(None)).await.unwrap();
+        while let Some(message) = within("the end", ws.next()).await {
+            assert!(matches!(message, Ok(Message::Close(_))), "{message:?}");
+        }
+        assert_eq!(
+            next_line(&mut lines).await,
+            format!("closed path=/ws/{i} code=1005")
+        );
+    }
+    // A version Node refuses: its 400 and body.
+    let mut old = client_config(Http2Mode::Required);
+    old.protocol_version = 8;
+    match within("refused", connection.websocket(&url, &old)).await {
+        Err(Error::UnexpectedResponse(response)) => {
+            assert_eq!(response.status(), 400);
+            assert_eq!(response.body().as_ref(), b"not a WebSocket\n");
+        }
+        other => panic!("expected a 400, got {:?}", other.map(|(_, r)| r)),
     }
 }
