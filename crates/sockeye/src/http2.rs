@@ -16,7 +16,7 @@
 //! - [`serve_connection`]: the server side, an HTTP/2 connection whose extended CONNECT
 //!   requests go through the same decision as HTTP/1.1 upgrades
 //!   ([`ServerConfig::decide`]); `WebSocketServer::bind_tls` uses it for connections
-//!   that choose `h2` in ALPN.
+//!   that choose `h2` in ALPN or send the HTTP/2 preface.
 //!
 //! The handshake itself is sans-I/O, in `sockeye_proto::handshake::http2`; the h2 crate
 //! does the HTTP/2 framing.
@@ -38,7 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::accept::ServerConfig;
 use crate::client::{ClientConfig, Target};
 use crate::error::Error;
-use crate::tls::MaybeTlsStream;
+use crate::tls::{MaybeTlsStream, ServerStream};
 use crate::websocket::{Negotiated, WebSocket};
 
 /// The most body bytes kept from a refusal (a non-2xx answer).
@@ -556,12 +556,11 @@ pub(crate) async fn peek_preface(tcp: &tokio::net::TcpStream) -> io::Result<bool
 }
 
 /// `tls` with ALPN as `mode` says: `h2` and `http/1.1` for `IfOffered`, `h2` alone for
-/// `Required`, as it was for `Never`.
+/// `Required`, as it was for `Never` (what `WebSocketServer::bind_tls` does to its TLS
+/// settings; for servers that do their own TLS handshake and then call
+/// [`serve_connection`] when `h2` was chosen). Only with the `rustls` feature.
 #[cfg(feature = "rustls")]
-pub(crate) fn offer_in_alpn(
-    tls: Arc<rustls::ServerConfig>,
-    mode: Http2Mode,
-) -> Arc<rustls::ServerConfig> {
+pub fn offer_in_alpn(tls: Arc<rustls::ServerConfig>, mode: Http2Mode) -> Arc<rustls::ServerConfig> {
     let alpn: &[&[u8]] = match mode {
         Http2Mode::Never => return tls,
         Http2Mode::IfOffered => &[b"h2", b"http/1.1"],
@@ -578,28 +577,62 @@ pub type OnWebSocket<S> = Arc<dyn Fn(WebSocket<S>, Request<()>) -> BoxFuture + S
 /// A boxed future of [`OnWebSocket`].
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The answer to a request that is not a CONNECT (a page, a file): `None` leaves it to
+/// the WebSocket decision, which refuses it (405).
+pub type OnRequest = Arc<dyn Fn(&Request<()>) -> Option<Response<Bytes>> + Send + Sync>;
+
+/// What [`serve_connection`] does with the requests of an HTTP/2 connection.
+pub struct Http2Service<S> {
+    /// Each accepted WebSocket, with its request.
+    pub on_websocket: OnWebSocket<S>,
+    /// Requests that are not a CONNECT; `None`: all are refused as the WebSocket
+    /// decision says.
+    pub on_request: Option<OnRequest>,
+}
+
+impl<S> Clone for Http2Service<S> {
+    fn clone(&self) -> Self {
+        Http2Service {
+            on_websocket: self.on_websocket.clone(),
+            on_request: self.on_request.clone(),
+        }
+    }
+}
+
+impl<S> Http2Service<S> {
+    /// WebSockets only.
+    pub fn websockets(on_websocket: OnWebSocket<S>) -> Self {
+        Http2Service {
+            on_websocket,
+            on_request: None,
+        }
+    }
+}
+
 /// Serves an HTTP/2 connection (after the TLS handshake chose `h2`, or with prior
 /// knowledge): announces `SETTINGS_ENABLE_CONNECT_PROTOCOL`, decides on each extended
 /// CONNECT with [`ServerConfig::decide`] (the decision HTTP/1.1 upgrades take, with
 /// `secure` for `verify_client`), answers `200` and hands the [`WebSocket`] over the
-/// stream to `on_websocket` with the request, or answers the refusal with its status,
-/// headers and body. A request that is not a WebSocket is refused the same way (a
-/// plain GET: 405). Returns when the connection ends; dropping the future closes it.
+/// stream (a [`ServerStream::Http2`]) to `service.on_websocket` with the request, or
+/// answers the refusal with its status, headers and body. Other requests go to
+/// `service.on_request`, if any. Each stream runs in a task of its own; returns when
+/// the connection ends, and dropping the future closes it.
 ///
 /// # Errors
 /// [`Error::Http2`] or [`Error::Io`] when the connection fails (the HTTP/2 preface is
-/// not there, a protocol error); the streams already open keep going only as long as
-/// the connection does.
+/// not there, a protocol error); [`HandshakeError::Timeout`] when the preface does not
+/// come within `handshake_timeout`.
 pub async fn serve_connection<I>(
     io: I,
     config: Arc<ServerConfig>,
     secure: bool,
-    on_websocket: OnWebSocket<Http2Stream>,
+    service: Http2Service<ServerStream>,
 ) -> Result<(), Error>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_connection_as(io, config, secure, Some, on_websocket).await
+    let wrap = |stream| Some(ServerStream::Http2(Box::new(stream)));
+    serve_connection_as(io, config, secure, wrap, service).await
 }
 
 /// [`serve_connection`] handing out each stream as `T` (`wrap`; a stream it gives `None`
@@ -609,7 +642,7 @@ pub(crate) async fn serve_connection_as<I, T>(
     config: Arc<ServerConfig>,
     secure: bool,
     wrap: fn(Http2Stream) -> Option<T>,
-    on_websocket: OnWebSocket<T>,
+    service: Http2Service<T>,
 ) -> Result<(), Error>
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -631,9 +664,9 @@ where
     while let Some(accepted) = connection.accept().await {
         let (request, respond) = accepted.map_err(h2_failed)?;
         let config = config.clone();
-        let on_websocket = on_websocket.clone();
+        let service = service.clone();
         tokio::spawn(async move {
-            serve_stream(request, respond, &config, secure, wrap, on_websocket).await;
+            serve_stream(request, respond, &config, secure, wrap, service).await;
         });
     }
     Ok(())
@@ -646,7 +679,7 @@ async fn serve_stream<T>(
     config: &ServerConfig,
     secure: bool,
     wrap: fn(Http2Stream) -> Option<T>,
-    on_websocket: OnWebSocket<T>,
+    service: Http2Service<T>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -656,6 +689,20 @@ async fn serve_stream<T>(
         parts.extensions.insert(value);
     }
     let head = Request::from_parts(parts, ());
+    if head.method() != http::Method::CONNECT {
+        if let Some(response) = service.on_request.as_ref().and_then(|f| f(&head)) {
+            let (parts, body) = response.into_parts();
+            let mut head = Response::from_parts(parts, ());
+            head.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, body.len().into());
+            if let Ok(mut send) = respond.send_response(head, body.is_empty()) {
+                if !body.is_empty() {
+                    let _ = send.send_data(body, true);
+                }
+            }
+            return;
+        }
+    }
     let span = crate::websocket::request_span(&head);
     // `verify_client` runs within `handshake_timeout` (503 beyond); the rest is not I/O.
     let outcome = config.decide(head, secure).await;
@@ -688,7 +735,7 @@ async fn serve_stream<T>(
                 BytesMut::new(),
                 negotiated,
             );
-            on_websocket(ws, request).await;
+            (service.on_websocket)(ws, request).await;
         }
         Err(refusal) => {
             let mut response = Response::new(());

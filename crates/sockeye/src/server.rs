@@ -574,8 +574,8 @@ fn accepted_http2<S: Transport>(
     tx: mpsc::Sender<Accepted<S>>,
     clients: Clients<S>,
     config: Arc<ServerConfig>,
-) -> crate::http2::OnWebSocket<S> {
-    Arc::new(move |ws, request| {
+) -> crate::http2::Http2Service<S> {
+    crate::http2::Http2Service::websockets(Arc::new(move |ws, request| {
         if config.client_tracking {
             clients.insert(&ws);
         }
@@ -583,7 +583,7 @@ fn accepted_http2<S: Transport>(
         Box::pin(async move {
             let _ = tx.send(Ok((ws, request))).await;
         })
-    })
+    }))
 }
 
 #[cfg(test)]
