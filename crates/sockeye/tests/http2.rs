@@ -323,3 +323,139 @@ async fn sockeye_client_against_node_http2_server() {
         other => panic!("expected a 400, got {:?}", other.map(|(_, r)| r)),
     }
 }
+
+// ---- a browser: headless Chromium (Debian's `chromium`, installed by .ci/run) ----------
+
+/// The page Chromium loads: a WebSocket to /echo on the page's own origin, which sends a
+/// line, sends back what it receives prefixed with `echoed:`, and closes with 1000.
+const BROWSER_PAGE: &str = r#"<!doctype html><title>h2</title><script>
+const ws = new WebSocket(`wss://${location.host}/echo`);
+ws.onopen = () => ws.send('hello from chromium');
+ws.onmessage = (e) => { ws.send('echoed:' + e.data); ws.close(1000, 'bye'); };
+</script>"#;
+
+/// What the server saw of one WebSocket: the request's HTTP version, the texts, the close
+/// code.
+type Seen = tokio::sync::mpsc::UnboundedSender<String>;
+
+async fn browser_echo(mut ws: sockeye::WebSocket<ServerStream>, version: String, seen: Seen) {
+    let _ = seen.send(format!("version {version}"));
+    while let Some(Ok(message)) = ws.next().await {
+        match message {
+            Message::Text(text) => {
+                let _ = seen.send(format!("text {}", text.as_str()));
+                let _ = ws.send_text(text.as_str()).await;
+            }
+            Message::Close(frame) => {
+                let code = frame.map_or(1005, |f| f.code.0);
+                let _ = seen.send(format!("close {code}"));
+            }
+            _ => {}
+        }
+    }
+    let _ = seen.send("end".into());
+}
+
+/// A TLS server for the browser: the page and /echo, over HTTP/2 when ALPN chose h2,
+/// else HTTP/1.1 (then the WebSocket reports its version as HTTP/1.1).
+async fn browser_server(seen: Seen) -> u16 {
+    let (tls, _) = tls_pair();
+    let tls = sockeye::http2::offer_in_alpn(tls, Http2Mode::IfOffered);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = Arc::new(ServerConfig::default());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (tls, config, seen) = (tls.clone(), config.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = sockeye::tls::server_handshake(tcp, tls).await else {
+                    return;
+                };
+                if stream.alpn_protocol() == Some(b"h2") {
+                    let on_websocket: sockeye::http2::OnWebSocket<ServerStream> =
+                        Arc::new(move |ws, request| {
+                            let version = format!("{:?}", request.version());
+                            Box::pin(browser_echo(ws, version, seen.clone()))
+                        });
+                    let on_request: sockeye::http2::OnRequest = Arc::new(|request| {
+                        (request.uri().path() == "/").then(|| {
+                            let mut response = http::Response::new(bytes::Bytes::from_static(
+                                BROWSER_PAGE.as_bytes(),
+                            ));
+                            response
+                                .headers_mut()
+                                .insert("content-type", "text/html".parse().unwrap());
+                            response
+                        })
+                    });
+                    let service = sockeye::http2::Http2Service {
+                        on_websocket,
+                        on_request: Some(on_request),
+                    };
+                    let _ = sockeye::http2::serve_connection(stream, config, true, service).await;
+                } else if let Ok((ws, request)) = sockeye::accept_tls(stream, &config).await {
+                    let version = format!("{:?}", request.version());
+                    browser_echo(ws, version, seen).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Chromium loads the page from the server over https and opens its WebSocket: the
+/// server sees it as an HTTP/2 stream (RFC 8441), the echo round trip and the close.
+#[tokio::test]
+async fn chromium_opens_its_websocket_over_http2() {
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let port = browser_server(tx).await;
+    let profile = std::env::temp_dir().join(format!("sockeye-chromium-{}", std::process::id()));
+    let mut chromium = tokio::process::Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--ignore-certificate-errors",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("https://localhost:{port}/"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `chromium` ({e}): apt-get install chromium (see .ci/run)")
+        });
+    let mut events = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = seen.recv().await {
+            let end = event == "end";
+            events.push(event);
+            if end {
+                return;
+            }
+        }
+    })
+    .await;
+    let _ = chromium.kill().await;
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        done.is_ok(),
+        "no WebSocket from chromium ended in time: {events:?}"
+    );
+    assert_eq!(
+        events,
+        [
+            "version HTTP/2.0",
+            "text hello from chromium",
+            "text echoed:hello from chromium",
+            "close 1000",
+            "end"
+        ]
+    );
+}
