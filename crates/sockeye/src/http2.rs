@@ -345,6 +345,8 @@ impl Http2Connection {
             .initial_connection_window_size(settings.connection_window)
             .max_header_list_size(settings.max_header_list_size)
             .max_send_buffer_size(settings.max_send_buffer)
+            // No server push, and no stream the server would open.
+            .enable_push(false)
             .max_concurrent_streams(0)
             .handshake::<_, Bytes>(io)
             .await

@@ -459,3 +459,140 @@ async fn chromium_opens_its_websocket_over_http2() {
         ]
     );
 }
+
+// ---- bad requests from a raw h2 client -------------------------------------------------
+
+/// A raw HTTP/2 connection (prior knowledge) to `port`, once the server's settings are in.
+async fn raw_h2(port: u16) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut ping = connection.ping_pong().unwrap();
+    tokio::spawn(connection);
+    // The answer to a PING comes after the server's settings.
+    within("PONG", ping.ping(h2::Ping::opaque())).await.unwrap();
+    assert!(send.is_extended_connect_protocol_enabled());
+    send
+}
+
+fn connect_request(
+    port: u16,
+    method: http::Method,
+    protocol: Option<&str>,
+    version: Option<&str>,
+) -> http::Request<()> {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}/"))
+        .version(http::Version::HTTP_2)
+        .body(())
+        .unwrap();
+    if let Some(protocol) = protocol {
+        request
+            .extensions_mut()
+            .insert(h2::ext::Protocol::from(protocol));
+    }
+    if let Some(version) = version {
+        let value = version.parse().unwrap();
+        request.headers_mut().insert("sec-websocket-version", value);
+    }
+    request
+}
+
+/// The status and body of the answer to `request` (of a 200, which opens a WebSocket:
+/// no body).
+async fn answer(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    request: http::Request<()>,
+) -> (u16, String) {
+    let mut send = within("ready", send.clone().ready()).await.unwrap();
+    let (response, _stream) = send.send_request(request, false).unwrap();
+    let response = within("the answer", response).await.unwrap();
+    let status = response.status().as_u16();
+    if status == 200 {
+        return (status, String::new());
+    }
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(data) = within("the body", body.data()).await {
+        let data = data.unwrap();
+        let _ = body.flow_control().release_capacity(data.len());
+        text.extend_from_slice(&data);
+    }
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+#[tokio::test]
+async fn bind_tls_refuses_bad_extended_connects_and_survives_a_reset() {
+    use http::Method;
+    let server = echo_server(None, Http2Mode::IfOffered).await;
+    let port = server.local_addr().port();
+    let send = raw_h2(port).await;
+    let plain_connect = http::Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("127.0.0.1:{port}"))
+        .version(http::Version::HTTP_2)
+        .body(())
+        .unwrap();
+    let cases = [
+        (plain_connect, 400),
+        (
+            connect_request(port, Method::CONNECT, Some("webtransport"), Some("13")),
+            400,
+        ),
+        (
+            connect_request(port, Method::CONNECT, Some("websocket"), None),
+            400,
+        ),
+        (
+            connect_request(port, Method::CONNECT, Some("websocket"), Some("8")),
+            426,
+        ),
+        (connect_request(port, Method::GET, None, Some("13")), 405),
+    ];
+    for (request, status) in cases {
+        let what = format!("{request:?}");
+        let (got, body) = answer(&send, request).await;
+        assert_eq!(got, status, "{what}: {body}");
+        assert!(body.ends_with('\n') && body.len() > 1, "{what}: {body:?}");
+    }
+
+    // A WebSocket stream reset in the middle of a frame; another stream on the same
+    // connection goes on, and so does the connection.
+    let mut ready = within("ready", send.clone().ready()).await.unwrap();
+    let request = connect_request(port, Method::CONNECT, Some("websocket"), Some("13"));
+    let (response, mut doomed) = ready.send_request(request, false).unwrap();
+    let response = within("200", response).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut ready = within("ready", send.clone().ready()).await.unwrap();
+    let request = connect_request(port, Method::CONNECT, Some("websocket"), Some("13"));
+    let (response, mut other) = ready.send_request(request, false).unwrap();
+    let mut other_body = within("200", response).await.unwrap().into_body();
+    // A masked text frame announcing 10 bytes, with 3 of them.
+    doomed
+        .send_data(bytes::Bytes::from_static(b"\x81\x8a\0\0\0\0abc"), false)
+        .unwrap();
+    doomed.send_reset(h2::Reason::CANCEL);
+    // The other stream: the server's first message (the version), then an echo of a
+    // masked "hi" (mask 0).
+    other
+        .send_data(bytes::Bytes::from_static(b"\x81\x82\0\0\0\0hi"), false)
+        .unwrap();
+    let mut received = Vec::new();
+    while !received.ends_with(b"\x81\x02hi") {
+        let data = within("the echo", other_body.data())
+            .await
+            .unwrap()
+            .unwrap();
+        let _ = other_body.flow_control().release_capacity(data.len());
+        received.extend_from_slice(&data);
+    }
+    assert!(received.starts_with(b"\x81\x08HTTP/2.0"), "{received:?}");
+    let (status, _) = answer(
+        &send,
+        connect_request(port, Method::CONNECT, Some("websocket"), Some("13")),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
