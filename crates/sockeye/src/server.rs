@@ -234,7 +234,7 @@ impl WebSocketServer<ServerStream> {
     /// feature.
     ///
     /// With the `http2` feature, HTTP/1.1 and HTTP/2 share the port, as
-    /// `config.http2.mode` says: by default ([`crate::http2::Http2Mode::IfOffered`]) TLS
+    /// `config.http2.mode` says: by default (`Http2Mode::IfOffered`) TLS
     /// offers `h2` and `http/1.1` in ALPN, and a plain connection that starts with the
     /// HTTP/2 preface is served as HTTP/2 (h2c with prior knowledge); `Required` offers
     /// only `h2` and drops connections that do not speak it; `Never` leaves ALPN as
