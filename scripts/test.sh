@@ -52,8 +52,9 @@ step "Node ws peer for the interop tests (npm ci)"
 command -v node >/dev/null || { echo "test: error: node is required for the interop tests (apt-get install nodejs npm)"; exit 1; }
 (cd crates/sockeye/tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 
-# The WebSocket-over-HTTP/2 browser test runs headless Chromium.
+# The WebSocket-over-HTTP/2 tests run headless Chromium and nghttp2's proxy, nghttpx.
 command -v chromium >/dev/null || { echo "test: error: chromium is required for the HTTP/2 browser test (apt-get install chromium)"; exit 1; }
+command -v nghttpx >/dev/null || { echo "test: error: nghttpx is required for the HTTP/2 proxy test (apt-get install nghttp2-proxy)"; exit 1; }
 
 # The Redis broker tests (the library's, and `sockeye serve --redis`) start their own.
 command -v redis-server >/dev/null || { echo "test: error: redis-server is required for the Redis broker tests (apt-get install redis-server)"; exit 1; }
@@ -75,7 +76,7 @@ cargo clippy --locked -p sockeye --features redis --all-targets -- -D warnings
 cargo test --locked -p sockeye --features redis --test it redis
 cargo test --locked -p sockeye --features redis --lib
 
-step "WebSocket over HTTP/2 (feature http2): bind_tls, the client, Node's http2 module and headless Chromium as peers"
+step "WebSocket over HTTP/2 (feature http2): bind_tls, the client; Node's http2 module, nghttpx and headless Chromium as peers"
 cargo clippy --locked -p sockeye --features http2 --all-targets -- -D warnings
 cargo clippy --locked -p sockeye --no-default-features --features http2 --all-targets -- -D warnings
 cargo test --locked -p sockeye --features http2 --test http2

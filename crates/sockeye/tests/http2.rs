@@ -594,3 +594,75 @@ async fn bind_tls_refuses_bad_extended_connects_and_survives_a_reset() {
     .await;
     assert_eq!(status, 200);
 }
+
+// ---- nghttp2's proxy, nghttpx (Debian's `nghttp2-proxy`, installed by .ci/run) ---------
+
+/// `nghttpx` on a free loopback port in front of `backend_port` (HTTP/1.1, or HTTP/2 with
+/// `;;proto=h2`), once it accepts connections; killed when dropped.
+async fn nghttpx(backend_port: u16, backend_proto: &str) -> (tokio::process::Child, u16) {
+    let front = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new("nghttpx")
+        .arg("--conf=/dev/null")
+        .arg(format!("--frontend=127.0.0.1,{front};no-tls"))
+        .arg(format!("--backend=127.0.0.1,{backend_port}{backend_proto}"))
+        .args([
+            "--workers=1",
+            "--errorlog-file=/dev/null",
+            "--accesslog-file=/dev/null",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `nghttpx` ({e}): apt-get install nghttp2-proxy (see .ci/run)")
+        });
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", front))
+            .await
+            .is_ok()
+        {
+            return (child, front);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nghttpx did not listen on {front}");
+}
+
+/// nghttpx as the HTTP/2 server of sockeye's client (its extended CONNECT, RFC 8441),
+/// relaying each stream to `bind_tls` over HTTP/1.1, or over HTTP/2 as a client of
+/// `bind_tls`'s extended CONNECT.
+#[tokio::test]
+async fn through_nghttpx_in_both_roles() {
+    let backend = echo_server(None, Http2Mode::IfOffered).await;
+    let backend_port = backend.local_addr().port();
+    for (proto, version) in [("", "HTTP/1.1"), (";;proto=h2", "HTTP/2.0")] {
+        let (mut proxy, front) = nghttpx(backend_port, proto).await;
+        let url = format!("ws://127.0.0.1:{front}/");
+        let config = client_config(Http2Mode::Required);
+        let connection = within("h2c to nghttpx", Http2Connection::connect(&url, &config))
+            .await
+            .unwrap_or_else(|e| panic!("{proto:?}: {e}"));
+        let mut sockets = Vec::new();
+        for _ in 0..2 {
+            let (ws, response) = within("a stream", connection.websocket(&url, &config))
+                .await
+                .unwrap_or_else(|e| panic!("{proto:?}: {e}"));
+            assert_eq!(response.status(), 200);
+            sockets.push(ws);
+        }
+        for ws in &mut sockets {
+            assert_eq!(version_and_echo(ws).await, version, "backend {proto:?}");
+            within("close", ws.close(None)).await.unwrap();
+            while let Some(message) = within("the end", ws.next()).await {
+                assert!(matches!(message, Ok(Message::Close(_))), "{message:?}");
+            }
+        }
+        let _ = proxy.kill().await;
+    }
+}
