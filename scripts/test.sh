@@ -52,12 +52,14 @@ step "Node ws peer for the interop tests (npm ci)"
 command -v node >/dev/null || { echo "test: error: node is required for the interop tests (apt-get install nodejs npm)"; exit 1; }
 (cd crates/sockeye/tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 
-# The WebSocket-over-HTTP/2 tests run headless Chromium and nghttp2's proxy, nghttpx.
-command -v chromium >/dev/null || { echo "test: error: chromium is required for the HTTP/2 browser test (apt-get install chromium)"; exit 1; }
+# The WebSocket-over-HTTP/2 tests run nghttp2's proxy, nghttpx (and headless Chromium,
+# checked below).
 command -v nghttpx >/dev/null || { echo "test: error: nghttpx is required for the HTTP/2 proxy test (apt-get install nghttp2-proxy)"; exit 1; }
 
 # The Redis broker tests (the library's, and `sockeye serve --redis`) start their own.
 command -v redis-server >/dev/null || { echo "test: error: redis-server is required for the Redis broker tests (apt-get install redis-server)"; exit 1; }
+# The demo page's test and the HTTP/2 browser test drive a headless Chromium.
+command -v chromium >/dev/null || { echo "test: error: chromium is required for the browser tests (the demo page, WebSocket over HTTP/2; apt-get install chromium)"; exit 1; }
 
 step "format and lints"
 cargo fmt --all -- --check

@@ -948,14 +948,17 @@ async fn bench_paces_to_the_rate() {
     let summary = bench_json(
         &url,
         &[
-            "-c", "2", "-s", "2000", "-r", "1500", "-d", "1", "--warmup", "0",
+            "-c", "2", "-s", "2000", "-r", "1500", "-d", "2", "--warmup", "0",
         ],
     )
     .await;
     assert_eq!(summary["errors"], 0, "{summary}");
     let rate = summary["msgs_per_s"].as_f64().unwrap();
-    // A message every 1.33 ms per connection: timer lateness must not add up.
-    assert!((1400.0..=1505.0).contains(&rate), "{summary}");
+    // A message every 1.33 ms per connection: timer lateness must not add up (a sleep of
+    // the interval after each send, rounded up to the timer's 1 ms, would give 1,000/s).
+    // A missed tick is not made up for (no burst after a stall), so the margin below is
+    // for a loaded machine, where stalls of 50-100 ms were seen.
+    assert!((1200.0..=1505.0).contains(&rate), "{summary}");
 }
 
 /// An echo server for the bench tests, in this process: pings before every echo, counts

@@ -3,7 +3,7 @@
 //! other process with its last position gets the lines it missed, and one with a
 //! position of a lost stream is told that they cannot be recovered. Every wait is bounded.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::Stdio;
 use std::time::Duration;
@@ -14,6 +14,9 @@ use sockeye::{Message, WebSocket};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout, Command};
+
+#[allow(dead_code)] // this file uses its browser only
+mod common;
 
 const STEP: Duration = Duration::from_secs(10);
 
@@ -109,9 +112,14 @@ struct Serve {
 }
 
 async fn serve(redis: &Redis) -> Serve {
+    serve_at(redis, "127.0.0.1:0").await
+}
+
+/// `sockeye serve --redis URL --listen LISTEN`.
+async fn serve_at(redis: &Redis, listen: &str) -> Serve {
     let url = format!("redis://127.0.0.1:{}/", redis.port);
     let mut child = Command::new(env!("CARGO_BIN_EXE_sockeye"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--redis", &url])
+        .args(["serve", "--listen", listen, "--redis", &url])
         .kill_on_drop(true)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -336,8 +344,47 @@ async fn say_all(speakers: &mut [Member], round: &str, seq: usize) -> Vec<String
     out
 }
 
+/// Every member says `each` lines `{member}:{round}{seq}` at once, without waiting for
+/// them to come back; then each member reads until it has every line of the round (all
+/// members' lines, its own included). Returns the lines.
+async fn everyone_says(members: &mut [Member], round: &str, each: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for (speaker, member) in members.iter_mut().enumerate() {
+        for seq in 0..each {
+            let text = format!("{speaker}:{round}{seq:03}");
+            member
+                .ws
+                .send_text(&json!({"type": "say", "text": text}).to_string())
+                .await
+                .unwrap();
+            out.push(text);
+        }
+    }
+    let total = out.len();
+    let tag = format!(":{round}");
+    futures_util::future::join_all(members.iter_mut().map(|member| {
+        let tag = &tag;
+        async move {
+            let mut got = 0;
+            while got < total {
+                let line = member.next().await;
+                let line = line.unwrap_or_else(|| panic!("{}: the connection ended", member.name));
+                if line["type"] == "unsent" {
+                    panic!("{}: {line}: Redis is up", member.name);
+                }
+                if line["type"] == "said" && line["text"].as_str().unwrap().contains(tag.as_str()) {
+                    got += 1;
+                }
+            }
+        }
+    }))
+    .await;
+    out
+}
+
 /// Issue 18 end to end: 3 `serve` processes on one Redis (Streams, with its data kept on
-/// disk), 300 members spread over them, two speakers. One process is killed (SIGKILL)
+/// disk), 300 members spread over them, all of them speakers at once for one round (three
+/// lines each, 270,000 deliveries), two speakers for the rest. One process is killed (SIGKILL)
 /// mid-run: its members reconnect to the others with their last position and recover
 /// what was said while they were away. Redis is killed and restarted mid-run: what was said meanwhile is
 /// refused to its speaker ("unsent"), never silently lost. In the end every member has
@@ -378,6 +425,7 @@ async fn three_processes_300_members_a_process_and_redis_killed() {
     for seq in 0..LINES {
         went_out.extend(say_all(&mut members[..2], "a", seq).await);
     }
+    went_out.extend(everyone_says(&mut members, "all", 3).await);
 
     // The third process dies; lines are said while its members are away; they come
     // back to the other two processes and recover those lines by position.
@@ -481,15 +529,19 @@ async fn three_processes_300_members_a_process_and_redis_killed() {
         .into_iter()
         .flatten()
         {
-            for speaker in ["0:", "1:"] {
-                let theirs: Vec<&str> = order
-                    .iter()
-                    .map(|(text, _)| text.as_str())
-                    .filter(|text| text.starts_with(speaker) && expected.contains(text))
-                    .collect();
+            // Each speaker's lines, as they come in `order`.
+            let mut by_speaker: HashMap<&str, Vec<&str>> = HashMap::new();
+            for (text, _) in order.iter() {
+                if expected.contains(text.as_str()) {
+                    let speaker = text.split(':').next().unwrap();
+                    by_speaker.entry(speaker).or_default().push(text);
+                }
+            }
+            for theirs in by_speaker.values() {
+                // Rounds a < all < away < b < c < d, lines numbered within: sorted as said.
                 let mut sorted = theirs.clone();
                 sorted.sort();
-                assert_eq!(theirs, sorted, "{}: in the order said", member.name);
+                assert_eq!(*theirs, sorted, "{}: in the order said", member.name);
             }
         }
     }
@@ -533,4 +585,91 @@ async fn bench_fanout_across_two_serve_processes() {
         summary["delay_us"]["p50"].as_u64().is_some_and(|p| p > 0),
         "{summary}"
     );
+}
+
+/// The demo page in a real browser (headless Chromium over the DevTools protocol), on one
+/// of two `serve --redis` processes: a line typed in the page reaches a member of the
+/// other process; that member's lines show in the page; the page's process is killed
+/// while lines are said, and restarted on the same address; the page reconnects by
+/// itself, asks for what it missed (its last position) and shows the missed lines, each
+/// once, with a "recovered" notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_in_chromium_recovers_missed_lines_after_its_server_restarts() {
+    const LOG: &str = "document.querySelector('[data-testid=chat-log]').innerText";
+    let redis = Redis::start(false).await;
+    let mut a = serve(&redis).await;
+    let b = serve(&redis).await;
+    let mut page = common::chromium::Chromium::open(&format!("http://{}/", a.addr)).await;
+    let open = "document.querySelector('[data-testid=chat-state]').textContent === 'open'";
+    page.wait_for(open, STEP, "the chat opens", LOG).await;
+
+    let mut bot = Member {
+        ws: Member::join(&b, "bot".into(), None).await,
+        name: "bot".into(),
+        last: None,
+        said: Vec::new(),
+        positions: HashSet::new(),
+        reconnected: false,
+    };
+    bot.until(|l| l["type"] == "joined" && l["name"] == "bot")
+        .await;
+
+    // The page speaks: typed and sent with its button.
+    page.eval(
+        "(() => { const i = document.querySelector('[data-testid=chat-input]'); \
+         i.value = 'hello from the page'; \
+         document.querySelector('[data-testid=chat-send]').click(); return true; })()",
+    )
+    .await;
+    bot.until(|l| l["type"] == "said" && l["text"] == "hello from the page")
+        .await;
+    assert!(bot.say("hello from the bot").await);
+    page.wait_for(
+        &format!("{LOG}.includes('bot: hello from the bot')"),
+        STEP,
+        "the bot's line in the page",
+        LOG,
+    )
+    .await;
+
+    // The page's process dies; lines are said while the page is away.
+    let listen = a.addr.to_string();
+    a.child.kill().await.unwrap();
+    page.wait_for(
+        "document.querySelector('[data-testid=chat-state]').textContent.startsWith('closed')",
+        STEP,
+        "the page sees its connection closed",
+        LOG,
+    )
+    .await;
+    for n in 1..=3 {
+        assert!(bot.say(&format!("missed line {n}")).await);
+    }
+    a = serve_at(&redis, &listen).await;
+
+    // The page reconnects on its own (backoff 1 s, 2 s, 4 s ...) and recovers them.
+    page.wait_for(
+        &format!("{LOG}.includes('bot: missed line 3')"),
+        Duration::from_secs(30),
+        "the missed lines recovered in the page",
+        LOG,
+    )
+    .await;
+    let log = page.eval(LOG).await;
+    let log = log.as_str().unwrap();
+    // The missed lines come after the page saw its connection close, then the notice.
+    let closed = log
+        .find("closed (")
+        .unwrap_or_else(|| panic!("no close in the page: {log}"));
+    let recovered = log
+        .find("recovered 3 missed line(s)")
+        .unwrap_or_else(|| panic!("no recovery notice in the page: {log}"));
+    for n in 1..=3 {
+        let line = format!("bot: missed line {n}");
+        assert_eq!(log.matches(&line).count(), 1, "{line} once: {log}");
+        let at = log.find(&line).unwrap();
+        assert!(closed < at && at < recovered, "{line} recovered: {log}");
+    }
+    assert_eq!(log.matches("bot: hello from the bot").count(), 1, "{log}");
+    drop(a);
 }

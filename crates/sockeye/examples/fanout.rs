@@ -1,10 +1,15 @@
 //! Fan-out throughput: one publisher, N subscribers on loopback, messages delivered per
-//! second of the server thread's CPU, for the [`Hub`] and for the raw-TCP limit (one
-//! already framed buffer written to N sockets, nothing else).
+//! second of the server's CPU, for the [`Hub`], for the raw-TCP limit (one already framed
+//! buffer written to N sockets, nothing else) and, with `--node`, for a Node `ws` server's
+//! broadcast loop, round after round in one run.
 //!
 //! ```sh
-//! cargo run --release -p sockeye --example fanout -- [SUBSCRIBERS] [SIZE] [MESSAGES]
+//! cargo run --release -p sockeye --example fanout -- [SUBSCRIBERS] [SIZE] [MESSAGES] [--node SCRIPT]
 //! ```
+//!
+//! `bench/fanout.sh` runs it with `--node bench/peers/node_broadcast.js` (ws's README
+//! broadcast: `client.send(data, { binary: true })` for every open client), whose CPU is
+//! the Node process's (every thread's, `/proc/PID/task/*/schedstat`).
 //!
 //! The server (publisher, hub, connections) runs on one thread with a current-thread
 //! runtime; the subscribers' ends are plain TCP sockets drained by another thread, which
@@ -190,9 +195,110 @@ async fn raw_round(subscribers: usize, size: usize, messages: usize) -> (f64, f6
     )
 }
 
+/// CPU time of every thread of process `pid`, from the kernel's scheduler statistics.
+fn process_cpu(pid: u32) -> Duration {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// The Node `ws` broadcast peer (`bench/peers/node_broadcast.js`), driven over its stdin.
+struct NodePeer {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    addr: SocketAddr,
+}
+
+impl NodePeer {
+    async fn start(script: &str) -> NodePeer {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("node")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node (with NODE_PATH naming a node_modules that has ws)");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("node_broadcast.js: no port");
+        let port: u16 = line
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .expect("node_broadcast.js: `port N`");
+        NodePeer {
+            child,
+            stdin,
+            lines,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    async fn command(&mut self, command: &str) -> String {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        self.lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("node_broadcast.js ended")
+    }
+}
+
+async fn node_round(script: &str, subscribers: usize, size: usize, messages: usize) -> (f64, f64) {
+    let mut node = NodePeer::start(script).await;
+    let received = start_subscribers(node.addr, subscribers, true);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.command("count").await != format!("clients {subscribers}") {
+        assert!(
+            Instant::now() < deadline,
+            "subscribers did not all connect to node"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = node.child.id().unwrap();
+    let target = (frame_len(size) * subscribers * messages) as u64;
+    let (cpu, wall) = (process_cpu(pid), Instant::now());
+    assert_eq!(node.command(&format!("go {size} {messages}")).await, "sent");
+    drained(&received, target).await;
+    let (cpu, wall) = (process_cpu(pid) - cpu, wall.elapsed());
+    let _ = node.child.kill().await;
+    let deliveries = (subscribers * messages) as f64;
+    (
+        deliveries / cpu.as_secs_f64(),
+        deliveries / wall.as_secs_f64(),
+    )
+}
+
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
+    let mut node: Option<String> = None;
+    let mut numbers = Vec::new();
+    let mut argv = std::env::args().skip(1);
+    while let Some(arg) = argv.next() {
+        if arg == "--node" {
+            node = Some(argv.next().expect("--node SCRIPT"));
+        } else {
+            numbers.push(arg);
+        }
+    }
+    let args: Vec<usize> = numbers
+        .iter()
         .map(|a| a.parse().expect("numbers: SUBSCRIBERS SIZE MESSAGES"))
         .collect();
     let subscribers = args.first().copied().unwrap_or(1000);
@@ -206,7 +312,7 @@ fn main() {
         for round in 1..=3 {
             let (hub_cpu, hub_wall) = hub_round(subscribers, size, messages).await;
             let (raw_cpu, raw_wall) = raw_round(subscribers, size, messages).await;
-            println!(
+            print!(
                 "round {round}: {subscribers} subscribers, {size} B x {messages}: hub {:.0} deliveries/CPU-s ({:.0}/s wall), raw TCP {:.0}/CPU-s ({:.0}/s wall), hub/raw {:.2}",
                 hub_cpu,
                 hub_wall,
@@ -214,6 +320,16 @@ fn main() {
                 raw_wall,
                 hub_cpu / raw_cpu
             );
+            if let Some(script) = &node {
+                let (node_cpu, node_wall) = node_round(script, subscribers, size, messages).await;
+                print!(
+                    ", node ws {:.0}/CPU-s ({:.0}/s wall), hub/node {:.2}",
+                    node_cpu,
+                    node_wall,
+                    hub_cpu / node_cpu
+                );
+            }
+            println!();
         }
     });
 }

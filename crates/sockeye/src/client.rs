@@ -538,9 +538,20 @@ async fn tcp(target: &Target, config: &ClientConfig) -> Result<TcpStream, Error>
     let stream = match &config.proxy {
         Some(proxy) => {
             let proxy = Proxy::parse(proxy)?;
+            // An I/O error on the way to the proxy or in its CONNECT exchange is the
+            // proxy's, not the target's: said so, with the proxy's address.
+            let on_proxy = |e: Error| match e {
+                Error::Io(io) => Error::Proxy(format!(
+                    "cannot reach the proxy {}:{}: {io}",
+                    proxy.host, proxy.port
+                )),
+                other => other,
+            };
             let mut stream =
-                tcp_connect(&proxy.host, proxy.port, config.local_address, config.family).await?;
-            proxy.tunnel(&mut stream, target).await?;
+                tcp_connect(&proxy.host, proxy.port, config.local_address, config.family)
+                    .await
+                    .map_err(on_proxy)?;
+            proxy.tunnel(&mut stream, target).await.map_err(on_proxy)?;
             stream
         }
         None => {

@@ -40,7 +40,8 @@ pub enum Error {
     /// Following redirects failed: more than `max_redirects` (`ws`'s "Maximum redirects
     /// exceeded").
     Redirect(String),
-    /// The HTTP proxy refused the `CONNECT` tunnel or did not answer it.
+    /// The HTTP proxy could not be reached, refused the `CONNECT` tunnel or did not
+    /// answer it.
     Proxy(String),
     /// WebSocket over HTTP/2 (RFC 8441) failed: the server does not speak HTTP/2 or does
     /// not announce `SETTINGS_ENABLE_CONNECT_PROTOCOL` when HTTP/2 is required, or the

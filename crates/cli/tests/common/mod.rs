@@ -7,6 +7,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+#[allow(dead_code)] // only the browser tests drive Chromium
+pub mod chromium;
+
 /// Any single step longer than this is a hang.
 pub const STEP: Duration = Duration::from_secs(10);
 

@@ -404,6 +404,30 @@ async fn a_proxy_refusal_is_a_proxy_error() {
 }
 
 #[tokio::test]
+async fn an_unreachable_proxy_is_a_proxy_error_naming_it() {
+    // A port nothing listens on: bound, then closed.
+    let unused = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = config();
+    config.proxy = Some(format!("http://{unused}"));
+    let err = within(
+        "the error",
+        sockeye::connect_with("ws://127.0.0.1:9/", config),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(&err, Error::Proxy(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("cannot reach the proxy {unused}")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn local_address_is_the_peer_address_the_server_sees() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/local", listener.local_addr().unwrap());
