@@ -605,7 +605,13 @@ async fn nghttpx(backend_port: u16, backend_proto: &str) -> (tokio::process::Chi
         .local_addr()
         .unwrap()
         .port();
-    let child = tokio::process::Command::new("nghttpx")
+    // Debian installs it in /usr/sbin, which a user's PATH may not have.
+    let program = if std::path::Path::new("/usr/sbin/nghttpx").exists() {
+        "/usr/sbin/nghttpx"
+    } else {
+        "nghttpx"
+    };
+    let child = tokio::process::Command::new(program)
         .arg("--conf=/dev/null")
         .arg(format!("--frontend=127.0.0.1,{front};no-tls"))
         .arg(format!("--backend=127.0.0.1,{backend_port}{backend_proto}"))
