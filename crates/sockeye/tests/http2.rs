@@ -672,3 +672,60 @@ async fn through_nghttpx_in_both_roles() {
         let _ = proxy.kill().await;
     }
 }
+
+/// Reads `body` to its end (END_STREAM), within the step limit.
+async fn read_to_end(body: &mut h2::RecvStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    while let Some(data) = within("the stream's end", body.data()).await {
+        let data = data.unwrap();
+        let _ = body.flow_control().release_capacity(data.len());
+        received.extend_from_slice(&data);
+    }
+    received
+}
+
+/// The close handshake ends the server's side of the stream (END_STREAM), and the
+/// WebSocket limits hold over HTTP/2 as over HTTP/1.1: a frame announcing more than
+/// `max_payload` is answered with 1009 and the end of the stream.
+#[tokio::test]
+async fn close_ends_the_stream_and_limits_hold() {
+    use http::Method;
+    let server = echo_server(None, Http2Mode::IfOffered).await;
+    let port = server.local_addr().port();
+    let send = raw_h2(port).await;
+    let open = || async {
+        let mut ready = within("ready", send.clone().ready()).await.unwrap();
+        let request = connect_request(port, Method::CONNECT, Some("websocket"), Some("13"));
+        let (response, stream) = ready.send_request(request, false).unwrap();
+        let response = within("200", response).await.unwrap();
+        assert_eq!(response.status(), 200);
+        (stream, response.into_body())
+    };
+
+    // A close frame (1000, masked with 0): the server's close frame, then END_STREAM.
+    let (mut stream, mut body) = open().await;
+    stream
+        .send_data(
+            bytes::Bytes::from_static(b"\x88\x82\0\0\0\0\x03\xe8"),
+            false,
+        )
+        .unwrap();
+    let received = read_to_end(&mut body).await;
+    assert!(received.starts_with(b"\x81\x08HTTP/2.0"), "{received:?}");
+    assert!(received.ends_with(b"\x88\x02\x03\xe8"), "{received:?}");
+    stream.send_data(bytes::Bytes::new(), true).unwrap();
+
+    // A binary frame announcing 2 GiB (over the default max_payload of 100 MiB).
+    let (mut stream, mut body) = open().await;
+    stream
+        .send_data(
+            bytes::Bytes::from_static(b"\x82\xff\0\0\0\0\x80\0\0\0\0\0\0\0"),
+            false,
+        )
+        .unwrap();
+    let received = read_to_end(&mut body).await;
+    assert!(
+        received.ends_with(b"\x88\x02\x03\xf1"),
+        "1009: {received:?}"
+    );
+}
