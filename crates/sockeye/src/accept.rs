@@ -188,7 +188,7 @@ impl ServerConfig {
 }
 
 /// Counts and logs a refused upgrade request.
-fn refused(refusal: Refusal) -> Refusal {
+pub(crate) fn refused(refusal: Refusal) -> Refusal {
     crate::metrics::handshake_failed(refusal.status.as_u16());
     tracing::debug!(
         status = refusal.status.as_u16(),
@@ -338,7 +338,7 @@ where
 }
 
 /// Writes a refusal and closes; best effort and bounded, since the client may not read.
-async fn write_refusal<S: AsyncWrite + Unpin>(io: &mut S, response: &[u8]) {
+pub(crate) async fn write_refusal<S: AsyncWrite + Unpin>(io: &mut S, response: &[u8]) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         io.write_all(response).await?;
         io.shutdown().await

@@ -495,9 +495,9 @@ async fn read_body(mut recv: h2::RecvStream) -> Bytes {
     body.freeze()
 }
 
-/// The client's request over HTTP/2, as [`ClientConfig::http2`] says: `None` when the
-/// mode leads to HTTP/1.1 on `io` (given back), else the outcome of the extended
-/// CONNECT.
+/// The client's request over HTTP/2, as [`ClientConfig::http2`] says: the outcome of
+/// the extended CONNECT, or (`Err`) the transport to speak HTTP/1.1 on when the mode and
+/// the server lead there.
 pub(crate) async fn client_exchange(
     target: &Target,
     url: &str,

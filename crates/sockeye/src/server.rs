@@ -540,9 +540,14 @@ async fn accept_loop<S: Transport>(
                         fail();
                         return tracing::debug!(error = %e, "reading the preface failed");
                     }
+                    // Nothing came in time: the 408 an HTTP/1.1 request would get.
                     Err(_) => {
                         fail();
-                        return tracing::debug!("no request in time");
+                        let timeout = sockeye_proto::HandshakeError::Timeout;
+                        let refusal = crate::accept::refused(config.policy().refuse(timeout, None));
+                        let mut io = io;
+                        crate::accept::write_refusal(&mut io, &refusal.to_bytes()).await;
+                        return;
                     }
                 }
             }

@@ -729,3 +729,38 @@ async fn close_ends_the_stream_and_limits_hold() {
         "1009: {received:?}"
     );
 }
+
+/// On a plain port that takes both protocols, a client that sends nothing gets the 408
+/// an HTTP/1.1 request that does not come gets, after `handshake_timeout` (5 s here); a
+/// request line that trickles in is still HTTP/1.1.
+#[tokio::test]
+async fn a_silent_client_gets_408_and_a_slow_http11_request_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = echo_server(None, Http2Mode::IfOffered).await;
+    let addr = server.local_addr();
+    let silent = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut answer = String::new();
+        within("the 408", tcp.read_to_string(&mut answer))
+            .await
+            .unwrap();
+        answer
+    };
+    let slow = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // "P", as in "PRI * HTTP/2.0" (the preface) or "PUT": not yet either.
+        tcp.write_all(b"P").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tcp.write_all(b"OST / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        within("the 405", tcp.read_to_string(&mut answer))
+            .await
+            .unwrap();
+        answer
+    };
+    let (silent, slow) = tokio::join!(silent, slow);
+    assert!(silent.starts_with("HTTP/1.1 408 "), "{silent}");
+    assert!(slow.starts_with("HTTP/1.1 405 "), "{slow}");
+}
