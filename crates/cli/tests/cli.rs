@@ -1229,11 +1229,50 @@ async fn tls_servers_take_connect_http2_and_http11() {
         assert!(stderr.contains("[101]"), "{url}: {stderr}");
         assert!(!stderr.contains("HTTP/2"), "{url}: {stderr}");
     }
+    // The page, over HTTP/2 on the same port.
+    let (status, page) = get_over_h2(serve.addr.port(), &pem.ca, "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(page, include_str!("../src/page.html"));
+    let (status, _) = get_over_h2(serve.addr.port(), &pem.ca, "/missing").await;
+    assert_eq!(status, 404);
     // A path `serve` has no WebSocket on: refused over HTTP/2 as well.
     let url = format!("wss://localhost:{}/nowhere", serve.addr.port());
     let (status, stderr) = connect_output(&[&url, "--ca", &pem.ca, "--http2"]).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("400"), "{stderr}");
+}
+
+/// GET `path` from `https://localhost:port` over HTTP/2 (h2 alone in ALPN), trusting the
+/// CA in the PEM file `ca`: the status and the body.
+async fn get_over_h2(port: u16, ca: &str, path: &str) -> (u16, String) {
+    let mut tls = sockeye::ClientTlsConfig::default();
+    tls.ca_pem = Some(std::fs::read(ca).unwrap());
+    let mut config = (*tls.to_rustls().unwrap()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = sockeye::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let stream = tokio::time::timeout(STEP, connector.connect(name, tcp))
+        .await
+        .unwrap()
+        .unwrap();
+    let (send, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let request = sockeye::proto::http::Request::get(format!("https://localhost:{port}{path}"))
+        .body(())
+        .unwrap();
+    let mut send = send.ready().await.unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(STEP, response).await.unwrap().unwrap();
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(data) = tokio::time::timeout(STEP, body.data()).await.unwrap() {
+        let data = data.unwrap();
+        let _ = body.flow_control().release_capacity(data.len());
+        bytes.extend_from_slice(&data);
+    }
+    (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// `sockeye bench --http2`: --streams WebSockets on each of --connections HTTP/2
