@@ -53,10 +53,14 @@ step "Node ws peer for the interop tests (npm ci)"
 command -v node >/dev/null || { echo "test: error: node is required for the interop tests (apt-get install nodejs npm)"; exit 1; }
 (cd crates/sockeye/tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 
+# The WebSocket-over-HTTP/2 tests run nghttp2's proxy, nghttpx (and headless Chromium,
+# checked below). Debian installs it in /usr/sbin, which a user's PATH may not have.
+command -v nghttpx >/dev/null || [ -x /usr/sbin/nghttpx ] || { echo "test: error: nghttpx is required for the HTTP/2 proxy test (apt-get install nghttp2-proxy)"; exit 1; }
+
 # The Redis broker tests (the library's, and `sockeye serve --redis`) start their own.
 command -v redis-server >/dev/null || { echo "test: error: redis-server is required for the Redis broker tests (apt-get install redis-server)"; exit 1; }
-# The demo page's test drives a headless Chromium.
-command -v chromium >/dev/null || { echo "test: error: chromium is required for the browser test of the demo page (apt-get install chromium)"; exit 1; }
+# The demo page's test and the HTTP/2 browser test drive a headless Chromium.
+command -v chromium >/dev/null || { echo "test: error: chromium is required for the browser tests (the demo page, WebSocket over HTTP/2; apt-get install chromium)"; exit 1; }
 
 step "format and lints"
 cargo fmt --all -- --check
@@ -74,6 +78,13 @@ step "the Redis brokers (feature redis) against a real redis-server"
 cargo clippy --locked -p sockeye --features redis --all-targets -- -D warnings
 cargo test --locked -p sockeye --features redis --test it redis
 cargo test --locked -p sockeye --features redis --lib
+
+step "WebSocket over HTTP/2 (feature http2): bind_tls, the client; Node's http2 module, nghttpx and headless Chromium as peers"
+cargo clippy --locked -p sockeye --features http2 --all-targets -- -D warnings
+cargo clippy --locked -p sockeye --no-default-features --features http2 --all-targets -- -D warnings
+cargo test --locked -p sockeye --features http2 --test http2
+cargo test --locked -p sockeye --features http2 --lib
+cargo test --locked -p sockeye-hyper --test http2
 
 step "the library crates with default features off (each feature alone, then none)"
 cargo clippy --locked -p sockeye -p sockeye-proto --no-default-features --all-targets -- -D warnings

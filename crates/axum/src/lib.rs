@@ -6,9 +6,9 @@
 //! resolves to. That decides on the request with the server policy every Sockeye front
 //! end shares (`sockeye::ServerConfig::decide`: path, validation, `should_handle`,
 //! `verify_client`, `handle_protocols`, `per_message_deflate`, `headers_hook`,
-//! `on_client_error`) and answers with the 101, after which the callback runs in its own
-//! task with the open [`WebSocket`], or with the refusal (the same status line, headers
-//! and body as `sockeye::accept` writes).
+//! `on_client_error`) and answers with the 101 (200 over HTTP/2), after which the
+//! callback runs in its own task with the open [`WebSocket`], or with the refusal (the
+//! same status line, headers and body as `sockeye::accept` writes).
 //!
 //! ```no_run
 //! use axum::response::Response;
@@ -35,7 +35,13 @@
 //! # }
 //! ```
 //!
-//! Only HTTP/1.1 upgrades are supported (not HTTP/2 extended CONNECT, RFC 8441).
+//! # HTTP/2 (RFC 8441)
+//! Over HTTP/2 a WebSocket is opened by an extended CONNECT (`:protocol = websocket`)
+//! instead of a GET, decided by the same policy and answered `200`; the callback gets the
+//! same [`WebSocket`]. Route it with `any(..)` (or `on(MethodFilter::GET.or(
+//! MethodFilter::CONNECT), ..)`) rather than `get(..)`, and serve HTTP/2 with the
+//! extended CONNECT protocol enabled: `axum::serve` does so with axum's `http2` feature
+//! (h2c with prior knowledge; behind TLS, hyper's `http2::Builder::enable_connect_protocol`).
 //!
 //! # Features
 //! - `deflate` (default): permessage-deflate, as `sockeye`'s feature of that name. Without
@@ -119,7 +125,7 @@ impl WebSocketUpgrade {
     }
 
     /// Decides on the request (`sockeye::ServerConfig::decide`, `verify_client`
-    /// awaited) and answers it: the 101 response, after which `callback` runs in a new
+    /// awaited) and answers it: the 101 response (200 over HTTP/2), after which `callback` runs in a new
     /// task with the open WebSocket; or the refusal's response.
     ///
     /// # Panics
@@ -157,11 +163,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let mut head = Request::new(());
-        *head.method_mut() = parts.method.clone();
-        *head.uri_mut() = parts.uri.clone();
-        *head.version_mut() = parts.version;
-        *head.headers_mut() = parts.headers.clone();
+        let head = sockeye_hyper::parts_head(parts);
         let on_upgrade = parts.extensions.remove::<OnUpgrade>();
         Ok(WebSocketUpgrade {
             handshake: Handshake::from_head(head, on_upgrade),

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use futures_util::StreamExt;
 use sockeye::proto::HandshakeError;
@@ -56,8 +56,20 @@ async fn server() -> SocketAddr {
         config.path = Some("/somewhere-else".into());
         upgrade.config(config).on_upgrade(echo).await
     }
+    /// Over HTTP/1.1 (GET) or HTTP/2 (CONNECT): says the request's version first.
+    async fn versioned(upgrade: WebSocketUpgrade) -> Response {
+        let version = format!("{:?}", upgrade.request().version());
+        upgrade
+            .on_upgrade(|ws| async move {
+                if ws.send_text(&version).await.is_ok() {
+                    echo(ws).await;
+                }
+            })
+            .await
+    }
     let app = Router::new()
         .route("/", get(|| async { "plain page" }))
+        .route("/any", any(versioned))
         .route("/ws", get(plain_ws))
         .route("/chat", get(chat))
         .route("/elsewhere", get(elsewhere));
@@ -319,6 +331,48 @@ async fn every_hook_is_honoured() {
         // The path comes first: a bad request elsewhere is a 404, not a 405.
         let answer = raw(addr, &request(("GET /hooked", "POST /other"))).await;
         assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http2_extended_connect_through_axum_serve() {
+    use sockeye::http2::{Http2Connection, Http2Mode};
+    bounded(async {
+        let addr = server().await;
+        let mut config = client_config(&["chat"], false);
+        config.http2.mode = Http2Mode::Required;
+        // axum::serve with its http2 feature takes h2c with prior knowledge and enables
+        // the extended CONNECT.
+        let url = format!("ws://{addr}/any");
+        let connection = Http2Connection::connect(&url, &config).await.unwrap();
+        let (mut first, response) = connection.websocket(&url, &config).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(first.protocol(), Some("chat"));
+        let (mut second, _) = connection.websocket(&url, &config).await.unwrap();
+        for ws in [&mut first, &mut second] {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => assert_eq!(text.as_str(), "HTTP/2.0"),
+                other => panic!("expected the version, got {other:?}"),
+            }
+            ws.send_text("over h2").await.unwrap();
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => assert_eq!(text.as_str(), "over h2"),
+                other => panic!("expected the echo, got {other:?}"),
+            }
+        }
+        first.close(None).await.unwrap();
+        second.send_text("still open").await.unwrap();
+        match second.next().await {
+            Some(Ok(Message::Text(text))) => assert_eq!(text.as_str(), "still open"),
+            other => panic!("expected the echo, got {other:?}"),
+        }
+        // HTTP/1.1 on the same route and port.
+        let (mut ws, response) = sockeye::connect_with(&url, client_config(&[], false))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 101);
+        assert_eq!(next(&mut ws).await.as_text(), Some("HTTP/1.1"));
     })
     .await;
 }

@@ -63,6 +63,10 @@ pub struct Args {
     /// Connect from this local IP address.
     #[arg(long, value_name = "IP")]
     local_address: Option<std::net::IpAddr>,
+    /// Speak HTTP/2 (RFC 8441's extended CONNECT): over wss:// with h2 in ALPN, over
+    /// ws:// with prior knowledge (h2c). A server that does not offer it is an error.
+    #[arg(long)]
+    http2: bool,
     /// Follow 3xx redirects (Authorization and Cookie are dropped for another host).
     #[arg(long)]
     follow_redirects: bool,
@@ -410,6 +414,9 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
         );
         config.tls.dangerous_accept_any_certificate = true;
     }
+    if args.http2 {
+        config.http2.mode = sockeye::http2::Http2Mode::Required;
+    }
     config.proxy = args.proxy.clone();
     config.local_address = args.local_address;
     config.follow_redirects = args.follow_redirects;
@@ -476,6 +483,11 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
         e => format!(" ({e})"),
     };
     let status = response.status().as_u16();
+    let over = if response.version() == sockeye::proto::http::Version::HTTP_2 {
+        " over HTTP/2"
+    } else {
+        ""
+    };
     let hint = if console.prompt {
         " (Ctrl-D, Ctrl-C or /close to quit; /help for commands)"
     } else {
@@ -485,7 +497,7 @@ async fn session(args: Args) -> anyhow::Result<ExitCode> {
         .status(
             STATUS,
             &format!(
-                "connected to {} [{status}]{protocol}{extensions}{hint}",
+                "connected to {} [{status}]{over}{protocol}{extensions}{hint}",
                 args.url
             ),
         )

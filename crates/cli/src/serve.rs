@@ -65,7 +65,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<ExitCode> {
-    let tls = args.server.tls()?;
+    // Behind TLS, HTTP/2 too (h2 and http/1.1 in ALPN): browsers then load the page and
+    // open the WebSockets (RFC 8441) on one HTTP/2 connection.
+    let tls = args
+        .server
+        .tls()?
+        .map(|tls| sockeye::http2::offer_in_alpn(tls, sockeye::http2::Http2Mode::IfOffered));
     let listener = TcpListener::bind(args.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.server.listen))?;
@@ -84,6 +89,11 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         server_no_context_takeover: true,
         ..sockeye::DeflateConfig::default()
     });
+    // Over HTTP/1.1 `handle` answers other paths 404 before any upgrade; over HTTP/2 the
+    // decision refuses them (400).
+    config.should_handle = Some(Arc::new(|request| {
+        matches!(request.uri().path(), "/echo" | "/chat")
+    }));
     let config = Arc::new(config);
     let room = Room::new(args.redis.as_deref()).await?;
     let tracked = Tracked::default();
@@ -105,6 +115,9 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
                         }
                         None => ServerStream::Plain(stream),
                     };
+                    if stream.alpn_protocol() == Some(b"h2") {
+                        return serve_http2(stream, config, room, tracked).await;
+                    }
                     handle(stream, config, room, tracked).await;
                 });
             }
@@ -271,6 +284,54 @@ async fn handle(mut stream: ServerStream, config: Arc<ServerConfig>, room: Room,
     };
     let _ = stream.write_all(&response).await;
     let _ = stream.shutdown().await;
+}
+
+/// An HTTP/2 connection: the page, and WebSockets on /echo and /chat as streams.
+async fn serve_http2(
+    stream: ServerStream,
+    config: Arc<ServerConfig>,
+    room: Room,
+    tracked: Tracked,
+) {
+    let on_websocket: sockeye::http2::OnWebSocket<ServerStream> = Arc::new(move |ws, request| {
+        tracked.clients.insert(&ws);
+        let room = room.clone();
+        Box::pin(async move {
+            if request.uri().path() == "/echo" {
+                echo(ws).await;
+            } else {
+                room.join(ws).await;
+            }
+        })
+    });
+    let on_request: sockeye::http2::OnRequest = Arc::new(|request| {
+        if request.method() != sockeye::proto::http::Method::GET {
+            return None;
+        }
+        let (status, content_type, body) = match request.uri().path() {
+            "/" | "/index.html" => (StatusCode::OK, "text/html; charset=utf-8", PAGE),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found\n",
+            ),
+        };
+        let body = sockeye::proto::bytes::Bytes::from_static(body.as_bytes());
+        let mut response = sockeye::proto::http::Response::new(body);
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            "content-type",
+            content_type.parse().expect("a header value"),
+        );
+        headers.insert("cache-control", "no-store".parse().expect("a header value"));
+        Some(response)
+    });
+    let service = sockeye::http2::Http2Service {
+        on_websocket,
+        on_request: Some(on_request),
+    };
+    let _ = sockeye::http2::serve_connection(stream, config, true, service).await;
 }
 
 async fn respond_error(mut stream: ServerStream, error: &sockeye::proto::HandshakeError) {

@@ -1203,6 +1203,115 @@ async fn serve_over_tls_echoes_at_slash_echo() {
     );
 }
 
+/// `sockeye echo` and `sockeye serve` with TLS serve HTTP/1.1 and HTTP/2 on one port:
+/// `connect --http2` opens its WebSocket as an HTTP/2 stream (RFC 8441), `connect`
+/// without it upgrades HTTP/1.1. `serve` also gives its page over HTTP/2.
+#[tokio::test]
+async fn tls_servers_take_connect_http2_and_http11() {
+    let pem = pem_files();
+    let echo = start(
+        &["echo", "--tls-cert", &pem.cert, "--tls-key", &pem.key],
+        "sockeye echo listening on wss://",
+    )
+    .await;
+    let serve = start(
+        &["serve", "--tls-cert", &pem.cert, "--tls-key", &pem.key],
+        "sockeye serve: open https://",
+    )
+    .await;
+    for url in [
+        format!("wss://localhost:{}/", echo.addr.port()),
+        format!("wss://localhost:{}/echo", serve.addr.port()),
+    ] {
+        let stderr = connect_echoes_a_line(&[&url, "--ca", &pem.ca, "--http2"]).await;
+        assert!(stderr.contains("[200] over HTTP/2"), "{url}: {stderr}");
+        let stderr = connect_echoes_a_line(&[&url, "--ca", &pem.ca]).await;
+        assert!(stderr.contains("[101]"), "{url}: {stderr}");
+        assert!(!stderr.contains("HTTP/2"), "{url}: {stderr}");
+    }
+    // The page, over HTTP/2 on the same port.
+    let (status, page) = get_over_h2(serve.addr.port(), &pem.ca, "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(page, include_str!("../src/page.html"));
+    let (status, _) = get_over_h2(serve.addr.port(), &pem.ca, "/missing").await;
+    assert_eq!(status, 404);
+    // A path `serve` has no WebSocket on: refused over HTTP/2 as well.
+    let url = format!("wss://localhost:{}/nowhere", serve.addr.port());
+    let (status, stderr) = connect_output(&[&url, "--ca", &pem.ca, "--http2"]).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("400"), "{stderr}");
+}
+
+/// GET `path` from `https://localhost:port` over HTTP/2 (h2 alone in ALPN), trusting the
+/// CA in the PEM file `ca`: the status and the body.
+async fn get_over_h2(port: u16, ca: &str, path: &str) -> (u16, String) {
+    let mut tls = sockeye::ClientTlsConfig::default();
+    tls.ca_pem = Some(std::fs::read(ca).unwrap());
+    let mut config = (*tls.to_rustls().unwrap()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = sockeye::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let stream = tokio::time::timeout(STEP, connector.connect(name, tcp))
+        .await
+        .unwrap()
+        .unwrap();
+    let (send, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let request = sockeye::proto::http::Request::get(format!("https://localhost:{port}{path}"))
+        .body(())
+        .unwrap();
+    let mut send = send.ready().await.unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(STEP, response).await.unwrap().unwrap();
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(data) = tokio::time::timeout(STEP, body.data()).await.unwrap() {
+        let data = data.unwrap();
+        let _ = body.flow_control().release_capacity(data.len());
+        bytes.extend_from_slice(&data);
+    }
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `sockeye bench --http2`: --streams WebSockets on each of --connections HTTP/2
+/// connections (h2c with prior knowledge to `sockeye echo`).
+#[tokio::test]
+async fn bench_over_http2_streams() {
+    let server = echo_server(&[]).await;
+    let url = format!("ws://{}/", server.addr);
+    let summary = bench_json(
+        &url,
+        &[
+            "--http2",
+            "-c",
+            "2",
+            "--streams",
+            "3",
+            "-s",
+            "512",
+            "-d",
+            "0.5",
+            "--warmup",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(summary["http2"], true, "{summary}");
+    assert_eq!(summary["streams_per_connection"], 3, "{summary}");
+    assert_eq!(summary["errors"], 0, "{summary}");
+    assert!(summary["messages"].as_u64().unwrap() >= 6, "{summary}");
+    // --streams without --http2 is a usage error.
+    let failed = sockeye()
+        .args(["bench", &url, "--streams", "2", "-d", "0.2"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("--streams is for --http2"));
+}
+
 /// A bad --tls-cert is an error at startup.
 #[tokio::test]
 async fn echo_with_an_unreadable_certificate_fails() {

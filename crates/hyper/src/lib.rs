@@ -18,6 +18,17 @@
 //! The connection must be served with upgrades enabled
 //! (`http1::Builder::serve_connection(..).with_upgrades()`).
 //!
+//! # HTTP/2 (RFC 8441)
+//! Browsers open WebSockets as streams of an HTTP/2 connection when the server announces
+//! `SETTINGS_ENABLE_CONNECT_PROTOCOL`: serve HTTP/2 with
+//! `http2::Builder::enable_connect_protocol()` (or hyper-util's `auto::Builder` with
+//! `.http2().enable_connect_protocol()`). The same [`upgrade`] then takes an extended
+//! CONNECT (`:protocol = websocket`, read from [`hyper::ext::Protocol`]) through the same
+//! decision, and the response it gives is the `200` that opens the stream; the
+//! WebSocket is the same [`HyperWebSocket`], its frames carried in the stream's DATA
+//! frames, with HTTP/2 flow control as its backpressure. Its close handshake ends the
+//! stream (`END_STREAM`). `request.version()` tells the two apart in every hook.
+//!
 //! ```no_run
 //! use std::convert::Infallible;
 //!
@@ -71,10 +82,11 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Empty, Full};
-use hyper::ext::ReasonPhrase;
+use hyper::ext::{Protocol, ReasonPhrase};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use sockeye::{Config, DeflateConfig, DeflateParams, Role, ServerConfig, WebSocket};
+use sockeye_proto::handshake::http2::ConnectProtocol;
 use sockeye_proto::handshake::parse_protocols;
 use sockeye_proto::handshake::policy::Refusal;
 use sockeye_proto::HandshakeError;
@@ -85,15 +97,17 @@ pub type HyperWebSocket = WebSocket<TokioIo<Upgraded>>;
 /// Upgrades a hyper request to a WebSocket (`ws`'s `handleUpgrade`).
 ///
 /// Decides with [`ServerConfig::decide`], the server policy every Sockeye front end
-/// shares: the path (404), the upgrade itself (405, 400, 426), `should_handle` (400), the
+/// shares: the path (404), the upgrade itself (405, 400, 426; over HTTP/2 an extended
+/// CONNECT with `:protocol = websocket`), `should_handle` (400), the
 /// permessage-deflate offer (400), `verify_client` (awaited; its refusal), the
 /// subprotocol (`handle_protocols`, by default the client's first) and `headers_hook`;
 /// a failed check is answered as `on_client_error` says. An accepted request that hyper
 /// cannot hand over (no `OnUpgrade` in its extensions) is 426. `verify_client` sees
 /// `secure: false`; use [`Handshake::secure`] behind TLS.
 ///
-/// Return the response to hyper and await the future (typically in a spawned task); it
-/// completes once hyper has written the response and handed over the connection.
+/// Return the response (101, or 200 over HTTP/2) to hyper and await the future
+/// (typically in a spawned task); it completes once hyper has written the response and
+/// handed over the connection (over HTTP/2, the stream).
 ///
 /// # Errors
 /// The [`UpgradeError`] to answer with ([`UpgradeError::response`]).
@@ -109,14 +123,35 @@ pub async fn upgrade<B>(
 }
 
 /// A copy of a request's method, URI, version and headers, as the server policy,
-/// `should_handle` and `handle_protocols` take it.
+/// `should_handle` and `handle_protocols` take it; an HTTP/2 request's `:protocol`
+/// ([`hyper::ext::Protocol`]) comes along as a [`ConnectProtocol`] extension.
 pub fn request_head<B>(request: &Request<B>) -> Request<()> {
     let mut head = Request::new(());
     *head.method_mut() = request.method().clone();
     *head.uri_mut() = request.uri().clone();
     *head.version_mut() = request.version();
     *head.headers_mut() = request.headers().clone();
+    copy_protocol(request.extensions(), &mut head);
     head
+}
+
+/// [`request_head`] from the parts of a request (as frameworks' extractors see it).
+pub fn parts_head(parts: &http::request::Parts) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = parts.method.clone();
+    *head.uri_mut() = parts.uri.clone();
+    *head.version_mut() = parts.version;
+    *head.headers_mut() = parts.headers.clone();
+    copy_protocol(&parts.extensions, &mut head);
+    head
+}
+
+/// The `:protocol` of an HTTP/2 extended CONNECT, as the server policy reads it.
+fn copy_protocol(extensions: &http::Extensions, head: &mut Request<()>) {
+    if let Some(protocol) = extensions.get::<Protocol>() {
+        let value = ConnectProtocol(protocol.as_str().to_owned());
+        head.extensions_mut().insert(value);
+    }
 }
 
 /// An upgrade request taken from hyper, not yet decided on: the two steps of
@@ -167,7 +202,8 @@ impl Handshake {
     }
 
     /// Decides on the request with `config` ([`ServerConfig::decide`], see [`upgrade`])
-    /// and returns the 101 response with the future of the WebSocket.
+    /// and returns the response (101, or 200 over HTTP/2) with the future of the
+    /// WebSocket.
     ///
     /// # Errors
     /// The [`UpgradeError`] to answer with.
@@ -184,7 +220,7 @@ impl Handshake {
             .map_err(UpgradeError::Refused)?;
         let on_upgrade = self.on_upgrade.ok_or(UpgradeError::NotUpgradable)?;
         let mut response = Response::new(Empty::new());
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *response.status_mut() = accept.status();
         *response.headers_mut() = accept.headers();
         let (_request, protocol, deflate) = accept.into_parts();
         let future = UpgradeFut {
@@ -206,8 +242,8 @@ struct Parts {
     deflate: Option<(DeflateParams, DeflateConfig)>,
 }
 
-/// Resolves to the WebSocket once hyper has sent the 101 response and handed over the
-/// connection.
+/// Resolves to the WebSocket once hyper has sent the 101 (or HTTP/2 200) response and
+/// handed over the connection (or stream).
 ///
 /// # Errors
 /// The [`hyper::Error`] of a connection that was not upgraded (it closed first, it is
@@ -281,7 +317,8 @@ impl UpgradeError {
     /// The answer to the request, as `sockeye::accept` writes it: the refusal's status
     /// and reason phrase, `Connection: close`, a plain-text body and the refusal's
     /// headers (`Sec-WebSocket-Version: 13` and `Upgrade: websocket` on a 426, RFC 6455
-    /// §4.4).
+    /// §4.4). Over HTTP/2, hyper leaves out what that protocol does not have (the reason
+    /// phrase and the connection-specific `Connection` and `Upgrade`).
     pub fn response(&self) -> Response<Full<Bytes>> {
         let refusal = match self {
             UpgradeError::Refused(refusal) => refusal.clone(),

@@ -16,7 +16,8 @@
 //! [`close`] (codes and frames), [`message`], [`connection`] (the state machine),
 //! [`transmit`] (the queue of bytes to write), [`prepared`] (a frame encoded once for
 //! many connections),
-//! [`handshake`] (the HTTP/1.1 upgrade in both roles), [`limits`] and [`error`].
+//! [`handshake`] (the HTTP/1.1 upgrade and its HTTP/2 form, RFC 8441, in both roles),
+//! [`limits`] and [`error`].
 //!
 //! ```
 //! use std::time::Instant;

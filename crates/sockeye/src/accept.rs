@@ -80,6 +80,12 @@ pub struct ServerConfig {
     pub headers_hook: Option<HeadersHook>,
     /// `ws`'s `wsClientError`: a custom response to a failed handshake.
     pub on_client_error: Option<OnClientError>,
+    /// WebSocket over HTTP/2 (RFC 8441) on servers that speak it
+    /// (`WebSocketServer::bind_tls`, [`crate::http2::serve_connection`]): `mode` says
+    /// whether TLS offers `h2` in ALPN (default [`crate::http2::Http2Mode::IfOffered`]:
+    /// `h2` and `http/1.1`); the windows and stream limit. Only with the `http2` feature.
+    #[cfg(feature = "http2")]
+    pub http2: crate::http2::Http2Config,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +103,11 @@ impl Default for ServerConfig {
             verify_client: None,
             headers_hook: None,
             on_client_error: None,
+            #[cfg(feature = "http2")]
+            http2: crate::http2::Http2Config {
+                mode: crate::http2::Http2Mode::IfOffered,
+                ..Default::default()
+            },
         }
     }
 }
@@ -177,7 +188,7 @@ impl ServerConfig {
 }
 
 /// Counts and logs a refused upgrade request.
-fn refused(refusal: Refusal) -> Refusal {
+pub(crate) fn refused(refusal: Refusal) -> Refusal {
     crate::metrics::handshake_failed(refusal.status.as_u16());
     tracing::debug!(
         status = refusal.status.as_u16(),
@@ -327,7 +338,7 @@ where
 }
 
 /// Writes a refusal and closes; best effort and bounded, since the client may not read.
-async fn write_refusal<S: AsyncWrite + Unpin>(io: &mut S, response: &[u8]) {
+pub(crate) async fn write_refusal<S: AsyncWrite + Unpin>(io: &mut S, response: &[u8]) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         io.write_all(response).await?;
         io.shutdown().await

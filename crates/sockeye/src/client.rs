@@ -87,6 +87,12 @@ pub struct ClientConfig {
     /// a 2xx answer, then speaks TLS (for `wss://`) and WebSocket through the tunnel.
     /// Unused for `ws+unix:` URLs.
     pub proxy: Option<String>,
+    /// WebSocket over HTTP/2 (RFC 8441): when [`crate::connect_maybe_tls_with`] speaks
+    /// it (`mode`, default never) and the connection's windows. Several WebSockets share
+    /// one connection through [`crate::http2::Http2Connection`]. Only with the `http2`
+    /// feature.
+    #[cfg(feature = "http2")]
+    pub http2: crate::http2::Http2Config,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -108,8 +114,10 @@ impl fmt::Debug for ClientConfig {
             .field("finish_request", &self.finish_request.is_some())
             .field("local_address", &self.local_address)
             .field("family", &self.family)
-            .field("proxy", &self.proxy.as_ref().map(|_| "..."))
-            .finish()
+            .field("proxy", &self.proxy.as_ref().map(|_| "..."));
+        #[cfg(feature = "http2")]
+        f.field("http2", &self.http2);
+        f.finish()
     }
 }
 
@@ -133,6 +141,8 @@ impl Default for ClientConfig {
             local_address: None,
             family: None,
             proxy: None,
+            #[cfg(feature = "http2")]
+            http2: crate::http2::Http2Config::default(),
         }
     }
 }
@@ -267,7 +277,7 @@ impl Target {
     }
 
     /// What a redirect must stay on to keep credentials: the socket path, or host:port.
-    fn origin_key(&self) -> String {
+    pub(crate) fn origin_key(&self) -> String {
         match &self.unix_socket {
             Some(path) => format!("unix:{}", path.display()),
             None => format!("{}:{}", self.host.to_ascii_lowercase(), self.port),
@@ -346,6 +356,18 @@ pub async fn connect_maybe_tls_with(
 /// A transport the client can open to a target.
 trait Transport: AsyncRead + AsyncWrite + Unpin + Sized {
     async fn open(target: &Target, url: &str, config: &ClientConfig) -> Result<Self, Error>;
+
+    /// Opens the transport and sends the request with these extra headers.
+    async fn request(
+        target: &Target,
+        url: &str,
+        config: &ClientConfig,
+        headers: HeaderMap,
+        follow_redirects: bool,
+    ) -> Result<Outcome<Self>, Error> {
+        let stream = Self::open(target, url, config).await?;
+        exchange(stream, target, url, config, headers, follow_redirects).await
+    }
 }
 
 impl Transport for TcpStream {
@@ -361,33 +383,65 @@ impl Transport for TcpStream {
 
 impl Transport for MaybeTlsStream {
     async fn open(target: &Target, url: &str, config: &ClientConfig) -> Result<Self, Error> {
-        if let Some(path) = &target.unix_socket {
-            #[cfg(unix)]
-            return Ok(MaybeTlsStream::Unix(
-                tokio::net::UnixStream::connect(path).await?,
-            ));
-            #[cfg(not(unix))]
-            return Err(Error::Url(format!(
-                "{}: ws+unix: URLs need Unix sockets",
-                path.display()
-            )));
+        open_transport(target, url, config, &[]).await
+    }
+
+    /// Over HTTP/2 as `config.http2.mode` says.
+    #[cfg(feature = "http2")]
+    async fn request(
+        target: &Target,
+        url: &str,
+        config: &ClientConfig,
+        headers: HeaderMap,
+        follow_redirects: bool,
+    ) -> Result<Outcome<Self>, Error> {
+        if config.http2.mode == crate::http2::Http2Mode::Never {
+            let stream = Self::open(target, url, config).await?;
+            return exchange(stream, target, url, config, headers, follow_redirects).await;
         }
-        // Checked before connecting: without the `rustls` feature this is Error::Url.
-        let tls = if target.tls {
-            Some(Connector::new(target, url, config)?)
-        } else {
-            None
-        };
-        let stream = tcp(target, config).await?;
-        match tls {
-            Some(connector) => connector.connect(stream).await,
-            None => Ok(MaybeTlsStream::Plain(stream)),
+        let h2 =
+            crate::http2::client_exchange(target, url, config, headers.clone(), follow_redirects);
+        match h2.await? {
+            Ok(outcome) => Ok(outcome),
+            Err(stream) => exchange(stream, target, url, config, headers, follow_redirects).await,
         }
     }
 }
 
+/// The transport to `target`: a Unix socket, TCP (through the proxy, if any) and TLS for
+/// `wss://`, offering `alpn` (none: no ALPN).
+pub(crate) async fn open_transport(
+    target: &Target,
+    url: &str,
+    config: &ClientConfig,
+    alpn: &[&[u8]],
+) -> Result<MaybeTlsStream, Error> {
+    if let Some(path) = &target.unix_socket {
+        #[cfg(unix)]
+        return Ok(MaybeTlsStream::Unix(
+            tokio::net::UnixStream::connect(path).await?,
+        ));
+        #[cfg(not(unix))]
+        return Err(Error::Url(format!(
+            "{}: ws+unix: URLs need Unix sockets",
+            path.display()
+        )));
+    }
+    // Checked before connecting: without the `rustls` feature this is Error::Url.
+    let tls = if target.tls {
+        Some(Connector::new(target, url, config)?.with_alpn(alpn))
+    } else {
+        None
+    };
+    let stream = tcp(target, config).await?;
+    match tls {
+        Some(connector) => connector.connect(stream).await,
+        None => Ok(MaybeTlsStream::Plain(stream)),
+    }
+}
+
 /// What one request ended with.
-enum Outcome<S> {
+pub(crate) enum Outcome<S> {
     Open(WebSocket<S>, Response<()>),
     Redirect(String),
 }
@@ -409,18 +463,16 @@ async fn connect_loop<S: Transport>(
         if let Some(hook) = &config.finish_request {
             hook(&url, &mut request_headers);
         }
-        let outcome = with_timeout(config.handshake_timeout, async {
-            let stream = S::open(&target, &url, config).await?;
-            exchange(
-                stream,
+        let outcome = with_timeout(
+            config.handshake_timeout,
+            S::request(
                 &target,
                 &url,
                 config,
                 request_headers,
                 config.follow_redirects,
-            )
-            .await
-        })
+            ),
+        )
         .await?;
         let location = match outcome {
             Outcome::Open(ws, response) => return Ok((ws, response)),
@@ -658,7 +710,7 @@ impl Proxy {
     }
 }
 
-async fn with_timeout<T>(
+pub(crate) async fn with_timeout<T>(
     limit: Option<Duration>,
     attempt: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
@@ -685,15 +737,26 @@ pub async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let headers = request_headers(target, url, config)?;
+    match exchange(io, target, url, config, headers, false).await? {
+        Outcome::Open(ws, response) => Ok((ws, response)),
+        Outcome::Redirect(_) => unreachable!("redirects are not followed here"),
+    }
+}
+
+/// The extra headers of a request without redirects: the configured ones, basic auth
+/// from the URL, then the `finish_request` hook.
+pub(crate) fn request_headers(
+    target: &Target,
+    url: &str,
+    config: &ClientConfig,
+) -> Result<HeaderMap, Error> {
     let mut headers = config.headers.clone();
     add_url_auth(&mut headers, target)?;
     if let Some(hook) = &config.finish_request {
         hook(url, &mut headers);
     }
-    match exchange(io, target, url, config, headers, false).await? {
-        Outcome::Open(ws, response) => Ok((ws, response)),
-        Outcome::Redirect(_) => unreachable!("redirects are not followed here"),
-    }
+    Ok(headers)
 }
 
 /// Sends the request with these extra headers and reads the answer.

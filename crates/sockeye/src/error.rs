@@ -43,6 +43,10 @@ pub enum Error {
     /// The HTTP proxy could not be reached, refused the `CONNECT` tunnel or did not
     /// answer it.
     Proxy(String),
+    /// WebSocket over HTTP/2 (RFC 8441) failed: the server does not speak HTTP/2 or does
+    /// not announce `SETTINGS_ENABLE_CONNECT_PROTOCOL` when HTTP/2 is required, or the
+    /// HTTP/2 connection or stream failed (the h2 error in words).
+    Http2(String),
     /// The connection is closed; nothing more can be sent or received.
     Closed(CloseInfo),
     /// The send queue is over its high-water mark (`try_send` under `WhenFull::Wait` or
@@ -192,6 +196,7 @@ impl Error {
             | Error::Url(_)
             | Error::Redirect(_)
             | Error::Proxy(_)
+            | Error::Http2(_)
             | Error::Closed(_)
             | Error::QueueFull
             | Error::HeartbeatTimeout => None,
@@ -229,6 +234,7 @@ impl fmt::Display for Error {
             Error::Url(why) => write!(f, "invalid URL: {why}"),
             Error::Redirect(why) => write!(f, "redirect failed: {why}"),
             Error::Proxy(why) => write!(f, "proxy failed: {why}"),
+            Error::Http2(why) => write!(f, "HTTP/2 failed: {why}"),
             Error::QueueFull => f.write_str("the send queue is full"),
             Error::HeartbeatTimeout => f.write_str("no answer to the heartbeat ping: peer gone"),
             Error::Closed(info) => match &info.received {

@@ -28,7 +28,7 @@
 //! ```
 //!
 //! # Features
-//! `deflate` and `rustls` are on by default; `redis` is off.
+//! `deflate` and `rustls` are on by default; `http2` and `redis` are off.
 //! - `deflate`: permessage-deflate (RFC 7692), with `flate2` (`sockeye-proto`'s feature of
 //!   the same name). Without it, compression is never negotiated: a client offers nothing,
 //!   a server declines every offer, and the connection runs uncompressed. The
@@ -42,6 +42,14 @@
 //!   [`ServerStream`] stay, so matches compile either way; those variants then hold
 //!   [`tls::NoTls`], which has no values. A server behind another TLS terminator, or
 //!   [`accept_tls`] on a TLS stream of your own, needs no `rustls`.
+//!
+//! - `http2`: WebSockets over HTTP/2 (RFC 8441), with the `h2` crate: the client's
+//!   `ClientConfig::http2` setting (never / if the server offers it / required) and
+//!   `http2::Http2Connection`, which multiplexes WebSockets on one connection; servers
+//!   answer extended CONNECT through the same handshake decision as HTTP/1.1 upgrades
+//!   (`http2::serve_connection`; `WebSocketServer::bind_tls` offers `h2` and `http/1.1`
+//!   in ALPN on one port). The WebSocket over a stream is the same [`WebSocket`] type.
+//!   Without it, HTTP/1.1 only.
 //!
 //! - `redis`: the Redis brokers of `broker::redis` (PUB/SUB and Streams), with the
 //!   `redis` crate on tokio, so that a [`Hub`] publish reaches the subscribers of every
@@ -63,6 +71,8 @@ mod accept;
 pub mod broker;
 mod client;
 mod error;
+#[cfg(feature = "http2")]
+pub mod http2;
 pub mod hub;
 pub mod metrics;
 mod server;

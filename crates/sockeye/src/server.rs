@@ -233,6 +233,15 @@ impl WebSocketServer<ServerStream> {
     /// that fails either is dropped (and logged), not returned. Only with the `rustls`
     /// feature.
     ///
+    /// With the `http2` feature, HTTP/1.1 and HTTP/2 share the port, as
+    /// `config.http2.mode` says: by default (`Http2Mode::IfOffered`) TLS
+    /// offers `h2` and `http/1.1` in ALPN, and a plain connection that starts with the
+    /// HTTP/2 preface is served as HTTP/2 (h2c with prior knowledge); `Required` offers
+    /// only `h2` and drops connections that do not speak it; `Never` leaves ALPN as
+    /// `tls` has it and serves HTTP/1.1 only. Each WebSocket an HTTP/2 connection opens
+    /// (an extended CONNECT, decided as an HTTP/1.1 upgrade is) comes out of
+    /// [`WebSocketServer::accept`] as a `ServerStream::Http2`.
+    ///
     /// # Errors
     /// The bind or listen error.
     pub async fn bind_tls(
@@ -254,7 +263,10 @@ impl WebSocketServer<ServerStream> {
         config: ServerConfig,
         tls: impl Into<Option<Arc<rustls::ServerConfig>>>,
     ) -> Self {
-        let acceptor = tls.into().map(tokio_rustls::TlsAcceptor::from);
+        let tls = tls.into();
+        #[cfg(feature = "http2")]
+        let tls = tls.map(|tls| crate::http2::offer_in_alpn(tls, config.http2.mode));
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         serve(listener, config, acceptor)
     }
 }
@@ -373,6 +385,18 @@ pub(crate) trait Transport:
 
     /// Whether the transport is TLS (`secure` for `verify_client`).
     fn is_tls(&self) -> bool;
+
+    /// Whether the connection speaks HTTP/2, as `config.http2` allows: `h2` chosen in
+    /// ALPN, or the HTTP/2 preface on plain TCP.
+    #[cfg(feature = "http2")]
+    fn speaks_http2(
+        &self,
+        config: &ServerConfig,
+    ) -> impl std::future::Future<Output = io::Result<bool>> + Send;
+
+    /// A stream of an HTTP/2 connection as this transport (`None`: it cannot be one).
+    #[cfg(feature = "http2")]
+    fn from_http2(stream: crate::http2::Http2Stream) -> Option<Self>;
 }
 
 impl Transport for TcpStream {
@@ -385,6 +409,17 @@ impl Transport for TcpStream {
 
     fn is_tls(&self) -> bool {
         false
+    }
+
+    /// `bind` hands out `WebSocket<TcpStream>`: HTTP/1.1 only.
+    #[cfg(feature = "http2")]
+    async fn speaks_http2(&self, _config: &ServerConfig) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    #[cfg(feature = "http2")]
+    fn from_http2(_stream: crate::http2::Http2Stream) -> Option<Self> {
+        None
     }
 }
 
@@ -401,6 +436,23 @@ impl Transport for ServerStream {
 
     fn is_tls(&self) -> bool {
         ServerStream::is_tls(self)
+    }
+
+    #[cfg(feature = "http2")]
+    async fn speaks_http2(&self, config: &ServerConfig) -> io::Result<bool> {
+        use crate::http2::Http2Mode;
+        if config.http2.mode == Http2Mode::Never {
+            return Ok(false);
+        }
+        match self {
+            ServerStream::Plain(tcp) => crate::http2::peek_preface(tcp).await,
+            _ => Ok(self.alpn_protocol() == Some(b"h2")),
+        }
+    }
+
+    #[cfg(feature = "http2")]
+    fn from_http2(stream: crate::http2::Http2Stream) -> Option<Self> {
+        Some(ServerStream::Http2(Box::new(stream)))
     }
 }
 
@@ -460,6 +512,45 @@ async fn accept_loop<S: Transport>(
                 }
             };
             let secure = io.is_tls();
+            #[cfg(feature = "http2")]
+            {
+                let http2 =
+                    tokio::time::timeout(config.handshake_timeout, io.speaks_http2(&config));
+                match http2.await {
+                    Ok(Ok(true)) => {
+                        let on_websocket = accepted_http2(tx, clients, config.clone());
+                        let served = crate::http2::serve_connection_as(
+                            io,
+                            config,
+                            secure,
+                            S::from_http2,
+                            on_websocket,
+                        );
+                        if let Err(e) = served.await {
+                            tracing::debug!(error = %e, "HTTP/2 connection failed");
+                        }
+                        return;
+                    }
+                    Ok(Ok(false)) if config.http2.mode == crate::http2::Http2Mode::Required => {
+                        fail();
+                        return tracing::debug!("not HTTP/2, which the server requires");
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        fail();
+                        return tracing::debug!(error = %e, "reading the preface failed");
+                    }
+                    // Nothing came in time: the 408 an HTTP/1.1 request would get.
+                    Err(_) => {
+                        fail();
+                        let timeout = sockeye_proto::HandshakeError::Timeout;
+                        let refusal = crate::accept::refused(config.policy().refuse(timeout, None));
+                        let mut io = io;
+                        crate::accept::write_refusal(&mut io, &refusal.to_bytes()).await;
+                        return;
+                    }
+                }
+            }
             let upgraded = accept_inner(io, &config, secure, Some(&websocket)).await;
             match upgraded {
                 Ok((ws, request)) => {
@@ -479,6 +570,25 @@ async fn accept_loop<S: Transport>(
         };
         tokio::spawn(tracing::Instrument::instrument(handshake, span));
     }
+}
+
+/// What an HTTP/2 connection of the server does with each WebSocket it accepts: tracks
+/// it and hands it to [`WebSocketServer::accept`].
+#[cfg(feature = "http2")]
+fn accepted_http2<S: Transport>(
+    tx: mpsc::Sender<Accepted<S>>,
+    clients: Clients<S>,
+    config: Arc<ServerConfig>,
+) -> crate::http2::Http2Service<S> {
+    crate::http2::Http2Service::websockets(Arc::new(move |ws, request| {
+        if config.client_tracking {
+            clients.insert(&ws);
+        }
+        let tx = tx.clone();
+        Box::pin(async move {
+            let _ = tx.send(Ok((ws, request))).await;
+        })
+    }))
 }
 
 #[cfg(test)]

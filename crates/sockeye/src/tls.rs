@@ -308,6 +308,23 @@ impl Connector {
         Err(Error::Url(format!("{url}: {NO_TLS}")))
     }
 
+    /// Offering these protocols in ALPN (none: the configured ones).
+    #[cfg(feature = "rustls")]
+    pub(crate) fn with_alpn(self, alpn: &[&[u8]]) -> Self {
+        if alpn.is_empty() {
+            return self;
+        }
+        let mut config = (*self.0).clone();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Connector(Arc::new(config), self.1)
+    }
+
+    /// Without the `rustls` feature: no values.
+    #[cfg(not(feature = "rustls"))]
+    pub(crate) fn with_alpn(self, _alpn: &[&[u8]]) -> Self {
+        match self {}
+    }
+
     /// The TLS handshake over `stream`.
     pub(crate) async fn connect(self, stream: TcpStream) -> Result<MaybeTlsStream, Error> {
         #[cfg(feature = "rustls")]
@@ -410,19 +427,29 @@ pub enum MaybeTlsStream {
     /// `ws+unix:`.
     #[cfg(unix)]
     Unix(tokio::net::UnixStream),
+    /// A stream of an HTTP/2 connection (RFC 8441), over any of the others.
+    #[cfg(feature = "http2")]
+    Http2(Box<crate::http2::Http2Stream>),
 }
 
-/// A server transport: plain TCP, or TLS over TCP on a server bound with TLS.
+/// A server transport: plain TCP, or TLS over TCP on a server bound with TLS, or a
+/// stream of an HTTP/2 connection over either.
 #[derive(Debug)]
 pub enum ServerStream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS over TCP (never, without the `rustls` feature).
     Tls(Box<ServerTlsStream>),
+    /// A stream of an HTTP/2 connection (RFC 8441): on a server bound with
+    /// [`crate::WebSocketServer::bind_tls`], a connection that chose `h2` in ALPN or
+    /// sent the HTTP/2 preface.
+    #[cfg(feature = "http2")]
+    Http2(Box<crate::http2::Http2Stream>),
 }
 
 impl MaybeTlsStream {
-    /// The TCP stream underneath (`None` for a Unix socket).
+    /// The TCP stream underneath (`None` for a Unix socket and an HTTP/2 stream, which
+    /// shares its connection).
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
             MaybeTlsStream::Plain(s) => Some(s),
@@ -432,7 +459,26 @@ impl MaybeTlsStream {
             MaybeTlsStream::Tls(s) => match **s {},
             #[cfg(unix)]
             MaybeTlsStream::Unix(_) => None,
+            #[cfg(feature = "http2")]
+            MaybeTlsStream::Http2(_) => None,
         }
+    }
+
+    /// The protocol the server chose in ALPN (TLS only).
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match self {
+            #[cfg(feature = "rustls")]
+            MaybeTlsStream::Tls(s) => s.get_ref().1.alpn_protocol(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a stream of an HTTP/2 connection (RFC 8441).
+    pub fn is_http2(&self) -> bool {
+        #[cfg(feature = "http2")]
+        return matches!(self, MaybeTlsStream::Http2(_));
+        #[cfg(not(feature = "http2"))]
+        return false;
     }
 
     /// Whether this stream is TLS.
@@ -450,20 +496,40 @@ impl MaybeTlsStream {
 }
 
 impl ServerStream {
-    /// The TCP stream underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP stream underneath (`None` for an HTTP/2 stream, which shares its
+    /// connection).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            ServerStream::Plain(s) => s,
+            ServerStream::Plain(s) => Some(s),
             #[cfg(feature = "rustls")]
-            ServerStream::Tls(s) => s.get_ref().0,
+            ServerStream::Tls(s) => Some(s.get_ref().0),
             #[cfg(not(feature = "rustls"))]
             ServerStream::Tls(s) => match **s {},
+            #[cfg(feature = "http2")]
+            ServerStream::Http2(_) => None,
         }
     }
 
-    /// Whether this stream is TLS.
+    /// Whether this stream is TLS (an HTTP/2 stream: see [`ServerStream::is_http2`]).
     pub fn is_tls(&self) -> bool {
         matches!(self, ServerStream::Tls(_))
+    }
+
+    /// Whether this is a stream of an HTTP/2 connection (RFC 8441).
+    pub fn is_http2(&self) -> bool {
+        #[cfg(feature = "http2")]
+        return matches!(self, ServerStream::Http2(_));
+        #[cfg(not(feature = "http2"))]
+        return false;
+    }
+
+    /// The protocol the client and server agreed on in ALPN (TLS only).
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match self {
+            #[cfg(feature = "rustls")]
+            ServerStream::Tls(s) => s.get_ref().1.alpn_protocol(),
+            _ => None,
+        }
     }
 }
 
@@ -528,8 +594,8 @@ macro_rules! impl_stream {
     };
 }
 
-impl_stream!(MaybeTlsStream: Plain, Tls, #[cfg(unix)] Unix);
-impl_stream!(ServerStream: Plain, Tls);
+impl_stream!(MaybeTlsStream: Plain, Tls, #[cfg(unix)] Unix, #[cfg(feature = "http2")] Http2);
+impl_stream!(ServerStream: Plain, Tls, #[cfg(feature = "http2")] Http2);
 
 #[cfg(test)]
 mod tests {

@@ -26,9 +26,17 @@ use sockeye::{ClientConfig, DataKind, Message, Target};
 pub struct Args {
     /// The echo server's URL (ws:// or wss://).
     url: String,
-    /// Connections, each with one message in flight.
+    /// Connections, each with one message in flight (with --http2: each with --streams
+    /// WebSockets).
     #[arg(long, short = 'c', default_value_t = 10)]
     connections: usize,
+    /// WebSockets over HTTP/2 (RFC 8441): each of --connections is an HTTP/2 connection
+    /// (h2 in ALPN for wss://, prior knowledge for ws://) carrying --streams WebSockets.
+    #[arg(long)]
+    http2: bool,
+    /// With --http2: WebSockets per connection, each with one message in flight.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    streams: usize,
     /// Message size in bytes.
     #[arg(long, short = 's', default_value_t = 1024)]
     size: usize,
@@ -89,6 +97,17 @@ pub struct Args {
     /// (0: one per 5,000 connections).
     #[arg(long, value_name = "K", default_value_t = 0, requires = "idle")]
     sources: usize,
+}
+
+impl Args {
+    /// The closed loops: one per WebSocket.
+    fn loops(&self) -> usize {
+        if self.http2 {
+            self.connections * self.streams
+        } else {
+            self.connections
+        }
+    }
 }
 
 /// What one connection measured, or all together.
@@ -204,7 +223,7 @@ impl Plan {
                 .collect::<Vec<u8>>()
                 .into(),
             interval: (args.rate > 0.0)
-                .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate)),
+                .then(|| Duration::from_secs_f64(args.loops() as f64 / args.rate)),
             warmup: Duration::from_secs_f64(args.warmup),
             duration: Duration::from_secs_f64(args.duration),
             start: now,
@@ -309,6 +328,15 @@ impl Progress {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(args.streams > 0, "--streams must be at least 1");
+    anyhow::ensure!(
+        args.http2 || args.streams == 1,
+        "--streams is for --http2 (WebSockets per HTTP/2 connection)"
+    );
+    anyhow::ensure!(
+        !(args.http2 && args.fanout),
+        "--http2 is for the echo benchmark"
+    );
     anyhow::ensure!(
         args.duration > 0.0 && args.warmup >= 0.0,
         "--duration must be positive"
@@ -373,12 +401,25 @@ async fn bench(args: &Args, plan: &mut Plan) -> anyhow::Result<Outcome> {
         config.tls.ca_pem = Some(crate::read(ca, "--ca")?);
     }
     config.tls.dangerous_accept_any_certificate = args.insecure;
-    let mut sockets = Vec::with_capacity(args.connections);
+    let mut sockets = Vec::with_capacity(args.loops());
     for _ in 0..args.connections {
-        let (ws, _) = sockeye::connect_maybe_tls_with(&args.url, config.clone())
+        if !args.http2 {
+            let (ws, _) = sockeye::connect_maybe_tls_with(&args.url, config.clone())
+                .await
+                .with_context(|| format!("cannot connect to {}", args.url))?;
+            sockets.push(ws);
+            continue;
+        }
+        let connection = sockeye::http2::Http2Connection::connect(&args.url, &config)
             .await
-            .with_context(|| format!("cannot connect to {}", args.url))?;
-        sockets.push(ws);
+            .with_context(|| format!("cannot connect to {} over HTTP/2", args.url))?;
+        for _ in 0..args.streams {
+            let (ws, _) = connection
+                .websocket(&args.url, &config)
+                .await
+                .with_context(|| format!("cannot open a WebSocket stream to {}", args.url))?;
+            sockets.push(ws);
+        }
     }
     plan.start_clock();
     let live = Arc::new(AtomicU64::new(0));
@@ -506,6 +547,8 @@ fn report(args: &Args, total: &Outcome, cpu_share: Option<f64>) {
         let json = serde_json::json!({
             "url": args.url,
             "connections": args.connections,
+            "http2": args.http2,
+            "streams_per_connection": args.streams,
             "size": args.size,
             "duration_s": args.duration,
             "messages": total.messages,
@@ -553,9 +596,17 @@ fn report(args: &Args, total: &Outcome, cpu_share: Option<f64>) {
         rows.push(("CPU per message", format!("{per_message:.2}"), "µs"));
     }
     rows.push(("errors", total.errors.to_string(), ""));
+    let connections = if args.http2 {
+        format!(
+            "{} HTTP/2 connections x {} streams",
+            args.connections, args.streams
+        )
+    } else {
+        format!("{} connections", args.connections)
+    };
     println!(
-        "sockeye bench {}: {} connections x {} B, {:.1} s measured after {:.1} s warm-up",
-        args.url, args.connections, args.size, args.duration, args.warmup
+        "sockeye bench {}: {connections} x {} B, {:.1} s measured after {:.1} s warm-up",
+        args.url, args.size, args.duration, args.warmup
     );
     print!("{}", table(&rows));
     for (reason, count) in total.reasons() {

@@ -2,9 +2,12 @@
 //!
 //! [`ClientRequest::encode`] writes the upgrade request and returns an
 //! [`ExpectResponse`], which parses and checks the server's answer.
+//! [`ClientRequest::extended_connect`] is the same request in its HTTP/2 form (RFC 8441),
+//! for an HTTP/2 library to send.
 
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 
+use super::http2::{ConnectProtocol, WEBSOCKET_PROTOCOL};
 use super::{accept_key, generate_key, header_has_token, to_header_map, HeadLimits};
 use crate::deflate::{self, DeflateConfig, DeflateParams};
 use crate::error::HandshakeError;
@@ -68,18 +71,79 @@ impl ClientRequest {
         super::push_headers(&mut out, &self.headers);
         out.extend_from_slice(b"\r\n");
         let expect = ExpectResponse {
-            accept: accept_key(key.as_bytes()),
+            accept: Some(accept_key(key.as_bytes())),
             protocols: self.protocols.clone(),
             deflate: deflate.cloned(),
         };
         (out, expect)
+    }
+
+    /// The request as an HTTP/2 extended CONNECT (RFC 8441 §4-5): method CONNECT,
+    /// `:protocol = websocket` (the [`ConnectProtocol`] extension, for the HTTP/2 library
+    /// to send as the pseudo-header), `:scheme` `scheme`, `:authority` [`Self::host`] and
+    /// `:path` [`Self::path`], with `Sec-WebSocket-Version`, the offered subprotocols and
+    /// extensions, `Origin` and the extra headers; no `Upgrade`, `Connection` or key.
+    /// The [`ExpectResponse`] then wants a 2xx instead of a 101.
+    ///
+    /// # Errors
+    /// [`HandshakeError::MalformedHttp`] when the host, path or a header does not make a
+    /// valid request.
+    pub fn extended_connect(
+        &self,
+        scheme: &str,
+    ) -> Result<(Request<()>, ExpectResponse), HandshakeError> {
+        let invalid = |what: &str| HandshakeError::MalformedHttp(format!("invalid {what}"));
+        let uri = http::Uri::builder()
+            .scheme(scheme)
+            .authority(self.host.as_str())
+            .path_and_query(self.path.as_str())
+            .build()
+            .map_err(|_| invalid("URL"))?;
+        let mut request = Request::new(());
+        *request.method_mut() = Method::CONNECT;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
+        request
+            .extensions_mut()
+            .insert(ConnectProtocol(WEBSOCKET_PROTOCOL.to_owned()));
+        let headers = request.headers_mut();
+        let version = if self.version == 0 { 13 } else { self.version };
+        headers.insert(
+            http::header::SEC_WEBSOCKET_VERSION,
+            u16::from(version).into(),
+        );
+        if !self.protocols.is_empty() {
+            let list = HeaderValue::from_str(&self.protocols.join(","))
+                .map_err(|_| invalid("Sec-WebSocket-Protocol"))?;
+            headers.insert(http::header::SEC_WEBSOCKET_PROTOCOL, list);
+        }
+        if let Some(origin) = &self.origin {
+            let value = HeaderValue::from_str(origin).map_err(|_| invalid("Origin"))?;
+            headers.insert(http::header::ORIGIN, value);
+        }
+        let deflate = self.deflate.as_ref().filter(|_| deflate::enabled());
+        if let Some(deflate) = deflate {
+            let offer = HeaderValue::from_str(&deflate::client_offer(deflate))
+                .map_err(|_| invalid("Sec-WebSocket-Extensions"))?;
+            headers.insert(http::header::SEC_WEBSOCKET_EXTENSIONS, offer);
+        }
+        for (name, value) in &self.headers {
+            headers.append(name, value.clone());
+        }
+        let expect = ExpectResponse {
+            accept: None,
+            protocols: self.protocols.clone(),
+            deflate: deflate.cloned(),
+        };
+        Ok((request, expect))
     }
 }
 
 /// Waiting for the server's response to a request.
 #[derive(Clone, Debug)]
 pub struct ExpectResponse {
-    accept: String,
+    /// The `Sec-WebSocket-Accept` wanted; `None` for an HTTP/2 extended CONNECT.
+    accept: Option<String>,
     protocols: Vec<String>,
     deflate: Option<DeflateConfig>,
 }
@@ -125,25 +189,32 @@ impl ExpectResponse {
         Ok(Some((response, len)))
     }
 
-    /// Checks a response (RFC 6455 §4.1, the client's requirements 1-6).
+    /// Checks a response (RFC 6455 §4.1, the client's requirements 1-6); to an HTTP/2
+    /// extended CONNECT, a 2xx with no accept key (RFC 8441 §5).
     ///
     /// # Errors
-    /// [`HandshakeError::UnexpectedStatus`] for anything but 101 (the caller keeps the
-    /// response and body for the user), and the header checks' errors.
+    /// [`HandshakeError::UnexpectedStatus`] for anything but 101 (2xx over HTTP/2; the
+    /// caller keeps the response and body for the user), and the header checks' errors.
     pub fn validate(&self, response: Response<()>) -> Result<Accepted, HandshakeError> {
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Err(HandshakeError::UnexpectedStatus(response.status().as_u16()));
-        }
         let headers = response.headers();
-        if !header_has_token(headers, "upgrade", "websocket") {
-            return Err(HandshakeError::InvalidHeader("Upgrade"));
-        }
-        if !header_has_token(headers, "connection", "upgrade") {
-            return Err(HandshakeError::InvalidHeader("Connection"));
-        }
-        match headers.get(http::header::SEC_WEBSOCKET_ACCEPT) {
-            Some(v) if v.as_bytes() == self.accept.as_bytes() => {}
-            _ => return Err(HandshakeError::AcceptMismatch),
+        match &self.accept {
+            None if response.status().is_success() => {}
+            None => return Err(HandshakeError::UnexpectedStatus(response.status().as_u16())),
+            Some(_) if response.status() != StatusCode::SWITCHING_PROTOCOLS => {
+                return Err(HandshakeError::UnexpectedStatus(response.status().as_u16()));
+            }
+            Some(accept) => {
+                if !header_has_token(headers, "upgrade", "websocket") {
+                    return Err(HandshakeError::InvalidHeader("Upgrade"));
+                }
+                if !header_has_token(headers, "connection", "upgrade") {
+                    return Err(HandshakeError::InvalidHeader("Connection"));
+                }
+                match headers.get(http::header::SEC_WEBSOCKET_ACCEPT) {
+                    Some(v) if v.as_bytes() == accept.as_bytes() => {}
+                    _ => return Err(HandshakeError::AcceptMismatch),
+                }
+            }
         }
         let protocol = match headers.get(http::header::SEC_WEBSOCKET_PROTOCOL) {
             None if self.protocols.is_empty() => None,
@@ -323,6 +394,61 @@ mod tests {
                 &format!("{OK}Sec-WebSocket-Protocol: other\r\n\r\n")
             )
             .unwrap_err(),
+            HandshakeError::InvalidSubprotocol
+        );
+    }
+
+    #[test]
+    fn extended_connect_request_and_answer() {
+        let req = ClientRequest {
+            host: "example.com:8443".into(),
+            path: "/chat?room=1".into(),
+            protocols: vec!["chat".into(), "superchat".into()],
+            origin: Some("https://example.com".into()),
+            ..Default::default()
+        };
+        let (request, expect) = req.extended_connect("https").unwrap();
+        assert_eq!(request.method(), Method::CONNECT);
+        assert_eq!(request.version(), Version::HTTP_2);
+        assert_eq!(request.uri(), "https://example.com:8443/chat?room=1");
+        assert_eq!(
+            request.extensions().get::<ConnectProtocol>(),
+            Some(&ConnectProtocol("websocket".into()))
+        );
+        let headers = request.headers();
+        assert_eq!(headers["sec-websocket-version"], "13");
+        assert_eq!(headers["sec-websocket-protocol"], "chat,superchat");
+        assert_eq!(headers["origin"], "https://example.com");
+        for absent in ["upgrade", "connection", "sec-websocket-key", "host"] {
+            assert!(!headers.contains_key(absent), "{absent}");
+        }
+        // The server's own policy accepts it.
+        let upgrade = crate::handshake::server::Upgrade::validate(&request).unwrap();
+        assert_eq!(upgrade.protocols, ["chat", "superchat"]);
+
+        let answer = |status: u16, protocol: Option<&str>| {
+            let mut response = Response::new(());
+            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+            if let Some(protocol) = protocol {
+                let value = HeaderValue::from_str(protocol).unwrap();
+                response
+                    .headers_mut()
+                    .insert("sec-websocket-protocol", value);
+            }
+            expect.validate(response)
+        };
+        let accepted = answer(200, Some("superchat")).unwrap();
+        assert_eq!(accepted.protocol.as_deref(), Some("superchat"));
+        assert_eq!(
+            answer(101, Some("chat")).unwrap_err(),
+            HandshakeError::UnexpectedStatus(101)
+        );
+        assert_eq!(
+            answer(404, None).unwrap_err(),
+            HandshakeError::UnexpectedStatus(404)
+        );
+        assert_eq!(
+            answer(200, Some("other")).unwrap_err(),
             HandshakeError::InvalidSubprotocol
         );
     }

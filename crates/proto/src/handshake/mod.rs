@@ -1,9 +1,12 @@
 //! The opening handshake (RFC 6455 §4): building and validating the HTTP/1.1 upgrade
 //! request and response. [`server`] reads requests and writes responses, [`policy`] is
 //! the server's decision on a request (every check and hook, in one order); [`client`]
-//! writes requests and reads responses. All only parse and produce bytes.
+//! writes requests and reads responses. All only parse and produce bytes. [`http2`] is
+//! the same handshake in its HTTP/2 form (RFC 8441's extended CONNECT), decided by the
+//! same policy.
 
 pub mod client;
+pub mod http2;
 pub mod policy;
 pub mod server;
 

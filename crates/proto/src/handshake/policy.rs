@@ -4,12 +4,15 @@
 //!
 //! [`ServerPolicy::decide`] takes a parsed request and runs the checks in this order:
 //!
-//! 1. HTTP/1.1 (400; RFC 6455 §4.1 requires it);
+//! 1. HTTP/1.1 (RFC 6455 §4.1), or HTTP/2 with RFC 8441's extended CONNECT (400
+//!    otherwise);
 //! 2. the path, when one is configured (404), before anything else about the request, so
 //!    that a bad request to a path that is not served is a 404 everywhere;
 //! 3. the upgrade itself (RFC 6455 §4.2.1): method (405), `Host`, `Upgrade`,
 //!    `Connection`, `Sec-WebSocket-Version` (426 with `Sec-WebSocket-Version: 13`, §4.4),
-//!    `Sec-WebSocket-Key`, `Sec-WebSocket-Protocol` (400);
+//!    `Sec-WebSocket-Key`, `Sec-WebSocket-Protocol` (400); over HTTP/2 the method is
+//!    CONNECT with `:protocol = websocket` and there is no `Upgrade`, `Connection` or key
+//!    (RFC 8441 §5, [`super::http2`]);
 //! 4. `should_handle` (400);
 //! 5. the permessage-deflate offer, when deflate is enabled (RFC 7692 §5; 400 when
 //!    malformed);
@@ -18,7 +21,8 @@
 //!    ([`Verify::verdict`]); a refusal carries its own status, reason and headers;
 //! 7. the subprotocol: `handle_protocols`' choice, by default the client's first
 //!    (RFC 6455 §4.2.2 step 5.5 / §11.3.4; 400 when the choice is not a token);
-//! 8. the 101 response (RFC 6455 §4.2.2), to which `headers_hook` adds headers.
+//! 8. the 101 response (RFC 6455 §4.2.2), or the 200 over HTTP/2 (RFC 8441 §5), to
+//!    which `headers_hook` adds headers.
 //!
 //! A failed check becomes a [`Refusal`]: the error's status and a one-line plain-text
 //! body, or what `on_client_error` returns instead. The outcome is `Result<Accept,
@@ -213,7 +217,7 @@ impl<'a> ServerPolicy<'a> {
         &self,
         request: &Request<()>,
     ) -> Result<(Upgrade, Option<DeflateParams>), HandshakeError> {
-        if request.version() != Version::HTTP_11 {
+        if request.version() != Version::HTTP_11 && request.version() != Version::HTTP_2 {
             return Err(HandshakeError::MalformedHttp("expected HTTP/1.1".into()));
         }
         if let Some(path) = self.path {
@@ -341,12 +345,14 @@ const FIXED_HEADERS: [HeaderName; 5] = [
     http::header::SEC_WEBSOCKET_EXTENSIONS,
 ];
 
-/// An accepted upgrade: the 101 response (RFC 6455 §4.2.2), the agreed subprotocol and
-/// permessage-deflate parameters, and the request.
+/// An accepted upgrade: the 101 response (RFC 6455 §4.2.2), or over HTTP/2 the 200
+/// (RFC 8441 §5), the agreed subprotocol and permessage-deflate parameters, and the
+/// request.
 #[derive(Debug)]
 pub struct Accept {
     request: Request<()>,
-    accept: String,
+    /// `None` over HTTP/2.
+    accept: Option<String>,
     protocol: Option<String>,
     deflate: Option<DeflateParams>,
     extension: Option<HeaderValue>,
@@ -369,19 +375,37 @@ impl Accept {
         self.deflate.as_ref()
     }
 
-    /// The headers of the 101 in the order written: `Upgrade`, `Connection`,
-    /// `Sec-WebSocket-Accept`, `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions`
-    /// when agreed, then those `headers_hook` added. For front ends that hand the response
-    /// to an HTTP server (hyper).
+    /// Whether the request came over HTTP/2 (RFC 8441's extended CONNECT).
+    pub fn is_http2(&self) -> bool {
+        self.accept.is_none()
+    }
+
+    /// The status to answer with: 101 Switching Protocols over HTTP/1.1, 200 over HTTP/2
+    /// (RFC 8441 §5).
+    pub fn status(&self) -> StatusCode {
+        if self.is_http2() {
+            StatusCode::OK
+        } else {
+            StatusCode::SWITCHING_PROTOCOLS
+        }
+    }
+
+    /// The headers of the response in the order written: over HTTP/1.1 `Upgrade`,
+    /// `Connection` and `Sec-WebSocket-Accept` (HTTP/2 has none of them), then
+    /// `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` when agreed, then those
+    /// `headers_hook` added. For front ends that hand the response to an HTTP server
+    /// (hyper), with [`Accept::status`].
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::with_capacity(5 + self.extra.len());
-        headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(
-            http::header::CONNECTION,
-            HeaderValue::from_static("Upgrade"),
-        );
-        let accept = HeaderValue::from_str(&self.accept).expect("base64 is a header value");
-        headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+        if let Some(accept) = &self.accept {
+            headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("Upgrade"),
+            );
+            let accept = HeaderValue::from_str(accept).expect("base64 is a header value");
+            headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
         if let Some(protocol) = &self.protocol {
             let value = HeaderValue::from_str(protocol).expect("checked to be a token");
             headers.insert(http::header::SEC_WEBSOCKET_PROTOCOL, value);
@@ -395,11 +419,12 @@ impl Accept {
         headers
     }
 
-    /// Appends the whole 101 response to `out`, for front ends that write to the socket
-    /// themselves.
+    /// Appends the whole HTTP/1.1 101 response to `out`, for front ends that write to the
+    /// socket themselves (an HTTP/2 request is answered by its HTTP library, with
+    /// [`Accept::status`] and [`Accept::headers`]).
     pub fn write_response(&self, out: &mut impl BufMut) {
         out.put_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
-        out.put_slice(self.accept.as_bytes());
+        out.put_slice(self.accept.as_deref().unwrap_or_default().as_bytes());
         out.put_slice(b"\r\n");
         if let Some(protocol) = &self.protocol {
             out.put_slice(b"Sec-WebSocket-Protocol: ");
@@ -686,6 +711,87 @@ mod tests {
         let out = text(&out);
         assert!(out.contains("x-path: /ws\r\n"), "{out}");
         assert!(!out.contains("forged") && !out.contains("h2c"), "{out}");
+    }
+
+    // ---- RFC 8441: the same decision on an HTTP/2 extended CONNECT ------------------------
+
+    fn connect(path: &str) -> http::request::Builder {
+        Request::connect(format!("https://example.com{path}"))
+            .version(Version::HTTP_2)
+            .extension(super::super::http2::ConnectProtocol("websocket".into()))
+            .header("sec-websocket-version", "13")
+    }
+
+    #[test]
+    fn http2_extended_connect_goes_through_the_same_policy() {
+        let hook: HeadersHook = Arc::new(|headers: &mut HeaderMap, request: &Request<()>| {
+            let version = format!("{:?}", request.version());
+            headers.insert("x-version", HeaderValue::from_str(&version).unwrap());
+            headers.insert("upgrade", HeaderValue::from_static("h2c"));
+        });
+        let policy = ServerPolicy {
+            path: Some("/ws"),
+            headers_hook: Some(&hook),
+            verify_client: true,
+            ..ServerPolicy::default()
+        };
+        let req = connect("/ws")
+            .header("sec-websocket-protocol", "chat, superchat")
+            .header("origin", "https://example.com")
+            .body(())
+            .unwrap();
+        let Decision::Verify(verify) = policy.decide(req) else {
+            panic!("verify_client is asked over HTTP/2 too");
+        };
+        assert_eq!(
+            verify.info(true).origin.as_deref(),
+            Some("https://example.com")
+        );
+        let accept = verify.verdict(Ok(())).unwrap();
+        assert!(accept.is_http2());
+        assert_eq!(accept.status(), StatusCode::OK);
+        assert_eq!(accept.protocol(), Some("chat"));
+        let headers = accept.headers();
+        assert_eq!(headers["sec-websocket-protocol"], "chat");
+        assert_eq!(headers["x-version"], "HTTP/2.0");
+        for absent in ["upgrade", "connection", "sec-websocket-accept"] {
+            assert!(!headers.contains_key(absent), "{absent}: {headers:?}");
+        }
+
+        // The path still comes first, and the refusals have their statuses.
+        let refusal = refused(policy.decide(connect("/other").body(()).unwrap()));
+        assert_eq!(refusal.status, 404);
+        let plain = Request::connect("example.com:443")
+            .version(Version::HTTP_2)
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        let refusal = refused(ServerPolicy::default().decide(plain));
+        assert_eq!(refusal.status, 400);
+        assert_eq!(refusal.error, HandshakeError::InvalidHeader(":protocol"));
+        let rejected = policy.decide(connect("/ws").body(()).unwrap());
+        let Decision::Verify(verify) = rejected else {
+            panic!("expected the verification step");
+        };
+        let refusal = verify.verdict(Err(Rejection::status(403))).unwrap_err();
+        assert_eq!(refusal.status, 403);
+    }
+
+    #[test]
+    #[cfg(feature = "deflate")]
+    fn http2_negotiates_deflate() {
+        let config = DeflateConfig::default();
+        let policy = ServerPolicy {
+            per_message_deflate: Some(&config),
+            ..ServerPolicy::default()
+        };
+        let req = connect("/")
+            .header("sec-websocket-extensions", "permessage-deflate")
+            .body(())
+            .unwrap();
+        let accept = accepted(policy.decide(req));
+        let value = accept.deflate().expect("agreed").header_value();
+        assert_eq!(accept.headers()["sec-websocket-extensions"], value.as_str());
     }
 
     // ---- the order of the checks ----------------------------------------------------------

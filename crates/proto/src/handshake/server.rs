@@ -70,8 +70,9 @@ pub fn parse_request(
 /// A request that passed validation: what the 101 response needs.
 #[derive(Clone, Debug)]
 pub struct Upgrade {
-    /// The `Sec-WebSocket-Accept` value for the client's key.
-    pub accept: String,
+    /// The `Sec-WebSocket-Accept` value for the client's key; `None` over HTTP/2, which
+    /// has neither key nor accept (RFC 8441 §5).
+    pub accept: Option<String>,
     /// The subprotocols the client offered, in its order.
     pub protocols: Vec<String>,
     /// The client's `Sec-WebSocket-Extensions` values, for negotiation.
@@ -79,12 +80,17 @@ pub struct Upgrade {
 }
 
 impl Upgrade {
-    /// Checks that `request` is a WebSocket upgrade (RFC 6455 §4.2.1).
+    /// Checks that `request` is a WebSocket upgrade: an HTTP/1.1 upgrade (RFC 6455
+    /// §4.2.1), or an HTTP/2 extended CONNECT ([`super::http2::validate_request`],
+    /// RFC 8441).
     ///
     /// # Errors
     /// The [`HandshakeError`] naming the first problem; [`HandshakeError::status`] is the
     /// HTTP status to answer with.
     pub fn validate(request: &Request<()>) -> Result<Upgrade, HandshakeError> {
+        if request.version() == http::Version::HTTP_2 {
+            return super::http2::validate_request(request);
+        }
         if request.method() != Method::GET {
             return Err(HandshakeError::MethodNotAllowed);
         }
@@ -119,7 +125,7 @@ impl Upgrade {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| HandshakeError::InvalidHeader("Sec-WebSocket-Extensions"))?;
         Ok(Upgrade {
-            accept: accept_key(key),
+            accept: Some(accept_key(key)),
             protocols,
             extensions,
         })
@@ -137,11 +143,13 @@ impl Upgrade {
         deflate::server_accept(config, self.extensions.iter().map(String::as_str))
     }
 
-    /// The 101 response, with the chosen subprotocol and extra headers.
+    /// The HTTP/1.1 101 response, with the chosen subprotocol and extra headers (an
+    /// HTTP/2 upgrade is answered by its HTTP library, see
+    /// [`super::policy::Accept::headers`]).
     pub fn accept(&self, protocol: Option<&str>, extra: &HeaderMap) -> Vec<u8> {
         let mut out = Vec::with_capacity(160);
         out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
-        out.extend_from_slice(self.accept.as_bytes());
+        out.extend_from_slice(self.accept.as_deref().unwrap_or_default().as_bytes());
         out.extend_from_slice(b"\r\n");
         if let Some(protocol) = protocol {
             out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
@@ -261,7 +269,7 @@ mod tests {
         assert_eq!(len, RFC_REQUEST.len());
         assert_eq!(req.uri().path(), "/chat");
         let up = Upgrade::validate(&req).unwrap();
-        assert_eq!(up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(up.accept.as_deref(), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
         assert_eq!(up.protocols, ["chat", "superchat"]);
         let resp = String::from_utf8(up.accept(Some("chat"), &HeaderMap::new())).unwrap();
         assert!(resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
