@@ -85,7 +85,7 @@ use http_body_util::{Empty, Full};
 use hyper::ext::{Protocol, ReasonPhrase};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use sockeye::{Config, DeflateConfig, DeflateParams, Role, ServerConfig, WebSocket};
+use sockeye::{Config, DeflateConfig, DeflateParams, ServerConfig, WebSocket};
 use sockeye_proto::handshake::http2::ConnectProtocol;
 use sockeye_proto::handshake::parse_protocols;
 use sockeye_proto::handshake::policy::Refusal;
@@ -222,10 +222,11 @@ impl Handshake {
         let mut response = Response::new(Empty::new());
         *response.status_mut() = accept.status();
         *response.headers_mut() = accept.headers();
-        let (_request, protocol, deflate) = accept.into_parts();
+        let (request, protocol, deflate) = accept.into_parts();
         let future = UpgradeFut {
             on_upgrade,
             parts: Some(Parts {
+                request,
                 websocket: config.websocket.clone(),
                 protocol,
                 deflate: deflate.zip(config.per_message_deflate.clone()),
@@ -237,6 +238,8 @@ impl Handshake {
 
 /// What the WebSocket is built with once the connection is handed over.
 struct Parts {
+    /// The request's head: its path and version go in the connection's span.
+    request: Request<()>,
     websocket: Config,
     protocol: Option<String>,
     deflate: Option<(DeflateParams, DeflateConfig)>,
@@ -267,11 +270,11 @@ impl Future for UpgradeFut {
             .take()
             .expect("UpgradeFut polled after completion");
         // hyper's `Upgraded` replays the bytes it read past the request itself.
-        Poll::Ready(Ok(WebSocket::from_upgraded_with(
+        Poll::Ready(Ok(WebSocket::from_request_upgraded(
             TokioIo::new(upgraded),
-            Role::Server,
             parts.websocket,
             BytesMut::new(),
+            &parts.request,
             parts.protocol,
             parts.deflate,
         )))

@@ -349,3 +349,97 @@ async fn every_hook_is_honoured() {
     })
     .await;
 }
+
+/// The fields of every `websocket` span a subscriber saw, as recorded.
+#[derive(Clone, Default)]
+struct Spans(Arc<std::sync::Mutex<Vec<std::collections::BTreeMap<String, String>>>>);
+
+struct Fields<'a>(&'a mut std::collections::BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for Spans
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() == "websocket" {
+            let mut fields = std::collections::BTreeMap::new();
+            attrs.record(&mut Fields(&mut fields));
+            fields.insert("span id".into(), id.into_u64().to_string());
+            self.0.lock().unwrap().push(fields);
+        }
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let id = id.into_u64().to_string();
+        for fields in self.0.lock().unwrap().iter_mut() {
+            if fields.get("span id") == Some(&id) {
+                values.record(&mut Fields(fields));
+            }
+        }
+    }
+}
+
+/// A connection upgraded through sockeye-hyper gets the same `websocket` span as one of
+/// sockeye's own servers: with the request's path and HTTP version, what was agreed, and
+/// at the end the close code and who closed.
+#[tokio::test]
+async fn the_connection_span_has_the_path_and_version() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    // This test's runtime has one thread: the server's tasks run under the subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    bounded(async {
+        let addr = server(ServerConfig::default()).await;
+        let url = format!("ws://{addr}/traced?x=1");
+        let config = client_config(&["chat"], false);
+        let (mut ws, _) = sockeye::connect_with(&url, config).await.unwrap();
+        ws.send_text("hi").await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text("hi"));
+        ws.close(Some(sockeye::CloseFrame::new(1000, "done")))
+            .await
+            .unwrap();
+        while ws.next().await.is_some() {}
+        // The server's side records how it ended once its reader sees the close.
+        for _ in 0..200 {
+            let done = spans.0.lock().unwrap().iter().any(|f| {
+                f.get("role").map(String::as_str) == Some("server") && f.contains_key("closed_by")
+            });
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let spans = spans.0.lock().unwrap();
+    let server = spans
+        .iter()
+        .find(|f| f.get("role").map(String::as_str) == Some("server"))
+        .unwrap_or_else(|| panic!("no server span: {spans:?}"));
+    assert_eq!(server["path"], "/traced", "{server:?}");
+    assert_eq!(server["http"], "HTTP/1.1", "{server:?}");
+    assert_eq!(server["protocol"], "chat", "{server:?}");
+    assert_eq!(server["close_code"], "1000", "{server:?}");
+    assert_eq!(server["closed_by"], "peer", "{server:?}");
+}

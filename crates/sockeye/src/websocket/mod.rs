@@ -193,6 +193,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Self::with_info(io, role, config.into(), read_buf, negotiated)
     }
 
+    /// Wraps a server transport upgraded from `request` by another HTTP server (hyper,
+    /// axum), as [`from_upgraded_with`](Self::from_upgraded_with) does; the connection's
+    /// `websocket` tracing span also carries the request's path and HTTP version, as the
+    /// connections of [`accept`](crate::accept) and
+    /// [`WebSocketServer`](crate::WebSocketServer) do.
+    pub fn from_request_upgraded<B>(
+        io: S,
+        config: impl Into<Arc<Config>>,
+        read_buf: BytesMut,
+        request: &http::Request<B>,
+        protocol: Option<String>,
+        deflate: Option<(DeflateParams, DeflateConfig)>,
+    ) -> Self {
+        let negotiated = Negotiated {
+            protocol,
+            url: None,
+            deflate,
+            span: Some(request_span(request)),
+        };
+        Self::with_info(io, Role::Server, config.into(), read_buf, negotiated)
+    }
+
     pub(crate) fn with_info(
         io: S,
         role: Role,
