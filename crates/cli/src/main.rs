@@ -33,7 +33,8 @@ use clap::{Parser, Subcommand};
     about,
     after_help = "With no command, `sockeye` runs `sockeye serve`: the demo page, echo and \
                   chat at http://127.0.0.1:8080/ (Ctrl-C to stop).\n\
-                  Try: sockeye connect ws://127.0.0.1:8080/echo"
+                  Try: sockeye connect ws://127.0.0.1:8080/echo\n\
+                  RUST_LOG=sockeye=debug logs each connection (path, HTTP version, close) on stderr."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -140,8 +141,33 @@ fn read(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
 }
 
+/// With `RUST_LOG` set (targets and levels, as `sockeye=debug` or `info,sockeye=trace`), the
+/// library's `tracing` output on stderr: a `websocket` span per connection (path, HTTP
+/// version, subprotocol, extensions, close code and who closed) with its events, refused
+/// upgrades and protocol errors.
+fn log_to_stderr() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let Ok(spec) = std::env::var("RUST_LOG") else {
+        return;
+    };
+    match spec.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(filter) => {
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false);
+            tracing_subscriber::registry()
+                .with(layer)
+                .with(filter)
+                .init();
+        }
+        Err(e) => eprintln!("sockeye: RUST_LOG={spec:?} ignored: {e}"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    log_to_stderr();
     let result = match cli
         .command
         .unwrap_or(Command::Serve(serve::Args::default()))

@@ -1203,6 +1203,87 @@ async fn serve_over_tls_echoes_at_slash_echo() {
     );
 }
 
+/// Headless Chromium loads the demo page from `sockeye serve` over https (TLS offering h2
+/// and http/1.1 on one port): the page's WebSocket goes over HTTP/2 (RFC 8441), as the
+/// server's own log says (`RUST_LOG`: the connection's span has `http=HTTP/2.0`), and
+/// echoes what is typed in the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_opens_the_pages_websocket_over_http2_from_serve() {
+    let pem = pem_files();
+    let mut child = sockeye()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--tls-cert", &pem.cert, "--tls-key", &pem.key])
+        .env("RUST_LOG", "sockeye=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(STEP, stdout.next_line())
+        .await
+        .expect("serve announces itself in time")
+        .unwrap()
+        .expect("a first line");
+    let port: u16 = line
+        .strip_prefix("sockeye serve: open https://127.0.0.1:")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    // The server's log, line by line.
+    let (log_tx, mut log) = tokio::sync::mpsc::unbounded_channel();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let _ = log_tx.send(line);
+        }
+    });
+
+    let url = format!("https://localhost:{port}/");
+    let mut page =
+        common::chromium::Chromium::open_with(&url, &["--ignore-certificate-errors"]).await;
+    const ECHO_LOG: &str = "document.querySelector('[data-testid=echo-log]').innerText";
+    page.wait_for(
+        "document.querySelector('[data-testid=echo-state]').textContent === 'open'",
+        STEP,
+        "the page's echo WebSocket opens",
+        ECHO_LOG,
+    )
+    .await;
+    page.eval(
+        "(() => { const i = document.querySelector('[data-testid=echo-input]'); \
+         i.value = 'over h2'; \
+         document.querySelector('[data-testid=echo-send]').click(); return true; })()",
+    )
+    .await;
+    page.wait_for(
+        &format!("{ECHO_LOG}.includes('← over h2')"),
+        STEP,
+        "the echo in the page",
+        ECHO_LOG,
+    )
+    .await;
+
+    // The server saw the page's echo WebSocket arrive as an HTTP/2 stream.
+    let mut seen = Vec::new();
+    let opened = tokio::time::timeout(STEP, async {
+        while let Some(line) = log.recv().await {
+            let found = line.contains("connection open")
+                && line.contains("path=/echo")
+                && line.contains("http=HTTP/2.0");
+            seen.push(line);
+            if found {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        opened.is_ok(),
+        "no HTTP/2 WebSocket at /echo in the server's log: {seen:#?}"
+    );
+}
+
 /// `sockeye echo` and `sockeye serve` with TLS serve HTTP/1.1 and HTTP/2 on one port:
 /// `connect --http2` opens its WebSocket as an HTTP/2 stream (RFC 8441), `connect`
 /// without it upgrades HTTP/1.1. `serve` also gives its page over HTTP/2.

@@ -30,6 +30,11 @@ pub struct Chromium {
 impl Chromium {
     /// Starts the browser and opens `url` in a new page.
     pub async fn open(url: &str) -> Chromium {
+        Chromium::open_with(url, &[]).await
+    }
+
+    /// [`Chromium::open`] with more command-line switches (`--ignore-certificate-errors`).
+    pub async fn open_with(url: &str, switches: &[&str]) -> Chromium {
         static BROWSERS: AtomicU64 = AtomicU64::new(0);
         let profile = std::env::temp_dir().join(format!(
             "sockeye-chromium-{}-{}",
@@ -50,6 +55,7 @@ impl Chromium {
                 "--remote-debugging-port=0",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
+            .args(switches)
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
