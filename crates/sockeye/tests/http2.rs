@@ -764,3 +764,110 @@ async fn a_silent_client_gets_408_and_a_slow_http11_request_is_served() {
     assert!(silent.starts_with("HTTP/1.1 408 "), "{silent}");
     assert!(slow.starts_with("HTTP/1.1 405 "), "{slow}");
 }
+
+/// Backpressure through HTTP/2 flow control on `bind_tls`'s own HTTP/2 server: a server
+/// WebSocket that does not read holds its client's sends back (the stream's window, then
+/// the client's bounded send queue) while another stream on the same connection echoes
+/// at full speed; once the server reads again, everything held arrives.
+#[tokio::test]
+async fn a_server_reader_that_stalls_holds_back_its_stream_only() {
+    const SIZE: usize = 64 * 1024;
+    let mut config = ServerConfig::default();
+    config.http2.mode = Http2Mode::IfOffered;
+    let server = WebSocketServer::bind_tls("127.0.0.1:0", config, None)
+        .await
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{}/", server.local_addr().port());
+    // The stalled WebSocket's reading starts when told; it counts what it then gets.
+    let (resume, resumed) = tokio::sync::oneshot::channel::<()>();
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    tokio::spawn(async move {
+        let mut resumed = Some(resumed);
+        while let Some(accepted) = server.accept().await {
+            let Ok((mut ws, request)) = accepted else {
+                continue;
+            };
+            if request.uri().path() == "/stall" {
+                let resumed = resumed.take().expect("one stalled stream");
+                let got_tx = got_tx.clone();
+                tokio::spawn(async move {
+                    let _ = resumed.await;
+                    let mut bytes = 0;
+                    while let Some(Ok(message)) = ws.next().await {
+                        if let Message::Binary(data) = message {
+                            bytes += data.len();
+                            let _ = got_tx.send(bytes);
+                        }
+                    }
+                });
+            } else {
+                tokio::spawn(async move {
+                    while let Some(Ok(message)) = ws.next().await {
+                        if message.is_binary() && ws.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+
+    let config = client_config(Http2Mode::Required);
+    let connection = within("h2c", Http2Connection::connect(&url, &config))
+        .await
+        .unwrap();
+    let stall_url = format!("{url}stall");
+    let (mut stalled, _) = within(
+        "the stalled stream",
+        connection.websocket(&stall_url, &config),
+    )
+    .await
+    .unwrap();
+    let (mut echoing, _) = within("the echoing stream", connection.websocket(&url, &config))
+        .await
+        .unwrap();
+
+    // Send to the stalled stream until a send is held (bounded: 1,000 messages, 64 MB).
+    let payload = vec![7u8; SIZE];
+    let mut sent = 0;
+    for _ in 0..1000 {
+        match tokio::time::timeout(Duration::from_millis(500), stalled.send_binary(&payload)).await
+        {
+            Ok(result) => {
+                result.unwrap();
+                sent += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // Held within its window, h2's send buffer and the send queue (1 MiB by default).
+    assert!(
+        sent * SIZE < 4 * 1024 * 1024,
+        "{sent} messages of {SIZE} B went to a reader that reads nothing"
+    );
+
+    // The other stream on the same connection is not held.
+    for i in 0..50u8 {
+        let data = vec![i; 16 * 1024];
+        within("an echo", echoing.send_binary(&data)).await.unwrap();
+        match within("the echo", echoing.next()).await {
+            Some(Ok(Message::Binary(echo))) => assert_eq!(echo.as_ref(), data.as_slice()),
+            other => panic!("expected the echo, got {other:?}"),
+        }
+    }
+
+    // Reading again lets the held message and everything queued through.
+    resume.send(()).unwrap();
+    let held = tokio::spawn(async move {
+        stalled.send_binary(&payload).await.unwrap();
+        stalled
+    });
+    let stalled = within("the held send", held).await.unwrap();
+    let expected = (sent + 1) * SIZE;
+    let mut bytes = 0;
+    while bytes < expected {
+        bytes = within("what was held", got.recv()).await.unwrap();
+    }
+    assert_eq!(bytes, expected);
+    drop(stalled);
+}
