@@ -817,7 +817,7 @@ async fn a_server_reader_that_stalls_holds_back_its_stream_only() {
         .await
         .unwrap();
     let stall_url = format!("{url}stall");
-    let (mut stalled, _) = within(
+    let (stalled, _) = within(
         "the stalled stream",
         connection.websocket(&stall_url, &config),
     )
