@@ -405,6 +405,29 @@ where
 #[tokio::test]
 async fn the_connection_span_has_the_path_and_version() {
     use tracing_subscriber::layer::SubscriberExt;
+    // Run alone, in a process of its own (this binary again): `tracing` caches per call
+    // site whether any subscriber is interested, and a subscriber set for this thread only
+    // can miss a span whose call site another test's thread reached at the same moment.
+    const ALONE: &str = "SOCKEYE_HYPER_SPAN_ALONE";
+    if std::env::var_os(ALONE).is_none() {
+        let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "the_connection_span_has_the_path_and_version",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(ALONE, "1")
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(LIMIT, child).await.unwrap().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("test result: ok. 1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return;
+    }
     let spans = Spans::default();
     let subscriber = tracing_subscriber::registry().with(spans.clone());
     // This test's runtime has one thread: the server's tasks run under the subscriber.
