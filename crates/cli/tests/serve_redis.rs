@@ -266,6 +266,18 @@ struct Member {
 }
 
 impl Member {
+    /// A member on `ws`, which has seen nothing yet.
+    fn new(ws: WebSocket<TcpStream>, name: String) -> Member {
+        Member {
+            ws,
+            name,
+            last: None,
+            said: Vec::new(),
+            positions: HashSet::new(),
+            reconnected: false,
+        }
+    }
+
     async fn join(server: &Serve, name: String, since: Option<Value>) -> WebSocket<TcpStream> {
         let mut hello = json!({"type": "hello", "name": name});
         if let Some(since) = since {
@@ -404,14 +416,7 @@ async fn three_processes_300_members_a_process_and_redis_killed() {
     for i in 0..MEMBERS {
         let name = format!("m{i}");
         let ws = Member::join(&servers[i % 3], name.clone(), None).await;
-        let mut member = Member {
-            ws,
-            name,
-            last: None,
-            said: Vec::new(),
-            positions: HashSet::new(),
-            reconnected: false,
-        };
+        let mut member = Member::new(ws, name);
         // Subscribed once its own hello comes back.
         let name = member.name.clone();
         member
@@ -603,14 +608,7 @@ async fn the_page_in_chromium_recovers_missed_lines_after_its_server_restarts() 
     let open = "document.querySelector('[data-testid=chat-state]').textContent === 'open'";
     page.wait_for(open, STEP, "the chat opens", LOG).await;
 
-    let mut bot = Member {
-        ws: Member::join(&b, "bot".into(), None).await,
-        name: "bot".into(),
-        last: None,
-        said: Vec::new(),
-        positions: HashSet::new(),
-        reconnected: false,
-    };
+    let mut bot = Member::new(Member::join(&b, "bot".into(), None).await, "bot".into());
     bot.until(|l| l["type"] == "joined" && l["name"] == "bot")
         .await;
 

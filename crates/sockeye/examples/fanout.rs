@@ -28,15 +28,20 @@ use sockeye::{Hub, HubConfig, Message, ServerConfig, WebSocketServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// CPU time of the calling thread, from the kernel's scheduler statistics.
-fn thread_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+/// The CPU time in a task's `schedstat` (its first field, in nanoseconds).
+fn schedstat(path: impl AsRef<std::path::Path>) -> Duration {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let ns = stat
         .split_whitespace()
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     Duration::from_nanos(ns)
+}
+
+/// CPU time of the calling thread, from the kernel's scheduler statistics.
+fn thread_cpu() -> Duration {
+    schedstat("/proc/thread-self/schedstat")
 }
 
 /// Connects `n` raw clients (WebSocket handshake by hand when `websocket`) and drains
@@ -197,18 +202,12 @@ async fn raw_round(subscribers: usize, size: usize, messages: usize) -> (f64, f6
 
 /// CPU time of every thread of process `pid`, from the kernel's scheduler statistics.
 fn process_cpu(pid: u32) -> Duration {
-    let mut ns = 0u64;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-            ns += stat
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Duration::from_nanos(ns)
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|task| schedstat(task.path().join("schedstat")))
+        .sum()
 }
 
 /// The Node `ws` broadcast peer (`bench/peers/node_broadcast.js`), driven over its stdin.

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response};
-use sockeye_proto::handshake::client::ClientRequest;
+use sockeye_proto::handshake::client::{Accepted, ClientRequest};
 use sockeye_proto::handshake::HeadLimits;
 use sockeye_proto::{Config, DeflateConfig, HandshakeError, Role};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -796,29 +796,11 @@ where
         }
     };
     let _ = buf.split_to(len);
-    if follow_redirects && response.status().is_redirection() {
-        if let Some(location) = response.headers().get(http::header::LOCATION) {
-            let location = String::from_utf8_lossy(location.as_bytes()).into_owned();
-            return Ok(Outcome::Redirect(location));
-        }
+    if let Some(location) = redirect(&response, follow_redirects) {
+        return Ok(Outcome::Redirect(location));
     }
     match expect.validate(response.clone()) {
-        Ok(accepted) => {
-            let negotiated = Negotiated {
-                protocol: accepted.protocol,
-                url: Some(url.to_owned()),
-                deflate: accepted.deflate.zip(config.per_message_deflate.clone()),
-                span: None,
-            };
-            let ws = WebSocket::with_info(
-                io,
-                Role::Client,
-                Arc::new(config.websocket.clone()),
-                buf,
-                negotiated,
-            );
-            Ok(Outcome::Open(ws, accepted.response))
-        }
+        Ok(accepted) => Ok(opened(io, buf, url, config, accepted)),
         Err(HandshakeError::UnexpectedStatus(_)) => {
             let body = read_body(&mut io, buf, response.headers()).await;
             let (parts, ()) = response.into_parts();
@@ -828,6 +810,40 @@ where
         }
         Err(e) => Err(Error::Handshake(e)),
     }
+}
+
+/// Where a redirect response sends the client, when redirects are followed.
+pub(crate) fn redirect(response: &Response<()>, follow_redirects: bool) -> Option<String> {
+    if !follow_redirects || !response.status().is_redirection() {
+        return None;
+    }
+    let location = response.headers().get(http::header::LOCATION)?;
+    Some(String::from_utf8_lossy(location.as_bytes()).into_owned())
+}
+
+/// The client WebSocket on `io` once the server's answer to the handshake is accepted;
+/// `read_buf` holds what was read past the answer.
+pub(crate) fn opened<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    read_buf: BytesMut,
+    url: &str,
+    config: &ClientConfig,
+    accepted: Accepted,
+) -> Outcome<S> {
+    let negotiated = Negotiated {
+        protocol: accepted.protocol,
+        url: Some(url.to_owned()),
+        deflate: accepted.deflate.zip(config.per_message_deflate.clone()),
+        span: None,
+    };
+    let ws = WebSocket::with_info(
+        io,
+        Role::Client,
+        Arc::new(config.websocket.clone()),
+        read_buf,
+        negotiated,
+    );
+    Outcome::Open(ws, accepted.response)
 }
 
 /// Reads an error response's body: `Content-Length` bytes or until EOF, at most

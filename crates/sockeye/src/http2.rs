@@ -434,29 +434,20 @@ impl Http2Connection {
         let response = response.await.map_err(h2_failed)?;
         let (parts, recv) = response.into_parts();
         let head = Response::from_parts(parts, ());
-        if follow_redirects && head.status().is_redirection() {
-            if let Some(location) = head.headers().get(http::header::LOCATION) {
-                let location = String::from_utf8_lossy(location.as_bytes()).into_owned();
-                return Ok(crate::client::Outcome::Redirect(location));
-            }
+        if let Some(location) = crate::client::redirect(&head, follow_redirects) {
+            return Ok(crate::client::Outcome::Redirect(location));
         }
         match expect.validate(head.clone()) {
             Ok(accepted) => {
-                let negotiated = Negotiated {
-                    protocol: accepted.protocol,
-                    url: Some(url.to_owned()),
-                    deflate: accepted.deflate.zip(config.per_message_deflate.clone()),
-                    span: None,
-                };
                 let stream = Http2Stream::new(send_stream, recv, &config.http2);
-                let ws = WebSocket::with_info(
-                    MaybeTlsStream::Http2(Box::new(stream)),
-                    Role::Client,
-                    Arc::new(config.websocket.clone()),
+                let io = MaybeTlsStream::Http2(Box::new(stream));
+                Ok(crate::client::opened(
+                    io,
                     BytesMut::new(),
-                    negotiated,
-                );
-                Ok(crate::client::Outcome::Open(ws, accepted.response))
+                    url,
+                    config,
+                    accepted,
+                ))
             }
             Err(HandshakeError::UnexpectedStatus(_)) => {
                 let body = read_body(recv).await;

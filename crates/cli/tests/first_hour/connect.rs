@@ -9,7 +9,7 @@ use sockeye::{CloseFrame, Message, ServerConfig, WebSocketServer};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::{echo_server, on_a_terminal, run, sockeye, start, stderr, STEP};
+use super::{echo_server, on_a_terminal, run, sockeye, start, stderr, terminal, STEP};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -292,16 +292,8 @@ struct Terminal {
 impl Terminal {
     async fn start(command: &str) -> Terminal {
         // `on_a_terminal` asserts that `script` exists, rather than skipping.
-        let mut child = tokio::process::Command::new("script")
-            .args(["-qec", command, "/dev/null"])
-            // Without colour, what is shown can be matched as plain text.
-            .env("NO_COLOR", "1")
-            .env_remove("CLICOLOR_FORCE")
-            .env("TERM", "xterm")
-            .kill_on_drop(true)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+        // Without colour, what is shown can be matched as plain text.
+        let mut child = terminal(command, &[("NO_COLOR", "1")])
             .spawn()
             .expect("util-linux `script` is required for the terminal tests (Debian: bsdutils)");
         let stdin = child.stdin.take().unwrap();

@@ -172,6 +172,23 @@ async fn tls_echo(pem: &Pem) -> Server {
     .await
 }
 
+/// `command` under a pseudo-terminal (util-linux `script`) with `env`, no colour settings
+/// of its own, stdin and stdout piped.
+fn terminal(command: &str, env: &[(&str, &str)]) -> Command {
+    let mut script = Command::new("script");
+    script
+        .args(["-qec", command, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .env("TERM", "xterm")
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    script
+}
+
 /// Runs `command` under a pseudo-terminal (util-linux `script`), typing `input`;
 /// returns everything the terminal showed, or `None` where `script` is not installed.
 async fn on_a_terminal(command: &str, input: &str, env: &[(&str, &str)]) -> Option<String> {
@@ -184,18 +201,7 @@ async fn on_a_terminal(command: &str, input: &str, env: &[(&str, &str)]) -> Opti
         found,
         "util-linux `script` is required for the terminal tests (Debian: bsdutils)"
     );
-    let mut script = Command::new("script");
-    script
-        .args(["-qec", command, "/dev/null"])
-        .env_remove("NO_COLOR")
-        .env_remove("CLICOLOR_FORCE")
-        .env("TERM", "xterm")
-        .envs(env.iter().copied())
-        .kill_on_drop(true)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = script.spawn().unwrap();
+    let mut child = terminal(command, env).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut stdin, input.as_bytes())
         .await

@@ -18,8 +18,8 @@
 
 use http::{Method, Request};
 
-use super::parse_protocols;
 use super::server::Upgrade;
+use super::{check_version, parse_offers};
 use crate::error::HandshakeError;
 
 /// The value of the `:protocol` pseudo-header of an HTTP/2 extended CONNECT request
@@ -48,21 +48,8 @@ pub fn validate_request(request: &Request<()>) -> Result<Upgrade, HandshakeError
         _ => return Err(HandshakeError::InvalidHeader(":protocol")),
     }
     let headers = request.headers();
-    match headers
-        .get(http::header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-    {
-        Some(b"13") => {}
-        Some(_) => return Err(HandshakeError::UnsupportedVersion),
-        None => return Err(HandshakeError::InvalidHeader("Sec-WebSocket-Version")),
-    }
-    let protocols = parse_protocols(headers)?;
-    let extensions = headers
-        .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
-        .iter()
-        .map(|v| v.to_str().map(str::to_owned))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| HandshakeError::InvalidHeader("Sec-WebSocket-Extensions"))?;
+    check_version(headers)?;
+    let (protocols, extensions) = parse_offers(headers)?;
     Ok(Upgrade {
         accept: None,
         protocols,

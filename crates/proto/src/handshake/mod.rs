@@ -63,6 +63,34 @@ pub(crate) fn header_has_token(headers: &HeaderMap, name: &str, token: &str) -> 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Checks `Sec-WebSocket-Version` of an upgrade request (HTTP/1.1 or an HTTP/2 extended
+/// CONNECT): 13, else [`HandshakeError::UnsupportedVersion`] (426), or missing (400).
+pub(crate) fn check_version(headers: &HeaderMap) -> Result<(), HandshakeError> {
+    match headers
+        .get(http::header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+    {
+        Some(b"13") => Ok(()),
+        Some(_) => Err(HandshakeError::UnsupportedVersion),
+        None => Err(HandshakeError::InvalidHeader("Sec-WebSocket-Version")),
+    }
+}
+
+/// What an upgrade request offers: its subprotocols ([`parse_protocols`]) and its
+/// `Sec-WebSocket-Extensions` values, as sent.
+pub(crate) fn parse_offers(
+    headers: &HeaderMap,
+) -> Result<(Vec<String>, Vec<String>), HandshakeError> {
+    let protocols = parse_protocols(headers)?;
+    let extensions = headers
+        .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .map(|v| v.to_str().map(str::to_owned))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| HandshakeError::InvalidHeader("Sec-WebSocket-Extensions"))?;
+    Ok((protocols, extensions))
+}
+
 /// Parses a `Sec-WebSocket-Protocol` list the way `ws` does: tokens separated by commas
 /// and optional spaces; an empty item, a character outside the token set, or a duplicate
 /// is an error.

@@ -13,7 +13,8 @@ use http::{HeaderMap, Method, Request, StatusCode};
 
 use super::policy::{Decision, Refusal, ServerPolicy};
 use super::{
-    accept_key, header_has_token, parse_protocols, push_headers, to_header_map, HeadLimits,
+    accept_key, check_version, header_has_token, parse_offers, push_headers, to_header_map,
+    HeadLimits,
 };
 use crate::deflate::{self, DeflateConfig, DeflateParams};
 use crate::error::HandshakeError;
@@ -104,26 +105,13 @@ impl Upgrade {
         if !header_has_token(headers, "connection", "upgrade") {
             return Err(HandshakeError::InvalidHeader("Connection"));
         }
-        let version = headers
-            .get(http::header::SEC_WEBSOCKET_VERSION)
-            .map(|v| v.as_bytes());
-        match version {
-            Some(b"13") => {}
-            Some(_) => return Err(HandshakeError::UnsupportedVersion),
-            None => return Err(HandshakeError::InvalidHeader("Sec-WebSocket-Version")),
-        }
+        check_version(headers)?;
         let key = headers
             .get(http::header::SEC_WEBSOCKET_KEY)
             .map(|v| v.as_bytes())
             .filter(|k| is_valid_key(k))
             .ok_or(HandshakeError::InvalidHeader("Sec-WebSocket-Key"))?;
-        let protocols = parse_protocols(headers)?;
-        let extensions = headers
-            .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
-            .iter()
-            .map(|v| v.to_str().map(str::to_owned))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| HandshakeError::InvalidHeader("Sec-WebSocket-Extensions"))?;
+        let (protocols, extensions) = parse_offers(headers)?;
         Ok(Upgrade {
             accept: Some(accept_key(key)),
             protocols,

@@ -96,21 +96,7 @@ where
         return;
     }
     scenario().await;
-    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([&name, "--exact", "--test-threads=1", "--nocapture"])
-        .env(ISOLATED, "1")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), child)
-        .await
-        .expect("the memory check ends within 120 s")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    rerun_alone(&name, ISOLATED, Duration::from_secs(120)).await;
 }
 
 /// Half of a 64 KiB masked binary frame: the header says 64 KiB, 32 KiB follow.

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use sockeye::{CloseFrame, Message, ServerConfig};
@@ -83,39 +84,17 @@ impl Capture {
     }
 }
 
-/// Set in the process that runs the test alone ([`alone`]).
+/// Set in the process that runs the span test alone.
 const ALONE: &str = "SOCKEYE_OBSERVABILITY_ALONE";
-
-/// Whether this is the process that runs `test` alone; if not, runs it there (this test
-/// binary again, with only that test) and checks that it passed. `tracing` caches per
-/// call site whether any subscriber is interested; a subscriber set for this thread only
-/// (`set_default`) can miss a span whose call site another test's thread, with no
-/// subscriber, reached at the same moment. Alone, no other test runs.
-async fn alone(test: &str) -> bool {
-    if std::env::var_os(ALONE).is_some() {
-        return true;
-    }
-    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--test-threads=1", "--nocapture"])
-        .env(ALONE, "1")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(std::time::Duration::from_secs(60), child)
-        .await
-        .expect("the test ends within 60 s")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    false
-}
 
 #[tokio::test]
 async fn a_span_per_connection_and_events_for_refusals_and_errors() {
-    if !alone("observability::a_span_per_connection_and_events_for_refusals_and_errors").await {
+    // `tracing` caches per call site whether any subscriber is interested: a subscriber
+    // set for this thread only (`set_default`) can miss a span whose call site another
+    // test's thread, with no subscriber, reached at the same moment. Alone, none does.
+    if std::env::var_os(ALONE).is_none() {
+        let test = "observability::a_span_per_connection_and_events_for_refusals_and_errors";
+        rerun_alone(test, ALONE, Duration::from_secs(60)).await;
         return;
     }
     let capture = Capture::default();

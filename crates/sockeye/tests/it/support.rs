@@ -145,3 +145,25 @@ pub async fn accept_one(server: &WebSocketServer) -> WebSocket<TcpStream> {
         .expect("handshake")
         .0
 }
+
+/// Runs `test` again in a process of its own (this test binary, that test alone, with
+/// `var` set so that it knows) and checks that it passed within `limit`; returns its
+/// stdout.
+pub async fn rerun_alone(test: &str, var: &str, limit: Duration) -> String {
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(var, "1")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(limit, child)
+        .await
+        .unwrap_or_else(|_| panic!("{test} alone: not ended within {limit:?}"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
