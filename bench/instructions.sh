@@ -12,7 +12,9 @@
 #   --out DIR   callgrind files and logs (default ${TMPDIR:-/tmp}/sockeye-bench/instructions-DATE)
 # Needs valgrind, and the harness built by `bench/side_by_side.sh --build-only` (wsload and
 # the peers in ${BENCH_WORK:-${TMPDIR:-/tmp}/sockeye-bench/harness}/bin). Builds Sockeye
-# (release: the CLI and the echo_server example) from the working tree.
+# (release: the CLI and the echo_server example) from the working tree, into
+# $CARGO_TARGET_DIR when set: for a profile by source line, run with
+# CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_TARGET_DIR=target/lt.
 #
 # Each server runs under `valgrind --tool=callgrind` on core 0 and wsload loads it from core 1
 # (no warm-up, so every message is counted). Prints per server: the instructions of all its
@@ -45,15 +47,17 @@ OUT=${OUT:-${TMPDIR:-/tmp}/sockeye-bench/instructions-$(date +%Y-%m-%d-%H%M%S)}
 command -v valgrind >/dev/null || { echo "instructions: valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
 [ -x "$WORK/bin/wsload" ] || { echo "instructions: no harness build in $WORK; run bench/side_by_side.sh --build-only first" >&2; exit 2; }
 WORK=$(cd "$WORK" && pwd)
+TARGET=${CARGO_TARGET_DIR:-target}
+[[ $TARGET = /* ]] || TARGET=$REPO/$TARGET
 (cd "$REPO" && cargo build --release -q -p sockeye-cli && cargo build --release -q -p sockeye --example echo_server)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
 # The servers' commands: bench/servers.conf, Sockeye's binaries by absolute path (this
-# checkout's target/release/ in place of RELEASE/).
+# checkout's target/release/, or $CARGO_TARGET_DIR/release/, in place of RELEASE/).
 server_line() {
   awk -F'|' -v n="$1" '$1 == n { print; exit }' "$REPO/bench/servers.conf" |
-    sed "s#RELEASE/#$REPO/target/release/#"
+    sed "s#RELEASE/#$TARGET/release/#"
 }
 
 echo "instructions: ${CONNS} x ${SIZE} B for ${SECS} s per server; files in $OUT"

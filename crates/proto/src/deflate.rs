@@ -984,6 +984,14 @@ mod tests {
         .is_ok());
     }
 
+    /// A compressed connection's messages are never sent from the stack as they are.
+    #[test]
+    fn send_now_leaves_a_compressed_connection_to_the_queue() {
+        let (_, mut server) = pair("permessage-deflate");
+        let never = |_: &[u8]| -> usize { panic!("write_now called") };
+        assert!(!server.try_send_now(DataKind::Binary, b"x", never));
+    }
+
     fn pair(params_header: &str) -> (Connection, Connection) {
         let config = DeflateConfig {
             threshold: 0,

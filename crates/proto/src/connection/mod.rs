@@ -44,6 +44,7 @@ use crate::utf8::Utf8Validator;
 use mask_keys::MaskKeys;
 use read::Incoming;
 use send::FrameOut;
+pub use send::SEND_NOW_MAX;
 use timers::HeartbeatClock;
 
 mod closing;

@@ -232,10 +232,73 @@ impl Connection {
         self.send_piece(kind, payload, fin, 0, compress)
     }
 
-    /// Queues a data frame. A server's whole, uncompressed message that is copied (under
-    /// [`ZERO_COPY_MIN`]), with nothing in progress either way, is encoded here: header,
-    /// then the payload, the same bytes [`Connection::send_piece_general`] would queue,
-    /// without its calls (the common case of an echo, some 90 instructions each).
+    /// Sends a whole, small data message with nothing queued before it by offering its
+    /// frame to `write_now` first, from the stack: `write_now` writes what the transport
+    /// takes without waiting and returns how many bytes that was; only the rest is
+    /// queued. A send that writes out at once thus leaves the transmit queue untouched
+    /// (no buffer is reserved, filled and emptied for it).
+    ///
+    /// Taken only for the frames [`Connection::send_binary`] would encode as they are (a
+    /// server's uncompressed message, nothing in progress either way, the connection
+    /// open) of at most [`SEND_NOW_MAX`] payload bytes, with nothing queued; returns
+    /// `false` without calling `write_now` otherwise: send it with
+    /// [`Connection::send_bytes`] then.
+    #[inline]
+    pub fn try_send_now(
+        &mut self,
+        kind: DataKind,
+        payload: &[u8],
+        write_now: impl FnOnce(&[u8]) -> usize,
+    ) -> bool {
+        if !(payload.len() <= SEND_NOW_MAX
+            && self.transmit.is_empty()
+            && self.sends_plain_frame(true, 0, payload.len()))
+        {
+            return false;
+        }
+        let header = FrameHeader {
+            fin: true,
+            rsv1: false,
+            opcode: match kind {
+                DataKind::Text => OpCode::Text,
+                DataKind::Binary => OpCode::Binary,
+            },
+            mask: None,
+            payload_len: payload.len() as u64,
+        };
+        let mut frame = [0u8; MAX_HEADER_LEN + SEND_NOW_MAX];
+        let mut encoded = [0u8; MAX_HEADER_LEN];
+        let hlen = header.encode(&mut encoded);
+        frame[..hlen].copy_from_slice(&encoded[..hlen]);
+        let len = hlen + payload.len();
+        frame[hlen..len].copy_from_slice(payload);
+        let written = write_now(&frame[..len]).min(len);
+        if written < len {
+            self.transmit.tail().extend_from_slice(&frame[written..len]);
+        }
+        true
+    }
+
+    /// Whether a data frame of `len` payload bytes goes out as the frame of a whole
+    /// message, encoded in one piece: a server's uncompressed message that is copied
+    /// (under [`ZERO_COPY_MIN`]), with nothing in progress either way, the connection open.
+    #[inline]
+    fn sends_plain_frame(&self, fin: bool, rest: u64, len: usize) -> bool {
+        self.role == Role::Server
+            && fin
+            && rest == 0
+            && self.outgoing.is_none()
+            && self.frame_out.is_none()
+            && self.deflate.is_none()
+            && !self.close_sent
+            && self.state == State::Open
+            && len < ZERO_COPY_MIN
+    }
+
+    /// Queues a data frame. A frame that [`Connection::sends_plain_frame`] is encoded
+    /// here: header, then the payload, the same bytes [`Connection::send_piece_general`]
+    /// would queue, without its calls (the common case of an echo, some 90 instructions
+    /// each).
     #[inline]
     fn send_piece(
         &mut self,
@@ -245,16 +308,7 @@ impl Connection {
         rest: u64,
         compress: bool,
     ) -> Result<(), Error> {
-        if self.role == Role::Server
-            && fin
-            && rest == 0
-            && self.outgoing.is_none()
-            && self.frame_out.is_none()
-            && self.deflate.is_none()
-            && !self.close_sent
-            && self.state == State::Open
-            && payload.as_slice().len() < ZERO_COPY_MIN
-        {
+        if self.sends_plain_frame(fin, rest, payload.as_slice().len()) {
             let opcode = match kind {
                 DataKind::Text => OpCode::Text,
                 DataKind::Binary => OpCode::Binary,
@@ -508,6 +562,10 @@ fn put_masked(out: &mut BytesMut, header: &[u8], payload: &[u8], mask: Option<[u
         None => out.put_slice(payload),
     }
 }
+
+/// The largest payload [`Connection::try_send_now`] sends from the stack: one whose
+/// frame has a two-byte header.
+pub const SEND_NOW_MAX: usize = 125;
 
 /// A payload to send: borrowed (copied into the transmit queue) or handed over.
 enum Payload<'a> {

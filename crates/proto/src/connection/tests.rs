@@ -2570,3 +2570,88 @@ fn randomized_relays_send_one_frame_per_frame_and_hold_control_frames() {
         "frames were split: {split_pieces} pieces"
     );
 }
+
+// ---------------------------------------------------------------- sending from the stack
+mod send_now {
+    use bytes::Buf;
+
+    use crate::connection::SEND_NOW_MAX;
+    use crate::{Config, Connection, DataKind, Role};
+
+    /// The bytes `send_binary` would queue for `payload` on a fresh server connection.
+    fn queued_frame(kind: DataKind, payload: &[u8]) -> Vec<u8> {
+        let mut conn = Connection::new(Role::Server, Config::default());
+        conn.send(kind, payload, true).unwrap();
+        conn.transmit().to_vec()
+    }
+
+    #[test]
+    fn a_small_message_is_offered_whole_and_the_queue_stays_empty() {
+        for (kind, len) in [
+            (DataKind::Binary, 0),
+            (DataKind::Text, 20),
+            (DataKind::Binary, SEND_NOW_MAX),
+        ] {
+            let payload = vec![b'x'; len];
+            let mut conn = Connection::new(Role::Server, Config::default());
+            let mut offered = Vec::new();
+            let sent = conn.try_send_now(kind, &payload, |frame| {
+                offered.extend_from_slice(frame);
+                frame.len()
+            });
+            assert!(sent);
+            assert_eq!(offered, queued_frame(kind, &payload), "{kind:?} x {len}");
+            assert!(conn.transmit().is_empty());
+        }
+    }
+
+    #[test]
+    fn what_the_transport_does_not_take_is_queued_in_order() {
+        let payload = [7u8; 40];
+        let whole = queued_frame(DataKind::Binary, &payload);
+        for took in [0, 1, 2, 41] {
+            let mut conn = Connection::new(Role::Server, Config::default());
+            assert!(conn.try_send_now(DataKind::Binary, &payload, |_| took));
+            assert_eq!(conn.transmit().to_vec(), &whole[took..], "took {took}");
+            // A later message follows the rest.
+            conn.send_binary(b"next").unwrap();
+            let mut expected = whole[took..].to_vec();
+            expected.extend(queued_frame(DataKind::Binary, b"next"));
+            assert_eq!(conn.transmit().to_vec(), expected);
+        }
+        // A transport claiming more than it was given counts as all of it.
+        let mut conn = Connection::new(Role::Server, Config::default());
+        assert!(conn.try_send_now(DataKind::Binary, &payload, |_| 1000));
+        assert!(conn.transmit().is_empty());
+    }
+
+    /// Each case: not taken, `write_now` never called, nothing queued by it.
+    #[test]
+    fn other_sends_are_left_to_the_queue() {
+        let never = |_: &[u8]| -> usize { panic!("write_now called") };
+        // Too large for a two-byte header.
+        let mut conn = Connection::new(Role::Server, Config::default());
+        assert!(!conn.try_send_now(DataKind::Binary, &[0; SEND_NOW_MAX + 1], never));
+        // Something queued before it.
+        conn.ping(b"p").unwrap();
+        let before = conn.transmit().to_vec();
+        assert!(!conn.try_send_now(DataKind::Binary, b"x", never));
+        assert_eq!(conn.transmit().to_vec(), before);
+        // A client masks every frame.
+        let mut client = Connection::new(Role::Client, Config::default());
+        assert!(!client.try_send_now(DataKind::Binary, b"x", never));
+        // A fragmented message in progress.
+        let mut conn = Connection::new(Role::Server, Config::default());
+        conn.send(DataKind::Text, b"first", false).unwrap();
+        let queued = conn.transmit().remaining();
+        conn.transmit().advance(queued);
+        assert!(!conn.try_send_now(DataKind::Binary, b"x", never));
+        // Closing.
+        let mut conn = Connection::new(Role::Server, Config::default());
+        conn.close(None, std::time::Instant::now()).unwrap();
+        let queued = conn.transmit().remaining();
+        conn.transmit().advance(queued);
+        assert!(!conn.try_send_now(DataKind::Binary, b"x", never));
+        // (permessage-deflate: in deflate.rs.)
+    }
+}

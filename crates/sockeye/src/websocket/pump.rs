@@ -207,7 +207,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
     }
 
     /// A data send of `send` under the send queue's bound: below the high-water mark it
-    /// is queued (and written at once when it can be) by `queue`; at or over it, the
+    /// is queued and written at once when it can be by `send_now` (which returns whether
+    /// it was all written); at or over it, the
     /// connection's [`WhenFull`] policy decides: `Wait` makes it [`Held`] with `hold`,
     /// for the [`Sending`](super::Sending) future to queue once there is room, `Drop`
     /// discards it and counts it, `Close` starts closing with 1008.
@@ -215,13 +216,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
     pub(super) fn send_bounded<T>(
         &self,
         send: T,
-        queue: impl FnOnce(&mut Inner<S>, T) -> Result<(), Error>,
+        send_now: impl FnOnce(&mut Inner<S>, T) -> Result<bool, Error>,
         hold: impl FnOnce(T) -> Held,
     ) -> Bounded {
         let mut inner = self.lock();
         let send_queue = inner.conn.config().send_queue;
         if inner.conn.transmit_len() < send_queue.high_water {
-            return Bounded::Queued(inner.queue_and_write(|inner| queue(inner, send)));
+            return Bounded::Queued(send_now(&mut inner, send));
         }
         // Over the mark: a connection that is over refuses as an immediate send would.
         if let Err(e) = inner.with_conn(|_| Ok(())) {
@@ -427,7 +428,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// Queues with `queue` and, if nothing was queued before it, writes at once; returns
     /// whether it was all written.
     #[inline]
-    fn queue_and_write(
+    pub(super) fn queue_and_write(
         &mut self,
         queue: impl FnOnce(&mut Inner<S>) -> Result<(), Error>,
     ) -> Result<bool, Error> {
@@ -475,6 +476,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.with_conn(|conn| conn.send_with(kind, data, fin, compress))?;
         metrics::message_sent(data.len(), fin);
         Ok(())
+    }
+
+    /// Sends a message and, if nothing was queued before it, writes it at once, as
+    /// [`Inner::queue_and_write`] does; returns whether it was all written. A small whole
+    /// data message goes from the stack ([`Connection::try_send_now`]): the transmit
+    /// buffer is left alone when the transport takes it all.
+    #[inline]
+    pub(super) fn send_message(&mut self, message: Message) -> Result<bool, Error> {
+        if let Some(written) = self.try_send_now(&message) {
+            return Ok(written);
+        }
+        self.queue_and_write(|inner| inner.queue(message))
+    }
+
+    /// [`Connection::try_send_now`] for a data message, with one write attempt that
+    /// waits for nothing (as [`Inner::try_write_now`]): `Some(true)` when the transport
+    /// took it all and flushed, `Some(false)` when the rest is queued for the send's
+    /// future, `None` when it is not such a send (or a task waits to write, whose waker
+    /// the transport holds): queue it.
+    #[inline(always)]
+    fn try_send_now(&mut self, message: &Message) -> Option<bool> {
+        let (kind, data) = match message {
+            Message::Text(text) => (DataKind::Text, text.as_bytes()),
+            Message::UncheckedText(data) => (DataKind::Text, &data[..]),
+            Message::Binary(data) => (DataKind::Binary, &data[..]),
+            _ => return None,
+        };
+        if self.ended || Writers::any_waiting(&self.writers) {
+            return None;
+        }
+        let io = self.io.as_mut()?;
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut wrote = 0;
+        let sent = self.conn.try_send_now(kind, data, |frame| {
+            if let Poll::Ready(Ok(n)) = Pin::new(&mut *io).poll_write(&mut cx, frame) {
+                wrote = n;
+            }
+            wrote
+        });
+        if !sent {
+            return None;
+        }
+        let done = self.conn.transmit().is_empty()
+            && matches!(Pin::new(io).poll_flush(&mut cx), Poll::Ready(Ok(())));
+        // Written but not flushed (a TLS stream holding records): the send's future, or
+        // else the reading task, flushes it.
+        self.unflushed |= !done && self.conn.transmit().is_empty();
+        metrics::written(wrote);
+        #[cfg(feature = "metrics")]
+        metrics::message_sent(data.len(), true);
+        self.count_queue();
+        Some(done)
     }
 
     /// Encodes a message into the transmit buffer.
@@ -662,7 +715,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         // Bytes read do not move a deadline; what reads them (and the end of the stream)
         // may, so the timer is checked on entry and after anything but a plain read.
         let mut check_deadline = true;
-        loop {
+        'checks: loop {
             if self.ended {
                 return Poll::Ready(None);
             }
@@ -689,67 +742,74 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 self.park_reader(cx);
                 return Poll::Pending;
             }
-            if !self.conn.is_read_closed() && self.conn.wants_read(&self.read_buf) {
-                // The clock is read only when the read needs the time (not for a
-                // server's data frames without a heartbeat).
-                match self.conn.read_with(&mut self.read_buf, Instant::now) {
-                    Ok(Some(message)) => {
-                        match &message {
-                            Message::Close(frame) => {
-                                if frame.is_some() {
-                                    self.rare().received = frame.clone();
+            loop {
+                if !self.conn.is_read_closed() && self.conn.wants_read(&self.read_buf) {
+                    // The clock is read only when the read needs the time (not for a
+                    // server's data frames without a heartbeat).
+                    match self.conn.read_with(&mut self.read_buf, Instant::now) {
+                        Ok(Some(message)) => {
+                            match &message {
+                                Message::Close(frame) => {
+                                    if frame.is_some() {
+                                        self.rare().received = frame.clone();
+                                    }
+                                }
+                                Message::Text(text) => metrics::message_received(text.len(), true),
+                                Message::Binary(data) | Message::UncheckedText(data) => {
+                                    metrics::message_received(data.len(), true);
+                                }
+                                Message::Fragment(piece) => {
+                                    metrics::message_received(
+                                        piece.data.len(),
+                                        piece.ends_message(),
+                                    );
+                                }
+                                Message::Ping(_) | Message::Pong(_) => {}
+                            }
+                            // Answer at once (pong, close reply) and, on a server whose close
+                            // handshake just ended, close TCP now (RFC 6455 §7.1.1).
+                            if let Poll::Ready(Err(e)) = self.poll_flush_pending(cx) {
+                                let _ = self.end_with_io_error(e);
+                            } else if self.conn.should_close_transport()
+                                && self.conn.transmit().is_empty()
+                            {
+                                if let Some(io) = self.io.as_mut() {
+                                    if Pin::new(io).poll_shutdown(cx).is_ready() {
+                                        self.io = None;
+                                    }
                                 }
                             }
-                            Message::Text(text) => metrics::message_received(text.len(), true),
-                            Message::Binary(data) | Message::UncheckedText(data) => {
-                                metrics::message_received(data.len(), true);
-                            }
-                            Message::Fragment(piece) => {
-                                metrics::message_received(piece.data.len(), piece.ends_message());
-                            }
-                            Message::Ping(_) | Message::Pong(_) => {}
+                            return Poll::Ready(Some(Ok(message)));
                         }
-                        // Answer at once (pong, close reply) and, on a server whose close
-                        // handshake just ended, close TCP now (RFC 6455 §7.1.1).
-                        if let Poll::Ready(Err(e)) = self.poll_flush_pending(cx) {
-                            let _ = self.end_with_io_error(e);
-                        } else if self.conn.should_close_transport()
-                            && self.conn.transmit().is_empty()
-                        {
-                            if let Some(io) = self.io.as_mut() {
-                                if Pin::new(io).poll_shutdown(cx).is_ready() {
-                                    self.io = None;
-                                }
-                            }
+                        Ok(None) => {}
+                        Err(e) => {
+                            metrics::protocol_error(e.close_code().map_or(1002, |code| code.0));
+                            tracing::debug!(parent: &self.span(), error = %e, "failing the connection");
+                            self.rare().failure = Some(Error::Protocol(e));
+                            continue 'checks;
                         }
-                        return Poll::Ready(Some(Ok(message)));
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        metrics::protocol_error(e.close_code().map_or(1002, |code| code.0));
-                        tracing::debug!(parent: &self.span(), error = %e, "failing the connection");
-                        self.rare().failure = Some(Error::Protocol(e));
-                        continue;
                     }
                 }
-            }
-            if self.conn.is_read_closed() {
-                return self.poll_closing(cx);
-            }
-            match self.poll_fill(cx) {
-                Poll::Ready(Ok(n)) => {
-                    check_deadline = n == 0;
-                    continue;
+                if self.conn.is_read_closed() {
+                    return self.poll_closing(cx);
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.end_with_io_error(e)))),
-                Poll::Pending => {
-                    // Arm the timer for the deadline the read may have started (the
-                    // heartbeat's clock); if one already passed, act on it now.
-                    if self.poll_deadline(cx) {
-                        continue;
+                match self.poll_fill(cx) {
+                    // Bytes read change none of the checks above (an incomplete
+                    // frame queues nothing): read them at once.
+                    Poll::Ready(Ok(n)) if n > 0 => continue,
+                    Poll::Ready(Ok(_)) => continue 'checks,
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Some(Err(self.end_with_io_error(e))))
                     }
-                    self.park_reader(cx);
-                    return Poll::Pending;
+                    Poll::Pending => {
+                        // Arm the timer for the deadline the read may have started (the
+                        // heartbeat's clock); if one already passed, act on it now.
+                        if self.poll_deadline(cx) {
+                            continue 'checks;
+                        }
+                        self.park_reader(cx);
+                        return Poll::Pending;
+                    }
                 }
             }
         }

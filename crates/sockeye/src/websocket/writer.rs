@@ -84,9 +84,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
             let queued = self.shared.queue_and_write(|inner| inner.queue(message));
             return Sending::written(&self.shared, queued);
         }
-        let bounded = self
-            .shared
-            .send_bounded(message, |inner, m| inner.queue(m), Held::Message);
+        let bounded =
+            self.shared
+                .send_bounded(message, |inner, m| inner.send_message(m), Held::Message);
         Sending::bounded(&self.shared, bounded)
     }
 
@@ -132,7 +132,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
         let SendOptions { fin, compress } = options;
         let bounded = self.shared.send_bounded(
             data,
-            |inner, data| inner.send_frame(kind, data, fin, compress),
+            |inner, data| {
+                inner.queue_and_write(|inner| inner.send_frame(kind, data, fin, compress))
+            },
             |data| Held::Frame {
                 kind,
                 data: Bytes::copy_from_slice(data),

@@ -1549,3 +1549,75 @@ async fn api_misuse_is_reported_as_misuse_and_closes_nothing() {
     assert_eq!(next(&mut peer).await, Message::Close(None));
     let _ = next(&mut client).await;
 }
+
+/// The message `i` of the ordered-sends tests: small ones (written from the stack when
+/// nothing is queued) and now and then one over 125 bytes (always through the queue),
+/// text and binary.
+fn numbered(i: u32) -> Message {
+    let len = if i % 17 == 0 { 300 } else { (i % 126) as usize };
+    let mut data = format!("{i:08}").into_bytes();
+    data.resize(len.max(8), b'a' + (i % 26) as u8);
+    if i % 2 == 0 {
+        Message::text(String::from_utf8(data).unwrap())
+    } else {
+        Message::binary(data)
+    }
+}
+
+/// A transport that takes a few bytes per write (an in-memory pipe of 3 bytes): every
+/// small send is written in part and the rest queued, and the messages still arrive
+/// whole and in order.
+#[tokio::test]
+async fn sends_written_a_few_bytes_at_a_time_arrive_whole_and_in_order() {
+    let (a, b) = tokio::io::duplex(3);
+    let server = sockeye::WebSocket::from_upgraded(
+        a,
+        sockeye::Role::Server,
+        sockeye::Config::default(),
+        bytes::BytesMut::new(),
+    );
+    let mut client = sockeye::WebSocket::from_upgraded(
+        b,
+        sockeye::Role::Client,
+        sockeye::Config::default(),
+        bytes::BytesMut::new(),
+    );
+    const N: u32 = 500;
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            server.send(numbered(i)).await.unwrap();
+        }
+        server
+    });
+    for i in 0..N {
+        assert_eq!(next(&mut client).await, numbered(i), "message {i}");
+    }
+    within("the sender", sender).await.unwrap();
+}
+
+/// A peer that does not read until the socket is full: the sends that find the socket
+/// full queue (all or part of their frame), the later ones queue behind them, and once
+/// the peer reads, everything arrives in order over loopback TCP.
+#[tokio::test]
+async fn sends_to_a_peer_that_reads_late_arrive_whole_and_in_order() {
+    let server = server(ServerConfig::default()).await;
+    let (mut client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
+    let ws = accept_one(&server).await;
+    const N: u32 = 60_000;
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            ws.send(numbered(i)).await.unwrap();
+        }
+        ws
+    });
+    // Let the sender fill the socket buffers and queue past them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !sender.is_finished(),
+        "the sender waits for the peer to read"
+    );
+    for i in 0..N {
+        assert_eq!(next(&mut client).await, numbered(i), "message {i}");
+    }
+    within("the sender", sender).await.unwrap();
+}
