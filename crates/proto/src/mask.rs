@@ -31,17 +31,26 @@ const SHORT: usize = 24;
 /// XORs `buf` in place with `key`, as if the masking started `offset` bytes into the
 /// payload (`offset` matters only modulo 4). Masking twice with the same key and
 /// offset restores the data.
-#[inline]
-#[allow(unsafe_code)]
+///
+/// Always inlined: a short payload (a small message's) is masked in place at the call,
+/// without a call; longer ones call the kernel.
+#[inline(always)]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     if buf.len() < SHORT {
         // Short payloads: setting up the wide loop costs more than it saves
         // (`cargo bench -p sockeye-proto -- mask`).
         return xor_words(buf, rotate_key(key, offset));
     }
+    apply_mask_wide(buf, rotate_key(key, offset));
+}
+
+/// [`apply_mask`] from [`SHORT`] bytes on, with the already rotated `key`.
+#[inline(never)]
+#[allow(unsafe_code)]
+fn apply_mask_wide(buf: &mut [u8], key: [u8; 4]) {
     // SAFETY: `Kernel::selected` returns only a kernel that `is_available` on this CPU
     // (it caches the result of the same detection), which is `run`'s contract.
-    unsafe { run(Kernel::selected(), buf, rotate_key(key, offset)) }
+    unsafe { run(Kernel::selected(), buf, key) }
 }
 
 /// Writes `src` masked with `key` to `dst`, as if the masking started `offset` bytes into

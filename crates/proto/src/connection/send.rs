@@ -2,6 +2,8 @@
 //! transmit queue (control frames wait for the end of a frame sent in pieces, RFC 6455
 //! §5.4).
 
+use std::mem::MaybeUninit;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{Connection, DataKind, Role, State};
@@ -266,15 +268,15 @@ impl Connection {
             mask: None,
             payload_len: payload.len() as u64,
         };
-        let mut frame = [0u8; MAX_HEADER_LEN + SEND_NOW_MAX];
         let mut encoded = [0u8; MAX_HEADER_LEN];
         let hlen = header.encode(&mut encoded);
-        frame[..hlen].copy_from_slice(&encoded[..hlen]);
-        let len = hlen + payload.len();
-        frame[hlen..len].copy_from_slice(payload);
-        let written = write_now(&frame[..len]).min(len);
-        if written < len {
-            self.transmit.tail().extend_from_slice(&frame[written..len]);
+        // Left uninitialized: zeroing the whole buffer would cost more than the copy
+        // into it for most messages.
+        let mut buffer = [MaybeUninit::<u8>::uninit(); MAX_HEADER_LEN + SEND_NOW_MAX];
+        let frame = frame_in(&mut buffer, &encoded, hlen, payload);
+        let written = write_now(frame).min(frame.len());
+        if written < frame.len() {
+            self.transmit.tail().extend_from_slice(&frame[written..]);
         }
         true
     }
@@ -563,9 +565,43 @@ fn put_masked(out: &mut BytesMut, header: &[u8], payload: &[u8], mask: Option<[u
     }
 }
 
-/// The largest payload [`Connection::try_send_now`] sends from the stack: one whose
-/// frame has a two-byte header.
-pub const SEND_NOW_MAX: usize = 125;
+/// The largest payload [`Connection::try_send_now`] sends from the stack (its frame
+/// and that payload copied into a buffer on the stack): a 1 KiB message and more, while
+/// staying small next to a thread's stack.
+pub const SEND_NOW_MAX: usize = 4096;
+
+/// Writes a frame to the start of `buffer`: its header, the first `hlen` bytes of
+/// `header` (as [`FrameHeader::encode`] gives them), then `payload`; returns the frame.
+///
+/// # Panics
+/// If `hlen` is over [`MAX_HEADER_LEN`] or `payload` does not fit in `buffer` after
+/// [`MAX_HEADER_LEN`] bytes.
+#[allow(unsafe_code)]
+#[inline(always)]
+fn frame_in<'a>(
+    buffer: &'a mut [MaybeUninit<u8>],
+    header: &[u8; MAX_HEADER_LEN],
+    hlen: usize,
+    payload: &[u8],
+) -> &'a [u8] {
+    assert!(hlen <= MAX_HEADER_LEN && MAX_HEADER_LEN + payload.len() <= buffer.len());
+    let base = buffer.as_mut_ptr().cast::<u8>();
+    // SAFETY: `buffer` has room for MAX_HEADER_LEN + payload.len() bytes (asserted), so
+    // both copies write inside it: all of `header` (a fixed size, so no call to
+    // `memcpy`) to bytes [0, MAX_HEADER_LEN), then `payload` to [hlen, hlen +
+    // payload.len()), over the header's unused end. The sources are shared borrows and
+    // cannot overlap `buffer`, borrowed mutably. `MaybeUninit<u8>` has the size and
+    // alignment of `u8`, so the pointer is valid for `u8` writes; after the copies bytes
+    // [0, hlen + payload.len()) are initialized (hlen <= MAX_HEADER_LEN), and the
+    // returned slice, which borrows `buffer` for 'a, covers exactly them. The unit tests
+    // of `try_send_now` compare the frame with the queued one at payload lengths 0, 20,
+    // 125, 126, 1024 and SEND_NOW_MAX (headers of 2 and 4 bytes).
+    unsafe {
+        std::ptr::copy_nonoverlapping(header.as_ptr(), base, MAX_HEADER_LEN);
+        std::ptr::copy_nonoverlapping(payload.as_ptr(), base.add(hlen), payload.len());
+        std::slice::from_raw_parts(base, hlen + payload.len())
+    }
+}
 
 /// A payload to send: borrowed (copied into the transmit queue) or handed over.
 enum Payload<'a> {

@@ -2586,10 +2586,13 @@ mod send_now {
     }
 
     #[test]
-    fn a_small_message_is_offered_whole_and_the_queue_stays_empty() {
+    fn a_message_up_to_the_limit_is_offered_whole_and_the_queue_stays_empty() {
         for (kind, len) in [
             (DataKind::Binary, 0),
             (DataKind::Text, 20),
+            (DataKind::Binary, 125),
+            (DataKind::Text, 126),
+            (DataKind::Binary, 1024),
             (DataKind::Binary, SEND_NOW_MAX),
         ] {
             let payload = vec![b'x'; len];
@@ -2629,7 +2632,7 @@ mod send_now {
     #[test]
     fn other_sends_are_left_to_the_queue() {
         let never = |_: &[u8]| -> usize { panic!("write_now called") };
-        // Too large for a two-byte header.
+        // Over the limit.
         let mut conn = Connection::new(Role::Server, Config::default());
         assert!(!conn.try_send_now(DataKind::Binary, &[0; SEND_NOW_MAX + 1], never));
         // Something queued before it.

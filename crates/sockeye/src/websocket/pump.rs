@@ -892,17 +892,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         };
         metrics::read(n);
         if n == 0 {
-            if let Some(abnormal) = self.conn.handle_eof(Instant::now()) {
-                let sent = self.conn.close_sent();
-                let rare = self.rare();
-                rare.received = Some(abnormal.clone());
-                rare.failure.get_or_insert(Error::Closed(CloseInfo {
-                    received: Some(abnormal),
-                    sent,
-                }));
-            }
+            self.on_eof();
         }
         Poll::Ready(Ok(n))
+    }
+
+    /// The transport's end of stream: the connection is told, and an abnormal end (no
+    /// close handshake) is recorded for the stream to report.
+    #[cold]
+    #[inline(never)]
+    fn on_eof(&mut self) {
+        if let Some(abnormal) = self.conn.handle_eof(Instant::now()) {
+            let sent = self.conn.close_sent();
+            let rare = self.rare();
+            rare.received = Some(abnormal.clone());
+            rare.failure.get_or_insert(Error::Closed(CloseInfo {
+                received: Some(abnormal),
+                sent,
+            }));
+        }
     }
 
     /// After the last frame: write what is queued, wait out the close handshake, close

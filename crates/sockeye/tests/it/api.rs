@@ -1550,11 +1550,15 @@ async fn api_misuse_is_reported_as_misuse_and_closes_nothing() {
     let _ = next(&mut client).await;
 }
 
-/// The message `i` of the ordered-sends tests: small ones (written from the stack when
-/// nothing is queued) and now and then one over 125 bytes (always through the queue),
-/// text and binary.
+/// The message `i` of the ordered-sends tests, text and binary: small ones, up to and
+/// over `SEND_NOW_MAX` (written from the stack when nothing is queued, or else through
+/// the queue).
 fn numbered(i: u32) -> Message {
-    let len = if i % 17 == 0 { 300 } else { (i % 126) as usize };
+    let len = match i % 7 {
+        0 => sockeye::proto::connection::SEND_NOW_MAX - 600 + (i % 3) as usize * 600,
+        1 | 2 => 126 + (i % 1500) as usize,
+        _ => (i % 126) as usize,
+    };
     let mut data = format!("{i:08}").into_bytes();
     data.resize(len.max(8), b'a' + (i % 26) as u8);
     if i % 2 == 0 {
@@ -1603,7 +1607,7 @@ async fn sends_to_a_peer_that_reads_late_arrive_whole_and_in_order() {
     let server = server(ServerConfig::default()).await;
     let (mut client, _) = sockeye::connect(&url(&server, "/")).await.unwrap();
     let ws = accept_one(&server).await;
-    const N: u32 = 60_000;
+    const N: u32 = 20_000;
     let sender = tokio::spawn(async move {
         for i in 0..N {
             ws.send(numbered(i)).await.unwrap();
