@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::{Connection, DataKind, Role, State};
 use crate::error::{ApiMisuse, Error};
 use crate::frame::{FrameHeader, OpCode, MAX_FRAME_LEN, MAX_HEADER_LEN};
-use crate::mask::{apply_mask, extend_masked, rotate_key};
+use crate::mask::{apply_mask, copy_masked, extend_masked, rotate_key};
 use crate::message::Fragment;
 use crate::prepared::PreparedFrame;
 use crate::transmit::{Transmit, ZERO_COPY_MIN};
@@ -238,13 +238,13 @@ impl Connection {
     /// frame to `write_now` first, from the stack: `write_now` writes what the transport
     /// takes without waiting and returns how many bytes that was; only the rest is
     /// queued. A send that writes out at once thus leaves the transmit queue untouched
-    /// (no buffer is reserved, filled and emptied for it).
+    /// (no buffer is reserved, filled and emptied for it). A client's frame is masked
+    /// with a fresh key as it is copied.
     ///
-    /// Taken only for the frames [`Connection::send_binary`] would encode as they are (a
-    /// server's uncompressed message, nothing in progress either way, the connection
-    /// open) of at most [`SEND_NOW_MAX`] payload bytes, with nothing queued; returns
-    /// `false` without calling `write_now` otherwise: send it with
-    /// [`Connection::send_bytes`] then.
+    /// Taken for an uncompressed message of at most [`SEND_NOW_MAX`] payload bytes, with
+    /// nothing queued, nothing in progress either way (a fragmented message, a frame in
+    /// pieces) and the connection open; returns `false` without calling `write_now`
+    /// otherwise: send it with [`Connection::send_bytes`] then.
     #[inline]
     pub fn try_send_now(
         &mut self,
@@ -254,10 +254,15 @@ impl Connection {
     ) -> bool {
         if !(payload.len() <= SEND_NOW_MAX
             && self.transmit.is_empty()
-            && self.sends_plain_frame(true, 0, payload.len()))
+            && self.deflate.is_none()
+            && self.outgoing.is_none()
+            && self.frame_out.is_none()
+            && !self.close_sent
+            && self.state == State::Open)
         {
             return false;
         }
+        let mask = self.new_mask();
         let header = FrameHeader {
             fin: true,
             rsv1: false,
@@ -265,7 +270,7 @@ impl Connection {
                 DataKind::Text => OpCode::Text,
                 DataKind::Binary => OpCode::Binary,
             },
-            mask: None,
+            mask,
             payload_len: payload.len() as u64,
         };
         let mut encoded = [0u8; MAX_HEADER_LEN];
@@ -273,7 +278,7 @@ impl Connection {
         // Left uninitialized: zeroing the whole buffer would cost more than the copy
         // into it for most messages.
         let mut buffer = [MaybeUninit::<u8>::uninit(); MAX_HEADER_LEN + SEND_NOW_MAX];
-        let frame = frame_in(&mut buffer, &encoded, hlen, payload);
+        let frame = frame_in(&mut buffer, &encoded, hlen, payload, mask);
         let written = write_now(frame).min(frame.len());
         if written < frame.len() {
             self.transmit.tail().extend_from_slice(&frame[written..]);
@@ -571,7 +576,8 @@ fn put_masked(out: &mut BytesMut, header: &[u8], payload: &[u8], mask: Option<[u
 pub const SEND_NOW_MAX: usize = 4096;
 
 /// Writes a frame to the start of `buffer`: its header, the first `hlen` bytes of
-/// `header` (as [`FrameHeader::encode`] gives them), then `payload`; returns the frame.
+/// `header` (as [`FrameHeader::encode`] gives them), then `payload`, masked with `mask`
+/// if any; returns the frame.
 ///
 /// # Panics
 /// If `hlen` is over [`MAX_HEADER_LEN`] or `payload` does not fit in `buffer` after
@@ -583,24 +589,39 @@ fn frame_in<'a>(
     header: &[u8; MAX_HEADER_LEN],
     hlen: usize,
     payload: &[u8],
+    mask: Option<[u8; 4]>,
 ) -> &'a [u8] {
+    let len = hlen + payload.len();
     assert!(hlen <= MAX_HEADER_LEN && MAX_HEADER_LEN + payload.len() <= buffer.len());
-    let base = buffer.as_mut_ptr().cast::<u8>();
-    // SAFETY: `buffer` has room for MAX_HEADER_LEN + payload.len() bytes (asserted), so
-    // both copies write inside it: all of `header` (a fixed size, so no call to
-    // `memcpy`) to bytes [0, MAX_HEADER_LEN), then `payload` to [hlen, hlen +
-    // payload.len()), over the header's unused end. The sources are shared borrows and
-    // cannot overlap `buffer`, borrowed mutably. `MaybeUninit<u8>` has the size and
-    // alignment of `u8`, so the pointer is valid for `u8` writes; after the copies bytes
-    // [0, hlen + payload.len()) are initialized (hlen <= MAX_HEADER_LEN), and the
-    // returned slice, which borrows `buffer` for 'a, covers exactly them. The unit tests
-    // of `try_send_now` compare the frame with the queued one at payload lengths 0, 20,
-    // 125, 126, 1024 and SEND_NOW_MAX (headers of 2 and 4 bytes).
-    unsafe {
-        std::ptr::copy_nonoverlapping(header.as_ptr(), base, MAX_HEADER_LEN);
-        std::ptr::copy_nonoverlapping(payload.as_ptr(), base.add(hlen), payload.len());
-        std::slice::from_raw_parts(base, hlen + payload.len())
+    // All of `header`, a fixed size (no call to `memcpy`); the payload then goes over
+    // its unused end.
+    for (byte, value) in buffer[..MAX_HEADER_LEN].iter_mut().zip(header) {
+        byte.write(*value);
     }
+    match mask {
+        Some(key) => {
+            copy_masked(&mut buffer[hlen..len], payload, key, 0);
+        }
+        // SAFETY: `buffer[hlen..len]` is in bounds (asserted: len <= MAX_HEADER_LEN +
+        // payload.len() <= buffer.len()) and `payload.len()` bytes long, so the copy
+        // writes inside it; `payload`, a shared borrow, cannot overlap `buffer`,
+        // borrowed mutably; `MaybeUninit<u8>` has the size and alignment of `u8`.
+        None => unsafe {
+            std::ptr::copy_nonoverlapping(
+                payload.as_ptr(),
+                buffer[hlen..len].as_mut_ptr().cast::<u8>(),
+                payload.len(),
+            );
+        },
+    }
+    // SAFETY: bytes [0, MAX_HEADER_LEN) were written by the loop, and [hlen, len) by
+    // `copy_masked` (which writes every byte of its destination) or the copy; as hlen <=
+    // MAX_HEADER_LEN, all of [0, len) is initialized, and `MaybeUninit<u8>` has the
+    // layout of `u8`. The slice borrows `buffer` for 'a, with no other borrow of it
+    // left. The unit tests of `try_send_now` compare the frame with the queued one for
+    // both roles at payload lengths 0, 20, 125, 126, 1024 and SEND_NOW_MAX (headers of
+    // 2, 4, 6 and 8 bytes).
+    unsafe { std::slice::from_raw_parts(buffer.as_ptr().cast::<u8>(), len) }
 }
 
 /// A payload to send: borrowed (copied into the transmit queue) or handed over.

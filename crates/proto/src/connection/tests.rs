@@ -2573,57 +2573,80 @@ fn randomized_relays_send_one_frame_per_frame_and_hold_control_frames() {
 
 // ---------------------------------------------------------------- sending from the stack
 mod send_now {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
     use bytes::Buf;
 
     use crate::connection::SEND_NOW_MAX;
-    use crate::{Config, Connection, DataKind, Role};
+    use crate::{Config, Connection, DataKind, MaskSource, Role};
 
-    /// The bytes `send_binary` would queue for `payload` on a fresh server connection.
-    fn queued_frame(kind: DataKind, payload: &[u8]) -> Vec<u8> {
-        let mut conn = Connection::new(Role::Server, Config::default());
+    /// A connection of `role` whose masking keys (a client's) are 1, 2, 3 ... in turn, so
+    /// that two such connections mask their n-th frames alike.
+    fn connection(role: Role) -> Connection {
+        let next = Arc::new(AtomicU32::new(1));
+        let config = Config {
+            generate_mask: MaskSource::Custom(Arc::new(move || {
+                next.fetch_add(1, Ordering::Relaxed).to_be_bytes()
+            })),
+            ..Config::default()
+        };
+        Connection::new(role, config)
+    }
+
+    /// The bytes `send` would queue for `payload`, as the first frame of a fresh
+    /// connection of `role`.
+    fn queued_frame(role: Role, kind: DataKind, payload: &[u8]) -> Vec<u8> {
+        let mut conn = connection(role);
         conn.send(kind, payload, true).unwrap();
         conn.transmit().to_vec()
     }
 
     #[test]
     fn a_message_up_to_the_limit_is_offered_whole_and_the_queue_stays_empty() {
-        for (kind, len) in [
-            (DataKind::Binary, 0),
-            (DataKind::Text, 20),
-            (DataKind::Binary, 125),
-            (DataKind::Text, 126),
-            (DataKind::Binary, 1024),
-            (DataKind::Binary, SEND_NOW_MAX),
-        ] {
-            let payload = vec![b'x'; len];
-            let mut conn = Connection::new(Role::Server, Config::default());
-            let mut offered = Vec::new();
-            let sent = conn.try_send_now(kind, &payload, |frame| {
-                offered.extend_from_slice(frame);
-                frame.len()
-            });
-            assert!(sent);
-            assert_eq!(offered, queued_frame(kind, &payload), "{kind:?} x {len}");
-            assert!(conn.transmit().is_empty());
+        for role in [Role::Server, Role::Client] {
+            for (kind, len) in [
+                (DataKind::Binary, 0),
+                (DataKind::Text, 20),
+                (DataKind::Binary, 125),
+                (DataKind::Text, 126),
+                (DataKind::Binary, 1024),
+                (DataKind::Binary, SEND_NOW_MAX),
+            ] {
+                let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+                let mut conn = connection(role);
+                let mut offered = Vec::new();
+                let sent = conn.try_send_now(kind, &payload, |frame| {
+                    offered.extend_from_slice(frame);
+                    frame.len()
+                });
+                assert!(sent);
+                let expected = queued_frame(role, kind, &payload);
+                assert_eq!(offered, expected, "{role:?} {kind:?} x {len}");
+                assert!(conn.transmit().is_empty());
+            }
         }
     }
 
     #[test]
     fn what_the_transport_does_not_take_is_queued_in_order() {
         let payload = [7u8; 40];
-        let whole = queued_frame(DataKind::Binary, &payload);
-        for took in [0, 1, 2, 41] {
-            let mut conn = Connection::new(Role::Server, Config::default());
-            assert!(conn.try_send_now(DataKind::Binary, &payload, |_| took));
-            assert_eq!(conn.transmit().to_vec(), &whole[took..], "took {took}");
-            // A later message follows the rest.
-            conn.send_binary(b"next").unwrap();
-            let mut expected = whole[took..].to_vec();
-            expected.extend(queued_frame(DataKind::Binary, b"next"));
-            assert_eq!(conn.transmit().to_vec(), expected);
+        for role in [Role::Server, Role::Client] {
+            let whole = queued_frame(role, DataKind::Binary, &payload);
+            for took in [0, 1, 2, 41] {
+                let mut conn = connection(role);
+                assert!(conn.try_send_now(DataKind::Binary, &payload, |_| took));
+                assert_eq!(conn.transmit().to_vec(), &whole[took..], "took {took}");
+                // A later message follows the rest (a client's with the next key).
+                conn.send_binary(b"next").unwrap();
+                let mut twice = connection(role);
+                twice.send_binary(&payload).unwrap();
+                twice.send_binary(b"next").unwrap();
+                assert_eq!(conn.transmit().to_vec(), &twice.transmit().to_vec()[took..]);
+            }
         }
         // A transport claiming more than it was given counts as all of it.
-        let mut conn = Connection::new(Role::Server, Config::default());
+        let mut conn = connection(Role::Server);
         assert!(conn.try_send_now(DataKind::Binary, &payload, |_| 1000));
         assert!(conn.transmit().is_empty());
     }
@@ -2632,29 +2655,28 @@ mod send_now {
     #[test]
     fn other_sends_are_left_to_the_queue() {
         let never = |_: &[u8]| -> usize { panic!("write_now called") };
-        // Over the limit.
-        let mut conn = Connection::new(Role::Server, Config::default());
-        assert!(!conn.try_send_now(DataKind::Binary, &[0; SEND_NOW_MAX + 1], never));
-        // Something queued before it.
-        conn.ping(b"p").unwrap();
-        let before = conn.transmit().to_vec();
-        assert!(!conn.try_send_now(DataKind::Binary, b"x", never));
-        assert_eq!(conn.transmit().to_vec(), before);
-        // A client masks every frame.
-        let mut client = Connection::new(Role::Client, Config::default());
-        assert!(!client.try_send_now(DataKind::Binary, b"x", never));
-        // A fragmented message in progress.
-        let mut conn = Connection::new(Role::Server, Config::default());
-        conn.send(DataKind::Text, b"first", false).unwrap();
-        let queued = conn.transmit().remaining();
-        conn.transmit().advance(queued);
-        assert!(!conn.try_send_now(DataKind::Binary, b"x", never));
-        // Closing.
-        let mut conn = Connection::new(Role::Server, Config::default());
-        conn.close(None, std::time::Instant::now()).unwrap();
-        let queued = conn.transmit().remaining();
-        conn.transmit().advance(queued);
-        assert!(!conn.try_send_now(DataKind::Binary, b"x", never));
+        for role in [Role::Server, Role::Client] {
+            // Over the limit.
+            let mut conn = connection(role);
+            assert!(!conn.try_send_now(DataKind::Binary, &[0; SEND_NOW_MAX + 1], never));
+            // Something queued before it.
+            conn.ping(b"p").unwrap();
+            let before = conn.transmit().to_vec();
+            assert!(!conn.try_send_now(DataKind::Binary, b"x", never));
+            assert_eq!(conn.transmit().to_vec(), before);
+            // A fragmented message in progress.
+            let mut conn = connection(role);
+            conn.send(DataKind::Text, b"first", false).unwrap();
+            let queued = conn.transmit().remaining();
+            conn.transmit().advance(queued);
+            assert!(!conn.try_send_now(DataKind::Binary, b"x", never));
+            // Closing.
+            let mut conn = connection(role);
+            conn.close(None, std::time::Instant::now()).unwrap();
+            let queued = conn.transmit().remaining();
+            conn.transmit().advance(queued);
+            assert!(!conn.try_send_now(DataKind::Binary, b"x", never));
+        }
         // (permessage-deflate: in deflate.rs.)
     }
 }
