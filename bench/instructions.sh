@@ -16,13 +16,16 @@
 # $CARGO_TARGET_DIR when set: for a profile by source line, run with
 # CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_TARGET_DIR=target/lt.
 #
-# Each server runs under `valgrind --tool=callgrind` on core 0 and wsload loads it from core 1
-# (no warm-up, so every message is counted). Prints per server: the instructions of all its
-# processes, the messages wsload counted, and their ratio. The handshakes are counted too:
-# under 0.1% at the defaults. Annotate with `callgrind_annotate --inclusive=yes FILE`.
+# Each server runs under `valgrind --tool=callgrind` on core 0 and wsload loads it from core 1.
+# wsload's measured window opens 2 s after its last handshake; `callgrind_control -d` dumps the
+# server's counts then, so the handshakes and the warm-up are left out (with them, the figure
+# would depend on how many messages a loaded machine lets through). Prints per server: the
+# instructions of all its processes in the window (the end of the run and the exit included,
+# a few per message), the messages wsload counted, and their ratio. Annotate with
+# `callgrind_annotate --inclusive=yes FILE` (the file without a numeric suffix: the window).
 set -euo pipefail
 
-SIZE=20 CONNS=100 SECS=10 OUT=""
+SIZE=20 CONNS=100 SECS=10 WARM=2 OUT=""
 usage() { sed -n '2,20p' "$0"; exit "${1:-2}"; }
 names=()
 while [ $# -gt 0 ]; do
@@ -85,14 +88,31 @@ for name in "${names[@]}"; do
     exit 1
   fi
   flag=(); [ "$kind" = raw ] && flag=(-r)
-  result=$(taskset -c 1 "$WORK/bin/wsload" -p "$port" -c "$CONNS" -s "$SIZE" -d "$SECS" -w 0 "${flag[@]}" -q | tail -1)
+  # wsload's window opens WARM s after its last upgrade (which it reports on stderr);
+  # the server's counts are dumped then, so that only the window's work is counted.
+  progress="$OUT/$name.wsload"
+  taskset -c 1 "$WORK/bin/wsload" -p "$port" -c "$CONNS" -s "$SIZE" -d "$SECS" -w "$WARM" "${flag[@]}" \
+    >"$progress.out" 2>"$progress.err" &
+  lpid=$!
+  for _ in $(seq 1 600); do
+    grep -q 'connections \(upgraded\|connected\)' "$progress.err" 2>/dev/null && break
+    kill -0 "$lpid" 2>/dev/null || break
+    sleep 0.05
+  done
+  sleep "$WARM"
+  callgrind_control -d >/dev/null 2>&1 || true
+  wait "$lpid" || true
+  result=$(tail -1 "$progress.out")
   kill -TERM -- "-$vpid" 2>/dev/null || true
   wait "$vpid" 2>/dev/null || true
   msgs=$(grep -o ' msgs=[0-9]*' <<<"$result" | cut -d= -f2 || true)
-  instr=$(cat "$OUT/$name".*.log | grep -o 'Collected : [0-9]*' | awk '{s += $3} END {print s + 0}')
-  if [ -z "$msgs" ] || [ "$msgs" = 0 ] || [ "$instr" = 0 ]; then
-    echo "instructions: $name: no count (wsload: ${result:-nothing}; see $OUT/$name.*.log)" >&2
+  total=$(cat "$OUT/$name".*.log | grep -o 'Collected : [0-9]*' | awk '{s += $3} END {print s + 0}')
+  # The dumps at the window's start (one per server process): what came before it.
+  before=$(cat "$OUT/$name".*.callgrind.[0-9]* 2>/dev/null | awk '/^totals:/ {s += $2} END {print s + 0}')
+  instr=$((total - before))
+  if [ -z "$msgs" ] || [ "$msgs" = 0 ] || [ "$before" = 0 ] || [ "$instr" -le 0 ]; then
+    echo "instructions: $name: no count (wsload: ${result:-nothing}; before the window: $before; see $OUT/$name.*)" >&2
     exit 1
   fi
-  echo "$name instructions=$instr messages=$msgs per_message=$((instr / msgs))"
+  echo "$name instructions=$instr messages=$msgs per_message=$((instr / msgs)) (window only; $before before it)"
 done
