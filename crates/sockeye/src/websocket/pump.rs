@@ -490,17 +490,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         self.queue_and_write(|inner| inner.queue(message))
     }
 
-    /// [`Connection::try_send_now`] for a data message, with one write attempt that
-    /// waits for nothing (as [`Inner::try_write_now`]): `Some(true)` when the transport
-    /// took it all and flushed, `Some(false)` when the rest is queued for the send's
-    /// future, `None` when it is not such a send (or a task waits to write, whose waker
-    /// the transport holds): queue it.
+    /// [`Connection::try_send_now`] for a data message (or a piece that is a whole frame),
+    /// with one write attempt that waits for nothing (as [`Inner::try_write_now`]):
+    /// `Some(true)` when the transport took it all and flushed, `Some(false)` when the
+    /// rest is queued for the send's future, `None` when it is not such a send (or a task
+    /// waits to write, whose waker the transport holds): queue it.
     #[inline(always)]
     fn try_send_now(&mut self, message: &Message) -> Option<bool> {
         let (kind, data) = match message {
             Message::Text(text) => (DataKind::Text, text.as_bytes()),
             Message::UncheckedText(data) => (DataKind::Text, &data[..]),
             Message::Binary(data) => (DataKind::Binary, &data[..]),
+            // A piece that is a whole frame: a whole message when none is in progress
+            // (`Connection::try_send_now` checks), as `sockeye echo` relays one.
+            Message::Fragment(piece) if piece.ends_message() => (piece.kind, &piece.data[..]),
             _ => return None,
         };
         if self.ended || Writers::any_waiting(&self.writers) {

@@ -1625,3 +1625,51 @@ async fn sends_to_a_peer_that_reads_late_arrive_whole_and_in_order() {
     }
     within("the sender", sender).await.unwrap();
 }
+
+/// Messages sent as frames (`Message::Fragment`), through a transport that takes a few
+/// bytes per write: a whole frame that is a whole message goes from the stack, the frames
+/// of a message in several go through the queue, and all arrive whole and in order.
+#[tokio::test]
+async fn frames_sent_a_few_bytes_at_a_time_arrive_as_their_messages() {
+    let (a, b) = tokio::io::duplex(3);
+    let server = sockeye::WebSocket::from_upgraded(
+        a,
+        sockeye::Role::Server,
+        sockeye::Config::default(),
+        bytes::BytesMut::new(),
+    );
+    let mut client = sockeye::WebSocket::from_upgraded(
+        b,
+        sockeye::Role::Client,
+        sockeye::Config::default(),
+        bytes::BytesMut::new(),
+    );
+    const N: u32 = 300;
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            let Message::Binary(data) = numbered(i * 2 + 1) else {
+                unreachable!("odd numbers are binary")
+            };
+            if i % 3 == 0 {
+                // In three frames.
+                let cut = [data.len() / 3, 2 * data.len() / 3];
+                for (piece, fin) in [
+                    (data.slice(..cut[0]), false),
+                    (data.slice(cut[0]..cut[1]), false),
+                    (data.slice(cut[1]..), true),
+                ] {
+                    let frame = sockeye::Fragment::new(DataKind::Binary, piece, fin);
+                    server.send(Message::Fragment(frame)).await.unwrap();
+                }
+            } else {
+                let frame = sockeye::Fragment::new(DataKind::Binary, data, true);
+                server.send(Message::Fragment(frame)).await.unwrap();
+            }
+        }
+        server
+    });
+    for i in 0..N {
+        assert_eq!(next(&mut client).await, numbered(i * 2 + 1), "message {i}");
+    }
+    within("the sender", sender).await.unwrap();
+}
