@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::connection::DataKind;
 use crate::deflate::SharedDeflate;
-use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use crate::frame::{FrameHeader, MAX_HEADER_LEN};
 
 /// A whole (FIN) text or binary message encoded as one unmasked frame: its header, and
 /// its payload as shared [`Bytes`] (cloning a `PreparedFrame` or queueing it copies no
@@ -42,10 +42,7 @@ impl PreparedFrame {
     }
 
     fn encode(kind: DataKind, payload: Bytes, deflate: Option<SharedDeflate>) -> PreparedFrame {
-        let opcode = match kind {
-            DataKind::Text => OpCode::Text,
-            DataKind::Binary => OpCode::Binary,
-        };
+        let opcode = kind.opcode();
         let header = FrameHeader {
             fin: true,
             rsv1: deflate.is_some(),

@@ -145,9 +145,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
 }
 
-type Census0 = (Vec<(usize, bool, i64)>, Option<(usize, usize)>);
+/// The allocation counters and glibc's heap figures at one moment.
+type Reading = (Vec<(usize, bool, i64)>, Option<(usize, usize)>);
 
-fn report(n: usize, before: &Census0, after: Census0) {
+fn report(n: usize, before: &Reading, after: Reading) {
     let per = |delta: i64| delta as f64 / n as f64;
     let mut total = 0.0;
     println!("live allocations per connection ({n} connections):");

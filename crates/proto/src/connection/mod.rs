@@ -96,6 +96,16 @@ pub enum DataKind {
     Binary,
 }
 
+impl DataKind {
+    /// The opcode of a message's first frame.
+    pub(crate) fn opcode(self) -> crate::frame::OpCode {
+        match self {
+            DataKind::Text => crate::frame::OpCode::Text,
+            DataKind::Binary => crate::frame::OpCode::Binary,
+        }
+    }
+}
+
 /// A sans-I/O WebSocket connection after the opening handshake.
 pub struct Connection {
     role: Role,

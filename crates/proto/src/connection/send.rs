@@ -254,11 +254,7 @@ impl Connection {
     ) -> bool {
         if !(payload.len() <= SEND_NOW_MAX
             && self.transmit.is_empty()
-            && self.deflate.is_none()
-            && self.outgoing.is_none()
-            && self.frame_out.is_none()
-            && !self.close_sent
-            && self.state == State::Open)
+            && self.sends_whole_uncompressed())
         {
             return false;
         }
@@ -266,10 +262,7 @@ impl Connection {
         let header = FrameHeader {
             fin: true,
             rsv1: false,
-            opcode: match kind {
-                DataKind::Text => OpCode::Text,
-                DataKind::Binary => OpCode::Binary,
-            },
+            opcode: kind.opcode(),
             mask,
             payload_len: payload.len() as u64,
         };
@@ -286,6 +279,16 @@ impl Connection {
         true
     }
 
+    /// Whether a whole message would go out now as it is: the connection open, nothing
+    /// in progress either way (a fragmented message, a frame in pieces), no compression.
+    #[inline]
+    fn sends_whole_uncompressed(&self) -> bool {
+        self.deflate.is_none()
+            && !self.is_mid_message()
+            && !self.close_sent
+            && self.state == State::Open
+    }
+
     /// Whether a data frame of `len` payload bytes goes out as the frame of a whole
     /// message, encoded in one piece: a server's uncompressed message that is copied
     /// (under [`ZERO_COPY_MIN`]), with nothing in progress either way, the connection open.
@@ -294,12 +297,8 @@ impl Connection {
         self.role == Role::Server
             && fin
             && rest == 0
-            && self.outgoing.is_none()
-            && self.frame_out.is_none()
-            && self.deflate.is_none()
-            && !self.close_sent
-            && self.state == State::Open
             && len < ZERO_COPY_MIN
+            && self.sends_whole_uncompressed()
     }
 
     /// Queues a data frame. A frame that [`Connection::sends_plain_frame`] is encoded
@@ -316,14 +315,10 @@ impl Connection {
         compress: bool,
     ) -> Result<(), Error> {
         if self.sends_plain_frame(fin, rest, payload.as_slice().len()) {
-            let opcode = match kind {
-                DataKind::Text => OpCode::Text,
-                DataKind::Binary => OpCode::Binary,
-            };
             write_frame(
                 self.transmit.tail(),
                 None,
-                opcode,
+                kind.opcode(),
                 true,
                 false,
                 payload.as_slice(),
@@ -403,8 +398,7 @@ impl Connection {
         match self.outgoing {
             Some(current) if current != kind => None,
             Some(_) => Some(OpCode::Continuation),
-            None if kind == DataKind::Text => Some(OpCode::Text),
-            None => Some(OpCode::Binary),
+            None => Some(kind.opcode()),
         }
     }
 

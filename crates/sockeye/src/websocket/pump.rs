@@ -208,10 +208,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
 
     /// A data send of `send` under the send queue's bound: below the high-water mark it
     /// is queued and written at once when it can be by `send_now` (which returns whether
-    /// it was all written); at or over it, the
-    /// connection's [`WhenFull`] policy decides: `Wait` makes it [`Held`] with `hold`,
-    /// for the [`Sending`](super::Sending) future to queue once there is room, `Drop`
-    /// discards it and counts it, `Close` starts closing with 1008.
+    /// it was all written); at or over it, the connection's [`WhenFull`] policy decides:
+    /// `Wait` makes it [`Held`] with `hold`, for the [`Sending`](super::Sending) future to
+    /// queue once there is room, `Drop` discards it and counts it, `Close` starts closing
+    /// with 1008.
     #[inline]
     pub(super) fn send_bounded<T>(
         &self,
@@ -521,11 +521,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         if !sent {
             return None;
         }
-        let done = self.conn.transmit().is_empty()
-            && matches!(Pin::new(io).poll_flush(&mut cx), Poll::Ready(Ok(())));
+        let written = self.conn.transmit().is_empty();
+        let done = written && matches!(Pin::new(io).poll_flush(&mut cx), Poll::Ready(Ok(())));
         // Written but not flushed (a TLS stream holding records): the send's future, or
         // else the reading task, flushes it.
-        self.unflushed |= !done && self.conn.transmit().is_empty();
+        self.unflushed |= written && !done;
         metrics::written(wrote);
         #[cfg(feature = "metrics")]
         metrics::message_sent(data.len(), true);
@@ -716,8 +716,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
         // Bytes read do not move a deadline; what reads them (and the end of the stream)
-        // may, so the timer is checked on entry and after anything but a plain read.
-        let mut check_deadline = true;
+        // may, so the timer is checked on entry and after anything but a plain read (which
+        // stays in the inner loop).
         'checks: loop {
             if self.ended {
                 return Poll::Ready(None);
@@ -726,10 +726,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 self.rare().resume_waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            if check_deadline {
-                let _ = self.poll_deadline(cx);
-            }
-            check_deadline = true;
+            let _ = self.poll_deadline(cx);
             if self.conn.should_abort_transport() {
                 return self.poll_closing(cx);
             }
@@ -750,40 +747,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     // The clock is read only when the read needs the time (not for a
                     // server's data frames without a heartbeat).
                     match self.conn.read_with(&mut self.read_buf, Instant::now) {
-                        Ok(Some(message)) => {
-                            match &message {
-                                Message::Close(frame) => {
-                                    if frame.is_some() {
-                                        self.rare().received = frame.clone();
-                                    }
-                                }
-                                Message::Text(text) => metrics::message_received(text.len(), true),
-                                Message::Binary(data) | Message::UncheckedText(data) => {
-                                    metrics::message_received(data.len(), true);
-                                }
-                                Message::Fragment(piece) => {
-                                    metrics::message_received(
-                                        piece.data.len(),
-                                        piece.ends_message(),
-                                    );
-                                }
-                                Message::Ping(_) | Message::Pong(_) => {}
-                            }
-                            // Answer at once (pong, close reply) and, on a server whose close
-                            // handshake just ended, close TCP now (RFC 6455 §7.1.1).
-                            if let Poll::Ready(Err(e)) = self.poll_flush_pending(cx) {
-                                let _ = self.end_with_io_error(e);
-                            } else if self.conn.should_close_transport()
-                                && self.conn.transmit().is_empty()
-                            {
-                                if let Some(io) = self.io.as_mut() {
-                                    if Pin::new(io).poll_shutdown(cx).is_ready() {
-                                        self.io = None;
-                                    }
-                                }
-                            }
-                            return Poll::Ready(Some(Ok(message)));
-                        }
+                        Ok(Some(message)) => return self.hand_out(message, cx),
                         Ok(None) => {}
                         Err(e) => {
                             metrics::protocol_error(e.close_code().map_or(1002, |code| code.0));
@@ -816,6 +780,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 }
             }
         }
+    }
+
+    /// A message read: recorded (a close frame, the metrics), answered at once (a pong, a
+    /// close reply) and, on a server whose close handshake just ended, TCP closed now
+    /// (RFC 6455 §7.1.1); then handed out. Always inlined: part of the read loop, on the
+    /// path of every message.
+    #[inline(always)]
+    fn hand_out(
+        &mut self,
+        message: Message,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, Error>>> {
+        match &message {
+            Message::Close(frame) => {
+                if frame.is_some() {
+                    self.rare().received = frame.clone();
+                }
+            }
+            Message::Text(text) => metrics::message_received(text.len(), true),
+            Message::Binary(data) | Message::UncheckedText(data) => {
+                metrics::message_received(data.len(), true);
+            }
+            Message::Fragment(piece) => {
+                metrics::message_received(piece.data.len(), piece.ends_message());
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+        if let Poll::Ready(Err(e)) = self.poll_flush_pending(cx) {
+            let _ = self.end_with_io_error(e);
+        } else if self.conn.should_close_transport() && self.conn.transmit().is_empty() {
+            if let Some(io) = self.io.as_mut() {
+                if Pin::new(io).poll_shutdown(cx).is_ready() {
+                    self.io = None;
+                }
+            }
+        }
+        Poll::Ready(Some(Ok(message)))
     }
 
     /// Writes queued bytes if there are any; `Ready(Ok)` also when nothing was queued.

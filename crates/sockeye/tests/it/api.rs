@@ -1568,24 +1568,33 @@ fn numbered(i: u32) -> Message {
     }
 }
 
+/// A server and a client WebSocket on the two ends of an in-memory pipe that takes at
+/// most 3 bytes per write.
+fn over_a_3_byte_pipe() -> (
+    sockeye::WebSocket<tokio::io::DuplexStream>,
+    sockeye::WebSocket<tokio::io::DuplexStream>,
+) {
+    let (a, b) = tokio::io::duplex(3);
+    let open = |io, role| {
+        sockeye::WebSocket::from_upgraded(
+            io,
+            role,
+            sockeye::Config::default(),
+            bytes::BytesMut::new(),
+        )
+    };
+    (
+        open(a, sockeye::Role::Server),
+        open(b, sockeye::Role::Client),
+    )
+}
+
 /// A transport that takes a few bytes per write (an in-memory pipe of 3 bytes): every
 /// small send is written in part and the rest queued, and the messages still arrive
 /// whole and in order.
 #[tokio::test]
 async fn sends_written_a_few_bytes_at_a_time_arrive_whole_and_in_order() {
-    let (a, b) = tokio::io::duplex(3);
-    let server = sockeye::WebSocket::from_upgraded(
-        a,
-        sockeye::Role::Server,
-        sockeye::Config::default(),
-        bytes::BytesMut::new(),
-    );
-    let mut client = sockeye::WebSocket::from_upgraded(
-        b,
-        sockeye::Role::Client,
-        sockeye::Config::default(),
-        bytes::BytesMut::new(),
-    );
+    let (server, mut client) = over_a_3_byte_pipe();
     const N: u32 = 500;
     let sender = tokio::spawn(async move {
         for i in 0..N {
@@ -1631,19 +1640,7 @@ async fn sends_to_a_peer_that_reads_late_arrive_whole_and_in_order() {
 /// of a message in several go through the queue, and all arrive whole and in order.
 #[tokio::test]
 async fn frames_sent_a_few_bytes_at_a_time_arrive_as_their_messages() {
-    let (a, b) = tokio::io::duplex(3);
-    let server = sockeye::WebSocket::from_upgraded(
-        a,
-        sockeye::Role::Server,
-        sockeye::Config::default(),
-        bytes::BytesMut::new(),
-    );
-    let mut client = sockeye::WebSocket::from_upgraded(
-        b,
-        sockeye::Role::Client,
-        sockeye::Config::default(),
-        bytes::BytesMut::new(),
-    );
+    let (server, mut client) = over_a_3_byte_pipe();
     const N: u32 = 300;
     let sender = tokio::spawn(async move {
         for i in 0..N {
